@@ -1,0 +1,299 @@
+"""Typed pipeline configuration: named profiles, overridden by a config file and `key=value` pairs."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+import typing
+from typing import Any, Dict, Iterable, Mapping, Optional
+
+DATASETS = ("synthetic", "oxford_iiit_pet")
+ENCODER_WEIGHTS = ("none", "imagenet")  # or a path to an .h5 file
+MIXED_PRECISION = ("none", "auto", "mixed_float16", "mixed_bfloat16")
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the key."""
+
+
+@dataclasses.dataclass
+class DataConfig:
+    """Where the examples come from."""
+
+    dataset: str = "synthetic"
+    tfds_version: str = "4.*.*"
+    # Extracted `images/` + `annotations/` folders; built offline with the real TFDS builder.
+    oxford_raw_dir: Optional[str] = None
+    # TFDS data dir; None means `<output>/tfds`.
+    data_dir: Optional[str] = None
+    synthetic_train_images: int = 480
+    synthetic_test_images: int = 120
+    synthetic_seed: int = 0
+    # Fail on the first broken image/trimap pair instead of skipping and counting it.
+    strict: bool = False
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    """VGG16-FCN8 shape."""
+
+    image_size: int = 96
+    # Scales every VGG16 channel width; 1.0 is the real VGG16 (needed for ImageNet weights).
+    width_multiplier: float = 0.25
+    # Width of the two FCN head convolutions (the seed's 7x7 and 1x1 convs, 4096 there).
+    head_width: int = 256
+    # "none", "imagenet" or a path to VGG16 no-top weights (.h5).
+    encoder_weights: str = "none"
+    # Train the encoder even when it starts from pretrained weights.
+    fine_tune_encoder: bool = False
+    mixed_precision: str = "none"
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Optimisation and distribution."""
+
+    epochs: int = 30
+    batch_size: int = 16  # per replica; the global batch is this times the replica count
+    learning_rate: float = 1e-3
+    # Split the CPU into this many logical devices for MirroredStrategy when no GPU is present.
+    cpu_replicas: int = 1
+    # None: one full pass over the train split per epoch.
+    steps_per_epoch: Optional[int] = None
+    shuffle_buffer: int = 512
+    # Start from the latest blessed model's weights when there is one.
+    warm_start: bool = False
+
+
+@dataclasses.dataclass
+class EvalConfig:
+    """The blessing gate."""
+
+    min_mean_iou: float = 0.5
+    # Largest allowed drop in mean IoU against the blessed baseline (absolute).
+    max_regression: float = 0.01
+    # Eval images drawn as input / truth / prediction PNGs in the report.
+    report_images: int = 6
+
+
+@dataclasses.dataclass
+class PipelineConfig:
+    """Everything one pipeline run needs."""
+
+    profile: str = "quick"
+    name: str = "petseg"
+    output: str = "runs/default"
+    # Beam DirectRunner worker processes for local runs.
+    beam_workers: int = 2
+    # Extra Beam args (e.g. a Dataflow or Flink runner) appended to the local ones.
+    beam_args: typing.List[str] = dataclasses.field(default_factory=list)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+
+    # Paths derived from `output`, so a run never writes outside it.
+    @property
+    def output_dir(self) -> pathlib.Path:
+        return pathlib.Path(self.output).resolve()
+
+    @property
+    def tfds_data_dir(self) -> str:
+        return os.path.abspath(self.data.data_dir) if self.data.data_dir else str(self.output_dir / "tfds")
+
+    @property
+    def pipeline_root(self) -> str:
+        return str(self.output_dir / "pipeline_root")
+
+    @property
+    def metadata_path(self) -> str:
+        return str(self.output_dir / "metadata.sqlite")
+
+    @property
+    def serving_dir(self) -> str:
+        return str(self.output_dir / "serving")
+
+    @property
+    def report_dir(self) -> str:
+        return str(self.output_dir / "report")
+
+    def validate(self) -> "PipelineConfig":
+        """Raises ConfigError naming the first invalid key."""
+        _check(self.data.dataset in DATASETS, "data.dataset", f"must be one of {DATASETS}")
+        _check(self.data.synthetic_train_images >= 1, "data.synthetic_train_images", "must be >= 1")
+        _check(self.data.synthetic_test_images >= 1, "data.synthetic_test_images", "must be >= 1")
+        if self.data.oxford_raw_dir is not None:
+            _check(self.data.dataset == "oxford_iiit_pet", "data.oxford_raw_dir",
+                   "needs data.dataset=oxford_iiit_pet")
+        _check(self.model.image_size >= 32 and self.model.image_size % 32 == 0, "model.image_size",
+               "must be a multiple of 32 (five 2x poolings), at least 32")
+        _check(0 < self.model.width_multiplier <= 1, "model.width_multiplier", "must be in (0, 1]")
+        _check(self.model.head_width >= 1, "model.head_width", "must be >= 1")
+        weights = self.model.encoder_weights
+        _check(weights in ENCODER_WEIGHTS or weights.endswith(".h5"), "model.encoder_weights",
+               f"must be one of {ENCODER_WEIGHTS} or a path to an .h5 file")
+        if weights != "none":
+            _check(self.model.width_multiplier == 1, "model.encoder_weights",
+                   "pretrained VGG16 weights need model.width_multiplier=1")
+        _check(self.model.mixed_precision in MIXED_PRECISION, "model.mixed_precision",
+               f"must be one of {MIXED_PRECISION}")
+        _check(self.train.epochs >= 0, "train.epochs", "must be >= 0")
+        _check(self.train.batch_size >= 1, "train.batch_size", "must be >= 1")
+        _check(self.train.learning_rate > 0, "train.learning_rate", "must be > 0")
+        _check(self.train.cpu_replicas >= 1, "train.cpu_replicas", "must be >= 1")
+        _check(self.train.steps_per_epoch is None or self.train.steps_per_epoch >= 1,
+               "train.steps_per_epoch", "must be >= 1 or null")
+        _check(self.train.shuffle_buffer >= 1, "train.shuffle_buffer", "must be >= 1")
+        _check(0 <= self.eval.min_mean_iou <= 1, "eval.min_mean_iou", "must be in [0, 1]")
+        _check(0 <= self.eval.max_regression <= 1, "eval.max_regression", "must be in [0, 1]")
+        _check(self.eval.report_images >= 0, "eval.report_images", "must be >= 0")
+        _check(self.beam_workers >= 1, "beam_workers", "must be >= 1")
+        _check(bool(self.name) and self.name.replace("-", "").replace("_", "").isalnum(), "name",
+               "must be letters, digits, '-' or '_'")
+        return self
+
+
+def _check(ok: bool, key: str, why: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {why}")
+
+
+PROFILES: Dict[str, Dict[str, Any]] = {
+    # Learns the embedded dataset in minutes on 2 CPU cores.
+    "quick": {},
+    # The seed tutorial's recipe: full VGG16 from ImageNet (frozen), 4096-wide head, 224x224.
+    "seed": {
+        "data.dataset": "oxford_iiit_pet",
+        "model.image_size": 224,
+        "model.width_multiplier": 1.0,
+        "model.head_width": 4096,
+        "model.encoder_weights": "imagenet",
+        "train.epochs": 15,
+        "train.batch_size": 64,
+        "train.learning_rate": 1e-4,
+        "eval.min_mean_iou": 0.6,
+    },
+    # For tests: the smallest run that still exercises every component.
+    "tiny": {
+        "data.synthetic_train_images": 48,
+        "data.synthetic_test_images": 16,
+        "model.image_size": 64,
+        "model.width_multiplier": 0.125,
+        "model.head_width": 32,
+        "train.epochs": 2,
+        "train.batch_size": 8,
+        "eval.min_mean_iou": 0.0,
+        "eval.max_regression": 1.0,
+        "eval.report_images": 2,
+        "beam_workers": 1,
+    },
+}
+
+
+def load_config(profile: str = "quick", config_file: Optional[str] = None,
+                overrides: Iterable[str] = ()) -> PipelineConfig:
+    """Profile, then the YAML config file, then `key=value` overrides; validated."""
+    if profile not in PROFILES:
+        raise ConfigError(f"profile: unknown profile {profile!r}; choose one of {sorted(PROFILES)}")
+    config = PipelineConfig(profile=profile)
+    apply_values(config, PROFILES[profile])
+    if config_file:
+        apply_values(config, _flatten(_read_file(config_file)))
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ConfigError(f"{item}: overrides are key=value, e.g. train.epochs=5")
+        apply_values(config, {key.strip(): _parse_scalar(raw.strip())})
+    return config.validate()
+
+
+def apply_values(config: PipelineConfig, values: Mapping[str, Any]) -> PipelineConfig:
+    """Sets dotted keys (e.g. `train.epochs`) with type checks; unknown keys are errors."""
+    for key, value in values.items():
+        *parents, leaf = key.split(".")
+        target: Any = config
+        for part in parents:
+            sub = getattr(target, part, None) if _field_type(target, part) else None
+            if not dataclasses.is_dataclass(sub):
+                raise ConfigError(f"{key}: unknown key")
+            target = sub
+        field_type = _field_type(target, leaf)
+        if field_type is None or dataclasses.is_dataclass(getattr(target, leaf)):
+            raise ConfigError(f"{key}: unknown key")
+        setattr(target, leaf, _coerce(key, value, field_type))
+    return config
+
+
+def to_dict(config: PipelineConfig) -> Dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def _field_type(obj: Any, name: str) -> Optional[Any]:
+    hints = typing.get_type_hints(type(obj))
+    return hints.get(name) if name in {f.name for f in dataclasses.fields(obj)} else None
+
+
+def _coerce(key: str, value: Any, field_type: Any) -> Any:
+    origin, args = typing.get_origin(field_type), typing.get_args(field_type)
+    if origin is typing.Union and type(None) in args:
+        if value is None:
+            return None
+        field_type = next(a for a in args if a is not type(None))
+        origin = typing.get_origin(field_type)
+    if origin in (list, typing.List):
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v]
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [str(v) for v in value]
+    if field_type is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if field_type is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if field_type is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if field_type is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    raise ConfigError(f"{key}: unsupported type {field_type}")
+
+
+def _parse_scalar(raw: str) -> Any:
+    """`--set` values use YAML scalars: 5, 0.1, true, null, text."""
+    import yaml
+
+    try:
+        return yaml.safe_load(raw) if raw else ""
+    except yaml.YAMLError:
+        return raw
+
+
+def _read_file(path: str) -> Mapping[str, Any]:
+    import yaml
+
+    try:
+        data = yaml.safe_load(pathlib.Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot read config file: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a YAML mapping of sections to values")
+    return data
+
+
+def _flatten(data: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:
+    flat: Dict[str, Any] = {}
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, dotted + "."))
+        else:
+            flat[dotted] = value
+    return flat

@@ -1,0 +1,23 @@
+"""Feature keys and class names shared by every stage of the pipeline."""
+
+# Raw features, as the TFDS `oxford_iiit_pet` 4.x builder writes them.
+RAW_IMAGE_KEY = "image"  # encoded JPEG (or PNG) bytes
+RAW_MASK_KEY = "segmentation_mask"  # PNG trimap: 1 pet, 2 background, 3 border
+LABEL_KEY = "label"  # breed id, 0..36
+SPECIES_KEY = "species"  # 0 cat, 1 dog
+FILE_NAME_KEY = "file_name"
+HEAD_BBOX_KEY = "head_bbox"
+
+# Transformed features, as `transform.preprocessing.preprocessing_fn` emits them.
+IMAGE_KEY = "image"  # float32 [H, W, 3] in [0, 1]
+MASK_KEY = "mask"  # int64 [H, W] class ids below
+SLICE_KEYS = (SPECIES_KEY, LABEL_KEY)  # passed through unchanged for TFMA slicing
+
+# Class ids after Transform: trimap value - 1.
+CLASS_NAMES = ("pet", "background", "border")
+NUM_CLASSES = len(CLASS_NAMES)
+
+SPECIES_NAMES = ("cat", "dog")
+
+# Serving signature input: encoded image bytes (TF Serving treats `*_bytes` inputs as binary).
+SERVING_INPUT_KEY = "image_bytes"
