@@ -1,1 +1,7 @@
-"""transform package."""
+"""Feature keys and the Transform preprocessing_fn."""
+
+import os
+
+# TFT and TFMA are Keras-2 code: this must be set before TensorFlow is first imported, in every
+# process that imports our code (CLI, tests, Beam workers, Kubeflow containers).
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")

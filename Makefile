@@ -1,0 +1,40 @@
+# Two commands for a newcomer: `make run` and `make test`. Both install everything first.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV := .venv
+STAMP := $(VENV)/.installed
+ARGS ?=
+TEST_ARGS ?=
+export TF_USE_LEGACY_KERAS := 1
+
+# uv from PATH, else the one `make setup` installs with pip into ~/.local/bin.
+UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
+
+.PHONY: help setup run test bench clean
+
+help:
+	@echo "make run [ARGS='--profile quick ...']  install, then run the whole pipeline (petseg run)"
+	@echo "make test [TEST_ARGS='-k ...']         install, then run the tests"
+	@echo "make setup                             install only (.venv from uv.lock)"
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml uv.lock
+	@test -x "$(UV)" || python3 -m pip install --user --quiet uv
+	@# TFX 1.16 needs Python 3.10; prefer one on this machine, else let uv fetch one (needs internet).
+	@py=""; for c in python3.10 $(HOME)/.pyenv/versions/3.10*/bin/python3.10 /usr/local/bin/python3.10 /usr/bin/python3.10; do \
+	  if "$$c" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 10))' 2>/dev/null; then py=$$(command -v "$$c"); break; fi; \
+	done; \
+	echo "Installing into $(VENV) with $${py:-a uv-managed Python 3.10}"; \
+	"$(UV)" sync --frozen --python "$${py:-3.10}"
+	@touch $@
+
+run: setup
+	$(VENV)/bin/petseg run $(ARGS)
+
+test: setup
+	$(VENV)/bin/python -m pytest $(TEST_ARGS)
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

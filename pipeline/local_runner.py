@@ -1,0 +1,87 @@
+"""Runs `create_pipeline(config)` with LocalDagRunner, MLMD in sqlite, and visible progress."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import logging
+import sys
+import time
+from typing import Dict, Iterator, Optional, TextIO
+
+from tfx import v1 as tfx
+
+from pipeline.config import PipelineConfig
+from pipeline.pipeline import create_pipeline
+
+_RUNNING = "Component %s is running."
+_FINISHED = "Component %s is finished."
+_CACHED = "A cached execution %d is used."
+
+
+class ProgressTracker(logging.Handler):
+    """Turns LocalDagRunner's log records into one line per component and per-component timings."""
+
+    def __init__(self, stream: TextIO):
+        super().__init__(level=logging.INFO)
+        self.stream = stream
+        self.components: Dict[str, Dict[str, object]] = {}
+        self._current: Optional[str] = None
+        self._started = 0.0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.msg == _RUNNING:
+            self._current, self._started = str(record.args[0]), time.monotonic()
+            self.components[self._current] = {"seconds": None, "cached": False}
+            self._print(f"[petseg] {self._current} running ...")
+        elif record.msg == _CACHED and self._current:
+            self.components[self._current]["cached"] = True
+        elif record.msg == _FINISHED and self._current:
+            entry = self.components[self._current]
+            entry["seconds"] = round(time.monotonic() - self._started, 2)
+            how = "from cache" if entry["cached"] else "done"
+            self._print(f"[petseg] {self._current} {how} in {entry['seconds']:.1f} s")
+            self._current = None
+
+    def _print(self, line: str) -> None:
+        print(line, file=self.stream, flush=True)
+
+
+@contextlib.contextmanager
+def _logging_to(log_file: str, tracker: ProgressTracker) -> Iterator[None]:
+    """Full INFO log into the run's folder; only progress lines on the console."""
+    absl_logger = logging.getLogger("absl")
+    root = logging.getLogger()
+    file_handler = logging.FileHandler(log_file)
+    file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    saved = (absl_logger.level, root.level)
+    absl_logger.setLevel(logging.INFO)
+    root.setLevel(logging.INFO)
+    root.addHandler(file_handler)
+    absl_logger.addHandler(tracker)
+    try:
+        yield
+    finally:
+        absl_logger.removeHandler(tracker)
+        root.removeHandler(file_handler)
+        file_handler.close()
+        absl_logger.setLevel(saved[0])
+        root.setLevel(saved[1])
+
+
+def run(config: PipelineConfig, stream: TextIO = sys.stderr) -> Dict[str, Dict[str, object]]:
+    """Runs the pipeline to completion; returns {component id: {"seconds", "cached"}}."""
+    output = config.output_dir
+    (output / "logs").mkdir(parents=True, exist_ok=True)
+    log_file = output / "logs" / f"run-{datetime.datetime.now():%Y%m%d-%H%M%S}.log"
+    print(f"[petseg] profile {config.profile}; outputs under {output}; full log {log_file}",
+          file=stream, flush=True)
+    pipeline = create_pipeline(
+        config,
+        metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
+            config.metadata_path))
+    tracker = ProgressTracker(stream)
+    with _logging_to(str(log_file), tracker):
+        tfx.orchestration.LocalDagRunner().run(pipeline)
+    return tracker.components
+

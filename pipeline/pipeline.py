@@ -1,0 +1,113 @@
+"""`create_pipeline(config)`: the one TFX pipeline definition, shared by every runner."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+from typing import List, Optional
+
+from tfx import v1 as tfx
+
+from components.example_gen import TfdsExampleGen
+from components.validation_gate import ValidationGate
+from pipeline import evaluation
+from pipeline.config import PipelineConfig
+
+# Installed next to the code, so local runs, Beam workers and the Kubeflow image all find it.
+SCHEMA_FILE = str(pathlib.Path(__file__).resolve().parent.parent / "transform" / "schema.pbtxt")
+
+# User code by dotted path: the installed package serves every runner (no module_file wheels).
+PREPROCESSING_FN = "transform.preprocessing.preprocessing_fn"
+RUN_FN = "trainer.run.run_fn"
+
+
+def local_beam_args(config: PipelineConfig) -> List[str]:
+    """Beam DirectRunner settings for this machine, then the user's extra args (which win)."""
+    if config.beam_workers > 1:
+        args = ["--direct_running_mode=multi_processing", f"--direct_num_workers={config.beam_workers}"]
+    else:
+        args = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
+    return args + list(config.beam_args)
+
+
+def create_pipeline(config: PipelineConfig, *, pipeline_root: Optional[str] = None,
+                    serving_dir: Optional[str] = None, schema_file: str = SCHEMA_FILE,
+                    data_dir: Optional[str] = None,
+                    metadata_connection_config=None,
+                    beam_pipeline_args: Optional[List[str]] = None) -> tfx.dsl.Pipeline:
+    """Builds the pipeline; paths default to the config's output folder (runners may relocate them)."""
+    data = config.data
+    example_gen = TfdsExampleGen(
+        source=("raw-dir" if data.oxford_raw_dir else
+                "synthetic" if data.dataset == "synthetic" else "download"),
+        data_dir=data_dir or config.tfds_data_dir,
+        raw_dir=data.oxford_raw_dir or "",
+        version=data.tfds_version,
+        synthetic_train_images=data.synthetic_train_images,
+        synthetic_test_images=data.synthetic_test_images,
+        synthetic_seed=data.synthetic_seed,
+        strict=data.strict,
+    )
+    statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
+    schema_gen = tfx.components.ImportSchemaGen(schema_file=schema_file)
+    example_validator = tfx.components.ExampleValidator(
+        statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"])
+    validation_gate = ValidationGate(anomalies=example_validator.outputs["anomalies"])
+
+    transform = tfx.components.Transform(
+        examples=example_gen.outputs["examples"],
+        schema=schema_gen.outputs["schema"],
+        preprocessing_fn=PREPROCESSING_FN,
+        custom_config={"image_size": config.model.image_size},
+    )
+    # Anomalies must stop the run before any compute is spent on bad data.
+    transform.add_upstream_node(validation_gate)
+
+    latest_blessed_model = tfx.dsl.Resolver(
+        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
+        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
+    ).with_id("latest_blessed_model_resolver")
+
+    trainer = tfx.components.Trainer(
+        run_fn=RUN_FN,
+        examples=transform.outputs["transformed_examples"],
+        transform_graph=transform.outputs["transform_graph"],
+        schema=schema_gen.outputs["schema"],
+        base_model=latest_blessed_model.outputs["model"] if config.train.warm_start else None,
+        train_args=tfx.proto.TrainArgs(num_steps=config.train.steps_per_epoch or 0),
+        eval_args=tfx.proto.EvalArgs(num_steps=0),
+        custom_config={"model": dataclasses.asdict(config.model),
+                       "train": dataclasses.asdict(config.train)},
+    )
+
+    evaluator = tfx.components.Evaluator(
+        examples=example_gen.outputs["examples"],
+        model=trainer.outputs["model"],
+        baseline_model=latest_blessed_model.outputs["model"],
+        eval_config=evaluation.build_eval_config(config.eval),
+    )
+
+    pusher = tfx.components.Pusher(
+        model=trainer.outputs["model"],
+        model_blessing=evaluator.outputs["blessing"],
+        push_destination=tfx.proto.PushDestination(
+            filesystem=tfx.proto.PushDestination.Filesystem(
+                base_directory=serving_dir or config.serving_dir)),
+    )
+
+    return tfx.dsl.Pipeline(
+        pipeline_name=config.name,
+        pipeline_root=pipeline_root or config.pipeline_root,
+        components=[example_gen, statistics_gen, schema_gen, example_validator, validation_gate,
+                    transform, latest_blessed_model, trainer, evaluator, pusher],
+        enable_cache=True,
+        metadata_connection_config=metadata_connection_config,
+        beam_pipeline_args=beam_pipeline_args if beam_pipeline_args is not None else local_beam_args(config),
+    )
+
+
+def config_fingerprint(config: PipelineConfig) -> str:
+    """Stable text of the config, logged with every run so results can be traced to settings."""
+    return json.dumps(dataclasses.asdict(config), sort_keys=True)
