@@ -48,6 +48,8 @@ class ModelConfig:
     # Train the encoder even when it starts from pretrained weights.
     fine_tune_encoder: bool = False
     mixed_precision: str = "none"
+    # Serving refuses larger images (width x height) before decoding them fully.
+    serving_max_pixels: int = 40_000_000
 
 
 @dataclasses.dataclass
@@ -138,6 +140,7 @@ class PipelineConfig:
                    "pretrained VGG16 weights need model.width_multiplier=1")
         _check(self.model.mixed_precision in MIXED_PRECISION, "model.mixed_precision",
                f"must be one of {MIXED_PRECISION}")
+        _check(self.model.serving_max_pixels >= 1, "model.serving_max_pixels", "must be >= 1")
         _check(self.train.epochs >= 0, "train.epochs", "must be >= 0")
         _check(self.train.batch_size >= 1, "train.batch_size", "must be >= 1")
         _check(self.train.learning_rate > 0, "train.learning_rate", "must be > 0")
