@@ -1,0 +1,53 @@
+"""Trainer input pipeline over Transform's materialized examples: (image, mask) batches."""
+
+from __future__ import annotations
+
+from typing import List, Optional, Tuple
+
+import tensorflow as tf
+import tensorflow_transform as tft
+from tfx_bsl.public import tfxio
+
+from transform import features
+
+# Records are parsed in chunks, then unbatched so caching, shuffling and batching work per example.
+_READ_BATCH = 64
+
+
+def flip_pair(image: tf.Tensor, mask: tf.Tensor, seed: Optional[int] = None) -> Tuple[tf.Tensor, tf.Tensor]:
+    """Random horizontal flip applied identically to one image [H, W, 3] and its mask [H, W]."""
+    flip = tf.random.uniform([], seed=seed) < 0.5
+    return (tf.cond(flip, lambda: tf.image.flip_left_right(image), lambda: image),
+            tf.cond(flip, lambda: tf.reverse(mask, axis=[1]), lambda: mask))
+
+
+def input_fn(file_pattern: List[str], data_accessor, tf_transform_output: tft.TFTransformOutput,
+             global_batch_size: int, *, training: bool, shuffle_buffer: int = 512,
+             repeat: bool = False, cache: bool = True, seed: Optional[int] = None) -> tf.data.Dataset:
+    """(image float32 [B, S, S, 3], mask int64 [B, S, S]) batches of the global batch size.
+
+    Training batches are shuffled every epoch and randomly flipped; evaluation batches are neither,
+    so evaluation data never sees the training map (a seed defect). Decoded examples are cached in
+    memory after the first pass, so later epochs cost no parsing.
+    """
+    dataset = data_accessor.tf_dataset_factory(
+        file_pattern,
+        tfxio.TensorFlowDatasetOptions(batch_size=_READ_BATCH, shuffle=False, num_epochs=1),
+        tf_transform_output.transformed_metadata.schema,
+    ).unbatch()
+    dataset = dataset.map(lambda f: (f[features.IMAGE_KEY], f[features.MASK_KEY]),
+                          num_parallel_calls=tf.data.AUTOTUNE)
+    if cache:
+        dataset = dataset.cache()
+    if training:
+        dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+        dataset = dataset.map(lambda image, mask: flip_pair(image, mask, seed),
+                              num_parallel_calls=tf.data.AUTOTUNE)
+    if repeat:
+        dataset = dataset.repeat()
+    # The last partial batch is kept so every example is seen each epoch; Keras distributes it fine.
+    dataset = dataset.batch(global_batch_size).prefetch(tf.data.AUTOTUNE)
+    options = tf.data.Options()
+    # The split may have fewer files than workers: shard by example, not by file.
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return dataset.with_options(options)

@@ -1,0 +1,97 @@
+"""TFX Trainer entry point (`run_fn`): strategy, data, resumable fit, warm start, servable export."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import pathlib
+import tempfile
+
+import tensorflow as tf
+import tensorflow_transform as tft
+
+from pipeline.config import ModelConfig, TrainConfig
+from trainer import data, model as model_lib, signatures, strategy as strategy_lib
+
+log = logging.getLogger(__name__)
+
+
+def backup_dir(fn_args) -> str:
+    """A BackupAndRestore folder that a retry of the same training finds again.
+
+    Each TFX execution (a retry too) gets fresh output URIs, so the folder is keyed on what defines
+    the training instead: its input artifacts and settings. It sits beside the Trainer's outputs
+    (`<pipeline_root>/<trainer id>/`) and Keras deletes it once training finishes.
+    """
+    key = json.dumps({"train": sorted(fn_args.train_files), "eval": sorted(fn_args.eval_files),
+                      "transform": fn_args.transform_output, "base": fn_args.base_model or "",
+                      "config": fn_args.custom_config}, sort_keys=True)
+    # serving_model_dir is <pipeline_root>/<trainer id>/model/<execution id>/Format-Serving.
+    trainer_root = pathlib.Path(fn_args.serving_model_dir).parents[2]
+    return str(trainer_root / "backup" / hashlib.sha256(key.encode()).hexdigest()[:16])
+
+
+def _is_chief() -> bool:
+    """Single-process training, the `chief` task, or worker 0 of a cluster without a chief."""
+    tf_config = json.loads(os.environ.get("TF_CONFIG") or "{}")
+    task = tf_config.get("task")
+    if not task or task.get("type") == "chief":
+        return True
+    return task.get("type") == "worker" and task.get("index", 0) == 0 and "chief" not in tf_config.get("cluster", {})
+
+
+def _warm_start(model: tf.keras.Model, base_model_dir: str) -> None:
+    """Copies weights from the last blessed model when the architecture still matches."""
+    base = tf.keras.models.load_model(base_model_dir, compile=False)
+    if [w.shape for w in base.weights] != [w.shape for w in model.weights]:
+        log.warning("Not warm-starting: %s has a different architecture", base_model_dir)
+        return
+    model.set_weights(base.get_weights())
+    log.info("Warm-started from %s", base_model_dir)
+
+
+def run_fn(fn_args) -> None:
+    """Trains VGG16-FCN8 on the transformed examples and exports it with its serving signatures."""
+    model_config = ModelConfig(**fn_args.custom_config["model"])
+    train_config = TrainConfig(**fn_args.custom_config["train"])
+    strategy = strategy_lib.choose_strategy(train_config)
+    strategy_lib.set_mixed_precision(model_config.mixed_precision)
+    tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
+
+    global_batch = train_config.batch_size * strategy.num_replicas_in_sync
+    repeat = train_config.steps_per_epoch is not None
+    train_ds = data.input_fn(fn_args.train_files, fn_args.data_accessor, tf_transform_output, global_batch,
+                             training=True, shuffle_buffer=train_config.shuffle_buffer, repeat=repeat)
+    eval_ds = data.input_fn(fn_args.eval_files, fn_args.data_accessor, tf_transform_output, global_batch,
+                            training=False)
+
+    with strategy.scope():
+        model = model_lib.build_model(model_config)
+        if fn_args.base_model:
+            _warm_start(model, fn_args.base_model)
+        model_lib.compile_model(model, train_config)
+    log.info("Training %s parameters, global batch %d over %d replica(s)",
+             f"{model.count_params():,}", global_batch, strategy.num_replicas_in_sync)
+
+    history = model.fit(
+        train_ds,
+        validation_data=eval_ds,
+        epochs=train_config.epochs,
+        steps_per_epoch=train_config.steps_per_epoch,
+        callbacks=[
+            tf.keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir, update_freq="epoch"),
+            tf.keras.callbacks.BackupAndRestore(backup_dir(fn_args)),
+        ],
+        verbose=2,
+    )
+
+    # Non-chief workers of a multi-worker run must still take part in saving, but not in the real place.
+    export_dir = fn_args.serving_model_dir if _is_chief() else tempfile.mkdtemp()
+    model.save(export_dir, save_format="tf", signatures=signatures.make_signatures(
+        model, tf_transform_output, model_config.image_size, model_config.serving_max_pixels))
+    if _is_chief():
+        tf.io.gfile.makedirs(fn_args.model_run_dir)
+        with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, "history.json"), "w") as f:
+            json.dump({key: [float(v) for v in values] for key, values in history.history.items()}, f)

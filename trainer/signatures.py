@@ -1,0 +1,67 @@
+"""Serving signatures: encoded images in (TF Serving), raw tf.Examples in (Evaluator), and Transform."""
+
+from __future__ import annotations
+
+from typing import Dict
+
+import tensorflow as tf
+import tensorflow_transform as tft
+
+from transform import features, preprocessing
+
+SERVING_SIGNATURE = "serving_default"
+EXAMPLES_SIGNATURE = "serving_examples"
+TRANSFORM_SIGNATURE = "transform_features"
+
+
+def checked_decode(image_bytes: tf.Tensor, image_size: int, max_pixels: int) -> tf.Tensor:
+    """`preprocessing.decode_image` with request guards that fail as InvalidArgument, not a crash."""
+    not_empty = tf.debugging.assert_greater(
+        tf.strings.length(image_bytes), 0, message="image_bytes is empty; send a JPEG or PNG file's bytes")
+    with tf.control_dependencies([not_empty]):
+        # JPEG headers give the size without decoding; other formats are decoded once to learn it.
+        shape = tf.cond(tf.io.is_jpeg(image_bytes),
+                        lambda: tf.io.extract_jpeg_shape(image_bytes),
+                        lambda: tf.shape(tf.io.decode_image(image_bytes, channels=3, expand_animations=False),
+                                         out_type=tf.int32))
+    pixels = tf.cast(shape[0], tf.int64) * tf.cast(shape[1], tf.int64)
+    small_enough = tf.debugging.assert_less_equal(
+        pixels, tf.constant(max_pixels, tf.int64),
+        message=f"image too large: more than {max_pixels} pixels (model.serving_max_pixels)")
+    # Explicit dependencies: inside tf.map_fn's loop body asserts are not otherwise guaranteed to run.
+    with tf.control_dependencies([small_enough]):
+        image_bytes = tf.identity(image_bytes)
+    return preprocessing.decode_image(image_bytes, image_size)
+
+
+def _outputs(logits: tf.Tensor) -> Dict[str, tf.Tensor]:
+    probabilities = tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)
+    return {"mask": tf.cast(tf.argmax(probabilities, axis=-1), tf.uint8), "probabilities": probabilities}
+
+
+def make_signatures(model: tf.keras.Model, tf_transform_output: tft.TFTransformOutput,
+                    image_size: int, max_pixels: int) -> Dict[str, tf.types.experimental.ConcreteFunction]:
+    """The three exported signatures; the Transform layer is attached to `model` so it is saved."""
+    model.tft_layer = tf_transform_output.transform_features_layer()
+    raw_spec = tf_transform_output.raw_feature_spec()
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=features.SERVING_INPUT_KEY)])
+    def serve_images(image_bytes):
+        images = tf.map_fn(lambda b: checked_decode(b, image_size, max_pixels), image_bytes,
+                           fn_output_signature=tf.TensorSpec([image_size, image_size, 3], tf.float32))
+        return _outputs(model(images, training=False))
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+    def transform_features(examples):
+        return model.tft_layer(tf.io.parse_example(examples, raw_spec))
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+    def serve_examples(examples):
+        transformed = model.tft_layer(tf.io.parse_example(examples, raw_spec))
+        return _outputs(model(transformed[features.IMAGE_KEY], training=False))
+
+    return {
+        SERVING_SIGNATURE: serve_images.get_concrete_function(),
+        EXAMPLES_SIGNATURE: serve_examples.get_concrete_function(),
+        TRANSFORM_SIGNATURE: transform_features.get_concrete_function(),
+    }
