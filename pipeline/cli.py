@@ -54,7 +54,11 @@ def _run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     from pipeline import local_runner  # heavy imports only once the arguments are known good
 
-    local_runner.run(config)
+    try:
+        local_runner.run(config)
+    except local_runner.PipelineFailed as exc:
+        print(f"petseg: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -65,6 +69,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return args.func(args)
     except ConfigError as exc:
         parser.exit(2, f"petseg: invalid configuration: {exc}\n")
+
 
 
 if __name__ == "__main__":

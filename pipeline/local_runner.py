@@ -12,11 +12,16 @@ from typing import Dict, Iterator, Optional, TextIO
 from tfx import v1 as tfx
 
 from pipeline.config import PipelineConfig
+from pipeline import summary
 from pipeline.pipeline import create_pipeline
 
 _RUNNING = "Component %s is running."
 _FINISHED = "Component %s is finished."
 _CACHED = "A cached execution %d is used."
+
+
+class PipelineFailed(RuntimeError):
+    """A component failed; the message names it and the log file."""
 
 
 class ProgressTracker(logging.Handler):
@@ -26,22 +31,22 @@ class ProgressTracker(logging.Handler):
         super().__init__(level=logging.INFO)
         self.stream = stream
         self.components: Dict[str, Dict[str, object]] = {}
-        self._current: Optional[str] = None
+        self.current: Optional[str] = None
         self._started = 0.0
 
     def emit(self, record: logging.LogRecord) -> None:
         if record.msg == _RUNNING:
-            self._current, self._started = str(record.args[0]), time.monotonic()
-            self.components[self._current] = {"seconds": None, "cached": False}
-            self._print(f"[petseg] {self._current} running ...")
-        elif record.msg == _CACHED and self._current:
-            self.components[self._current]["cached"] = True
-        elif record.msg == _FINISHED and self._current:
-            entry = self.components[self._current]
+            self.current, self._started = str(record.args[0]), time.monotonic()
+            self.components[self.current] = {"seconds": None, "cached": False}
+            self._print(f"[petseg] {self.current} running ...")
+        elif record.msg == _CACHED and self.current:
+            self.components[self.current]["cached"] = True
+        elif record.msg == _FINISHED and self.current:
+            entry = self.components[self.current]
             entry["seconds"] = round(time.monotonic() - self._started, 2)
             how = "from cache" if entry["cached"] else "done"
-            self._print(f"[petseg] {self._current} {how} in {entry['seconds']:.1f} s")
-            self._current = None
+            self._print(f"[petseg] {self.current} {how} in {entry['seconds']:.1f} s")
+            self.current = None
 
     def _print(self, line: str) -> None:
         print(line, file=self.stream, flush=True)
@@ -69,8 +74,8 @@ def _logging_to(log_file: str, tracker: ProgressTracker) -> Iterator[None]:
         root.setLevel(saved[1])
 
 
-def run(config: PipelineConfig, stream: TextIO = sys.stderr) -> Dict[str, Dict[str, object]]:
-    """Runs the pipeline to completion; returns {component id: {"seconds", "cached"}}."""
+def run(config: PipelineConfig, stream: TextIO = sys.stderr) -> Dict[str, object]:
+    """Runs the pipeline to completion, then writes and returns the run summary."""
     output = config.output_dir
     (output / "logs").mkdir(parents=True, exist_ok=True)
     log_file = output / "logs" / f"run-{datetime.datetime.now():%Y%m%d-%H%M%S}.log"
@@ -82,6 +87,9 @@ def run(config: PipelineConfig, stream: TextIO = sys.stderr) -> Dict[str, Dict[s
             config.metadata_path))
     tracker = ProgressTracker(stream)
     with _logging_to(str(log_file), tracker):
-        tfx.orchestration.LocalDagRunner().run(pipeline)
-    return tracker.components
+        try:
+            tfx.orchestration.LocalDagRunner().run(pipeline)
+        except Exception as exc:
+            raise PipelineFailed(f"{tracker.current or 'the pipeline'} failed: {exc}\nfull log: {log_file}") from exc
+        return summary.finish_run(config, tracker.components, stream)
 
