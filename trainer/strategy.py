@@ -1,0 +1,107 @@
+"""Distribution strategy and mixed-precision policy for the Trainer, chosen from the machine and TF_CONFIG."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Optional
+
+import tensorflow as tf
+
+from pipeline.config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+# /proc/cpuinfo flags of CPUs whose oneDNN kernels run bfloat16 natively; elsewhere bf16 is emulated and slower.
+_BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def choose_strategy(train_config: TrainConfig) -> tf.distribute.Strategy:
+    """Multi-worker if TF_CONFIG names >1 worker, else all local GPUs, else N logical CPUs, else one device.
+
+    Call it before any other TensorFlow work (building a model, creating a dataset): splitting the CPU
+    into logical devices and joining a multi-worker cluster are both only possible before TF initializes
+    its devices.
+    """
+    workers = _tf_config_workers()
+    if workers > 1:
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        log.info("Strategy: MultiWorkerMirroredStrategy, %d workers, %d replicas in sync",
+                 workers, strategy.num_replicas_in_sync)
+        return strategy
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        strategy = tf.distribute.MirroredStrategy([f"/gpu:{i}" for i in range(len(gpus))])
+        log.info("Strategy: MirroredStrategy over %d GPU(s)", len(gpus))
+        return strategy
+    if train_config.cpu_replicas > 1:
+        devices = _split_cpu(train_config.cpu_replicas)
+        strategy = tf.distribute.MirroredStrategy(devices)
+        log.info("Strategy: MirroredStrategy over %d logical CPU devices", len(devices))
+        return strategy
+    log.info("Strategy: OneDeviceStrategy on /cpu:0")
+    return tf.distribute.OneDeviceStrategy("/cpu:0")
+
+
+def resolve_mixed_precision(name: str) -> str:
+    """Keras policy name for a config value: "auto" picks what this machine computes fastest."""
+    if name == "none":
+        return "float32"
+    if name != "auto":
+        return name
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        # float16 tensor cores start at compute capability 7.0; older GPUs get slower, not faster.
+        capability = tf.config.experimental.get_device_details(gpus[0]).get("compute_capability", (0, 0))
+        return "mixed_float16" if capability >= (7, 0) else "float32"
+    return "mixed_bfloat16" if cpu_supports_bf16() else "float32"
+
+
+def set_mixed_precision(name: str) -> str:
+    """Sets the global Keras policy for `name` (see resolve_mixed_precision) and returns the policy name."""
+    policy = resolve_mixed_precision(name)
+    tf.keras.mixed_precision.set_global_policy(policy)
+    log.info("Mixed precision: %r -> policy %s", name, policy)
+    return policy
+
+
+def cpu_supports_bf16(cpuinfo_path: str = "/proc/cpuinfo") -> bool:
+    try:
+        with open(cpuinfo_path) as f:
+            text = f.read()
+    except OSError:
+        return False
+    flags = set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.partition(":")[2].split())
+    return any(flag in flags for flag in _BF16_CPU_FLAGS)
+
+
+def _tf_config_workers(tf_config: Optional[str] = None) -> int:
+    """Chief plus workers named in TF_CONFIG (0 when unset)."""
+    raw = os.environ.get("TF_CONFIG", "") if tf_config is None else tf_config
+    if not raw:
+        return 0
+    try:
+        cluster = json.loads(raw).get("cluster", {})
+    except ValueError as exc:
+        raise ValueError(f"TF_CONFIG is not valid JSON: {exc}") from exc
+    return len(cluster.get("chief", [])) + len(cluster.get("worker", []))
+
+
+def _split_cpu(replicas: int) -> list:
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    wanted = [tf.config.LogicalDeviceConfiguration() for _ in range(replicas)]
+    current = tf.config.get_logical_device_configuration(cpu)
+    if current is None or len(current) != replicas:
+        try:
+            tf.config.set_logical_device_configuration(cpu, wanted)
+        except RuntimeError as exc:
+            raise RuntimeError(
+                f"Cannot split the CPU into {replicas} logical devices: TensorFlow already initialized its "
+                "devices in this process (some TF op, model or dataset was created first). Call "
+                "trainer.strategy.choose_strategy() before any other TensorFlow work, or set "
+                "train.cpu_replicas=1.") from exc
+    return [f"/cpu:{i}" for i in range(replicas)]
