@@ -1,0 +1,209 @@
+"""Preprocessing: decoders eagerly, in tf.data, and through real TFT on Beam with the curated schema."""
+
+import functools
+import io
+import pathlib
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from transform import features, preprocessing
+
+SIZE = 32
+SCHEMA_PATH = pathlib.Path(__file__).resolve().parents[1] / "transform" / "schema.pbtxt"
+
+
+def trimap(height: int = 40, width: int = 56) -> np.ndarray:
+    """uint8 [H, W] trimap with sharp edges: background 2, a border band 3 around a pet block 1."""
+    mask = np.full((height, width), 2, np.uint8)
+    mask[height // 4:3 * height // 4, width // 4:3 * width // 4] = 3
+    mask[height // 4 + 2:3 * height // 4 - 2, width // 4 + 2:3 * width // 4 - 2] = 1
+    return mask
+
+
+def png(array: np.ndarray) -> bytes:
+    return tf.io.encode_png(array if array.ndim == 3 else array[..., None]).numpy()
+
+
+def jpeg(array: np.ndarray) -> bytes:
+    return tf.io.encode_jpeg(array).numpy()
+
+
+def random_rgb(height: int = 40, width: int = 56, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+def cmyk_jpeg() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("CMYK", (48, 36), (10, 200, 30, 0)).save(buffer, "JPEG")
+    return buffer.getvalue()
+
+
+def raw_example(image: bytes = None, mask: bytes = None, label: int = 5, species: int = 1,
+                file_name: bytes = b"Abyssinian_1.jpg", head_bbox=(0.1, 0.2, 0.5, 0.6),
+                drop=()) -> bytes:
+    """A serialized tf.Example laid out as the TFDS oxford_iiit_pet 4.0.0 builder writes it."""
+    values = {
+        features.RAW_IMAGE_KEY: _bytes(jpeg(random_rgb()) if image is None else image),
+        features.RAW_MASK_KEY: _bytes(png(trimap()) if mask is None else mask),
+        features.LABEL_KEY: tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
+        features.SPECIES_KEY: tf.train.Feature(int64_list=tf.train.Int64List(value=[species])),
+        features.FILE_NAME_KEY: _bytes(file_name),
+        features.HEAD_BBOX_KEY: tf.train.Feature(float_list=tf.train.FloatList(value=list(head_bbox))),
+    }
+    kept = {key: value for key, value in values.items() if key not in drop}
+    return tf.train.Example(features=tf.train.Features(feature=kept)).SerializeToString()
+
+
+def _bytes(value: bytes) -> tf.train.Feature:
+    return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+
+
+# Every encoding the real dataset throws at the decoder, as (name, bytes).
+ODD_IMAGES = [
+    ("rgb_jpeg", lambda: jpeg(random_rgb())),
+    ("grayscale_jpeg", lambda: jpeg(random_rgb()[..., :1])),
+    ("grayscale_png", lambda: png(random_rgb()[..., :1])),
+    ("rgba_png", lambda: png(np.concatenate([random_rgb(), np.full((40, 56, 1), 128, np.uint8)], -1))),
+    ("cmyk_jpeg", cmyk_jpeg),
+    ("png_bytes_named_jpg", lambda: png(random_rgb())),
+]
+
+
+@pytest.mark.parametrize("name,make", ODD_IMAGES, ids=[n for n, _ in ODD_IMAGES])
+def test_decode_image_any_encoding_gives_static_rgb_in_unit_range(name, make):
+    image = preprocessing.decode_image(tf.constant(make()), SIZE)
+    assert image.shape == (SIZE, SIZE, 3) and image.dtype == tf.float32
+    assert 0.0 <= float(tf.reduce_min(image)) and float(tf.reduce_max(image)) <= 1.0
+
+
+def test_cmyk_jpeg_colour_survives():
+    # Pillow writes Adobe (inverted) CMYK; a decoder ignoring that would return the negative.
+    red, green, blue = preprocessing.decode_image(tf.constant(cmyk_jpeg()), SIZE)[0, 0].numpy()
+    assert red > 0.8 and green < 0.35 and blue > 0.75
+
+
+def test_grayscale_is_replicated_to_three_equal_channels():
+    image = preprocessing.decode_image(tf.constant(png(random_rgb()[..., :1])), SIZE).numpy()
+    np.testing.assert_allclose(image[..., 0], image[..., 2])
+
+
+@pytest.mark.parametrize("size", [16, 64, 37], ids=["down", "up", "odd"])
+def test_decode_mask_nearest_keeps_exact_classes(size):
+    source = trimap()
+    mask = preprocessing.decode_mask(tf.constant(png(source)), size)
+    assert mask.shape == (size, size) and mask.dtype == tf.int64
+    assert set(np.unique(mask.numpy()).tolist()) == {0, 1, 2}
+    if size == 64:
+        # Upscaling a sharp trimap must reproduce NEAREST exactly, edges included.
+        expected = tf.image.resize(source[..., None], [size, size], method="nearest")[..., 0]
+        np.testing.assert_array_equal(mask.numpy(), expected.numpy().astype(np.int64) - 1)
+
+
+@pytest.mark.parametrize("bad_value", [0, 4, 255])
+def test_decode_mask_rejects_out_of_range_trimap_values(bad_value):
+    source = trimap()
+    source[0, 0] = bad_value
+    with pytest.raises(tf.errors.InvalidArgumentError, match="trimap has values"):
+        preprocessing.decode_mask(tf.constant(png(source)), SIZE)
+
+
+def test_decode_mask_rejects_out_of_range_inside_graph_map_fn():
+    # The assert must fire where Transform runs it: traced, inside tf.map_fn's loop body.
+    source = trimap()
+    source[5, 5] = 0
+    batch = tf.constant([[png(trimap())], [png(source)]])
+    with pytest.raises(tf.errors.InvalidArgumentError, match="trimap has values below"):
+        tf.function(lambda b: preprocessing.decode_mask_batch(b, SIZE))(batch)
+
+
+def _raw_batch(images):
+    """What Transform hands preprocessing_fn for the curated schema: dense [B, 1] / [B, 1] ints."""
+    count = len(images)
+    return {
+        features.RAW_IMAGE_KEY: tf.constant([[image] for image in images]),
+        features.RAW_MASK_KEY: tf.constant([[png(trimap())]] * count),
+        features.LABEL_KEY: tf.constant([[i] for i in range(count)], tf.int64),
+        features.SPECIES_KEY: tf.constant([[i % 2] for i in range(count)], tf.int64),
+    }
+
+
+def _check_transformed(outputs, batch):
+    assert outputs[features.IMAGE_KEY].shape == (batch, SIZE, SIZE, 3)
+    assert outputs[features.MASK_KEY].shape == (batch, SIZE, SIZE)
+    assert outputs[features.IMAGE_KEY].dtype == tf.float32 and outputs[features.MASK_KEY].dtype == tf.int64
+    images, masks = np.asarray(outputs[features.IMAGE_KEY]), np.asarray(outputs[features.MASK_KEY])
+    assert images.min() >= 0.0 and images.max() <= 1.0
+    assert set(np.unique(masks).tolist()) == {0, 1, 2}
+    for key in features.SLICE_KEYS:
+        assert np.asarray(outputs[key]).shape == (batch,)
+
+
+def test_preprocessing_fn_eager_batch_and_single_element():
+    images = [make() for _, make in ODD_IMAGES]
+    config = {"image_size": SIZE}
+    _check_transformed(preprocessing.preprocessing_fn(_raw_batch(images), config), len(images))
+    _check_transformed(preprocessing.preprocessing_fn(_raw_batch(images[:1]), config), 1)
+
+
+def test_preprocessing_fn_accepts_sparse_bytes_and_scalar_ints():
+    # The shape-less schema variant: bytes as SparseTensor [B, 1], ints as [B].
+    raw = _raw_batch([make() for _, make in ODD_IMAGES[:2]])
+    raw = {key: tf.sparse.from_dense(value) if value.dtype == tf.string else tf.squeeze(value, 1)
+           for key, value in raw.items()}
+    _check_transformed(preprocessing.preprocessing_fn(raw, {"image_size": SIZE}), 2)
+
+
+def test_preprocessing_fn_in_tf_data_has_static_shapes():
+    images = [make() for _, make in ODD_IMAGES]
+    dataset = tf.data.Dataset.from_tensor_slices(_raw_batch(images)).batch(4).map(
+        functools.partial(preprocessing.preprocessing_fn, custom_config={"image_size": SIZE}))
+    spec = dataset.element_spec
+    assert spec[features.IMAGE_KEY].shape.as_list() == [None, SIZE, SIZE, 3]
+    assert spec[features.MASK_KEY].shape.as_list() == [None, SIZE, SIZE]
+    batches = list(dataset)
+    assert [int(b[features.MASK_KEY].shape[0]) for b in batches] == [4, len(images) - 4]
+    for batch in batches:
+        _check_transformed(batch, int(batch[features.MASK_KEY].shape[0]))
+
+
+@pytest.mark.parametrize("config", [None, {}, {"image_size": "96"}, {"image_size": 0}])
+def test_preprocessing_fn_explains_a_missing_image_size(config):
+    with pytest.raises(ValueError, match="custom_config=.*image_size"):
+        preprocessing.preprocessing_fn(_raw_batch([jpeg(random_rgb())]), config)
+
+
+def test_preprocessing_fn_through_tft_beam_with_curated_schema(tmp_path):
+    import apache_beam as beam
+    import tensorflow_transform.beam as tft_beam
+    from tfx_bsl.public import tfxio
+    from tensorflow_data_validation.utils import schema_util
+
+    schema = schema_util.load_schema_text(str(SCHEMA_PATH))
+    examples = [raw_example(image=make(), label=i, species=i % 2) for i, (_, make) in enumerate(ODD_IMAGES)]
+    # Upscaled and downscaled trimaps from one PNG each: NEAREST must keep exactly {1,2,3} -> {0,1,2}.
+    examples += [raw_example(mask=png(trimap(8, 8))), raw_example(mask=png(trimap(200, 120)))]
+    record = tfxio.TFExampleBeamRecord(physical_format="inmem", telemetry_descriptors=["test"],
+                                       schema=schema)
+    with beam.Pipeline() as pipeline, tft_beam.Context(temp_dir=str(tmp_path)):
+        raw = pipeline | beam.Create(examples, reshuffle=False) | record.BeamSource()
+        (transformed, metadata), _ = (
+            (raw, record.TensorAdapterConfig())
+            | tft_beam.AnalyzeAndTransformDataset(
+                functools.partial(preprocessing.preprocessing_fn, custom_config={"image_size": SIZE}),
+                output_record_batches=False))
+        _ = transformed | beam.combiners.ToList() | beam.Map(_check_tft_rows, len(examples))
+
+    # Static shapes reach the transformed schema, so the Trainer parses fixed-size dense features.
+    shapes = {f.name: [d.size for d in f.shape.dim] for f in metadata.schema.feature}
+    assert shapes == {features.IMAGE_KEY: [SIZE, SIZE, 3], features.MASK_KEY: [SIZE, SIZE],
+                      features.SPECIES_KEY: [], features.LABEL_KEY: []}
+
+
+def _check_tft_rows(rows, count):
+    assert len(rows) == count
+    stacked = {key: np.stack([np.asarray(row[key]) for row in rows]) for key in rows[0]}
+    _check_transformed(stacked, count)
+    assert sorted(stacked[features.LABEL_KEY].tolist()) == sorted([5, 5] + list(range(len(ODD_IMAGES))))
