@@ -1,0 +1,153 @@
+"""The real oxford_iiit_pet builder, offline, on synthetic and on broken raw folders."""
+
+import io
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from components import synthetic_pets, tfds_data
+
+
+def _read(files):
+    examples = []
+    for record in tf.data.TFRecordDataset(files):
+        ex = tf.train.Example.FromString(record.numpy()).features.feature
+        examples.append(ex)
+    return examples
+
+
+def _decoded(ex):
+    image = tf.io.decode_image(ex["image"].bytes_list.value[0], channels=3, expand_animations=False)
+    mask = tf.io.decode_image(ex["segmentation_mask"].bytes_list.value[0], channels=1, expand_animations=False)
+    return image.numpy(), mask.numpy()
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    return tfds_data.prepare(tmp_path_factory.mktemp("tfds"), "synthetic", synthetic=(12, 6, 0))
+
+
+def test_synthetic_built_by_the_real_builder(synthetic):
+    assert (synthetic.name, synthetic.version, synthetic.source) == ("oxford_iiit_pet", "4.0.0", "synthetic")
+    assert synthetic.num_examples == {"train": 12, "test": 6}
+    assert synthetic.skipped == {}
+    for split, count in synthetic.num_examples.items():
+        assert tf.io.gfile.glob(synthetic.file_patterns[split]) == synthetic.files[split]
+        examples = _read(synthetic.files[split])
+        assert len(examples) == count
+        for ex in examples:
+            assert set(ex) == {"image", "segmentation_mask", "label", "species", "file_name", "head_bbox"}
+            image, mask = _decoded(ex)
+            assert image.shape[:2] == mask.shape[:2]
+            assert set(np.unique(mask).tolist()) <= {1, 2, 3}
+            breed, class_id, species = next(b for b in synthetic_pets.BREEDS
+                                            if ex["file_name"].bytes_list.value[0].decode().startswith(b[0] + "_"))
+            # The builder stores 0-based ids.
+            assert ex["label"].int64_list.value[0] == class_id - 1
+            assert ex["species"].int64_list.value[0] == species - 1
+            bbox = list(ex["head_bbox"].float_list.value)
+            assert (any(bbox) if split == "train" else not any(bbox)), "head boxes come from trainval XMLs only"
+
+
+def test_second_prepare_reuses_and_reports_the_same(synthetic):
+    mtimes = [os.path.getmtime(f) for f in synthetic.files["train"]]
+    again = tfds_data.prepare(synthetic.data_dir, "synthetic", synthetic=(12, 6, 0))
+    assert again == synthetic
+    assert [os.path.getmtime(f) for f in again.files["train"]] == mtimes
+
+
+def test_other_source_in_same_data_dir_is_an_error(synthetic):
+    with pytest.raises(ValueError, match="already holds"):
+        tfds_data.prepare(synthetic.data_dir, "synthetic", synthetic=(12, 6, 1))
+
+
+def _encode(img, fmt, **kw):
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+# name -> (how to break it, expected skip reason)
+BROKEN = {
+    "truncated": "unreadable_image",
+    "not_an_image": "unreadable_image",
+    "missing_image": "missing_image",
+    "missing_trimap": "missing_trimap",
+    "size_mismatch": "trimap_size_mismatch",
+    "bad_values": "bad_trimap_values",
+}
+ODD_VALID = ("png_as_jpg", "cmyk", "rgba_png", "grayscale", "tiff", "palette_trimap")
+
+
+def _damage(raw):
+    """Breaks or oddly re-encodes the first train samples; returns {case: sample name}."""
+    names = [line.split()[0] for line in (raw / "annotations" / "trainval.txt").read_text().splitlines()]
+    cases = dict(zip(list(BROKEN) + list(ODD_VALID), names))
+    img = lambda n: raw / "images" / f"{n}.jpg"  # noqa: E731
+    tri = lambda n: raw / "annotations" / "trimaps" / f"{n}.png"  # noqa: E731
+    rgb = {case: Image.open(img(n)).convert("RGB") for case, n in cases.items()}
+    img(cases["truncated"]).write_bytes(img(cases["truncated"]).read_bytes()[:1500])
+    img(cases["not_an_image"]).write_text("<html>404 not found</html>")
+    img(cases["missing_image"]).unlink()
+    tri(cases["missing_trimap"]).unlink()
+    Image.open(tri(cases["size_mismatch"])).resize((50, 40)).save(tri(cases["size_mismatch"]))
+    values = np.asarray(Image.open(tri(cases["bad_values"]))).copy()
+    values[0, :5] = 255
+    Image.fromarray(values).save(tri(cases["bad_values"]))
+    img(cases["png_as_jpg"]).write_bytes(_encode(rgb["png_as_jpg"], "PNG"))
+    img(cases["cmyk"]).write_bytes(_encode(rgb["cmyk"].convert("CMYK"), "JPEG"))
+    img(cases["rgba_png"]).write_bytes(_encode(rgb["rgba_png"].convert("RGBA"), "PNG"))
+    img(cases["grayscale"]).write_bytes(_encode(rgb["grayscale"].convert("L"), "JPEG"))
+    img(cases["tiff"]).write_bytes(_encode(rgb["tiff"], "TIFF"))
+    palette = Image.open(tri(cases["palette_trimap"])).convert("P")
+    palette.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0, 0, 0, 255] + [0] * 756)
+    palette.save(tri(cases["palette_trimap"]))
+    with open(raw / "annotations" / "trainval.txt", "a") as f:
+        f.write("Abyssinian_999 1 1\n")  # 3 fields: malformed
+        f.write(f"{names[-1]} 2 1 1\n")  # listed twice
+    return cases
+
+
+@pytest.fixture(scope="module")
+def damaged(tmp_path_factory):
+    raw = synthetic_pets.write_archive(tmp_path_factory.mktemp("raw"), 16, 4, seed=5)
+    return raw, _damage(raw)
+
+
+def test_broken_samples_skipped_and_counted_by_reason(damaged, tmp_path):
+    raw, cases = damaged
+    prepared = tfds_data.prepare(tmp_path / "tfds", "raw-dir", raw_dir=raw)
+    assert prepared.source == "raw-dir"
+    assert prepared.skipped == {"unreadable_image": 2, "missing_image": 1, "missing_trimap": 1,
+                                "trimap_size_mismatch": 1, "bad_trimap_values": 1,
+                                "malformed_line": 1, "duplicate_name": 1}
+    assert prepared.repaired == {"image_tiff_to_jpeg": 1, "trimap_to_8bit_png": 1}
+    assert prepared.num_examples == {"train": 16 - len(BROKEN), "test": 4}
+    stored = {ex["file_name"].bytes_list.value[0].decode()[:-4]: ex for ex in _read(prepared.files["train"])}
+    assert not set(stored) & {cases[c] for c in BROKEN}
+    for case in ODD_VALID:
+        image, mask = _decoded(stored[cases[case]])
+        assert image.shape[-1] == 3 and set(np.unique(mask).tolist()) <= {1, 2, 3}
+    # The Image feature stores file bytes verbatim: PNG-named-.jpg stays PNG, CMYK stays CMYK JPEG.
+    assert stored[cases["png_as_jpg"]]["image"].bytes_list.value[0].startswith(b"\x89PNG")
+    cmyk = Image.open(io.BytesIO(stored[cases["cmyk"]]["image"].bytes_list.value[0]))
+    assert (cmyk.format, cmyk.mode) == ("JPEG", "CMYK")
+    # A second call reports the same numbers without rebuilding.
+    assert tfds_data.prepare(tmp_path / "tfds", "raw-dir", raw_dir=raw) == prepared
+
+
+def test_strict_raises_naming_the_file(damaged, tmp_path):
+    raw, cases = damaged
+    with pytest.raises(tfds_data.BrokenSampleError, match=f"{cases['truncated']}.jpg: unreadable_image"):
+        tfds_data.prepare(tmp_path / "tfds", "raw-dir", raw_dir=raw, strict=True)
+    assert not (tmp_path / "tfds" / "oxford_iiit_pet" / "4.0.0").exists()
+
+
+def test_split_left_empty_is_an_error(tmp_path):
+    raw = synthetic_pets.write_archive(tmp_path / "raw", 2, 1, seed=0)
+    (raw / "images" / (raw / "annotations" / "test.txt").read_text().split()[0]).with_suffix(".jpg").unlink()
+    with pytest.raises(tfds_data.EmptySplitError, match="split 'test' is empty.*missing_image"):
+        tfds_data.stage(raw, tmp_path / "staging")
