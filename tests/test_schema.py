@@ -1,12 +1,20 @@
-"""The curated raw schema parses, accepts good TFDS-layout examples and flags bad ones."""
+"""The curated raw schema accepts good TFDS-layout examples, and bad ones stop the run at the ValidationGate."""
+
+import json
+import os
+import shutil
 
 import pytest
 import tensorflow_data_validation as tfdv
 from tensorflow_data_validation.statistics import stats_impl
 from tensorflow_data_validation.utils import schema_util
-from tensorflow_metadata.proto.v0 import schema_pb2
+from tensorflow_metadata.proto.v0 import anomalies_pb2, schema_pb2
 from tfx_bsl.coders import example_coder
 
+from tfx.components.example_validator import executor as example_validator
+from tfx.types import standard_artifacts, standard_component_specs
+
+from components import validation_gate
 from test_preprocessing import SCHEMA_PATH, raw_example
 from transform import features
 
@@ -67,3 +75,69 @@ def test_image_domain_keeps_encoded_images_out_of_categorical_stats(schema):
 def test_bad_examples_raise_anomalies_on_the_right_feature(schema, bad, feature):
     found = anomalies_for(schema, good_examples() + [raw_example(**bad)])
     assert feature in found, found
+
+
+def run_example_validator(tmp_path, schema_file, examples_by_split):
+    """Runs the real ExampleValidator executor on in-memory stats; returns its anomalies artifact."""
+    stats = standard_artifacts.ExampleStatistics()
+    stats.uri, stats.split_names = str(tmp_path / "stats"), json.dumps(sorted(examples_by_split))
+    schema = standard_artifacts.Schema()
+    schema.uri = str(tmp_path / "schema")
+    os.makedirs(schema.uri)
+    shutil.copy(schema_file, schema.uri)
+    parsed = schema_util.load_schema_text(str(schema_file))
+    for split, examples in examples_by_split.items():
+        os.makedirs(os.path.join(stats.uri, f"Split-{split}"))
+        with open(os.path.join(stats.uri, f"Split-{split}", "FeatureStats.pb"), "wb") as f:
+            f.write(statistics_for(parsed, examples).SerializeToString())
+    anomalies = standard_artifacts.ExampleAnomalies()
+    anomalies.uri = str(tmp_path / "anomalies")
+    example_validator.Executor().Do(
+        {standard_component_specs.STATISTICS_KEY: [stats], standard_component_specs.SCHEMA_KEY: [schema]},
+        {standard_component_specs.ANOMALIES_KEY: [anomalies]},
+        {standard_component_specs.EXCLUDE_SPLITS_KEY: "[]"})
+    return anomalies
+
+
+def test_gate_passes_clean_splits(tmp_path):
+    anomalies = run_example_validator(tmp_path, SCHEMA_PATH, {"train": good_examples(), "eval": good_examples()})
+    assert set(validation_gate.load_anomalies(anomalies)) == {"train", "eval"}
+    validation_gate.ValidationGate.test_call(anomalies=anomalies)
+
+
+def test_gate_stops_the_run_naming_split_feature_and_reason(tmp_path):
+    anomalies = run_example_validator(tmp_path, SCHEMA_PATH, {
+        "train": good_examples() + [raw_example(species=2)],
+        "eval": good_examples() + [raw_example(drop=(features.RAW_MASK_KEY,))],
+    })
+    with pytest.raises(validation_gate.AnomaliesFoundError) as error:
+        validation_gate.ValidationGate.test_call(anomalies=anomalies)
+    lines = str(error.value).splitlines()
+    assert lines[0] == "ExampleValidator found anomalies; stopping before Transform:"
+    assert lines[1].startswith("  split 'eval', feature 'segmentation_mask': ")
+    assert lines[2].startswith("  split 'train', feature 'species': Out-of-range values (")
+    assert "2" in lines[2] and len(lines) == 4
+
+
+def test_describe_anomalies_covers_dataset_level_and_missing_data():
+    proto = anomalies_pb2.Anomalies(data_missing=True)
+    proto.dataset_anomaly_info.short_description = "Low num examples in dataset."
+    assert validation_gate.describe_anomalies({"train": anomalies_pb2.Anomalies()}) == ""
+    message = validation_gate.describe_anomalies({"train": proto})
+    assert "  split 'train': no data" in message
+    assert "  split 'train', dataset: Low num examples in dataset." in message
+
+
+def test_gate_reads_legacy_text_anomalies_and_refuses_a_missing_file(tmp_path):
+    anomalies = standard_artifacts.ExampleAnomalies()
+    anomalies.uri, anomalies.split_names = str(tmp_path), json.dumps(["train", "eval"])
+    proto = anomalies_pb2.Anomalies()
+    proto.anomaly_info["label"].short_description = "Out-of-range values"
+    os.makedirs(tmp_path / "Split-train")
+    (tmp_path / "Split-train" / validation_gate.LEGACY_ANOMALIES_FILE).write_text(str(proto))
+    with pytest.raises(FileNotFoundError, match="split 'eval'"):
+        validation_gate.load_anomalies(anomalies)
+    os.makedirs(tmp_path / "Split-eval")
+    (tmp_path / "Split-eval" / validation_gate.ANOMALIES_FILE).write_bytes(b"")
+    assert "feature 'label': Out-of-range values" in validation_gate.describe_anomalies(
+        validation_gate.load_anomalies(anomalies))
