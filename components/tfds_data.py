@@ -66,6 +66,14 @@ def source_for(dataset: str, raw_dir: Optional[str]) -> str:
     return "raw-dir" if raw_dir else "download"
 
 
+def check_source(source: str, raw_dir: Optional[PathLike]) -> None:
+    """Raises ValueError unless `prepare` can use this source."""
+    if source not in SOURCES:
+        raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
+    if source == "raw-dir" and not raw_dir:
+        raise ValueError("source='raw-dir' needs raw_dir (the folder holding images/ and annotations/)")
+
+
 def prepare(data_dir: PathLike, source: str, raw_dir: Optional[PathLike] = None,
             synthetic: Tuple[int, int, int] = (480, 120, 0), version: str = "4.*.*",
             strict: bool = False) -> PreparedDataset:
@@ -75,10 +83,7 @@ def prepare(data_dir: PathLike, source: str, raw_dir: Optional[PathLike] = None,
     """
     import tensorflow_datasets as tfds
 
-    if source not in SOURCES:
-        raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
-    if source == "raw-dir" and not raw_dir:
-        raise ValueError("source='raw-dir' needs raw_dir (the folder holding images/ and annotations/)")
+    check_source(source, raw_dir)
     data_dir = pathlib.Path(data_dir).resolve()
     work = data_dir / "petseg_sources"
     origin: Dict[str, object] = {"source": source}
