@@ -45,13 +45,14 @@ def decode_mask(png_bytes: tf.Tensor, image_size: int) -> tf.Tensor:
     border: the op fails with an InvalidArgumentError naming the offending range.
     """
     mask = tf.io.decode_image(png_bytes, channels=1, expand_animations=False)
+    expected = "expected only 1 pet, 2 background, 3 border"
     checks = [
         tf.debugging.assert_greater_equal(
             tf.reduce_min(mask), tf.constant(TRIMAP_MIN, tf.uint8),
-            message=f"trimap has values below {TRIMAP_MIN}; expected only 1 pet, 2 background, 3 border"),
+            message=f"trimap has values below {TRIMAP_MIN}; {expected}"),
         tf.debugging.assert_less_equal(
             tf.reduce_max(mask), tf.constant(TRIMAP_MAX, tf.uint8),
-            message=f"trimap has values above {TRIMAP_MAX}; expected only 1 pet, 2 background, 3 border"),
+            message=f"trimap has values above {TRIMAP_MAX}; {expected}"),
     ]
     # Explicit dependency: inside tf.map_fn's loop body asserts are not otherwise guaranteed to run.
     with tf.control_dependencies(checks):
