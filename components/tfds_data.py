@@ -114,7 +114,6 @@ def prepare(data_dir: PathLike, source: str, raw_dir: Optional[PathLike] = None,
         else:
             raw = pathlib.Path(raw_dir).resolve()
         staging = work / "staging"
-        shutil.rmtree(staging, ignore_errors=True)
         skipped, repaired = stage(raw, staging, strict=strict)
         _build_offline(builder, staging)
         # The builder has read everything; the staging copy is symlinks and a few re-encodes.
@@ -183,7 +182,7 @@ def stage(raw: PathLike, staging: PathLike, strict: bool = False) -> Tuple[Dict[
     """Checks every listed sample of an extracted archive and writes a clean copy of it to staging.
 
     Good files are symlinked, odd-but-valid ones re-encoded, broken samples left out of the
-    rewritten list files. Returns (skipped, repaired) counts by reason.
+    rewritten list files. Anything already in staging is deleted first. Returns (skipped, repaired) counts by reason.
     """
     from tensorflow_datasets.datasets.oxford_iiit_pet import oxford_iiit_pet_dataset_builder as real
 
@@ -193,6 +192,7 @@ def stage(raw: PathLike, staging: PathLike, strict: bool = False) -> Tuple[Dict[
         if not needed.is_dir():
             raise FileNotFoundError(f"{needed} does not exist; the raw folder must hold the extracted "
                                     "images/ and annotations/ archives")
+    shutil.rmtree(staging, ignore_errors=True)  # a leftover from an interrupted run
     for sub in ("images", "annotations/trimaps", "annotations/xmls"):
         (staging / sub).mkdir(parents=True, exist_ok=True)
     skipped: Dict[str, int] = collections.Counter()

@@ -151,3 +151,15 @@ def test_split_left_empty_is_an_error(tmp_path):
     (raw / "images" / (raw / "annotations" / "test.txt").read_text().split()[0]).with_suffix(".jpg").unlink()
     with pytest.raises(tfds_data.EmptySplitError, match="split 'test' is empty.*missing_image"):
         tfds_data.stage(raw, tmp_path / "staging")
+
+
+def test_bad_head_box_xml_is_dropped_or_strict_error(tmp_path):
+    raw = synthetic_pets.write_archive(tmp_path / "raw", 2, 1, seed=0)
+    name = (raw / "annotations" / "trainval.txt").read_text().split()[0]
+    (raw / "annotations" / "xmls" / f"{name}.xml").write_text("<annotation><size>")
+    skipped, repaired = tfds_data.stage(raw, tmp_path / "staging")
+    assert (skipped, repaired) == ({}, {"bad_xml_dropped": 1})
+    assert name in (tmp_path / "staging" / "annotations" / "trainval.txt").read_text()
+    assert not (tmp_path / "staging" / "annotations" / "xmls" / f"{name}.xml").exists()
+    with pytest.raises(tfds_data.BrokenSampleError, match=f"{name}.xml: bad_xml"):
+        tfds_data.stage(raw, tmp_path / "strict", strict=True)
