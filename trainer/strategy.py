@@ -18,7 +18,7 @@ _BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
 def choose_strategy(train_config: TrainConfig) -> tf.distribute.Strategy:
-    """Multi-worker if TF_CONFIG names >1 worker, else all local GPUs, else N logical CPUs, else one device.
+    """Multi-worker if TF_CONFIG names >1 worker, else all local GPUs, else N logical CPUs, else the default.
 
     Call it before any other TensorFlow work (building a model, creating a dataset): splitting the CPU
     into logical devices and joining a multi-worker cluster are both only possible before TF initializes
@@ -40,8 +40,9 @@ def choose_strategy(train_config: TrainConfig) -> tf.distribute.Strategy:
         strategy = tf.distribute.MirroredStrategy(devices)
         log.info("Strategy: MirroredStrategy over %d logical CPU devices", len(devices))
         return strategy
-    log.info("Strategy: OneDeviceStrategy on /cpu:0")
-    return tf.distribute.OneDeviceStrategy("/cpu:0")
+    # The default strategy, not OneDeviceStrategy: Keras' BackupAndRestore (our resume) rejects the latter.
+    log.info("Strategy: default (one device)")
+    return tf.distribute.get_strategy()
 
 
 def resolve_mixed_precision(name: str) -> str:

@@ -1,0 +1,130 @@
+"""Subprocess for tests/test_strategy.py: trains the tiny model under choose_strategy() and writes results."""
+
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # before TensorFlow is imported
+
+import argparse
+import json
+import pathlib
+import sys
+import time
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+import numpy as np
+import tensorflow as tf
+
+from pipeline.config import ModelConfig, TrainConfig
+from trainer import model as model_lib
+from trainer.strategy import choose_strategy
+
+MODEL = ModelConfig(image_size=32, width_multiplier=0.125, head_width=16)
+GLOBAL_BATCH = 8
+EXAMPLES = 16  # two steps per epoch
+KILLED_EXIT_CODE = 17
+
+
+class _EpochLog(tf.keras.callbacks.Callback):
+    """Appends each epoch index as it begins, so a test can see where a resumed run started."""
+
+    def __init__(self, path):
+        super().__init__()
+        self.path = path
+
+    def on_epoch_begin(self, epoch, logs=None):
+        with open(self.path, "a") as f:
+            f.write(f"{epoch}\n")
+
+
+class _KillAfterEpoch(tf.keras.callbacks.Callback):
+    """Simulates a preempted worker: no cleanup, no on_train_end."""
+
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.epoch:
+            os._exit(KILLED_EXIT_CODE)
+
+
+class _StepTimer(tf.keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.durations = []
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.durations.append(time.perf_counter() - self._start)
+
+
+def _dataset():
+    rng = np.random.default_rng(0)
+    images = rng.uniform(size=(EXAMPLES, MODEL.image_size, MODEL.image_size, 3)).astype(np.float32)
+    masks = rng.integers(0, 3, size=(EXAMPLES, MODEL.image_size, MODEL.image_size)).astype(np.int64)
+    ds = tf.data.Dataset.from_tensor_slices((images, masks)).batch(GLOBAL_BATCH, drop_remainder=True)
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return ds.with_options(options)
+
+
+def _deterministic_weights(model):
+    # Initial weights from numpy, so every process starts identically whatever device creates the variables.
+    rng = np.random.default_rng(1)
+    model.set_weights([rng.uniform(-1, 1, w.shape).astype(np.float32) * np.sqrt(3.0 / max(1, np.prod(w.shape[:-1])))
+                       for w in model.get_weights()])
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--cpu-replicas", type=int, default=1)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--backup-dir")
+    parser.add_argument("--kill-after-epoch", type=int)
+    parser.add_argument("--initialize-tf-first", action="store_true",
+                        help="run a TF op before choose_strategy (expects a clear error)")
+    args = parser.parse_args()
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    if args.initialize_tf_first:
+        tf.constant(1.0) + 1.0
+        try:
+            choose_strategy(TrainConfig(cpu_replicas=args.cpu_replicas))
+        except RuntimeError as exc:
+            (out / "error.txt").write_text(str(exc))
+            return
+        raise SystemExit("choose_strategy did not refuse to split already-initialized devices")
+
+    strategy = choose_strategy(TrainConfig(cpu_replicas=args.cpu_replicas))
+    task = json.loads(os.environ.get("TF_CONFIG", "{}")).get("task", {}).get("index", 0)
+    with strategy.scope():
+        model = model_lib.build_model(MODEL, dropout=0)
+        _deterministic_weights(model)
+        model_lib.compile_model(model, TrainConfig(learning_rate=1e-3))
+
+    timer = _StepTimer()
+    callbacks = [timer]
+    if args.backup_dir:
+        # BackupAndRestore first: it must save the epoch before the kill callback ends the process.
+        callbacks = [tf.keras.callbacks.BackupAndRestore(args.backup_dir), _EpochLog(out / "epochs.txt"), timer]
+        if args.kill_after_epoch is not None:
+            callbacks.append(_KillAfterEpoch(args.kill_after_epoch))
+    history = model.fit(_dataset(), epochs=args.epochs, verbose=0, callbacks=callbacks)
+
+    np.savez(out / f"weights-{task}.npz", *model.get_weights())
+    (out / f"result-{task}.json").write_text(json.dumps({
+        "strategy": type(strategy).__name__,
+        "replicas": strategy.num_replicas_in_sync,
+        "loss": history.history["loss"],
+        # The first step includes tracing; the rest is the steady-state step time.
+        "step_seconds": float(np.median(timer.durations[1:])) if len(timer.durations) > 1 else None,
+    }))
+
+
+if __name__ == "__main__":
+    main()

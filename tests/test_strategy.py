@@ -1,0 +1,145 @@
+"""choose_strategy and mixed precision: mirrored == single device, multi-worker sync, BackupAndRestore resume."""
+
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from trainer import strategy as strategy_lib
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+WORKER = REPO / "tests" / "_strategy_worker.py"
+TIMEOUT = 180
+
+
+def _env(**extra):
+    env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="",
+               PYTHONPATH=str(REPO))
+    env.pop("TF_CONFIG", None)
+    env.update(extra)
+    return env
+
+
+def _start(out, *args, env=None):
+    # Each run is its own process: logical devices and cluster membership can be set once per process.
+    return subprocess.Popen([sys.executable, str(WORKER), "--out", str(out), *map(str, args)],
+                            cwd=REPO, env=env or _env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+
+
+def _finish(proc, expect_rc=0):
+    try:
+        output, _ = proc.communicate(timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        output, _ = proc.communicate()
+        pytest.fail(f"worker timed out:\n{output[-4000:]}")
+    assert proc.returncode == expect_rc, output[-4000:]
+
+
+def _weights(path):
+    with np.load(path) as f:
+        return [f[k] for k in sorted(f.files, key=lambda k: int(k.split("_")[1]))]
+
+
+def _result(out, task=0):
+    return json.loads((out / f"result-{task}.json").read_text())
+
+
+def _max_abs_diff(a, b):
+    return max(float(np.max(np.abs(x - y))) for x, y in zip(a, b))
+
+
+def test_mirrored_on_two_logical_cpus_matches_one_device(tmp_path, record_property):
+    single, mirrored = tmp_path / "single", tmp_path / "mirrored"
+    procs = [_start(single, "--cpu-replicas", 1), _start(mirrored, "--cpu-replicas", 2)]
+    for proc in procs:
+        _finish(proc)
+
+    # The default strategy: BackupAndRestore rejects OneDeviceStrategy.
+    assert (_result(single)["strategy"], _result(single)["replicas"]) == ("_DefaultDistributionStrategy", 1)
+    assert (_result(mirrored)["strategy"], _result(mirrored)["replicas"]) == ("MirroredStrategy", 2)
+    np.testing.assert_allclose(_result(mirrored)["loss"], _result(single)["loss"], rtol=1e-4)
+    a, b = _weights(single / "weights-0.npz"), _weights(mirrored / "weights-0.npz")
+    diff = _max_abs_diff(a, b)
+    record_property("max_abs_weight_diff", diff)
+    print(f"mirrored vs single: max |w diff| = {diff:.3g}; step s: single {_result(single)['step_seconds']:.4f}, "
+          f"mirrored {_result(mirrored)['step_seconds']:.4f}")
+    for x, y in zip(a, b):
+        np.testing.assert_allclose(y, x, rtol=1e-4, atol=1e-5)
+
+
+def test_multi_worker_mirrored_keeps_workers_in_sync(tmp_path):
+    ports = _free_ports(2)
+    cluster = {"worker": [f"localhost:{p}" for p in ports]}
+    procs = [_start(tmp_path, env=_env(TF_CONFIG=json.dumps({"cluster": cluster,
+                                                              "task": {"type": "worker", "index": i}})))
+             for i in range(2)]
+    for proc in procs:
+        _finish(proc)
+
+    for task in range(2):
+        assert _result(tmp_path, task)["strategy"] == "CollectiveAllReduceStrategy"  # MultiWorkerMirroredStrategy
+        assert _result(tmp_path, task)["replicas"] == 2
+    w0, w1 = _weights(tmp_path / "weights-0.npz"), _weights(tmp_path / "weights-1.npz")
+    assert _max_abs_diff(w0, w1) == 0.0  # all-reduced gradients: the replicas cannot drift
+    assert _result(tmp_path, 0)["loss"] == _result(tmp_path, 1)["loss"]
+
+
+def test_backup_and_restore_resumes_after_a_kill(tmp_path):
+    backup = tmp_path / "backup"
+    _finish(_start(tmp_path, "--epochs", 3, "--backup-dir", backup, "--kill-after-epoch", 0), expect_rc=17)
+    assert (tmp_path / "epochs.txt").read_text().split() == ["0"]
+    assert backup.exists() and not (tmp_path / "weights-0.npz").exists()
+
+    _finish(_start(tmp_path, "--epochs", 3, "--backup-dir", backup))
+    # The rerun starts at epoch index 1, the one after the last backed-up epoch, and completes.
+    assert (tmp_path / "epochs.txt").read_text().split() == ["0", "1", "2"]
+    assert len(_result(tmp_path)["loss"]) == 2
+    assert not backup.exists() or not any(backup.iterdir())  # removed after a finished run
+
+
+def test_splitting_cpu_after_tf_started_fails_clearly(tmp_path):
+    _finish(_start(tmp_path, "--cpu-replicas", 2, "--initialize-tf-first"))
+    assert "before any other TensorFlow work" in (tmp_path / "error.txt").read_text()
+
+
+def test_tf_config_worker_count():
+    assert strategy_lib._tf_config_workers("") == 0
+    one = {"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 0}}
+    assert strategy_lib._tf_config_workers(json.dumps(one)) == 1
+    two = {"cluster": {"chief": ["a:1"], "worker": ["b:1"]}, "task": {"type": "chief", "index": 0}}
+    assert strategy_lib._tf_config_workers(json.dumps(two)) == 2
+
+
+def test_mixed_precision_resolution(tmp_path, monkeypatch):
+    bf16 = tmp_path / "bf16"
+    bf16.write_text("processor\t: 0\nflags\t\t: fpu sse avx512f avx512_bf16\n")
+    plain = tmp_path / "plain"
+    plain.write_text("processor\t: 0\nflags\t\t: fpu sse avx2\n")
+    assert strategy_lib.cpu_supports_bf16(str(bf16))
+    assert not strategy_lib.cpu_supports_bf16(str(plain))
+    assert not strategy_lib.cpu_supports_bf16(str(tmp_path / "missing"))
+
+    assert strategy_lib.resolve_mixed_precision("none") == "float32"
+    assert strategy_lib.resolve_mixed_precision("mixed_bfloat16") == "mixed_bfloat16"
+    monkeypatch.setattr(strategy_lib, "cpu_supports_bf16", lambda: True)
+    assert strategy_lib.resolve_mixed_precision("auto") == "mixed_bfloat16"  # no GPU in tests
+    monkeypatch.setattr(strategy_lib, "cpu_supports_bf16", lambda: False)
+    assert strategy_lib.resolve_mixed_precision("auto") == "float32"
+
+
+def _free_ports(n):
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("localhost", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
