@@ -9,6 +9,7 @@ import sys
 import time
 from typing import Dict, Iterator, Optional, TextIO
 
+from absl import logging as absl_logging
 from tfx import v1 as tfx
 
 from pipeline.config import PipelineConfig
@@ -54,13 +55,19 @@ class ProgressTracker(logging.Handler):
 
 @contextlib.contextmanager
 def _logging_to(log_file: str, tracker: ProgressTracker) -> Iterator[None]:
-    """Full INFO log into the run's folder; only progress lines on the console."""
+    """Full INFO log into the run's folder; only progress lines (and warnings) on the console."""
     absl_logger = logging.getLogger("absl")
     root = logging.getLogger()
     file_handler = logging.FileHandler(log_file)
     file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    saved = (absl_logger.level, root.level)
-    absl_logger.setLevel(logging.INFO)
+    # Through absl's flag, not Logger.setLevel: TF's SavedModel export saves and restores the
+    # verbosity via absl.logging.get_verbosity(), which reads the flag and would reset us to WARNING.
+    saved_verbosity, saved_root_level = absl_logging.get_verbosity(), root.level
+    # Libraries attach a stderr handler to the root logger on import; keep INFO noise off the console.
+    consoles = {h: h.level for h in root.handlers}
+    for handler in consoles:
+        handler.setLevel(max(handler.level, logging.WARNING))
+    absl_logging.set_verbosity(absl_logging.INFO)
     root.setLevel(logging.INFO)
     root.addHandler(file_handler)
     absl_logger.addHandler(tracker)
@@ -70,8 +77,10 @@ def _logging_to(log_file: str, tracker: ProgressTracker) -> Iterator[None]:
         absl_logger.removeHandler(tracker)
         root.removeHandler(file_handler)
         file_handler.close()
-        absl_logger.setLevel(saved[0])
-        root.setLevel(saved[1])
+        for handler, level in consoles.items():
+            handler.setLevel(level)
+        absl_logging.set_verbosity(saved_verbosity)
+        root.setLevel(saved_root_level)
 
 
 def run(config: PipelineConfig, stream: TextIO = sys.stderr) -> Dict[str, object]:

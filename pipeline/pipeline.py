@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import pathlib
 from typing import List, Optional
 
 from tfx import v1 as tfx
 
+from components import tfds_data
 from components.example_gen import TfdsExampleGen
 from components.validation_gate import ValidationGate
 from pipeline import evaluation
@@ -39,8 +39,7 @@ def create_pipeline(config: PipelineConfig, *, pipeline_root: Optional[str] = No
     """Builds the pipeline; paths default to the config's output folder (runners may relocate them)."""
     data = config.data
     example_gen = TfdsExampleGen(
-        source=("raw-dir" if data.oxford_raw_dir else
-                "synthetic" if data.dataset == "synthetic" else "download"),
+        source=tfds_data.source_for(data.dataset, data.oxford_raw_dir),
         data_dir=data_dir or config.tfds_data_dir,
         raw_dir=data.oxford_raw_dir or "",
         version=data.tfds_version,
@@ -49,8 +48,10 @@ def create_pipeline(config: PipelineConfig, *, pipeline_root: Optional[str] = No
         synthetic_seed=data.synthetic_seed,
         strict=data.strict,
     )
-    statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
     schema_gen = tfx.components.ImportSchemaGen(schema_file=schema_file)
+    # With the schema, image bytes get image statistics instead of being counted as categories.
+    statistics_gen = tfx.components.StatisticsGen(
+        examples=example_gen.outputs["examples"], schema=schema_gen.outputs["schema"])
     example_validator = tfx.components.ExampleValidator(
         statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"])
     validation_gate = ValidationGate(anomalies=example_validator.outputs["anomalies"])
@@ -107,7 +108,3 @@ def create_pipeline(config: PipelineConfig, *, pipeline_root: Optional[str] = No
         beam_pipeline_args=beam_pipeline_args if beam_pipeline_args is not None else local_beam_args(config),
     )
 
-
-def config_fingerprint(config: PipelineConfig) -> str:
-    """Stable text of the config, logged with every run so results can be traced to settings."""
-    return json.dumps(dataclasses.asdict(config), sort_keys=True)
