@@ -33,13 +33,14 @@ def _start(out, *args, env=None):
 
 
 def _finish(proc, expect_rc=0):
-    try:
-        output, _ = proc.communicate(timeout=TIMEOUT)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        output, _ = proc.communicate()
-        pytest.fail(f"worker timed out:\n{output[-4000:]}")
-    assert proc.returncode == expect_rc, output[-4000:]
+    """Waits for a worker (once; later calls reuse its output) and checks its exit code."""
+    if not hasattr(proc, "output"):
+        try:
+            proc.output, _ = proc.communicate(timeout=TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.output = proc.communicate()[0] + "\n[timed out]"
+    assert proc.returncode == expect_rc, proc.output[-4000:]
 
 
 def _weights(path):
@@ -55,11 +56,32 @@ def _max_abs_diff(a, b):
     return max(float(np.max(np.abs(x - y))) for x, y in zip(a, b))
 
 
-def test_mirrored_on_two_logical_cpus_matches_one_device(tmp_path, record_property):
-    single, mirrored = tmp_path / "single", tmp_path / "mirrored"
-    procs = [_start(single, "--cpu-replicas", 1), _start(mirrored, "--cpu-replicas", 2)]
-    for proc in procs:
-        _finish(proc)
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Starts every independent worker at once: on 2 cores, mostly TF import time, which overlaps."""
+    root = tmp_path_factory.mktemp("strategy")
+    cluster = {"worker": [f"localhost:{p}" for p in _free_ports(2)]}
+    started = {
+        "single": _start(root / "single", "--cpu-replicas", 1, "--then-split-cpu"),
+        "mirrored": _start(root / "mirrored", "--cpu-replicas", 2),
+        "resume": _start(root / "resume", "--epochs", 3, "--backup-dir", root / "resume" / "backup",
+                         "--kill-after-epoch", 0),
+    }
+    for i in range(2):
+        tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})
+        started[f"mwms{i}"] = _start(root / "mwms", env=_env(TF_CONFIG=tf_config))
+    yield root, started
+    for proc in started.values():
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+def test_mirrored_on_two_logical_cpus_matches_one_device(runs, record_property):
+    root, started = runs
+    single, mirrored = root / "single", root / "mirrored"
+    _finish(started["single"])
+    _finish(started["mirrored"])
 
     # The default strategy: BackupAndRestore rejects OneDeviceStrategy.
     assert (_result(single)["strategy"], _result(single)["replicas"]) == ("_DefaultDistributionStrategy", 1)
@@ -74,14 +96,11 @@ def test_mirrored_on_two_logical_cpus_matches_one_device(tmp_path, record_proper
         np.testing.assert_allclose(y, x, rtol=1e-4, atol=1e-5)
 
 
-def test_multi_worker_mirrored_keeps_workers_in_sync(tmp_path):
-    ports = _free_ports(2)
-    cluster = {"worker": [f"localhost:{p}" for p in ports]}
-    procs = [_start(tmp_path, env=_env(TF_CONFIG=json.dumps({"cluster": cluster,
-                                                              "task": {"type": "worker", "index": i}})))
-             for i in range(2)]
-    for proc in procs:
-        _finish(proc)
+def test_multi_worker_mirrored_keeps_workers_in_sync(runs):
+    root, started = runs
+    tmp_path = root / "mwms"
+    _finish(started["mwms0"])
+    _finish(started["mwms1"])
 
     for task in range(2):
         assert _result(tmp_path, task)["strategy"] == "CollectiveAllReduceStrategy"  # MultiWorkerMirroredStrategy
@@ -91,9 +110,11 @@ def test_multi_worker_mirrored_keeps_workers_in_sync(tmp_path):
     assert _result(tmp_path, 0)["loss"] == _result(tmp_path, 1)["loss"]
 
 
-def test_backup_and_restore_resumes_after_a_kill(tmp_path):
+def test_backup_and_restore_resumes_after_a_kill(runs):
+    root, started = runs
+    tmp_path = root / "resume"
     backup = tmp_path / "backup"
-    _finish(_start(tmp_path, "--epochs", 3, "--backup-dir", backup, "--kill-after-epoch", 0), expect_rc=17)
+    _finish(started["resume"], expect_rc=17)
     assert (tmp_path / "epochs.txt").read_text().split() == ["0"]
     assert backup.exists() and not (tmp_path / "weights-0.npz").exists()
 
@@ -104,9 +125,10 @@ def test_backup_and_restore_resumes_after_a_kill(tmp_path):
     assert not backup.exists() or not any(backup.iterdir())  # removed after a finished run
 
 
-def test_splitting_cpu_after_tf_started_fails_clearly(tmp_path):
-    _finish(_start(tmp_path, "--cpu-replicas", 2, "--initialize-tf-first"))
-    assert "before any other TensorFlow work" in (tmp_path / "error.txt").read_text()
+def test_splitting_cpu_after_tf_started_fails_clearly(runs):
+    root, started = runs
+    _finish(started["single"])
+    assert "before any other TensorFlow work" in (root / "single" / "split-error.txt").read_text()
 
 
 def test_tf_config_worker_count():
