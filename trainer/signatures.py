@@ -34,9 +34,17 @@ def checked_decode(image_bytes: tf.Tensor, image_size: int, max_pixels: int) -> 
     return preprocessing.decode_image(image_bytes, image_size)
 
 
+# Mask value for pixels whose logits are not finite: no class, so a diverged model can't score.
+INVALID_CLASS = 255
+
+
 def _outputs(logits: tf.Tensor) -> Dict[str, tf.Tensor]:
-    probabilities = tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)
-    return {"mask": tf.cast(tf.argmax(probabilities, axis=-1), tf.uint8), "probabilities": probabilities}
+    logits = tf.cast(logits, tf.float32)
+    probabilities = tf.nn.softmax(logits, axis=-1)
+    # argmax over NaN returns a real class id; mark such pixels instead of inventing a prediction.
+    finite = tf.reduce_all(tf.math.is_finite(logits), axis=-1)
+    mask = tf.where(finite, tf.cast(tf.argmax(probabilities, axis=-1), tf.uint8), tf.constant(INVALID_CLASS, tf.uint8))
+    return {"mask": mask, "probabilities": probabilities}
 
 
 def make_signatures(model: tf.keras.Model, tf_transform_output: tft.TFTransformOutput,
