@@ -24,7 +24,10 @@ class DataConfig:
     dataset: str = "synthetic"
     tfds_version: str = "4.*.*"
     # Extracted `images/` + `annotations/` folders; built offline with the real TFDS builder.
+    # `{SPAN}` in the last component (e.g. /data/pets/span-{SPAN}) reads one span of many.
     oxford_raw_dir: Optional[str] = None
+    # With `{SPAN}`: the span to read; None = the latest span when the run starts.
+    span: Optional[int] = None
     # TFDS data dir; None means `<output>/tfds`.
     data_dir: Optional[str] = None
     synthetic_train_images: int = 480
@@ -128,6 +131,10 @@ class PipelineConfig:
         if self.data.oxford_raw_dir is not None:
             _check(self.data.dataset == "oxford_iiit_pet", "data.oxford_raw_dir",
                    "needs data.dataset=oxford_iiit_pet")
+        if self.data.span is not None:
+            _check(self.data.span >= 0, "data.span", "must be >= 0 or null (the latest span)")
+            _check("{SPAN}" in (self.data.oxford_raw_dir or ""), "data.span",
+                   "needs a data.oxford_raw_dir with {SPAN}, e.g. /data/pets/span-{SPAN}")
         _check(self.model.image_size >= 32 and self.model.image_size % 32 == 0, "model.image_size",
                "must be a multiple of 32 (five 2x poolings), at least 32")
         _check(0 < self.model.width_multiplier <= 1, "model.width_multiplier", "must be in (0, 1]")

@@ -47,6 +47,7 @@ def create_pipeline(config: PipelineConfig, *, pipeline_root: Optional[str] = No
         synthetic_test_images=data.synthetic_test_images,
         synthetic_seed=data.synthetic_seed,
         strict=data.strict,
+        span=data.span,
     )
     schema_gen = tfx.components.ImportSchemaGen(schema_file=schema_file)
     # With the schema, image bytes get image statistics instead of being counted as categories.
