@@ -39,6 +39,12 @@ class TfdsExampleGenSpec(types.ComponentSpec):
         "synthetic_seed": ExecutionParameter(type=int),
         # int, not bool: TFX stores execution properties as MLMD int/str/double values.
         "strict": ExecutionParameter(type=int),
+        # With `{SPAN}` in raw_dir: the span to read; -1 = the latest one when the executor runs.
+        "span": ExecutionParameter(type=int, optional=True),
+        # Cache key only: the spans visible when the pipeline was built, so a local rerun after a
+        # new span arrived is not served from cache. Orchestrators that compile once (Kubeflow)
+        # must disable caching for this component instead (kubeflow/runner.py does).
+        "available_spans": ExecutionParameter(type=str, optional=True),
     }
     INPUTS: Dict[str, ChannelParameter] = {}
     OUTPUTS = {EXAMPLES_KEY: ChannelParameter(type=standard_artifacts.Examples)}
@@ -49,10 +55,16 @@ class Executor(base_executor.BaseExecutor):
 
     def Do(self, input_dict: Dict[str, List[types.Artifact]], output_dict: Dict[str, List[types.Artifact]],
            exec_properties: Dict[str, Any]) -> None:
+        data_dir, raw_dir, span = exec_properties["data_dir"], exec_properties.get("raw_dir") or None, 0
+        if tfds_data.has_span(raw_dir):
+            requested = exec_properties.get("span")
+            span, raw_dir = tfds_data.resolve_span(raw_dir, None if requested is None else int(requested))
+            data_dir = tfds_data.span_data_dir(data_dir, span)
+            log.info("Reading span %d from %s", span, raw_dir)
         prepared = tfds_data.prepare(
-            data_dir=exec_properties["data_dir"],
+            data_dir=data_dir,
             source=exec_properties["source"],
-            raw_dir=exec_properties.get("raw_dir") or None,
+            raw_dir=raw_dir,
             synthetic=(int(exec_properties["synthetic_train_images"]),
                        int(exec_properties["synthetic_test_images"]),
                        int(exec_properties["synthetic_seed"])),
@@ -71,9 +83,9 @@ class Executor(base_executor.BaseExecutor):
             log.info("Split %s: %d examples from TFDS %s", split, prepared.num_examples[tfds_split], tfds_split)
 
         examples_utils.set_payload_format(examples, example_gen_pb2.FORMAT_TF_EXAMPLE)
-        # What the file-based ExampleGen driver records when its patterns have no {SPAN}/{VERSION}:
-        # span 0, no `version`, and a fingerprint of the input files.
-        examples.set_int_custom_property(example_gen_utils.SPAN_PROPERTY_NAME, 0)
+        # What the file-based ExampleGen driver records: the span (0 without a {SPAN} pattern), no
+        # `version`, and a fingerprint of the input files.
+        examples.set_int_custom_property(example_gen_utils.SPAN_PROPERTY_NAME, span)
         examples.set_string_custom_property(
             example_gen_utils.FINGERPRINT_PROPERTY_NAME,
             "\n".join(io_utils.generate_fingerprint(s, prepared.file_patterns[s]) for s in SPLITS))
@@ -81,6 +93,7 @@ class Executor(base_executor.BaseExecutor):
         examples.set_string_custom_property("tfds_version", prepared.version)
         examples.set_string_custom_property("tfds_data_dir", prepared.data_dir)
         examples.set_string_custom_property("source", prepared.source)
+        examples.set_string_custom_property("raw_dir", raw_dir or "")
         examples.set_int_custom_property("num_train", prepared.num_examples["train"])
         examples.set_int_custom_property("num_eval", prepared.num_examples["test"])
         examples.set_string_custom_property("skipped", json.dumps(prepared.skipped, sort_keys=True))
@@ -98,10 +111,18 @@ class TfdsExampleGen(base_component.BaseComponent):
 
     def __init__(self, data_dir: str, source: str = "synthetic", raw_dir: Optional[str] = None,
                  version: str = "4.*.*", synthetic_train_images: int = 480, synthetic_test_images: int = 120,
-                 synthetic_seed: int = 0, strict: bool = False):
+                 synthetic_seed: int = 0, strict: bool = False, span: Optional[int] = None):
+        """raw_dir may hold `{SPAN}` (e.g. /data/pets/span-{SPAN}); span None reads the latest span."""
         tfds_data.check_source(source, raw_dir)
+        spanned = tfds_data.has_span(raw_dir)
+        if span is not None and not spanned:
+            raise ValueError(f"span={span} needs a raw_dir with {tfds_data.SPAN_TOKEN}, got {raw_dir!r}")
+        # Not visible here (e.g. compiling for a cluster): an empty key; the orchestrator handles caching.
+        available = ",".join(map(str, sorted(tfds_data.find_spans(raw_dir)))) if spanned else ""
         super().__init__(spec=TfdsExampleGenSpec(
             source=source, data_dir=data_dir, raw_dir=raw_dir or "", version=version,
             synthetic_train_images=int(synthetic_train_images), synthetic_test_images=int(synthetic_test_images),
             synthetic_seed=int(synthetic_seed), strict=int(bool(strict)),
+            span=(-1 if span is None else int(span)) if spanned else None,
+            available_spans=available if spanned else None,
             examples=types.Channel(type=standard_artifacts.Examples)))
