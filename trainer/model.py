@@ -44,7 +44,7 @@ VGG16_BLOCKS = ((1, 2, 64), (2, 2, 128), (3, 3, 256), (4, 3, 512), (5, 3, 512))
 ENCODER_CONV_NAMES = tuple(f"block{b}_conv{i}" for b, n, _ in VGG16_BLOCKS for i in range(1, n + 1))
 
 
-def build_model(model_config: ModelConfig, dropout: float = 0.5) -> tf.keras.Model:
+def build_model(model_config: ModelConfig, dropout: Optional[float] = None) -> tf.keras.Model:
     """FCN-8s on VGG16: input `image` float32 [B, S, S, 3] in [0, 1] -> float32 logits [B, S, S, NUM_CLASSES].
 
     S must be a multiple of 32. Layers use the policy named by `model_config.mixed_precision`; the
@@ -52,6 +52,7 @@ def build_model(model_config: ModelConfig, dropout: float = 0.5) -> tf.keras.Mod
     FCN paper (0 disables it, e.g. for bit-comparable tests). Build it inside `strategy.scope()`.
     """
     size = model_config.image_size
+    dropout = model_config.dropout if dropout is None else dropout
     if size % 32:
         raise ValueError(f"image_size must be a multiple of 32 (five 2x poolings), got {size}")
     pretrained = model_config.encoder_weights != "none"
