@@ -47,6 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--strict", action="store_true",
                      help="fail on the first broken image/trimap instead of skipping it")
     run.set_defaults(func=_run)
+
+    from kubeflow import cli as kubeflow_cli  # here, not at the top: it imports this module
+
+    kubeflow_cli.add_parser(sub)
     return parser
 
 

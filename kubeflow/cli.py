@@ -1,0 +1,139 @@
+"""`petseg kubeflow compile|submit|schedule`: the same pipeline on Kubeflow Pipelines 2.x."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+
+from kubeflow import runner
+
+
+def add_parser(subparsers) -> None:
+    """Adds `kubeflow` with its subcommands to the `petseg` parser."""
+    from pipeline.cli import _add_config_args  # the same profile/--config/--set as `petseg run`
+
+    kubeflow = subparsers.add_parser("kubeflow", help="compile, submit or schedule on Kubeflow Pipelines")
+    commands = kubeflow.add_subparsers(dest="kubeflow_command", required=True)
+
+    compile_ = commands.add_parser("compile", help="write the pipeline as a KFP PipelineSpec (.yaml) "
+                                                   "or Vertex PipelineJob (.json)")
+    compile_.add_argument("--output", dest="package_output", metavar="FILE", required=True,
+                          help="pipeline.yaml (KFP 2.x) or pipeline.json (Vertex PipelineJob)")
+    submit = commands.add_parser("submit", help="start one run on a KFP API server")
+    schedule = commands.add_parser("schedule", help="create a recurring run (retraining) on a KFP API server")
+    for parser in (compile_, submit, schedule):
+        _add_config_args(parser)
+        _add_compile_args(parser)
+    for parser in (submit, schedule):
+        parser.add_argument("--host", required=True, help="KFP API endpoint, e.g. http://localhost:8080")
+        parser.add_argument("--package", metavar="FILE",
+                            help="an already compiled pipeline.yaml (default: compile from the options)")
+        parser.add_argument("--experiment", default="petseg", help="KFP experiment (default: petseg)")
+        parser.add_argument("--namespace", help="KFP namespace in multi-user deployments")
+        parser.add_argument("--token-env", metavar="VAR",
+                            help="read a bearer token from this environment variable (never from the command line)")
+    submit.add_argument("--run-name", help="display name of the run")
+    schedule.add_argument("--cron", required=True,
+                          help="6 fields, seconds first, e.g. '0 0 3 * * 0' (Sundays 03:00)")
+    schedule.add_argument("--job-name", default="petseg-retrain", help="name of the recurring run")
+    schedule.add_argument("--max-concurrency", type=int, default=1,
+                          help="runs at once (default 1: each retraining sees the previous blessing)")
+    compile_.set_defaults(func=_compile)
+    submit.set_defaults(func=_submit)
+    schedule.set_defaults(func=_schedule)
+
+
+def _add_compile_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--image", default=runner.DEFAULT_IMAGE,
+                        help=f"image built from kubeflow/Dockerfile (default: {runner.DEFAULT_IMAGE})")
+    parser.add_argument("--pipeline-root", metavar="URI",
+                        help="artifact root the tasks write to, e.g. gs://bucket/petseg (needed to compile; "
+                             "with --package it overrides the compiled one)")
+    parser.add_argument("--serving-dir", help="push destination (default: <pipeline-root>/serving)")
+    parser.add_argument("--data-dir", dest="container_data_dir", default=runner.DEFAULT_DATA_DIR,
+                        help="TFDS data dir inside the task container (default: scratch "
+                             f"{runner.DEFAULT_DATA_DIR}; a mounted volume keeps downloads)")
+    parser.add_argument("--app-dir", default=runner.APP_DIR,
+                        help=f"where the image holds the project (default: {runner.APP_DIR})")
+    parser.add_argument("--dataset", choices=["synthetic", "oxford_iiit_pet"])
+    parser.add_argument("--oxford-raw-dir", metavar="DIR",
+                        help="extracted archives as seen inside the container; may hold {SPAN}, "
+                             "e.g. /mnt/pets/span-{SPAN} (the latest span is read each run)")
+    parser.add_argument("--gpus", type=int, default=0, help="GPUs for the Trainer (default 0)")
+    parser.add_argument("--gpu-type", default=runner.GPU_TYPE, help=f"accelerator type (default {runner.GPU_TYPE})")
+    parser.add_argument("--cpu", type=float, help="vCPU limit of the Trainer")
+    parser.add_argument("--memory", type=float, metavar="GB", help="memory limit of the Trainer in GB")
+    parser.add_argument("--beam-arg", action="append", default=[], metavar="ARG",
+                        help="extra Beam arg for every task, e.g. --beam-arg=--runner=DataflowRunner (repeatable)")
+
+
+def _settings(args: argparse.Namespace) -> runner.KubeflowSettings:
+    if not args.pipeline_root:
+        raise SystemExit("petseg: --pipeline-root is needed to compile, e.g. gs://bucket/petseg")
+    if args.gpus < 0:
+        raise SystemExit("petseg: --gpus must be >= 0")
+    return runner.KubeflowSettings(
+        image=args.image, pipeline_root=args.pipeline_root, serving_dir=args.serving_dir,
+        data_dir=args.container_data_dir, app_dir=args.app_dir, trainer_cpu=args.cpu,
+        trainer_memory_gb=args.memory, trainer_gpus=args.gpus, gpu_type=args.gpu_type)
+
+
+def _config(args: argparse.Namespace):
+    from pipeline.cli import config_from_args
+    from pipeline.config import apply_values
+
+    config = config_from_args(args)
+    if args.beam_arg:
+        apply_values(config, {"beam_args": config.beam_args + args.beam_arg})
+    return config.validate()
+
+
+def _compile_to(args: argparse.Namespace, output: str) -> str:
+    runner.compile_pipeline(_config(args), _settings(args), output)
+    return output
+
+
+def _compile(args: argparse.Namespace) -> int:
+    print(f"petseg: wrote {_compile_to(args, args.package_output)}")
+    return 0
+
+
+def _with_package(args: argparse.Namespace, action) -> int:
+    token = os.environ.get(args.token_env) if args.token_env else None
+    if args.token_env and not token:
+        raise SystemExit(f"petseg: environment variable {args.token_env} is empty")
+    if args.package:
+        return action(args.package, token)
+    with tempfile.TemporaryDirectory() as tmp:
+        return action(_compile_to(args, os.path.join(tmp, "pipeline.yaml")), token)
+
+
+def _submit(args: argparse.Namespace) -> int:
+    from kubeflow import client
+
+    def action(package: str, token) -> int:
+        run_id = client.submit(package, args.host, experiment=args.experiment, run_name=args.run_name,
+                               pipeline_root=args.pipeline_root, namespace=args.namespace, token=token)
+        print(f"petseg: submitted run {run_id}")
+        return 0
+    return _with_package(args, action)
+
+
+def _schedule(args: argparse.Namespace) -> int:
+    from kubeflow import client
+
+    try:
+        client.check_cron(args.cron)
+    except ValueError as exc:
+        print(f"petseg: {exc}", file=sys.stderr)
+        return 2
+
+    def action(package: str, token) -> int:
+        job_id = client.schedule(package, args.host, cron=args.cron, job_name=args.job_name,
+                                 experiment=args.experiment, pipeline_root=args.pipeline_root,
+                                 max_concurrency=args.max_concurrency, namespace=args.namespace, token=token)
+        print(f"petseg: scheduled recurring run {job_id} ({args.cron})")
+        return 0
+    return _with_package(args, action)
