@@ -6,7 +6,7 @@ import argparse
 import collections
 import dataclasses
 import logging
-from typing import Dict, List, Optional
+from typing import List, Optional
 
 import numpy as np
 import tensorflow as tf
