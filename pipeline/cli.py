@@ -48,6 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="fail on the first broken image/trimap instead of skipping it")
     run.set_defaults(func=_run)
 
+    report = sub.add_parser("report", help="write a run's self-contained HTML evaluation dashboard")
+    report.add_argument("--run", metavar="DIR", required=True, help="a `petseg run --output` folder")
+    report.add_argument("--output", metavar="FILE", help="where to write it (default: DIR/report/index.html)")
+    report.set_defaults(func=_report)
+
     from kubeflow import cli as kubeflow_cli  # here, not at the top: it imports this module
 
     kubeflow_cli.add_parser(sub)
@@ -63,6 +68,18 @@ def _run(args: argparse.Namespace) -> int:
     except local_runner.PipelineFailed as exc:
         print(f"petseg: {exc}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from pipeline import dashboard  # imports TFMA; keep `petseg --help` fast
+
+    try:
+        path = dashboard.write_dashboard(args.run, args.output)
+    except FileNotFoundError as exc:
+        print(f"petseg: {exc}", file=sys.stderr)
+        return 1
+    print(f"[petseg] dashboard: {path}")
     return 0
 
 

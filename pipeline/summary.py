@@ -180,6 +180,10 @@ def finish_run(config: PipelineConfig, components: Dict[str, Dict[str, Any]], st
             model_dir, summary["eval_examples"], config.report_dir, config.eval.report_images)
     path = config.output_dir / "summary.json"
     path.write_text(json.dumps(_json_safe(summary), indent=2) + "\n")
+    from pipeline import dashboard  # it imports this module
+
+    summary["dashboard"] = dashboard.write_dashboard(str(config.output_dir), pipeline_name=config.name)
     print_summary(summary, stream)
-    print(f"[petseg] summary: {path}\n[petseg] report: {summary['report']}", file=stream, flush=True)
+    print(f"[petseg] summary: {path}\n[petseg] report: {summary['report']}\n"
+          f"[petseg] dashboard: {summary['dashboard']}", file=stream, flush=True)
     return summary
