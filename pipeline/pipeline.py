@@ -10,6 +10,7 @@ from tfx import v1 as tfx
 
 from components import tfds_data
 from components.example_gen import TfdsExampleGen
+from components.pusher import AtomicPusher
 from components.validation_gate import ValidationGate
 from pipeline import evaluation
 from pipeline.config import PipelineConfig
@@ -91,7 +92,8 @@ def create_pipeline(config: PipelineConfig, *, pipeline_root: Optional[str] = No
         eval_config=evaluation.build_eval_config(config.eval),
     )
 
-    pusher = tfx.components.Pusher(
+    # A push killed mid-copy must never leave a partial version where TF Serving looks.
+    pusher = AtomicPusher(
         model=trainer.outputs["model"],
         model_blessing=evaluator.outputs["blessing"],
         push_destination=tfx.proto.PushDestination(
