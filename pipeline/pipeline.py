@@ -99,7 +99,7 @@ def create_pipeline(config: PipelineConfig, *, pipeline_root: Optional[str] = No
         push_destination=tfx.proto.PushDestination(
             filesystem=tfx.proto.PushDestination.Filesystem(
                 base_directory=serving_dir or config.serving_dir)),
-    )
+    ).with_id("Pusher")  # the node id users, MLMD queries and the summary know
 
     return tfx.dsl.Pipeline(
         pipeline_name=config.name,
