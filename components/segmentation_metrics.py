@@ -1,8 +1,8 @@
 """TFMA metrics for semantic segmentation, all derived from one pixel confusion matrix.
 
-Every metric here shares one private computation, `_pixel_confusion_matrix`: a C x C count
-matrix (rows = true class, columns = predicted class) summed over every pixel of every
-example in a slice. TFMA de-duplicates identical computations, so configuring all metrics
+Every metric here shares one private computation, `_pixel_confusion_matrix`: a C x (C + 1) count
+matrix (rows = true class, columns = predicted class, then "no class") summed over every pixel of
+every example in a slice. TFMA de-duplicates identical computations, so configuring all metrics
 below still reads each example once. Scores come from the summed matrix, not from per-image
 averages: a slice's IoU is its total intersection over its total union, so large and small
 pets weigh by their pixels, which is what the pipeline's blessing gate means by "mean IoU".
@@ -13,8 +13,15 @@ the convention of tf.keras.metrics.MeanIoU. The seed's smoothing scored it 1.0, 
 the mean of every slice that lacks a class (e.g. a close-up with no background), and scoring
 it 0.0 would punish a model for a question it was never asked. A class that is predicted
 but absent from the truth is a real error and scores 0.0. Over a whole eval split every class
-is present, so the NaN case only shows on small slices; `mean_iou` is NaN only for a slice
-without pixels, and a NaN fails any TFMA value threshold.
+is present, so the NaN case only shows on small slices; `mean_iou` is NaN for a slice without
+pixels, and a NaN fails any TFMA value or change threshold.
+
+Invalid predictions: the serving signatures mark a pixel whose logits are not finite with
+`INVALID_CLASS` (255). Such a pixel is wrong for its true class (a miss in that class's IoU, Dice
+and in pixel accuracy) and a hit for none. A model that emits non-finite logits anywhere is broken
+(diverged weights, overflow), so `mean_iou` and `mean_dice` are then NaN: the blessing gate fails
+whatever its threshold, even a lower bound of 0 that an all-wrong model would meet.
+`invalid_pixel_count` reports how many pixels had no class.
 
 Reading inputs: the label is `ModelSpec.label_key` (the transformed `mask`, [H, W] class ids);
 the prediction is the model output named by `ModelSpec.prediction_key`, else this metric's
@@ -38,6 +45,9 @@ MEAN_IOU = "mean_iou"
 MEAN_DICE = "mean_dice"
 PIXEL_ACCURACY = "pixel_accuracy"
 PIXEL_COUNT = "pixel_count"
+INVALID_PIXEL_COUNT = "invalid_pixel_count"
+# The predicted-mask value for "no class"; equals trainer.signatures.INVALID_CLASS (tested).
+INVALID_CLASS = 255
 IOU_PREFIX = "iou"
 DICE_PREFIX = "dice"
 
@@ -49,11 +59,15 @@ def class_key(prefix: str, class_name: str) -> str:
 
 def scores_from_confusion_matrix(matrix: np.ndarray,
                                  class_names: Sequence[str] = CLASS_NAMES) -> Dict[str, float]:
-    """Every score of this module, keyed by metric name, from a [C, C] truth x prediction matrix."""
+    """Every score of this module, keyed by metric name, from a truth x prediction matrix.
+
+    [C, C + 1]: the last column counts pixels predicted as no class; a [C, C] matrix has none.
+    """
     matrix = np.asarray(matrix, dtype=np.float64)
-    true_positive = np.diag(matrix)
-    truth_pixels = matrix.sum(axis=1)
-    predicted_pixels = matrix.sum(axis=0)
+    invalid = matrix[:, len(class_names):].sum()
+    true_positive = np.diag(matrix[:, :len(class_names)])
+    truth_pixels = matrix.sum(axis=1)  # includes pixels predicted as no class: they are misses
+    predicted_pixels = matrix[:, :len(class_names)].sum(axis=0)
     union = truth_pixels + predicted_pixels - true_positive
     with np.errstate(divide="ignore", invalid="ignore"):
         # 0/0 -> NaN for absent classes, by design (module docstring).
@@ -63,8 +77,10 @@ def scores_from_confusion_matrix(matrix: np.ndarray,
         scores = {
             PIXEL_ACCURACY: float(true_positive.sum() / total) if total else float("nan"),
             PIXEL_COUNT: float(total),
-            MEAN_IOU: _nanmean(iou),
-            MEAN_DICE: _nanmean(dice),
+            INVALID_PIXEL_COUNT: float(invalid),
+            # Any pixel without a class means a broken model: NaN fails every threshold (docstring).
+            MEAN_IOU: float("nan") if invalid else _nanmean(iou),
+            MEAN_DICE: float("nan") if invalid else _nanmean(dice),
         }
     for index, name in enumerate(class_names):
         scores[class_key(IOU_PREFIX, name)] = float(iou[index])
@@ -79,7 +95,7 @@ def _nanmean(values: np.ndarray) -> float:
 
 
 class _ConfusionMatrixCombiner(beam.CombineFn):
-    """Sums label x prediction pixel counts into a [C, C] int64 matrix."""
+    """Sums label x prediction pixel counts into a [C, C + 1] int64 matrix (last column: no class)."""
 
     def __init__(self, key: metric_types.MetricKey, num_classes: int, prediction_key: str):
         self._key = key
@@ -87,7 +103,7 @@ class _ConfusionMatrixCombiner(beam.CombineFn):
         self._prediction_key = prediction_key
 
     def create_accumulator(self) -> np.ndarray:
-        return np.zeros((self._num_classes, self._num_classes), dtype=np.int64)
+        return np.zeros((self._num_classes, self._num_classes + 1), dtype=np.int64)
 
     def add_input(self, accumulator: np.ndarray,
                   element: metric_types.StandardMetricInputs) -> np.ndarray:
@@ -111,13 +127,17 @@ class _ConfusionMatrixCombiner(beam.CombineFn):
                              f"shape {prediction.shape}")
         label = label.reshape(-1).astype(np.int64)
         prediction = prediction.reshape(-1).astype(np.int64)
-        for what, ids in (("label", label), ("prediction", prediction)):
-            if ids.size and (ids.min() < 0 or ids.max() >= self._num_classes):
-                raise ValueError(f"{what} class ids must be in [0, {self._num_classes}), got "
-                                 f"[{ids.min()}, {ids.max()}]")
-        counts = np.bincount(label * self._num_classes + prediction,
-                             minlength=self._num_classes ** 2)
-        accumulator += counts.reshape(self._num_classes, self._num_classes)
+        classes = self._num_classes
+        if label.size and (label.min() < 0 or label.max() >= classes):
+            raise ValueError(f"label class ids must be in [0, {classes}), got [{label.min()}, {label.max()}]")
+        no_class = prediction == INVALID_CLASS
+        bad = (prediction < 0) | ((prediction >= classes) & ~no_class)
+        if bad.any():
+            raise ValueError(f"prediction class ids must be in [0, {classes}) or {INVALID_CLASS} (no class), "
+                             f"got {sorted(set(prediction[bad].tolist()))[:5]}")
+        prediction = np.where(no_class, classes, prediction)
+        counts = np.bincount(label * (classes + 1) + prediction, minlength=classes * (classes + 1))
+        accumulator += counts.reshape(classes, classes + 1)
         return accumulator
 
     def merge_accumulators(self, accumulators: Iterable[np.ndarray]) -> np.ndarray:
@@ -207,6 +227,12 @@ class PixelCount(_SegmentationMetric):
     DEFAULT_NAME = PIXEL_COUNT
 
 
+class InvalidPixelCount(_SegmentationMetric):
+    """`invalid_pixel_count`: pixels the model gave no class (non-finite logits)."""
+
+    DEFAULT_NAME = INVALID_PIXEL_COUNT
+
+
 class ClassIoU(_SegmentationMetric):
     """`iou/<class>` for every class; the metric's own name is the prefix."""
 
@@ -223,4 +249,4 @@ class ClassDice(ClassIoU):
 
 
 # In the order a report lists them; the Evaluator loads each by module path and class name.
-METRICS = (MeanIoU, MeanDice, PixelAccuracy, PixelCount, ClassIoU, ClassDice)
+METRICS = (MeanIoU, MeanDice, PixelAccuracy, PixelCount, InvalidPixelCount, ClassIoU, ClassDice)

@@ -18,7 +18,9 @@ NUM_CLASSES = len(CLASS_NAMES)
 def reference_scores(truth: np.ndarray, prediction: np.ndarray) -> dict:
     """Per-class IoU/Dice from set counts, written without the module's matrix algebra."""
     truth, prediction = truth.ravel(), prediction.ravel()
-    scores = {"pixel_accuracy": np.mean(truth == prediction), "pixel_count": truth.size}
+    invalid = int(np.sum(prediction == 255))  # "no class": counts as a miss, never as a hit
+    scores = {"pixel_accuracy": np.mean(truth == prediction), "pixel_count": truth.size,
+              "invalid_pixel_count": invalid}
     ious, dices = [], []
     for class_id, name in enumerate(CLASS_NAMES):
         in_truth, in_pred = truth == class_id, prediction == class_id
@@ -30,8 +32,8 @@ def reference_scores(truth: np.ndarray, prediction: np.ndarray) -> dict:
         scores[f"iou/{name}"], scores[f"dice/{name}"] = iou, dice
         ious.append(iou)
         dices.append(dice)
-    scores["mean_iou"] = np.mean([v for v in ious if not math.isnan(v)])
-    scores["mean_dice"] = np.mean([v for v in dices if not math.isnan(v)])
+    scores["mean_iou"] = math.nan if invalid else np.mean([v for v in ious if not math.isnan(v)])
+    scores["mean_dice"] = math.nan if invalid else np.mean([v for v in dices if not math.isnan(v)])
     return scores
 
 
@@ -137,7 +139,7 @@ def test_dict_prediction_uses_metric_prediction_key_and_rejects_bad_masks():
     element = tfma.metrics.StandardMetricInputs(
         labels=truth, predictions={"mask": truth.astype(np.uint8), "probabilities": np.zeros((2, 2, 3))})
     matrix = combiner.add_input(combiner.create_accumulator(), element)
-    np.testing.assert_array_equal(matrix, np.diag([1, 1, 2]))
+    np.testing.assert_array_equal(matrix, np.diag([1, 1, 2, 0])[:3])  # last column: no-class pixels
 
     with pytest.raises(ValueError, match="does not match"):
         combiner.add_input(combiner.create_accumulator(), tfma.metrics.StandardMetricInputs(
