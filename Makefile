@@ -11,7 +11,7 @@ export TF_USE_LEGACY_KERAS := 1
 # uv from PATH, else the one `make setup` installs with pip into ~/.local/bin.
 UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 
-.PHONY: help setup run test bench clean
+.PHONY: help setup browser run test bench clean
 
 help:
 	@echo "make run [ARGS='--profile quick ...']  install, then run the whole pipeline (petseg run)"
@@ -33,7 +33,11 @@ $(STAMP): pyproject.toml uv.lock
 run: setup
 	$(VENV)/bin/petseg run $(ARGS)
 
-test: setup
+# Debian's headless Chromium opens the HTML dashboard in tests/test_dashboard.py (apt needs root).
+browser:
+	@command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
+
+test: setup browser
 	$(VENV)/bin/python -m pytest $(TEST_ARGS)
 
 clean:
