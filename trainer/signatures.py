@@ -14,19 +14,44 @@ EXAMPLES_SIGNATURE = "serving_examples"
 TRANSFORM_SIGNATURE = "transform_features"
 
 
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_GIF_SIGNATURES = (b"GIF87a", b"GIF89a")
+
+
+def _header_int(image_bytes: tf.Tensor, offset: int, size: int, big_endian: bool) -> tf.Tensor:
+    """An unsigned integer stored at `offset` in the file header, as int64."""
+    digits = tf.cast(tf.io.decode_raw(tf.strings.substr(image_bytes, offset, size), tf.uint8), tf.int64)
+    weights = tf.constant([256 ** i for i in (range(size - 1, -1, -1) if big_endian else range(size))], tf.int64)
+    return tf.reduce_sum(digits * weights)
+
+
+def encoded_shape(image_bytes: tf.Tensor) -> tf.Tensor:
+    """(height, width) int64 of one encoded image, read from its header where the format allows.
+
+    JPEG, PNG (IHDR) and GIF (logical screen) state their size up front, so an oversized request is
+    refused before its pixels are inflated; a few-KB PNG or GIF can otherwise decode to gigabytes.
+    Other formats (BMP: uncompressed, so its byte size already bounds it) are decoded once to learn it.
+    """
+    length = tf.strings.length(image_bytes)
+    is_png = tf.logical_and(length >= 24, tf.equal(tf.strings.substr(image_bytes, 0, 8), _PNG_SIGNATURE))
+    prefix = tf.strings.substr(image_bytes, 0, 6)
+    is_gif = tf.logical_and(length >= 10, tf.reduce_any([tf.equal(prefix, sig) for sig in _GIF_SIGNATURES]))
+    return tf.case([
+        (tf.io.is_jpeg(image_bytes), lambda: tf.cast(tf.io.extract_jpeg_shape(image_bytes)[:2], tf.int64)),
+        (is_png, lambda: tf.stack([_header_int(image_bytes, 20, 4, True), _header_int(image_bytes, 16, 4, True)])),
+        (is_gif, lambda: tf.stack([_header_int(image_bytes, 8, 2, False), _header_int(image_bytes, 6, 2, False)])),
+    ], default=lambda: tf.shape(tf.io.decode_image(image_bytes, channels=3, expand_animations=False),
+                                out_type=tf.int64)[:2])
+
+
 def checked_decode(image_bytes: tf.Tensor, image_size: int, max_pixels: int) -> tf.Tensor:
     """`preprocessing.decode_image` with request guards that fail as InvalidArgument, not a crash."""
     not_empty = tf.debugging.assert_greater(
         tf.strings.length(image_bytes), 0, message="image_bytes is empty; send a JPEG or PNG file's bytes")
     with tf.control_dependencies([not_empty]):
-        # JPEG headers give the size without decoding; other formats are decoded once to learn it.
-        shape = tf.cond(tf.io.is_jpeg(image_bytes),
-                        lambda: tf.io.extract_jpeg_shape(image_bytes),
-                        lambda: tf.shape(tf.io.decode_image(image_bytes, channels=3, expand_animations=False),
-                                         out_type=tf.int32))
-    pixels = tf.cast(shape[0], tf.int64) * tf.cast(shape[1], tf.int64)
+        shape = encoded_shape(image_bytes)
     small_enough = tf.debugging.assert_less_equal(
-        pixels, tf.constant(max_pixels, tf.int64),
+        shape[0] * shape[1], tf.constant(max_pixels, tf.int64),
         message=f"image too large: more than {max_pixels} pixels (model.serving_max_pixels)")
     # Explicit dependencies: inside tf.map_fn's loop body asserts are not otherwise guaranteed to run.
     with tf.control_dependencies([small_enough]):
