@@ -1,0 +1,187 @@
+"""`petseg kubeflow compile`: the KFP PipelineSpec / PipelineJob it writes, and the image it expects."""
+
+import json
+import pathlib
+import re
+
+import pytest
+import yaml
+from google.protobuf import json_format
+from kfp.pipeline_spec import pipeline_spec_pb2
+
+from kubeflow import runner
+from pipeline import cli
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+IMAGE = "registry.example.com/team/petseg:1.2.3"
+ROOT = "gs://petseg-bucket/pipeline_root"
+BEAM_ARGS = ["--runner=DataflowRunner", "--project=demo-project", "--region=europe-west4"]
+TASKS = {"TfdsExampleGen", "ImportSchemaGen", "StatisticsGen", "ExampleValidator", "ValidationGate", "Transform",
+         "latest_blessed_model_resolver-model-blessing-resolver", "latest_blessed_model_resolver-model-resolver",
+         "Trainer", "Evaluator", "Pusher"}
+RUN_EXECUTOR = ["python", "-m", "tfx.orchestration.kubeflow.v2.container.kubeflow_v2_run_executor"]
+
+
+def compile_args(output, *extra):
+    return ["kubeflow", "compile", "--output", str(output), "--profile", "tiny", "--image", IMAGE,
+            "--pipeline-root", ROOT, "--gpus", "2", "--cpu", "4", "--memory", "16",
+            "--oxford-raw-dir", "/mnt/pets/span-{SPAN}", "--set", "train.warm_start=true",
+            *[f"--beam-arg={a}" for a in BEAM_ARGS], *extra]
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    out = tmp_path_factory.mktemp("kfp")
+    assert cli.main(compile_args(out / "pipeline.yaml")) == 0
+    assert cli.main(compile_args(out / "pipeline.json")) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def spec(compiled):
+    return yaml.safe_load((compiled / "pipeline.yaml").read_text())
+
+
+def container(spec, task):
+    label = spec["components"][spec["root"]["dag"]["tasks"][task]["componentRef"]["name"]]["executorLabel"]
+    return spec["deploymentSpec"]["executors"][label]["container"]
+
+
+def constant(spec, task, parameter):
+    return spec["root"]["dag"]["tasks"][task]["inputs"]["parameters"][parameter]["runtimeValue"]["constant"]
+
+
+def test_yaml_is_a_kfp_2_1_pipeline_spec(compiled, spec):
+    proto = json_format.ParseDict(spec, pipeline_spec_pb2.PipelineSpec())  # unknown fields fail
+    assert proto.schema_version == "2.1.0"
+    assert proto.sdk_version == "tfx-1.16.0"
+    assert proto.default_pipeline_root == ROOT
+    assert set(proto.root.dag.tasks) == TASKS
+
+
+def test_json_is_a_pipeline_job_with_the_root(compiled):
+    job = json_format.ParseDict(json.loads((compiled / "pipeline.json").read_text()), pipeline_spec_pb2.PipelineJob())
+    assert job.runtime_config.gcs_output_directory == ROOT
+    assert set(job.pipeline_spec["root"]["dag"]["tasks"]) == TASKS
+
+
+def test_every_container_runs_the_tfx_entrypoint_in_the_image_with_the_beam_args(spec):
+    images = runner.executor_images(spec)
+    assert len(images) == 9 and set(images.values()) == {IMAGE}
+    for label, executor in spec["deploymentSpec"]["executors"].items():
+        if "container" not in executor:
+            assert "resolver" in executor, label
+            continue
+        assert executor["container"]["command"] == RUN_EXECUTOR
+        assert executor["container"]["args"][-len(BEAM_ARGS):] == BEAM_ARGS, label
+
+
+def test_only_the_trainer_asks_for_gpus_cpu_and_memory(spec):
+    resources = container(spec, "Trainer")["resources"]
+    assert resources["accelerator"] == {"type": "nvidia.com/gpu", "count": "2"}
+    assert (resources["cpuLimit"], resources["memoryLimit"]) == (4.0, 16.0)
+    others = [t for t in TASKS - {"Trainer"} if "resolver" not in t]
+    assert not any("resources" in container(spec, t) for t in others)
+
+
+def test_paths_point_into_the_image_and_the_pipeline_root(spec):
+    assert constant(spec, "ImportSchemaGen", "schema_file") == "/app/transform/schema.pbtxt"
+    assert (REPO / "transform" / "schema.pbtxt").is_file()
+    assert constant(spec, "TfdsExampleGen", "data_dir") == runner.DEFAULT_DATA_DIR
+    assert constant(spec, "TfdsExampleGen", "raw_dir") == "/mnt/pets/span-{SPAN}"
+    assert json.loads(constant(spec, "Pusher", "push_destination")) == {
+        "filesystem": {"base_directory": f"{ROOT}/serving"}}
+    # User code by dotted path, importable in the image; nothing staged at compile time.
+    assert constant(spec, "Trainer", "run_fn") == "trainer.run.run_fn"
+    assert constant(spec, "Transform", "preprocessing_fn") == "transform.preprocessing.preprocessing_fn"
+    assert "module_file" not in json.dumps(spec) and "module_path" not in json.dumps(spec)
+
+
+def test_spans_rerun_example_gen_and_warm_start_comes_from_the_resolver(spec):
+    tasks = spec["root"]["dag"]["tasks"]
+    # Latest span at run time: ExampleGen must never be a cache hit; the rest may be.
+    assert tasks["TfdsExampleGen"]["cachingOptions"] == {}
+    assert constant(spec, "TfdsExampleGen", "span") == -1
+    containers = {t for t in TASKS if "resolver" not in t}  # resolvers are metadata queries, never cached
+    assert all(tasks[t]["cachingOptions"] == {"enableCache": True} for t in containers - {"TfdsExampleGen"})
+    for task, key in (("Trainer", "base_model"), ("Evaluator", "baseline_model")):
+        assert tasks[task]["inputs"]["artifacts"][key]["taskOutputArtifact"] == {
+            "producerTask": "latest_blessed_model_resolver-model-resolver", "outputArtifactKey": "model"}
+
+
+def test_pinned_span_keeps_example_gen_cached(tmp_path):
+    # --set, not --oxford-raw-dir: the profile and --set values are validated before the flags apply.
+    assert cli.main(compile_args(tmp_path / "p.yaml", "--set", "data.dataset=oxford_iiit_pet",
+                                 "--set", "data.oxford_raw_dir=/mnt/pets/span-{SPAN}", "--set", "data.span=3")) == 0
+    spec = yaml.safe_load((tmp_path / "p.yaml").read_text())
+    assert spec["root"]["dag"]["tasks"]["TfdsExampleGen"]["cachingOptions"] == {"enableCache": True}
+    assert constant(spec, "TfdsExampleGen", "span") == 3
+
+
+def test_no_credentials_or_local_paths_in_the_spec(compiled):
+    for name in ("pipeline.yaml", "pipeline.json"):
+        text = (compiled / name).read_text()
+        assert not re.search(r"token|passw|secret|private.key|credential|AKIA[0-9A-Z]{16}|BEGIN [A-Z ]*KEY",
+                             text, re.IGNORECASE), name
+        assert str(REPO) not in text and str(pathlib.Path.home()) not in text, name
+        assert '"env"' not in text and "\nenv:" not in text
+
+
+def test_compile_rejects_a_missing_root_and_an_unknown_suffix(tmp_path):
+    with pytest.raises(SystemExit, match="--pipeline-root"):
+        cli.main(["kubeflow", "compile", "--output", str(tmp_path / "p.yaml"), "--profile", "tiny"])
+    with pytest.raises(ValueError, match=r"\.yaml"):
+        cli.main(["kubeflow", "compile", "--output", str(tmp_path / "p.txt"), "--profile", "tiny",
+                  "--pipeline-root", ROOT])
+
+
+# ---------------------------------------------------------------- the image
+
+
+def dockerfile_instructions(path):
+    """(INSTRUCTION, arguments) pairs of a Dockerfile, continuation lines joined, comments dropped."""
+    logical, current = [], ""
+    for line in path.read_text().splitlines():
+        if not current and (not line.strip() or line.lstrip().startswith("#")):
+            continue
+        current += line.rstrip("\\").strip() + " "
+        if not line.rstrip().endswith("\\"):
+            logical.append(current.strip())
+            current = ""
+    return [tuple(item.split(None, 1)) for item in logical]
+
+
+def test_dockerfile_installs_the_lock_into_the_tfx_image_and_runs_as_non_root():
+    instructions = dockerfile_instructions(REPO / "kubeflow" / "Dockerfile")
+    stages = [i for i, (op, _) in enumerate(instructions) if op == "FROM"]
+    final = instructions[stages[-1]:]
+    lock = (REPO / "uv.lock").read_text()
+    tfx_version = re.search(r'name = "tfx"\nversion = "([^"]+)"', lock).group(1)
+    assert final[0] == ("FROM", f"tensorflow/tfx:{tfx_version}")
+
+    ops = {}
+    for op, args in final:
+        ops.setdefault(op, []).append(args)
+    assert ops["WORKDIR"] == [runner.APP_DIR]
+    env = " ".join(ops["ENV"])
+    assert "TF_USE_LEGACY_KERAS=1" in env and f"PYTHONPATH={runner.APP_DIR}" in env
+    run = " ".join(ops["RUN"])
+    assert "uv export --frozen --no-dev" in run and "--require-hashes" in run and "--no-deps" in run
+    # Every package pyproject ships is copied to where the spec expects it (APP_DIR/<package>).
+    packages = re.search(r"include = \[([^\]]*)\]", (REPO / "pyproject.toml").read_text()).group(1)
+    for package in re.findall(r'"(\w+)\*"', packages):
+        assert f"{package}/ {package}/" in ops["COPY"], package
+    for copy in ops["COPY"]:
+        sources = [s for s in copy.split()[:-1] if not s.startswith("--")]
+        if not copy.startswith("--from"):
+            assert all((REPO / s).exists() for s in sources), copy
+    assert ops["USER"][-1].split(":")[0] not in ("0", "root")
+    assert final[-1][0] == "USER"  # nothing after it runs as root
+
+
+def test_dockerignore_keeps_what_the_dockerfile_copies():
+    lines = [line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()]
+    ignore = [line for line in lines if line and not line.startswith("#")]
+    assert ignore[0] == "*"  # an allow-list: .venv, runs/ and .git never reach the build context
+    for needed in ("pyproject.toml", "uv.lock", "pipeline/", "components/", "transform/", "trainer/", "kubeflow/"):
+        assert f"!{needed}" in ignore, needed
