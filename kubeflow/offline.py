@@ -1,11 +1,10 @@
-"""Runs a compiled KFP PipelineSpec task by task on this machine, as a KFP 2.x backend would (no cluster).
+"""Runs a compiled KFP PipelineSpec task by task on this machine, as a KFP 2.x backend would (no cluster)."""
 
-Each container task runs its own command (`python -m ...kubeflow_v2_run_executor ...`) as a subprocess,
-with the `{{$}}` placeholder replaced by an ExecutorInput built from the spec: constant parameters,
-upstream output artifacts (with the metadata their producers wrote to executor_output.json) and
-output URIs under a local pipeline root. Resolver tasks are metadata queries in KFP; here they query
-a JSON registry of the artifacts earlier offline runs produced (`artifacts.json` in the root).
-"""
+# Each container task runs its own command (`python -m ...kubeflow_v2_run_executor ...`) as a
+# subprocess, with the `{{$}}` placeholder replaced by an ExecutorInput built from the spec: constant
+# parameters, upstream output artifacts (with the metadata their producers wrote to
+# executor_output.json) and output URIs under a local pipeline root. Resolver tasks are MLMD queries
+# in KFP; here they query a JSON registry of what earlier offline runs produced (`artifacts.json`).
 
 from __future__ import annotations
 

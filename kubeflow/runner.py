@@ -8,7 +8,6 @@ import pathlib
 import posixpath
 from typing import Any, Dict, Optional
 
-import kubeflow  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TFX imports TensorFlow)
 from components import tfds_data
 from pipeline.config import PipelineConfig
 
