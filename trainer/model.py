@@ -41,6 +41,8 @@ IMAGENET_WEIGHTS_MD5 = "6d6bbae143d832006294945121d1f1fc"
 
 # (block, convs, channels) of tf.keras.applications.VGG16; layer names must match it so weights load by name.
 VGG16_BLOCKS = ((1, 2, 64), (2, 2, 128), (3, 3, 256), (4, 3, 512), (5, 3, 512))
+# He init keeps activations from fading through 15 ReLU convs when VGG16 trains from scratch.
+RELU_INIT = "he_normal"
 ENCODER_CONV_NAMES = tuple(f"block{b}_conv{i}" for b, n, _ in VGG16_BLOCKS for i in range(1, n + 1))
 
 
@@ -67,15 +69,16 @@ def build_model(model_config: ModelConfig, dropout: Optional[float] = None) -> t
     for block, convs, channels in VGG16_BLOCKS:
         width = max(1, round(channels * model_config.width_multiplier))
         for i in range(1, convs + 1):
-            x = tf.keras.layers.Conv2D(width, 3, padding="same", activation="relu",
+            x = tf.keras.layers.Conv2D(width, 3, padding="same", activation="relu", kernel_initializer=RELU_INIT,
                                        name=f"block{block}_conv{i}", dtype=policy)(x)
         x = pools[block] = tf.keras.layers.MaxPooling2D(2, strides=2, name=f"block{block}_pool", dtype=policy)(x)
 
     x = tf.keras.layers.Conv2D(model_config.head_width, 7, padding="same", activation="relu",
-                               name="fc6", dtype=policy)(pools[5])
+                               kernel_initializer=RELU_INIT, name="fc6", dtype=policy)(pools[5])
     if dropout:
         x = tf.keras.layers.Dropout(dropout, name="drop6", dtype=policy)(x)
-    x = tf.keras.layers.Conv2D(model_config.head_width, 1, activation="relu", name="fc7", dtype=policy)(x)
+    x = tf.keras.layers.Conv2D(model_config.head_width, 1, activation="relu", kernel_initializer=RELU_INIT,
+                               name="fc7", dtype=policy)(x)
     if dropout:
         x = tf.keras.layers.Dropout(dropout, name="drop7", dtype=policy)(x)
     # Score layers are linear: they produce logits, and a ReLU here would clip every negative class score.
