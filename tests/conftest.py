@@ -1,3 +1,26 @@
 import os
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> pathlib.Path:
+    """One real `petseg run --profile tiny` output, shared by the dashboard and notebook tests.
+
+    PETSEG_TEST_RUN=DIR reuses an earlier tiny run's output (a run takes minutes on a busy machine).
+    """
+    if os.environ.get("PETSEG_TEST_RUN"):
+        return pathlib.Path(os.environ["PETSEG_TEST_RUN"]).resolve()
+    output = tmp_path_factory.mktemp("tiny_run")
+    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", "--profile", "tiny", "--output", str(output)],
+                          capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    (output / "run.stderr").write_text(proc.stderr)
+    return output
