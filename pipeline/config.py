@@ -71,6 +71,9 @@ class TrainConfig:
     shuffle_buffer: int = 512
     # Start from the latest blessed model's weights when there is one.
     warm_start: bool = False
+    # XLA-compile the train step. Off by default: on this 2-core CPU it was slower (bench/README.md);
+    # on a GPU it fuses the elementwise ops between convolutions and usually pays off.
+    jit_compile: bool = False
 
 
 @dataclasses.dataclass
@@ -91,8 +94,11 @@ class PipelineConfig:
     profile: str = "quick"
     name: str = "petseg"
     output: str = "runs/default"
-    # Beam DirectRunner worker processes for local runs.
-    beam_workers: int = 2
+    # Beam DirectRunner worker processes for local runs. 1 runs Beam in this process: each extra
+    # worker process imports TF/TFX anew for every Beam pipeline (StatisticsGen, Transform, Evaluator),
+    # measured at 60-100 s per pipeline on 2 cores against ~20 s of actual work (bench/README.md).
+    # Raise it only for data far larger than the synthetic or Oxford sets on a many-core machine.
+    beam_workers: int = 1
     # Extra Beam args (e.g. a Dataflow or Flink runner) appended to the local ones.
     beam_args: typing.List[str] = dataclasses.field(default_factory=list)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)

@@ -113,6 +113,7 @@ def compile_model(model: tf.keras.Model, train_config: TrainConfig) -> tf.keras.
         loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=[tf.keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
                  tf.keras.metrics.MeanIoU(NUM_CLASSES, name="mean_iou", sparse_y_pred=False)],
+        jit_compile=train_config.jit_compile,
     )
     return model
 
