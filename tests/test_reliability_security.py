@@ -53,6 +53,16 @@ def test_configs_and_compiled_specs_hold_no_credentials():
     assert {name: hits for name, hits in found.items() if hits} == {}
 
 
+def test_compiled_kubeflow_spec_holds_no_credentials(tmp_path):
+    from pipeline import cli
+
+    package = tmp_path / "pipeline.yaml"
+    assert cli.main(["kubeflow", "compile", "--output", str(package), "--profile", "tiny",
+                     "--pipeline-root", str(tmp_path / "root")]) == 0
+    text = package.read_text()
+    assert "TfdsExampleGen" in text and find_credentials(text) == []
+
+
 def _shell_calls(tree: ast.AST) -> list:
     bad = []
     for node in ast.walk(tree):
