@@ -8,6 +8,7 @@ import logging
 import os
 import pathlib
 import tempfile
+from typing import Sequence
 
 import tensorflow as tf
 import tensorflow_transform as tft
@@ -23,7 +24,7 @@ def backup_dir(fn_args) -> str:
 
     Each TFX execution (a retry too) gets fresh output URIs, so the folder is keyed on what defines
     the training instead: its input artifacts and settings. It sits beside the Trainer's outputs
-    (`<pipeline_root>/<trainer id>/`) and Keras deletes it once training finishes.
+    (`<pipeline_root>/<trainer id>/`) and is removed once training finishes.
     """
     key = json.dumps({"train": sorted(fn_args.train_files), "eval": sorted(fn_args.eval_files),
                       "transform": fn_args.transform_output, "base": fn_args.base_model or "",
@@ -52,8 +53,12 @@ def _warm_start(model: tf.keras.Model, base_model_dir: str) -> None:
     log.info("Warm-started from %s", base_model_dir)
 
 
-def run_fn(fn_args) -> None:
-    """Trains VGG16-FCN8 on the transformed examples and exports it with its serving signatures."""
+def run_fn(fn_args, extra_callbacks: Sequence[tf.keras.callbacks.Callback] = ()) -> None:
+    """Trains VGG16-FCN8 on the transformed examples and exports it with its serving signatures.
+
+    TFX calls `run_fn(fn_args)`; `extra_callbacks` run after the backup is written each epoch, so a
+    caller can observe (or interrupt) training at a point it will resume from.
+    """
     model_config = ModelConfig(**fn_args.custom_config["model"])
     train_config = TrainConfig(**fn_args.custom_config["train"])
     strategy = strategy_lib.choose_strategy(train_config)
@@ -75,6 +80,7 @@ def run_fn(fn_args) -> None:
     log.info("Training %s parameters, global batch %d over %d replica(s)",
              f"{model.count_params():,}", global_batch, strategy.num_replicas_in_sync)
 
+    backup = backup_dir(fn_args)
     history = model.fit(
         train_ds,
         validation_data=eval_ds,
@@ -82,10 +88,14 @@ def run_fn(fn_args) -> None:
         steps_per_epoch=train_config.steps_per_epoch,
         callbacks=[
             tf.keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir, update_freq="epoch"),
-            tf.keras.callbacks.BackupAndRestore(backup_dir(fn_args)),
+            tf.keras.callbacks.BackupAndRestore(backup),
+            *extra_callbacks,
         ],
         verbose=2,
     )
+    # Keras deletes its checkpoint files when fit completes but leaves their folder behind.
+    if _is_chief() and tf.io.gfile.isdir(backup) and not tf.io.gfile.listdir(backup):
+        tf.io.gfile.rmtree(backup)
 
     # Non-chief workers of a multi-worker run must still take part in saving, but not in the real place.
     export_dir = fn_args.serving_model_dir if _is_chief() else tempfile.mkdtemp()
@@ -94,4 +104,6 @@ def run_fn(fn_args) -> None:
     if _is_chief():
         tf.io.gfile.makedirs(fn_args.model_run_dir)
         with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, "history.json"), "w") as f:
-            json.dump({key: [float(v) for v in values] for key, values in history.history.items()}, f)
+            # `epoch` holds the 0-based epochs this run trained: a resumed run starts after the backup's.
+            json.dump({"epoch": list(history.epoch),
+                       **{key: [float(v) for v in values] for key, values in history.history.items()}}, f)

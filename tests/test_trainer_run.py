@@ -1,0 +1,95 @@
+"""run_fn with real TFX FnArgs on a real Transform output: trains, logs, exports, resumes, warm-starts."""
+
+import json
+import logging
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import tensorflow as tf
+
+import trainer_fixtures
+from trainer import model as model_lib, run
+from trainer_fixtures import limited, trained, transform_run  # noqa: F401 (pytest fixtures)
+
+# The worker is killed after this epoch of EPOCHS; its retry must train only the rest.
+KILL_AFTER, EPOCHS = 1, 3
+
+
+def _history(fn_args) -> dict:
+    return json.loads((pathlib.Path(fn_args.model_run_dir) / "history.json").read_text())
+
+
+def _epoch_steps(log_dir: str, tag: str = "epoch_loss") -> list:
+    """Steps (0-based epochs) at which TensorBoard summaries of `tag` were written."""
+    steps = []
+    for path in tf.io.gfile.glob(os.path.join(log_dir, "events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            steps += [event.step for value in event.summary.value if value.tag == tag]
+    return sorted(steps)
+
+
+def _weights(model_dir: str) -> dict:
+    weights = {w.name: w.numpy() for w in tf.keras.models.load_model(model_dir, compile=False).weights}
+    assert weights
+    return weights
+
+
+def test_run_fn_trains_logs_and_exports(trained):
+    history = _history(trained)
+    assert history["epoch"] == [0, 1]
+    assert history["loss"][1] < history["loss"][0], history
+    assert len(history["val_loss"]) == 2
+    for subdir in ("train", "validation"):
+        assert _epoch_steps(os.path.join(trained.model_run_dir, subdir)) == [0, 1]
+    assert tf.saved_model.contains_saved_model(trained.serving_model_dir)
+    # Keras drops the backup of a finished training, so a later run never "resumes" a complete one.
+    assert not tf.io.gfile.exists(run.backup_dir(trained))
+
+
+def test_killed_training_resumes_at_the_next_epoch(transform_run):
+    # Its own epoch count also gives it its own backup folder, apart from `trained`'s.
+    overrides = {"train.epochs": EPOCHS}
+    config = trainer_fixtures.tiny_config(**overrides)
+    killed = trainer_fixtures.fn_args(transform_run, 11, config)
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+    env.pop("TF_CONFIG", None)
+    worker = subprocess.run(
+        [sys.executable, trainer_fixtures.__file__, "--metadata", transform_run, "--execution-id", "11",
+         "--overrides", json.dumps(overrides), "--exit-after-epoch", str(KILL_AFTER), "--exit-code", "17"],
+        cwd=trainer_fixtures.REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert worker.returncode == 17, worker.stdout[-3000:] + worker.stderr[-3000:]
+    assert not tf.io.gfile.exists(killed.serving_model_dir)
+    assert tf.io.gfile.listdir(run.backup_dir(killed))
+
+    # A TFX retry is a new execution with fresh output URIs but the same inputs and config.
+    retry = trainer_fixtures.fn_args(transform_run, 12, config)
+    assert retry.serving_model_dir != killed.serving_model_dir
+    assert run.backup_dir(retry) == run.backup_dir(killed)
+    run.run_fn(retry)
+    assert _history(retry)["epoch"] == list(range(KILL_AFTER, EPOCHS))
+    assert _epoch_steps(os.path.join(retry.model_run_dir, "train")) == list(range(KILL_AFTER, EPOCHS))
+    assert tf.saved_model.contains_saved_model(retry.serving_model_dir)
+    assert not tf.io.gfile.exists(run.backup_dir(retry))
+
+
+def test_warm_start_begins_from_the_base_model_weights(trained, limited):
+    # The Trainer executor resolves the base Model artifact to its Format-Serving folder.
+    assert limited.base_model == trained.serving_model_dir
+    assert _history(limited)["epoch"] == []  # epochs=0: the export holds the starting weights
+    base, warm = _weights(trained.serving_model_dir), _weights(limited.serving_model_dir)
+    assert base.keys() == warm.keys()
+    for name, value in base.items():
+        np.testing.assert_array_equal(warm[name], value, err_msg=name)
+
+
+def test_warm_start_skips_a_base_model_of_another_architecture(trained, caplog):
+    model = model_lib.build_model(trainer_fixtures.tiny_config(**{"model.head_width": 16}).model)
+    before = model.get_weights()
+    with caplog.at_level(logging.WARNING, logger=run.__name__):
+        run._warm_start(model, trained.serving_model_dir)
+    assert "different architecture" in caplog.text
+    for old, new in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(new, old)

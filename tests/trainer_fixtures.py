@@ -1,0 +1,201 @@
+"""Real Transform output and Trainer FnArgs (built as the TFX Trainer executor does) for trainer tests."""
+
+import argparse
+import atexit
+import dataclasses
+import functools
+import json
+import os
+import pathlib
+import shutil
+import sys
+import tempfile
+from typing import Any, Dict, Optional
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+# Run as a script (the killed-trainer worker), the repo's packages must be importable too.
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from ml_metadata.metadata_store import metadata_store  # noqa: E402
+from tfx.components.transform.component import Transform  # noqa: E402
+from tfx.components.schema_gen.import_schema_gen.component import ImportSchemaGen  # noqa: E402
+from tfx.components.trainer import executor as trainer_executor  # noqa: E402
+from tfx.orchestration import metadata, pipeline  # noqa: E402
+from tfx.orchestration.local.local_dag_runner import LocalDagRunner  # noqa: E402
+from tfx.proto import trainer_pb2  # noqa: E402
+from tfx.types import artifact_utils, standard_artifacts  # noqa: E402
+from tfx.utils import json_utils, proto_utils  # noqa: E402
+
+from components.example_gen import TfdsExampleGen  # noqa: E402
+from pipeline.config import load_config  # noqa: E402
+from trainer import run  # noqa: E402
+
+SCHEMA_FILE = str(REPO / "transform" / "schema.pbtxt")
+# Train / eval example counts: two training batches of the tiny profile's 8, so an epoch has two steps.
+TRAIN_IMAGES, EVAL_IMAGES = 16, 8
+
+
+def tiny_config(**overrides: Any):
+    """The tiny profile with `key=value` overrides such as `{"train.epochs": 0}`."""
+    return load_config("tiny", overrides=[f"{key}={json.dumps(value)}" for key, value in overrides.items()])
+
+
+@functools.lru_cache(maxsize=None)
+def transformed_data(root: str) -> str:
+    """Runs TfdsExampleGen -> ImportSchemaGen -> Transform under LocalDagRunner once; returns its MLMD path.
+
+    Cached per root: the test modules share one session folder, so the Beam pipeline runs once.
+    """
+    config = tiny_config()
+    example_gen = TfdsExampleGen(data_dir=os.path.join(root, "tfds"), source="synthetic",
+                                 synthetic_train_images=TRAIN_IMAGES, synthetic_test_images=EVAL_IMAGES,
+                                 synthetic_seed=3)
+    schema_gen = ImportSchemaGen(schema_file=SCHEMA_FILE)
+    transform = Transform(examples=example_gen.outputs["examples"], schema=schema_gen.outputs["schema"],
+                          preprocessing_fn="transform.preprocessing.preprocessing_fn",
+                          custom_config={"image_size": config.model.image_size})
+    metadata_path = os.path.join(root, "mlmd.sqlite")
+    LocalDagRunner().run(pipeline.Pipeline(
+        pipeline_name="trainer_test", pipeline_root=os.path.join(root, "pipeline_root"),
+        components=[example_gen, schema_gen, transform],
+        metadata_connection_config=metadata.sqlite_metadata_connection_config(metadata_path),
+        beam_pipeline_args=["--direct_running_mode=in_memory", "--direct_num_workers=1"]))
+    return metadata_path
+
+
+def output(metadata_path: str, artifact_type, producer: str, key: str = ""):
+    """The artifact of a type that `producer` wrote (under `<pipeline_root>/<producer>/<key>`), as TFX sees it."""
+    store = metadata_store.MetadataStore(metadata.sqlite_metadata_connection_config(metadata_path))
+    for mlmd_artifact in store.get_artifacts_by_type(artifact_type.TYPE_NAME):
+        if f"/{producer}/{key}" in mlmd_artifact.uri:
+            result = artifact_type()
+            result.set_mlmd_artifact(mlmd_artifact)
+            return result
+    raise LookupError(f"no {artifact_type.TYPE_NAME} from {producer} in {metadata_path}")
+
+
+raw_examples = functools.partial(output, artifact_type=standard_artifacts.Examples, producer="TfdsExampleGen")
+transformed_examples = functools.partial(output, artifact_type=standard_artifacts.Examples, producer="Transform")
+
+
+def fn_args(metadata_path: str, execution_id: int, config, base_model: Optional[str] = None):
+    """FnArgs from the real Trainer executor for `config`, outputs under the Transform run's pipeline root.
+
+    `execution_id` plays the TFX execution: each (a retry too) gets fresh output URIs, laid out as
+    `<pipeline_root>/Trainer/model/<id>` like the launcher's. `base_model` is a Model artifact URI.
+    """
+    input_dict = {
+        "examples": [transformed_examples(metadata_path)],
+        "transform_graph": [output(metadata_path, standard_artifacts.TransformGraph, "Transform")],
+        "schema": [output(metadata_path, standard_artifacts.Schema, "ImportSchemaGen")],
+    }
+    if base_model:
+        base = standard_artifacts.Model()
+        base.uri = base_model
+        input_dict["base_model"] = [base]
+    trainer_root = pathlib.Path(metadata_path).parent / "pipeline_root" / "Trainer"
+    output_dict = {}
+    for key, artifact_type in (("model", standard_artifacts.Model), ("model_run", standard_artifacts.ModelRun)):
+        out = artifact_type()
+        out.uri = str(trainer_root / key / str(execution_id))
+        output_dict[key] = [out]
+    exec_properties = {
+        "train_args": proto_utils.proto_to_json(trainer_pb2.TrainArgs(num_steps=config.train.steps_per_epoch or 0)),
+        "eval_args": proto_utils.proto_to_json(trainer_pb2.EvalArgs(num_steps=0)),
+        "custom_config": json_utils.dumps({"model": dataclasses.asdict(config.model),
+                                           "train": dataclasses.asdict(config.train)}),
+    }
+    return trainer_executor.GenericExecutor()._GetFnArgs(input_dict, output_dict, exec_properties)
+
+
+def split_records(examples_artifact, split: str):
+    """Serialized tf.Examples of one split (gzip or plain tfrecords, as written)."""
+    [uri] = artifact_utils.get_split_uris([examples_artifact], split)
+    files = sorted(tf.io.gfile.glob(os.path.join(uri, "*")))
+    compression = "GZIP" if files[0].endswith(".gz") else None
+    return [r.numpy() for r in tf.data.TFRecordDataset(files, compression_type=compression)]
+
+
+# Execution ids of the shared trainings (tests pick others for their own runs).
+TRAINED_ID, LIMITED_ID = 1, 2
+# serving_max_pixels of the `limited_model` export: 100x100, below the 333x171 test image.
+SMALL_MAX_PIXELS = 10_000
+
+
+@functools.lru_cache(maxsize=None)
+def _trained(metadata_path: str):
+    fn_args_ = fn_args(metadata_path, TRAINED_ID, tiny_config())
+    run.run_fn(fn_args_)
+    return fn_args_
+
+
+@functools.lru_cache(maxsize=None)
+def _limited(metadata_path: str):
+    base = pathlib.Path(_trained(metadata_path).serving_model_dir).parent
+    fn_args_ = fn_args(metadata_path, LIMITED_ID, tiny_config(**{"train.epochs": 0,
+                                                                  "model.serving_max_pixels": SMALL_MAX_PIXELS}),
+                       base_model=str(base))
+    run.run_fn(fn_args_)
+    return fn_args_
+
+
+@functools.lru_cache(maxsize=None)
+def _session_root() -> str:
+    # Not pytest's tmp_path: other pytest sessions on a shared machine prune all but the newest three
+    # /tmp/pytest-of-<user>/pytest-N folders, this session's included while it is still running.
+    root = tempfile.mkdtemp(prefix="petseg-trainer-test-")
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    return root
+
+
+# Module-scoped fixtures over session-wide caches: each test module asks for them, the work runs once.
+@pytest.fixture(scope="module")
+def transform_run() -> str:
+    """MLMD path of a real TfdsExampleGen -> ImportSchemaGen -> Transform run on synthetic pets."""
+    return transformed_data(_session_root())
+
+
+@pytest.fixture(scope="module")
+def trained(transform_run):
+    """FnArgs of a 2-epoch tiny-profile run_fn that has finished (its model is exported)."""
+    return _trained(transform_run)
+
+
+@pytest.fixture(scope="module")
+def limited(transform_run):
+    """FnArgs of an epochs=0 run_fn warm-started from `trained`, exported with SMALL_MAX_PIXELS."""
+    return _limited(transform_run)
+
+
+class ExitAfterEpoch(tf.keras.callbacks.Callback):
+    """Ends the process abruptly (no cleanup, like a preempted VM) after an epoch's backup is written."""
+
+    def __init__(self, epoch: int, code: int):
+        super().__init__()
+        self.epoch, self.code = epoch, code
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch + 1 == self.epoch:
+            sys.stdout.flush()
+            os._exit(self.code)
+
+
+def _main() -> None:
+    # Worker for the interrupted-training test: run_fn in its own process, killed after an epoch.
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--metadata", required=True)
+    parser.add_argument("--execution-id", type=int, required=True)
+    parser.add_argument("--overrides", default="{}", help="JSON dict for tiny_config")
+    parser.add_argument("--exit-after-epoch", type=int, default=0)
+    parser.add_argument("--exit-code", type=int, default=17)
+    args = parser.parse_args()
+    config = tiny_config(**json.loads(args.overrides))
+    callbacks = [ExitAfterEpoch(args.exit_after_epoch, args.exit_code)] if args.exit_after_epoch else []
+    run.run_fn(fn_args(args.metadata, args.execution_id, config), extra_callbacks=callbacks)
+
+
+if __name__ == "__main__":
+    _main()
