@@ -1,0 +1,149 @@
+"""The exported model as TF Serving uses it: signatures, image requests, REST body, Transform parity, errors."""
+
+import base64
+import io
+import json
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+import trainer_fixtures
+from trainer import signatures
+from trainer_fixtures import limited, trained, transform_run  # noqa: F401 (pytest fixtures)
+from transform import features
+
+SIZE = trainer_fixtures.tiny_config().model.image_size
+SAVED_MODEL_CLI = str(pathlib.Path(sys.executable).parent / "saved_model_cli")
+
+
+def _encode(pixels: np.ndarray, fmt: str) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, fmt)
+    return buffer.getvalue()
+
+
+def _pixels(height: int, width: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+# 333 wide x 171 high: neither square nor the model's size, and above SMALL_MAX_PIXELS.
+PHOTO = _pixels(171, 333)
+# A PNG header claiming 3000x3000 with its pixel data cut off: only a header check can call it too large.
+BOMB_HEADER = _encode(np.zeros((3000, 3000, 3), np.uint8), "PNG")[:64]
+
+
+@pytest.fixture(scope="module")
+def served(trained):
+    return tf.saved_model.load(trained.serving_model_dir)
+
+
+@pytest.fixture(scope="module")
+def limited_serving(limited):
+    """serving_default of the model exported with SMALL_MAX_PIXELS, loaded once like a server would."""
+    return tf.saved_model.load(limited.serving_model_dir).signatures[signatures.SERVING_SIGNATURE]
+
+
+def _check_prediction(outputs, count: int = 1) -> None:
+    mask, probabilities = outputs["mask"].numpy(), outputs["probabilities"].numpy()
+    assert mask.dtype == np.uint8 and mask.shape == (count, SIZE, SIZE)
+    assert set(np.unique(mask)) <= {0, 1, 2}
+    assert probabilities.shape == (count, SIZE, SIZE, 3)
+    np.testing.assert_allclose(probabilities.sum(axis=-1), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(mask, probabilities.argmax(axis=-1))
+
+
+def _assert_same(left, right) -> None:
+    for key in ("mask", "probabilities"):
+        np.testing.assert_array_equal(left[key].numpy(), right[key].numpy(), err_msg=key)
+
+
+def test_saved_model_cli_lists_the_signatures(trained):
+    shown = subprocess.run([SAVED_MODEL_CLI, "show", "--dir", trained.serving_model_dir, "--all"],
+                           capture_output=True, text=True, check=True).stdout
+    for name in (signatures.SERVING_SIGNATURE, signatures.EXAMPLES_SIGNATURE, signatures.TRANSFORM_SIGNATURE):
+        assert f"signature_def['{name}']" in shown
+    serving = shown.split(f"signature_def['{signatures.SERVING_SIGNATURE}']")[1].split("signature_def[")[0]
+    assert f"inputs['{features.SERVING_INPUT_KEY}']" in serving
+    mask = serving.split("outputs['mask']")[1].split("outputs[")[0]
+    assert "DT_UINT8" in mask and f"(-1, {SIZE}, {SIZE})" in mask
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_serving_default_on_an_image_of_any_size(served, fmt):
+    _check_prediction(served.signatures[signatures.SERVING_SIGNATURE](
+        image_bytes=tf.constant([_encode(PHOTO, fmt)])))
+
+
+def test_serving_default_batches_mixed_formats_and_sizes(served):
+    batch = [_encode(PHOTO, "JPEG"), _encode(_pixels(40, 90, seed=1), "PNG")]
+    serve = served.signatures[signatures.SERVING_SIGNATURE]
+    outputs = serve(image_bytes=tf.constant(batch))
+    _check_prediction(outputs, count=2)
+    # Each image is predicted on its own: batching does not change its result.
+    alone = serve(image_bytes=tf.constant(batch[1:]))
+    np.testing.assert_array_equal(outputs["mask"].numpy()[1:], alone["mask"].numpy())
+
+
+def _rest_request(body: str, signature) -> dict:
+    """Request tensors as TF Serving builds them from a REST "instances" (row format) body.
+
+    A signature with one input takes each instance as that input's value; {"b64": ...} is binary
+    data, base64-decoded, which TF Serving expects for inputs named `*_bytes`.
+    """
+    [name] = signature.structured_input_signature[1]
+    assert name.endswith("_bytes")
+    instances = json.loads(body)["instances"]
+    return {name: tf.constant([base64.b64decode(i["b64"]) if isinstance(i, dict) else i for i in instances])}
+
+
+def test_rest_b64_body_gives_the_direct_result(served):
+    jpeg = _encode(PHOTO, "JPEG")
+    body = json.dumps({"instances": [{"b64": base64.b64encode(jpeg).decode("ascii")}]})
+    serve = served.signatures[signatures.SERVING_SIGNATURE]
+    _assert_same(serve(**_rest_request(body, serve)), serve(image_bytes=tf.constant([jpeg])))
+
+
+def _feature(example: tf.train.Example, key: str):
+    return example.features.feature[key]
+
+
+def test_serving_resizes_exactly_like_transform(served, transform_run):
+    raw = trainer_fixtures.split_records(trainer_fixtures.raw_examples(transform_run), "eval")[:3]
+    materialized = np.stack([
+        np.reshape(np.float32(_feature(tf.train.Example.FromString(r), features.IMAGE_KEY).float_list.value),
+                   (SIZE, SIZE, 3))
+        for r in trainer_fixtures.split_records(trainer_fixtures.transformed_examples(transform_run), "eval")])
+
+    # The exported Transform layer reproduces what the Beam Transform run wrote (its order is not the input's).
+    transformed = served.signatures[signatures.TRANSFORM_SIGNATURE](examples=tf.constant(raw))[features.IMAGE_KEY]
+    twins = [int(np.argmin(np.abs(materialized - image).max(axis=(1, 2, 3)))) for image in transformed.numpy()]
+    np.testing.assert_array_equal(transformed.numpy(), materialized[twins])
+
+    # Image bytes through serving_default predict what the model predicts on Transform's output.
+    image_bytes = [_feature(tf.train.Example.FromString(r), features.RAW_IMAGE_KEY).bytes_list.value[0] for r in raw]
+    by_bytes = served.signatures[signatures.SERVING_SIGNATURE](image_bytes=tf.constant(image_bytes))
+    _assert_same(by_bytes, served.signatures[signatures.EXAMPLES_SIGNATURE](examples=tf.constant(raw)))
+    logits = served(tf.constant(materialized[twins]), training=False)
+    np.testing.assert_allclose(by_bytes["probabilities"].numpy(), tf.nn.softmax(logits).numpy(), atol=1e-6)
+
+
+@pytest.mark.parametrize("payload, message", [
+    (b"", "image_bytes is empty"),
+    (b"not an image at all", "Unknown image file format"),
+    (_encode(PHOTO, "JPEG")[:300], "Invalid JPEG data"),
+    (_encode(PHOTO, "JPEG"), f"image too large: more than {trainer_fixtures.SMALL_MAX_PIXELS} pixels"),
+    (_encode(PHOTO, "PNG"), "image too large"),
+    (_encode(PHOTO, "GIF"), "image too large"),
+    (BOMB_HEADER, "image too large"),
+], ids=["empty", "unknown", "truncated-jpeg", "large-jpeg", "large-png", "large-gif", "png-bomb-header"])
+def test_bad_requests_fail_cleanly_and_serving_goes_on(limited_serving, payload, message):
+    serve = limited_serving
+    with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+        serve(image_bytes=tf.constant([payload]))
+    # Exactly at the pixel limit is allowed, and the same loaded model still answers.
+    _check_prediction(serve(image_bytes=tf.constant([_encode(_pixels(100, 100), "PNG")])))
