@@ -1,0 +1,164 @@
+"""Real `petseg run` processes on a damaged raw folder: broken pairs skipped and explained, `--strict` and an
+all-broken split fail naming why, and a run SIGKILLed during the Trainer resumes from cache and its last epoch."""
+
+import collections
+import glob
+import json
+import os
+import pathlib
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import tensorflow as tf
+
+from components import synthetic_pets
+from pipeline import summary as summary_lib
+from pipeline.config import load_config
+from test_reliability_security import find_credentials
+from test_tfds_data import BROKEN, ODD_VALID, _damage
+from transform import preprocessing
+
+EPOCHS = 3
+UPSTREAM = ["TfdsExampleGen", "ImportSchemaGen", "StatisticsGen", "ExampleValidator", "ValidationGate", "Transform"]
+# What _damage breaks, plus the malformed and the duplicate list line it appends.
+EXPECTED_SKIPPED = dict(collections.Counter(BROKEN.values()), malformed_line=1, duplicate_name=1)
+TIMEOUT = 1500  # seconds per run; a shared 2-core machine can be several times slower than idle
+
+
+def petseg(output: pathlib.Path, raw: pathlib.Path, *args: str) -> subprocess.Popen:
+    """Starts `petseg run` in its own process group (so the whole group can be killed), output to a file."""
+    cmd = [sys.executable, "-m", "pipeline.cli", "run", "--profile", "tiny", "--set", f"train.epochs={EPOCHS}",
+           "--oxford-raw-dir", str(raw), "--output", str(output), *args]
+    output.mkdir(parents=True, exist_ok=True)
+    path = output.parent / f"{output.name}.{len(list(output.parent.glob(output.name + '.*')))}.console"
+    with open(path, "wb") as out:  # the child keeps its own descriptor
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    proc.console_path = path
+    return proc
+
+
+def console(proc: subprocess.Popen) -> str:
+    return proc.console_path.read_text(errors="replace")
+
+
+def finish(proc: subprocess.Popen) -> str:
+    proc.wait(timeout=TIMEOUT)
+    return console(proc)
+
+
+def first_backup(output: pathlib.Path) -> str:
+    """The Trainer's BackupAndRestore checkpoint index, written at the end of each epoch."""
+    found = glob.glob(str(output / "pipeline_root" / "Trainer" / "backup" / "*" / "chief" / "checkpoint"))
+    return found[0] if found else ""
+
+
+def epochs_started(text: str) -> list:
+    return [int(n) for n in re.findall(rf"^Epoch (\d+)/{EPOCHS}$", text, re.M)]
+
+
+@pytest.fixture(scope="module")
+def raw(tmp_path_factory):
+    root = synthetic_pets.write_archive(tmp_path_factory.mktemp("raw"), 48, 16, seed=5)
+    return root, _damage(root)
+
+
+@pytest.fixture(scope="module")
+def all_broken_test_split(tmp_path_factory):
+    root = synthetic_pets.write_archive(tmp_path_factory.mktemp("raw_empty"), 8, 2, seed=1)
+    for line in (root / "annotations" / "test.txt").read_text().splitlines():
+        (root / "annotations" / "trimaps" / f"{line.split()[0]}.png").write_bytes(b"not a png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def runs(raw, all_broken_test_split, tmp_path_factory):
+    """All runs of this module, overlapped: the two that fail early run while the first one trains."""
+    root, _ = raw
+    base = tmp_path_factory.mktemp("runs")
+    output = base / "damaged"
+    started = time.monotonic()
+    killed = petseg(output, root)
+    strict = petseg(base / "strict", root, "--strict")
+    empty = petseg(base / "empty", all_broken_test_split)
+    while not first_backup(output):
+        assert killed.poll() is None, "run ended before the Trainer wrote a backup:\n" + console(killed)[-5000:]
+        assert time.monotonic() - started < TIMEOUT, "no Trainer backup appeared"
+        time.sleep(0.2)
+    os.killpg(killed.pid, signal.SIGKILL)  # as a node losing the pod: no cleanup runs
+    killed_console = finish(killed)
+    resumed = petseg(output, root)
+    resumed_console = finish(resumed)
+    assert resumed.returncode == 0, resumed_console[-5000:]
+    return {"output": output, "killed": killed_console, "resumed": resumed_console,
+            "summary": json.loads((output / "summary.json").read_text()),
+            "strict": (finish(strict), strict.returncode), "empty": (finish(empty), empty.returncode)}
+
+
+def test_broken_pairs_are_skipped_counted_and_logged_by_file(runs, raw):
+    root, cases = raw
+    dataset = runs["summary"]["dataset"]
+    assert dataset["source"] == "raw-dir"
+    assert dataset["skipped"] == EXPECTED_SKIPPED
+    assert dataset["examples"] == {"train": 48 - len(BROKEN), "eval": 16}
+    logs = "".join(p.read_text() for p in (runs["output"] / "logs").glob("*.log"))
+    for case, reason in BROKEN.items():
+        folder = "images" if reason.endswith("image") else "annotations/trimaps"
+        suffix = ".jpg" if folder == "images" else ".png"
+        assert re.search(rf"Skipping {re.escape(str(root / folder / cases[case]))}{suffix}: {reason}", logs), case
+    assert "trainval.txt: malformed_line: line 49" in logs and "trainval.txt: duplicate_name: line 50" in logs
+
+
+def test_odd_but_valid_images_are_kept_and_decode(runs, raw):
+    _, cases = raw
+    config = load_config("tiny", overrides=[f"output={runs['output']}"])
+    examples = summary_lib.RunArtifacts(config).one("TfdsExampleGen", "examples")
+    assert json.loads(examples.custom_properties["repaired"].string_value) == {
+        "image_tiff_to_jpeg": 1, "trimap_to_8bit_png": 1}
+    stored = {}
+    for record in tf.data.TFRecordDataset(glob.glob(examples.uri + "/Split-train/*")):
+        feature = tf.train.Example.FromString(record.numpy()).features.feature
+        stored[feature["file_name"].bytes_list.value[0].decode()[:-4]] = feature
+    for case in ODD_VALID:
+        feature = stored[cases[case]]
+        image = preprocessing.decode_image(feature["image"].bytes_list.value[0], 64)
+        mask = preprocessing.decode_mask(feature["segmentation_mask"].bytes_list.value[0], 64)
+        assert image.shape == (64, 64, 3) and set(mask.numpy().ravel().tolist()) <= {0, 1, 2}, case
+
+
+def test_strict_run_fails_naming_the_file(runs, raw):
+    root, cases = raw
+    text, code = runs["strict"]
+    assert code == 1, text[-3000:]
+    assert re.search(rf"petseg: TfdsExampleGen failed: broken sample \(strict=True\): "
+                     rf"{re.escape(str(root))}/images/{cases['truncated']}\.jpg: unreadable_image", text), text[-3000:]
+
+
+def test_split_left_empty_fails_saying_why(runs):
+    text, code = runs["empty"]
+    assert code == 1, text[-3000:]
+    assert re.search(r"TfdsExampleGen failed: split 'test' is empty: none of the 2 lines .*test\.txt names a usable "
+                     r"sample \(skipped so far: \{'unreadable_trimap': 2\}\)", text), text[-3000:]
+
+
+def test_killed_trainer_resumes_from_cache_and_its_last_epoch(runs):
+    assert epochs_started(runs["killed"])[:1] == [1]
+    # BackupAndRestore restores the epoch it backed up at; the rerun never starts over at epoch 1.
+    resumed_epochs = epochs_started(runs["resumed"])
+    assert resumed_epochs and resumed_epochs[0] > 1 and resumed_epochs[-1] == EPOCHS, resumed_epochs
+    components = runs["summary"]["components"]
+    assert all(components[name]["cached"] for name in UPSTREAM), components
+    assert not components["Trainer"]["cached"]
+    summary = runs["summary"]
+    assert summary["blessed"] and summary["serving_versions"] == [pathlib.Path(summary["pushed_model"]).name]
+    # Keras deletes the backup once training completes, so a later, different training starts fresh.
+    assert not first_backup(runs["output"])
+
+
+def test_run_logs_hold_no_credentials(runs):
+    texts = {str(p): p.read_text(errors="replace") for p in (runs["output"] / "logs").glob("*.log")}
+    texts.update(killed=runs["killed"], resumed=runs["resumed"])
+    assert {name: find_credentials(text) for name, text in texts.items() if find_credentials(text)} == {}
