@@ -22,6 +22,8 @@ ABSENT_CLASS_HINT = ("Undefined: this class has no pixels in this slice's truth 
                      "It is left out of the slice's mean IoU / mean Dice.")
 NO_PIXELS_HINT = "Undefined: this slice has no pixels."
 MISSING_HINT = "Not computed for this model."
+# Below this overall IoU a class is flagged in the headline: the model barely ever finds it.
+POOR_CLASS_IOU = 0.1
 # Slice table columns: (key, header, tooltip); per-class keys read m["iou"][class] / m["dice"][class].
 COLUMNS: List[Tuple[str, str, str]] = (
     [("examples", "examples", "eval examples in the slice"),
@@ -314,11 +316,19 @@ def _headline(view: RunView) -> str:
         delta = ""
         if not _undefined(value) and not _undefined(before):
             delta = f'<div class="delta {"up" if value >= before else "down"}">{value - before:+.3f} vs baseline</div>'
-        cards.append(f'<div class="card"><div class="label">{label}</div><div class="big">{_fmt(value, key)}</div>{delta}</div>')
+        tint = "" if _undefined(value) else f' style="background:{_tint(value)}"'
+        cards.append(f'<div class="card"{tint}><div class="label">{label}</div><div class="big">{_fmt(value, key)}</div>'
+                     f'{delta}</div>')
     per_class = " · ".join(f"{c} {_fmt((overall.get('iou') or {}).get(c), 'iou/' + c)}" for c in CLASS_NAMES)
     cards.append(f'<div class="card wide"><div class="label">IoU per class (overall)</div><div class="mid">{per_class}</div>'
                  f'<div class="hint">{_weakest(view)}</div></div>')
-    return f'<div class="cards">{"".join(cards)}</div>'
+    # A lax gate can bless a model that never finds a class; say so next to the verdict.
+    lost = [c for c in CLASS_NAMES if not _undefined((overall.get("iou") or {}).get(c))
+            and overall["iou"][c] < POOR_CLASS_IOU]
+    warning = (f'<div id="quality-warning" class="warning">⚠ {html.escape(", ".join(lost))}: IoU below '
+               f'{POOR_CLASS_IOU:g} — the model (almost) never gets {"this class" if len(lost) == 1 else "these classes"} '
+               f'right, whatever the verdict.</div>') if lost else ""
+    return f'<div class="cards">{"".join(cards)}{warning}</div>'
 
 
 def _weakest(view: RunView) -> str:
@@ -329,10 +339,12 @@ def _weakest(view: RunView) -> str:
     slices = [(m["mean_iou"], n) for n, m in view.metrics["slices"].items() if not _undefined(m.get("mean_iou"))]
     text = []
     if classes:
-        text.append("weakest class: <b>{1}</b> ({0:.3f})".format(*min(classes)))
+        value, name = min(classes)
+        text.append(f"weakest class: <b>{html.escape(name)}</b> ({value:.3f})")
     if slices:
-        text.append("weakest slice: <b>{1}</b> (mean IoU {0:.3f})".format(*min(slices)))
-    return "; ".join(html.escape(t).replace("&lt;b&gt;", "<b>").replace("&lt;/b&gt;", "</b>") for t in text)
+        value, name = min(slices)
+        text.append(f"weakest slice: <b>{html.escape(name)}</b> (mean IoU {value:.3f})")
+    return "; ".join(text)
 
 
 def _comparison(view: RunView) -> str:
@@ -536,6 +548,7 @@ section.top{display:flex;gap:16px;align-items:stretch;flex-wrap:wrap}
 .cards{display:flex;gap:12px;flex:1;flex-wrap:wrap}.card{border:1px solid #e2e5ea;border-radius:8px;padding:10px 14px;min-width:130px}
 .card.wide{flex:1;min-width:280px}.card .label{color:#5b6475;font-size:12px;text-transform:uppercase;letter-spacing:.04em}
 .card .big{font-size:34px;font-weight:700}.card .mid{font-size:18px;margin-top:8px}.delta.up{color:#2e7d4f}.delta.down{color:#b3261e}
+.warning{flex-basis:100%;background:#fff4e5;border:1px solid #e08a2c;color:#7a3e00;border-radius:6px;padding:6px 10px;font-weight:600}
 .hint{color:#5b6475;font-size:12px;margin-top:6px}
 table{border-collapse:collapse;font-variant-numeric:tabular-nums}th,td{padding:3px 8px;text-align:right;border-bottom:1px solid #edf0f3}
 th{font-weight:600}tbody th,#facts th,#components th{text-align:left}
