@@ -6,6 +6,8 @@ import signal
 from unittest import mock
 
 import pytest
+from tfx import types
+from tfx.components.pusher import component as tfx_component
 from tfx.components.pusher import executor as tfx_executor
 from tfx.dsl.io import fileio
 from tfx.proto import pusher_pb2
@@ -109,3 +111,14 @@ def test_stock_tfx_pusher_killed_mid_copy_leaves_a_partial_version(tmp_path):
     base = tmp_path / "serving"
     _killed_push("tfx", tmp_path, base, 4)
     assert list(versions(base).values()) == [False]
+
+
+def test_component_is_a_drop_in_for_the_tfx_pusher():
+    model, blessing = types.Channel(type=standard_artifacts.Model), types.Channel(type=standard_artifacts.ModelBlessing)
+    destination = pusher_pb2.PushDestination(filesystem=pusher_pb2.PushDestination.Filesystem(base_directory="/srv"))
+    atomic = pusher.AtomicPusher(model=model, model_blessing=blessing, push_destination=destination)
+    stock = tfx_component.Pusher(model=model, model_blessing=blessing, push_destination=destination)
+    assert atomic.executor_spec.executor_class is pusher.Executor
+    assert atomic.outputs.keys() == stock.outputs.keys() and atomic.exec_properties == stock.exec_properties
+    with pytest.raises(ValueError, match="push_destination"):
+        pusher.AtomicPusher(model=model, model_blessing=blessing)
