@@ -251,7 +251,7 @@ def _bar_chart(title: str, prefix: str, groups: Sequence[Tuple[str, Dict[str, An
     legend = "".join(f'<span><i style="background:{palette[i % len(palette)]}"></i>{html.escape(n)}</span>'
                      for i, (n, _) in enumerate(groups))
     gate_note = '<span><i class="gate-key"></i>gate</span>' if gate is not None else ""
-    return f'<figure><figcaption>{html.escape(title)}</figcaption>{"".join(parts)}' \
+    return f'<figure class="bars"><figcaption>{html.escape(title)}</figcaption>{"".join(parts)}' \
            f'<div class="legend">{legend}{gate_note}</div></figure>'
 
 
@@ -556,7 +556,9 @@ th{font-weight:600}tbody th,#facts th,#components th{text-align:left}
 #slices thead th:hover{background:#e3e7ec}#slices th[aria-sort=ascending]::after{content:" ▲"}#slices th[aria-sort=descending]::after{content:" ▼"}
 #slices tr.overall{font-weight:700}#slices tr.species th{padding-left:14px}#slices tr.label th{padding-left:24px;font-weight:400}
 td.na,span.na{color:#8a93a3;cursor:help;text-align:center}
-.charts{display:flex;gap:18px;flex-wrap:wrap}figure{margin:0}figcaption{font-weight:600;margin-bottom:2px}
+.charts{display:flex;gap:18px;flex-wrap:wrap}figure{margin:0}
+/* Size charts by the row, not by their legend's width (a short legend shrank the bars). */
+.charts figure{flex:1 1 300px;max-width:440px}.charts figure.bars{flex-basis:480px;max-width:620px}figcaption{font-weight:600;margin-bottom:2px}
 svg.chart{width:100%;max-width:600px;height:auto;background:#fff}
 svg .grid{stroke:#e6e9ee}svg .tick{font-size:10px;fill:#6b7385}svg .axis{font-size:12px;fill:#1d2330}
 svg .value{font-size:8px;fill:#3b4252}svg .gate{stroke:#b3261e;stroke-width:2;stroke-dasharray:5 3}
