@@ -74,6 +74,8 @@ def build_summary(config: PipelineConfig, components: Dict[str, Dict[str, Any]])
 
     metrics = evaluation.load_metrics(evaluation_artifact.uri, names) if evaluation_artifact else None
     baseline = evaluation.load_baseline_metrics(evaluation_artifact.uri) if evaluation_artifact else None
+    # The baseline is judged on the overall slice only (the gate's slice), so that is what we report.
+    baseline = baseline["overall"] if baseline else None
     pushed_dir = _prop(pushed, "pushed_destination") if _prop(pushed, "pushed") == 1 else None
     return {
         "profile": config.profile,
