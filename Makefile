@@ -6,6 +6,7 @@ VENV := .venv
 STAMP := $(VENV)/.installed
 ARGS ?=
 TEST_ARGS ?=
+BENCH_ARGS ?=
 export TF_USE_LEGACY_KERAS := 1
 
 # uv from PATH, else the one `make setup` installs with pip into ~/.local/bin.
@@ -16,6 +17,7 @@ UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 help:
 	@echo "make run [ARGS='--profile quick ...']  install, then run the whole pipeline (petseg run)"
 	@echo "make test [TEST_ARGS='-k ...']         install, then run the tests"
+	@echo "make bench [BENCH_ARGS='--profile ...']  install, then time each stage against its limit (bench/results.json)"
 	@echo "make setup                             install only (.venv from uv.lock)"
 
 setup: $(STAMP)
@@ -39,6 +41,9 @@ browser:
 
 test: setup browser
 	$(VENV)/bin/python -m pytest $(TEST_ARGS)
+
+bench: setup
+	$(VENV)/bin/python -m bench.run $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,163 @@
+"""`make bench`: runs the pipeline twice, then times each stage against its limit; writes bench/results.json."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from typing import Dict, Iterator, List, Optional
+
+# Figures for every stage, in the order they are printed.
+HEADLINE = ("trainer_mfu", "input_pipeline_ratio", "transform_ratio", "evaluator_ratio",
+            "serving_overhead_ratio", "cached_rerun_ratio")
+GOALS = {"trainer_mfu": ">= 0.5", "input_pipeline_ratio": ">= 0.95", "transform_ratio": ">= 0.5",
+         "evaluator_ratio": "<= 2.0", "serving_overhead_ratio": "<= 1.1", "cached_rerun_ratio": "<= 0.1"}
+
+
+@contextlib.contextmanager
+def stage(name: str) -> Iterator[None]:
+    """One progress line per stage on stderr, with its wall time and the machine's load."""
+    start = time.perf_counter()
+    print(f"[bench] {name} ...", file=sys.stderr, flush=True)
+    yield
+    print(f"[bench] {name} done in {time.perf_counter() - start:.0f} s (load {os.getloadavg()[0]:.1f})",
+          file=sys.stderr, flush=True)
+
+
+def pipeline_runs(profile: str, overrides: List[str], output: pathlib.Path) -> Dict[str, object]:
+    """A first `petseg run` into a fresh folder, then the same command again (everything cached)."""
+    shutil.rmtree(output, ignore_errors=True)
+    command = [sys.executable, "-m", "pipeline.cli", "run", "--profile", profile, "--output", str(output)]
+    command += [arg for item in overrides for arg in ("--set", item)]
+    seconds, components = [], []
+    for _ in range(2):
+        start = time.perf_counter()
+        proc = subprocess.run(command, capture_output=True, text=True)
+        seconds.append(time.perf_counter() - start)
+        if proc.returncode:
+            raise RuntimeError(f"{' '.join(command)} failed:\n{proc.stderr[-4000:]}")
+        components.append(json.loads((output / "summary.json").read_text())["components"])
+    return {
+        "cached_rerun_ratio": round(seconds[1] / seconds[0], 3),
+        "pipeline_seconds": {"first_run": round(seconds[0], 1), "cached_rerun": round(seconds[1], 1)},
+        "pipeline_component_seconds": {name: c["seconds"] for name, c in components[0].items()},
+        "cached_rerun_all_cached": all(c["cached"] for name, c in components[1].items()
+                                       if name not in ("latest_blessed_model_resolver",)),
+    }
+
+
+def replica_sweep(profile: str, overrides: List[str], counts: List[int], steps: int) -> Dict[str, object]:
+    """Training img/s per logical-CPU replica count; one process each (devices split only at start-up)."""
+    sweep = {}
+    for n in counts:
+        command = [sys.executable, "-m", "bench.training", "--replicas", str(n), "--profile", profile,
+                   "--steps", str(steps)] + [arg for item in overrides for arg in ("--set", item)]
+        proc = subprocess.run(command, capture_output=True, text=True)
+        if proc.returncode:
+            raise RuntimeError(f"{' '.join(command)} failed:\n{proc.stderr[-4000:]}")
+        sweep[str(n)] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return sweep
+
+
+def measure_all(args: argparse.Namespace) -> Dict[str, object]:
+    import tensorflow as tf
+
+    from bench import measure, stages, training
+    from pipeline.config import load_config
+
+    work = pathlib.Path(args.work or tempfile.mkdtemp(prefix="petseg-bench-"))
+    train_images, eval_images = args.images
+    overrides = [f"train.epochs={args.pipeline_epochs}", f"data.synthetic_train_images={train_images}",
+                 f"data.synthetic_test_images={eval_images}", *args.set]
+    results: Dict[str, object] = {"profile": args.profile, "overrides": overrides,
+                                  "machine_at_start": measure.machine()}
+    started = time.perf_counter()
+    if not args.reuse_run:
+        with stage("pipeline: first run, then an unchanged re-run"):
+            results.update(pipeline_runs(args.profile, overrides, work / "run"))
+
+    config = load_config(args.profile, overrides=overrides + [f"output={work / 'run'}"])
+    gpu = bool(tf.config.list_physical_devices("GPU"))
+    with stage("matmul peak"):
+        peak = {"float32": measure.matmul_flops_per_second(tf.float32),
+                "bfloat16": measure.matmul_flops_per_second(tf.bfloat16)}
+        if gpu:
+            peak["float16"] = measure.matmul_flops_per_second(tf.float16)
+    results["matmul_gflops"] = {k: round(v / 1e9, 1) for k, v in peak.items()}
+
+    run = stages.RunArtifacts(config)
+    examples = run.get("TfdsExampleGen", "examples")
+    train_examples = int(examples.get_int_custom_property("num_train") or config.data.synthetic_train_images)
+    with stage("trainer: MFU, input pipeline, batch sweep"):
+        results.update(training.trainer_figures(
+            config, run.get("Transform", "transformed_examples").uri, run.get("Transform", "transform_graph").uri,
+            train_examples, args.batch_sizes, peak, args.train_steps))
+    # On a GPU machine the trainer figures above ran on the GPU (TensorFlow's default device).
+    results["gpu_mfu"] = results["trainer_mfu"] if gpu else "skipped: no GPU"
+    with stage("transform: Beam executor vs tf.data"):
+        results.update(stages.transform_figures(config, run, str(work)))
+    with stage("evaluator: TFMA executor vs bare model"):
+        results.update(stages.evaluator_figures(config, run, str(work)))
+    with stage("serving: serving_default vs decode + model"):
+        results.update(stages.serving_figures(config, run))
+    with stage("replicas: one process per count"):
+        results["train_images_per_second_by_replicas"] = replica_sweep(
+            args.profile, args.set, args.replicas, args.train_steps)
+    results["peak_rss_mb"] = {k: round(v) for k, v in measure.peak_rss_mb().items()}
+    results["machine_at_end"] = measure.machine()
+    results["bench_seconds"] = round(time.perf_counter() - started, 1)
+    if not args.work:
+        shutil.rmtree(work, ignore_errors=True)
+    return results
+
+
+def print_table(results: Dict[str, object]) -> None:
+    print(f"{'ratio':<26} {'value':>8}  goal", flush=True)
+    for key in HEADLINE:
+        print(f"{key:<26} {results.get(key, float('nan')):>8}  {GOALS[key]}")
+    print(f"{'gpu_mfu':<26} {results.get('gpu_mfu')}")
+    print(json.dumps({k: v for k, v in results.items() if k not in HEADLINE}, indent=1), flush=True)
+
+
+def _ints(text: str) -> List[int]:
+    return [int(x) for x in text.split(",") if x]
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--profile", default="quick", help="config profile whose model and data are measured")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    parser.add_argument("--pipeline-epochs", type=int, default=1,
+                        help="epochs of the measured pipeline runs (timing needs a model, not a good one)")
+    parser.add_argument("--images", type=_ints, default=[192, 64], metavar="TRAIN,EVAL",
+                        help="synthetic images per split: enough for steady-state rates, small enough for ~10 min")
+    parser.add_argument("--train-steps", type=int, default=10, help="timed training steps per figure")
+    parser.add_argument("--batch-sizes", type=_ints, default=[4, 8, 16, 32, 64])
+    parser.add_argument("--replicas", type=_ints, default=[1, 2])
+    parser.add_argument("--work", help="keep the runs and outputs here (default: a temporary folder)")
+    parser.add_argument("--reuse-run", action="store_true",
+                        help="measure the stages on the finished run in --work/run instead of running the pipeline")
+    parser.add_argument("--output", default=str(pathlib.Path(__file__).parent / "results.json"))
+    args = parser.parse_args(argv)
+    if args.reuse_run and not args.work:
+        parser.error("--reuse-run needs --work")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # Library deprecation notices would bury the figures; the pipeline runs keep their own logs.
+    warnings.filterwarnings("ignore")
+    results = measure_all(args)
+    pathlib.Path(args.output).write_text(json.dumps(results, indent=1) + "\n")
+    print_table(results)
+    print(f"[bench] wrote {args.output}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,156 @@
+"""Trainer figures: MFU, real input vs in-memory batches, batch-size sweep, and a per-replica-count worker."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from bench import measure
+from pipeline.config import PipelineConfig, load_config
+from trainer import data, model as model_lib
+
+# Every training figure is the best of this many timed fits (after a warm-up that traces the step).
+REPEATS = 3
+
+
+def data_accessor(examples_uri: str):
+    """The Trainer's DataAccessor for an Examples artifact folder (what TFX hands run_fn)."""
+    from tfx.components.trainer.fn_args_utils import DataAccessor
+    from tfx.components.util import examples_utils, tfxio_utils
+    from tfx.proto import example_gen_pb2
+    from tfx.types import standard_artifacts
+
+    examples = standard_artifacts.Examples()
+    examples.uri = examples_uri
+    examples.split_names = '["train", "eval"]'
+    examples_utils.set_payload_format(examples, example_gen_pb2.FORMAT_TF_EXAMPLE)
+    return DataAccessor(tf_dataset_factory=tfxio_utils.get_tf_dataset_factory_from_artifact([examples], ["bench"]),
+                        record_batch_factory=None, data_view_decode_fn=None)
+
+
+def build(config: PipelineConfig) -> tf.keras.Model:
+    """The Trainer's model and compile recipe for `config` (call inside a strategy scope if any)."""
+    from trainer.strategy import set_mixed_precision
+
+    set_mixed_precision(config.model.mixed_precision)
+    return model_lib.compile_model(model_lib.build_model(config.model), config.train)
+
+
+def images_per_second(model: tf.keras.Model, make_dataset, batch: int, steps: int,
+                      repeats: int = REPEATS) -> float:
+    """Training img/s of `model.fit` over `steps` batches of a fresh `make_dataset()` each repeat."""
+    def fit():
+        model.fit(make_dataset(), epochs=1, steps_per_epoch=steps, verbose=0)
+
+    return batch * steps / measure.best_seconds(fit, repeats)
+
+
+def in_memory(batches: Sequence[tuple]) -> tf.data.Dataset:
+    """Already-decoded batches as a repeating dataset: the input pipeline's upper limit."""
+    images = tf.stack([b[0] for b in batches])
+    masks = tf.stack([b[1] for b in batches])
+    return tf.data.Dataset.from_tensor_slices((images, masks)).repeat().prefetch(2)
+
+
+def synthetic_batches(image_size: int, batch: int, count: int, seed: int = 0) -> List[tuple]:
+    rng = np.random.default_rng(seed)
+    return [(tf.constant(rng.random((batch, image_size, image_size, 3), np.float32)),
+             tf.constant(rng.integers(0, 3, (batch, image_size, image_size)), tf.int64))
+            for _ in range(count)]
+
+
+def trainer_figures(config: PipelineConfig, transformed_uri: str, transform_graph_uri: str,
+                    train_examples: int, batch_sizes: Sequence[int], peak_flops: Dict[str, float],
+                    steps: int) -> Dict[str, object]:
+    """MFU, input-pipeline ratio and the batch sweep, all in this process against `peak_flops`."""
+    import tensorflow_transform as tft
+
+    batch = config.train.batch_size
+    tf_transform_output = tft.TFTransformOutput(transform_graph_uri)
+    accessor = data_accessor(transformed_uri)
+    files = [f"{transformed_uri}/Split-train/*"]
+
+    def real_input(cache: bool = True):
+        return data.input_fn(files, accessor, tf_transform_output, batch, training=True,
+                             shuffle_buffer=config.train.shuffle_buffer, repeat=True, cache=cache)
+
+    model = build(config)
+    flops = measure.training_flops_per_image(model)
+    policy = model.layers[1].dtype_policy.compute_dtype
+    peak = peak_flops["bfloat16" if policy == "bfloat16" else "float16" if policy == "float16" else "float32"]
+
+    # The same batches the real pipeline yields, decoded once and held in memory.
+    epoch_steps = max(1, train_examples // batch)
+    held = measure.stack_batches(real_input(), epoch_steps)
+    model.fit(in_memory(held), epochs=1, steps_per_epoch=2, verbose=0)  # trace + warm up
+    memory_ips = images_per_second(model, lambda: in_memory(held), batch, min(steps, epoch_steps))
+    # Cold: a fresh input_fn, so this epoch parses every record (what epoch 1 of the Trainer pays);
+    # warm: later epochs, served from input_fn's in-memory cache.
+    cold_ips = images_per_second(model, real_input, batch, epoch_steps)
+    warm_dataset = real_input()
+    model.fit(warm_dataset, epochs=1, steps_per_epoch=epoch_steps, verbose=0)  # fills the cache
+    warm_ips = images_per_second(model, lambda: warm_dataset, batch, min(steps, epoch_steps))
+
+    sweep = {}
+    for size in batch_sizes:
+        batches = synthetic_batches(config.model.image_size, size, 4)
+        model.fit(in_memory(batches), epochs=1, steps_per_epoch=2, verbose=0)
+        # The same number of images at every size, so each point costs about the same time.
+        sweep[str(size)] = round(images_per_second(model, lambda: in_memory(batches), size,
+                                                   max(2, steps * batch // size), repeats=2), 1)
+    result = {
+        "trainer_mfu": measure.ratio(memory_ips * flops, peak),
+        "input_pipeline_ratio": measure.ratio(cold_ips, memory_ips),
+        "input_pipeline_ratio_cached": measure.ratio(warm_ips, memory_ips),
+        "train_images_per_second": {"in_memory": round(memory_ips, 1), "real_input_first_epoch": round(cold_ips, 1),
+                                    "real_input_cached": round(warm_ips, 1)},
+        "train_ms_per_step": round(1e3 * batch / memory_ips, 1),
+        "train_gflop_per_image": round(flops / 1e9, 3),
+        "flop_count": "conv/deconv MACs x2 (FLOP) x3 (fwd + bwd input + bwd weights) for trainable layers, "
+                      "x1 for frozen ones; elementwise ops excluded",
+        "train_compute_dtype": policy,
+        "train_batch_size": batch,
+        "train_jit_compile": bool(getattr(config.train, "jit_compile", False)),
+        "train_images_per_second_by_batch": sweep,
+    }
+    del model
+    tf.keras.backend.clear_session()
+    return result
+
+
+def replica_images_per_second(config: PipelineConfig, replicas: int, steps: int) -> Dict[str, float]:
+    """Training img/s with `replicas` logical CPU devices under MirroredStrategy (fresh process only)."""
+    import dataclasses
+
+    from trainer.strategy import choose_strategy
+
+    train = dataclasses.replace(config.train, cpu_replicas=replicas)
+    strategy = choose_strategy(train)  # must come before any other TensorFlow work
+    global_batch = train.batch_size * strategy.num_replicas_in_sync
+    with strategy.scope():
+        model = build(dataclasses.replace(config, train=train))
+    batches = synthetic_batches(config.model.image_size, global_batch, 4)
+    model.fit(in_memory(batches), epochs=1, steps_per_epoch=2, verbose=0)
+    ips = images_per_second(model, lambda: in_memory(batches), global_batch, steps)
+    return {"replicas": strategy.num_replicas_in_sync, "global_batch": global_batch,
+            "images_per_second": round(ips, 1)}
+
+
+def _main(argv: Optional[List[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description="One replica-count measurement; prints JSON on the last line.")
+    parser.add_argument("--replicas", type=int, required=True)
+    parser.add_argument("--profile", default="quick")
+    parser.add_argument("--set", action="append", default=[])
+    parser.add_argument("--steps", type=int, default=10)
+    args = parser.parse_args(argv)
+    config = load_config(args.profile, overrides=args.set)
+    print(json.dumps(replica_images_per_second(config, args.replicas, args.steps)), flush=True)
+
+
+if __name__ == "__main__":
+    _main()
