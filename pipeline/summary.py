@@ -86,6 +86,8 @@ def build_summary(config: PipelineConfig, components: Dict[str, Dict[str, Any]])
             "data_dir": data_dir,
             "examples": {"train": _prop(examples, "num_train"), "eval": _prop(examples, "num_eval")},
             "skipped": json.loads(_prop(examples, "skipped") or "{}"),
+            # Kept, but re-encoded (e.g. TIFF named .jpg, palette trimaps): worth knowing, not an error.
+            "repaired": json.loads(_prop(examples, "repaired") or "{}"),
         },
         "metrics": metrics,
         "blessed": _prop(blessing, "blessed") == 1,
