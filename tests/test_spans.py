@@ -1,0 +1,113 @@
+"""Retraining on new data: `{SPAN}` patterns; run 2 reads span 2, warm-starts from and is compared with run 1's model."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from ml_metadata.metadata_store import metadata_store
+from ml_metadata.proto import metadata_store_pb2
+from tfx.orchestration import metadata
+
+from components import synthetic_pets, tfds_data
+from pipeline.config import ConfigError, load_config
+
+
+def test_find_and_resolve_spans(tmp_path):
+    for name in ("span-1", "span-12", "span-x", "other"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "span-3").write_text("a file, not a span")
+    pattern = str(tmp_path / "span-{SPAN}")
+    assert tfds_data.find_spans(pattern) == {1: str(tmp_path / "span-1"), 12: str(tmp_path / "span-12")}
+    assert tfds_data.resolve_span(pattern) == (12, str(tmp_path / "span-12"))
+    assert tfds_data.resolve_span(pattern, 1) == (1, str(tmp_path / "span-1"))
+    with pytest.raises(FileNotFoundError, match=r"span 2 .* found \[1, 12\]"):
+        tfds_data.resolve_span(pattern, 2)
+    (tmp_path / "span-01").mkdir()
+    with pytest.raises(ValueError, match="matches both"):
+        tfds_data.find_spans(pattern)
+    with pytest.raises(FileNotFoundError, match="no folder matches"):
+        tfds_data.resolve_span(str(tmp_path / "missing" / "span-{SPAN}"))
+    with pytest.raises(ValueError, match="last path component"):
+        tfds_data.find_spans(str(tmp_path / "span-{SPAN}" / "raw"))
+
+
+def test_span_setting_needs_a_span_pattern():
+    with pytest.raises(ConfigError, match="data.span"):
+        load_config("tiny", None, ["data.span=2"])
+    with pytest.raises(ConfigError, match="data.span"):
+        load_config("tiny", None, ["data.dataset=oxford_iiit_pet", "data.oxford_raw_dir=/d/span-{SPAN}",
+                                   "data.span=-1"])
+    config = load_config("tiny", None, ["data.dataset=oxford_iiit_pet", "data.oxford_raw_dir=/d/span-{SPAN}",
+                                        "data.span=2"])
+    assert config.data.span == 2
+
+
+# ---------------------------------------------------------------- two runs, two spans
+
+
+def petseg_run(output, raw_pattern):
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "run", "--output", str(output), "--profile", "tiny",
+         "--oxford-raw-dir", raw_pattern, "--set", "train.warm_start=true", "--set", "eval.report_images=0"],
+        capture_output=True, text=True, timeout=1500)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return json.loads((output / "summary.json").read_text())
+
+
+class Store:
+    def __init__(self, output):
+        self.store = metadata_store.MetadataStore(
+            metadata.sqlite_metadata_connection_config(str(output / "metadata.sqlite")))
+
+    def executions(self, node):
+        context = self.store.get_context_by_type_and_name("node", f"petseg.{node}")
+        return sorted(self.store.get_executions_by_context(context.id), key=lambda e: e.id)
+
+    def artifacts(self, execution, key, kind):
+        ids = [e.artifact_id for e in self.store.get_events_by_execution_ids([execution.id])
+               if e.type == kind and e.path.steps[0].key == key]
+        return self.store.get_artifacts_by_id(ids)
+
+
+@pytest.fixture(scope="module")
+def two_spans(tmp_path_factory):
+    raw, output = tmp_path_factory.mktemp("raw"), tmp_path_factory.mktemp("run")
+    pattern = str(raw / "span-{SPAN}")
+    synthetic_pets.write_archive(raw / "span-1", 48, 16, seed=1)
+    first = petseg_run(output, pattern)
+    # New data arrives; the same command (e.g. from cron) picks it up.
+    synthetic_pets.write_archive(raw / "span-2", 48, 16, seed=2)
+    second = petseg_run(output, pattern)
+    return raw, output, first, second
+
+
+def test_each_run_reads_the_latest_span(two_spans):
+    raw, output, first, second = two_spans
+    store = Store(output)
+    runs = store.executions("TfdsExampleGen")
+    assert len(runs) == 2  # the second was not served from cache
+    for execution, span in zip(runs, (1, 2)):
+        [examples] = store.artifacts(execution, "examples", metadata_store_pb2.Event.OUTPUT)
+        props = examples.custom_properties
+        assert props["span"].int_value == span
+        assert props["raw_dir"].string_value == str(raw / f"span-{span}")
+        assert props["tfds_data_dir"].string_value.endswith(f"span-{span}")
+    assert second["dataset"]["data_dir"].endswith("span-2")
+
+
+def test_second_run_warm_starts_from_and_is_compared_with_the_first_blessed_model(two_spans):
+    _, output, first, second = two_spans
+    store = Store(output)
+    trainer_runs = store.executions("Trainer")
+    assert len(trainer_runs) == 2
+    [first_model] = store.artifacts(trainer_runs[0], "model", metadata_store_pb2.Event.OUTPUT)
+    assert first["blessed"] is True and first["baseline"] is None
+    assert store.artifacts(trainer_runs[0], "base_model", metadata_store_pb2.Event.INPUT) == []
+    [base_model] = store.artifacts(trainer_runs[1], "base_model", metadata_store_pb2.Event.INPUT)
+    assert base_model.id == first_model.id
+    [baseline] = store.artifacts(store.executions("Evaluator")[1], "baseline_model", metadata_store_pb2.Event.INPUT)
+    assert baseline.id == first_model.id
+    assert second["baseline"]["mean_iou"] == pytest.approx(first["metrics"]["overall"]["mean_iou"], abs=1e-6)
+    logs = "\n".join(p.read_text() for p in (output / "logs").glob("*.log"))
+    assert f"Warm-started from {first_model.uri}" in logs
