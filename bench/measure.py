@@ -81,11 +81,13 @@ def inference_flops_per_image(model: tf.keras.Model) -> float:
     return float(2 * sum(conv_macs(model).values()))
 
 
-def peak_rss_mb() -> Dict[str, float]:
-    """Peak resident memory of this process and of its finished children (e.g. the pipeline runs)."""
-    # ru_maxrss is in KiB on Linux.
-    return {"self": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "children": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process, which ran the Trainer's model, Transform and Evaluator.
+
+    Not RUSAGE_CHILDREN: a forked child starts with the parent's pages resident, so its peak is never
+    below ours and says nothing about the pipeline runs.
+    """
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def machine() -> Dict[str, object]:

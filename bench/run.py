@@ -111,7 +111,7 @@ def measure_all(args: argparse.Namespace) -> Dict[str, object]:
     with stage("replicas: one process per count"):
         results["train_images_per_second_by_replicas"] = replica_sweep(
             args.profile, args.set, args.replicas, args.train_steps)
-    results["peak_rss_mb"] = {k: round(v) for k, v in measure.peak_rss_mb().items()}
+    results["peak_rss_mb"] = round(measure.peak_rss_mb())
     results["machine_at_end"] = measure.machine()
     results["bench_seconds"] = round(time.perf_counter() - started, 1)
     if not args.work:

@@ -123,17 +123,22 @@ def transform_figures(config: PipelineConfig, run: RunArtifacts, work: str, copi
     many = run_executor(by_id["Transform"], {"examples": [_copies(examples, ("train", "eval"), copies, work)],
                                              "schema": [schema]},
                         os.path.join(work, f"transform_x{copies}"), beam_args)
-    marginal = max(many - once, 1e-9) / ((copies - 1) * count)
+    marginal = _marginal(once, many, (copies - 1) * count)
     return {
         "transform_ratio": measure.ratio(data_seconds, once),
-        "transform_marginal_ratio": measure.ratio(data_seconds / count, marginal),
+        "transform_marginal_ratio": marginal and measure.ratio(data_seconds / count, marginal),
         "transform_images_per_second": {"beam_whole_run": round(count / once, 1),
-                                        "beam_marginal": round(1 / marginal, 1),
+                                        "beam_marginal": marginal and round(1 / marginal, 1),
                                         "tf_data_decode": round(count / data_seconds, 1)},
         "transform_seconds": {"x1": round(once, 1), f"x{copies}": round(many, 1)},
         "transform_images": count,
         "beam_args": beam_args,
     }
+
+
+def _marginal(once: float, many: float, extra_images: int) -> Optional[float]:
+    """Seconds per extra image, or None when load noise swamped the difference (many <= once)."""
+    return (many - once) / extra_images if many > once else None
 
 
 def _copies(examples, splits, copies: int, work: str):
@@ -183,12 +188,13 @@ def evaluator_figures(config: PipelineConfig, run: RunArtifacts, work: str, copi
         infer(b)  # trace both the full and the last partial batch shape
     infer(images[-1])
     bare = measure.best_seconds(lambda: [infer(b).numpy() for b in images], 3) / count
-    marginal = max(many - once, 1e-9) / ((copies - 1) * count)
+    marginal = _marginal(once, many, (copies - 1) * count)
     return {
         "evaluator_ratio": measure.ratio(once / count, bare),
-        "evaluator_marginal_ratio": measure.ratio(marginal, bare),
+        "evaluator_marginal_ratio": marginal and measure.ratio(marginal, bare),
         "evaluator_ms_per_image": {"tfma_whole_run": round(1e3 * once / count, 2),
-                                   "tfma_marginal": round(1e3 * marginal, 2), "bare_model": round(1e3 * bare, 3)},
+                                   "tfma_marginal": marginal and round(1e3 * marginal, 2),
+                                   "bare_model": round(1e3 * bare, 3)},
         "evaluator_seconds": {"x1": round(once, 1), f"x{copies}": round(many, 1)},
         "evaluator_images": count,
         "bare_inference_batch": batch,
