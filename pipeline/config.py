@@ -61,7 +61,7 @@ class ModelConfig:
 class TrainConfig:
     """Optimisation and distribution."""
 
-    epochs: int = 30
+    epochs: int = 45
     batch_size: int = 16  # per replica; the global batch is this times the replica count
     learning_rate: float = 1e-3
     # Split the CPU into this many logical devices for MirroredStrategy when no GPU is present.
@@ -74,6 +74,8 @@ class TrainConfig:
     # XLA-compile the train step. Off by default: on this 2-core CPU it was slower (bench/README.md);
     # on a GPU it fuses the elementwise ops between convolutions and usually pays off.
     jit_compile: bool = False
+    # Epochs without a better val_loss before the learning rate halves; 0 keeps it constant.
+    lr_patience: int = 3
 
 
 @dataclasses.dataclass
@@ -163,6 +165,7 @@ class PipelineConfig:
         _check(self.train.cpu_replicas >= 1, "train.cpu_replicas", "must be >= 1")
         _check(self.train.steps_per_epoch is None or self.train.steps_per_epoch >= 1,
                "train.steps_per_epoch", "must be >= 1 or null")
+        _check(self.train.lr_patience >= 0, "train.lr_patience", "must be >= 0")
         _check(self.train.shuffle_buffer >= 1, "train.shuffle_buffer", "must be >= 1")
         _check(0 <= self.eval.min_mean_iou <= 1, "eval.min_mean_iou", "must be in [0, 1]")
         _check(0 <= self.eval.max_regression <= 1, "eval.max_regression", "must be in [0, 1]")

@@ -53,6 +53,14 @@ def _warm_start(model: tf.keras.Model, base_model_dir: str) -> None:
     log.info("Warm-started from %s", base_model_dir)
 
 
+def _lr_schedule(train_config: TrainConfig) -> list:
+    """Halve the learning rate when validation loss stalls: the last epochs then refine, not bounce."""
+    if not train_config.lr_patience:
+        return []
+    return [tf.keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=train_config.lr_patience,
+                                                 min_lr=train_config.learning_rate / 64, verbose=1)]
+
+
 def run_fn(fn_args, extra_callbacks: Sequence[tf.keras.callbacks.Callback] = ()) -> None:
     """Trains VGG16-FCN8 on the transformed examples and exports it with its serving signatures.
 
@@ -89,6 +97,7 @@ def run_fn(fn_args, extra_callbacks: Sequence[tf.keras.callbacks.Callback] = ())
         callbacks=[
             tf.keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir, update_freq="epoch"),
             tf.keras.callbacks.BackupAndRestore(backup),
+            *_lr_schedule(train_config),
             *extra_callbacks,
         ],
         verbose=2,
