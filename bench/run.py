@@ -35,15 +35,13 @@ def stage(name: str) -> Iterator[None]:
 def pipeline_runs(profile: str, overrides: List[str], output: pathlib.Path) -> Dict[str, object]:
     """A first `petseg run` into a fresh folder, then the same command again (everything cached)."""
     shutil.rmtree(output, ignore_errors=True)
-    command = [sys.executable, "-m", "pipeline.cli", "run", "--profile", profile, "--output", str(output)]
-    command += [arg for item in overrides for arg in ("--set", item)]
+    command = [sys.executable, "-m", "pipeline.cli", "run", "--profile", profile, "--output", str(output),
+               *_set_args(overrides)]
     seconds, components = [], []
     for _ in range(2):
         start = time.perf_counter()
-        proc = subprocess.run(command, capture_output=True, text=True)
+        _run(command)
         seconds.append(time.perf_counter() - start)
-        if proc.returncode:
-            raise RuntimeError(f"{' '.join(command)} failed:\n{proc.stderr[-4000:]}")
         components.append(json.loads((output / "summary.json").read_text())["components"])
     return {
         "cached_rerun_ratio": round(seconds[1] / seconds[0], 3),
@@ -58,13 +56,21 @@ def replica_sweep(profile: str, overrides: List[str], counts: List[int], steps: 
     """Training img/s per logical-CPU replica count; one process each (devices split only at start-up)."""
     sweep = {}
     for n in counts:
-        command = [sys.executable, "-m", "bench.training", "--replicas", str(n), "--profile", profile,
-                   "--steps", str(steps)] + [arg for item in overrides for arg in ("--set", item)]
-        proc = subprocess.run(command, capture_output=True, text=True)
-        if proc.returncode:
-            raise RuntimeError(f"{' '.join(command)} failed:\n{proc.stderr[-4000:]}")
-        sweep[str(n)] = json.loads(proc.stdout.strip().splitlines()[-1])
+        stdout = _run([sys.executable, "-m", "bench.training", "--replicas", str(n), "--profile", profile,
+                       "--steps", str(steps), *_set_args(overrides)])
+        sweep[str(n)] = json.loads(stdout.strip().splitlines()[-1])
     return sweep
+
+
+def _set_args(overrides: List[str]) -> List[str]:
+    return [arg for item in overrides for arg in ("--set", item)]
+
+
+def _run(command: List[str]) -> str:
+    proc = subprocess.run(command, capture_output=True, text=True)
+    if proc.returncode:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{proc.stderr[-4000:]}")
+    return proc.stdout
 
 
 def measure_all(args: argparse.Namespace) -> Dict[str, object]:
