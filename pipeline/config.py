@@ -61,7 +61,7 @@ class ModelConfig:
 class TrainConfig:
     """Optimisation and distribution."""
 
-    epochs: int = 45
+    epochs: int = 30
     batch_size: int = 16  # per replica; the global batch is this times the replica count
     learning_rate: float = 1e-3
     # Split the CPU into this many logical devices for MirroredStrategy when no GPU is present.
@@ -74,8 +74,9 @@ class TrainConfig:
     # XLA-compile the train step. Off by default: on this 2-core CPU it was slower (bench/README.md);
     # on a GPU it fuses the elementwise ops between convolutions and usually pays off.
     jit_compile: bool = False
-    # Epochs without a better val_loss before the learning rate halves; 0 keeps it constant.
-    lr_patience: int = 3
+    # Epochs without a better val_loss before the learning rate halves; 0 keeps it constant (the
+    # quick profile reached the same mean IoU, 0.744 vs 0.745, with 45 halving epochs as with 30 constant).
+    lr_patience: int = 0
 
 
 @dataclasses.dataclass
