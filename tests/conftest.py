@@ -1,9 +1,10 @@
+"""Shared test set-up: Keras 2 for TFT/TFMA, and one real tiny run for the dashboard tests."""
+
 import os
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
-
-import pathlib
+import pathlib  # noqa: E402  (after the env var, before anything imports TensorFlow)
 import subprocess
 import sys
 
