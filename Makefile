@@ -9,8 +9,8 @@ TEST_ARGS ?=
 BENCH_ARGS ?=
 export TF_USE_LEGACY_KERAS := 1
 
-# uv from PATH, else the one `make setup` installs with pip into ~/.local/bin.
-UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
+# uv from PATH, else the Python package `make setup` installs with pip (run as `python3 -m uv`).
+UV := $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 
 .PHONY: help setup browser run test bench clean
 
@@ -23,13 +23,14 @@ help:
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml uv.lock
-	@test -x "$(UV)" || python3 -m pip install --user --quiet uv
+	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install --quiet uv || python3 -m pip install --quiet --user uv \
+	  || python3 -m pip install --quiet --user --break-system-packages uv
 	@# TFX 1.16 needs Python 3.10; prefer one on this machine, else let uv fetch one (needs internet).
 	@py=""; for c in python3.10 $(HOME)/.pyenv/versions/3.10*/bin/python3.10 /usr/local/bin/python3.10 /usr/bin/python3.10; do \
 	  if "$$c" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 10))' 2>/dev/null; then py=$$(command -v "$$c"); break; fi; \
 	done; \
 	echo "Installing into $(VENV) with $${py:-a uv-managed Python 3.10}"; \
-	"$(UV)" sync --frozen --python "$${py:-3.10}"
+	$(UV) sync --frozen --python "$${py:-3.10}"
 	@touch $@
 
 run: setup
