@@ -1,4 +1,4 @@
-"""The `petseg` command line: run the pipeline locally (more subcommands join as they land)."""
+"""The `petseg` command line: run the pipeline locally, build a run's dashboard, drive Kubeflow."""
 
 from __future__ import annotations
 
