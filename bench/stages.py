@@ -23,14 +23,9 @@ class RunArtifacts:
     """A finished pipeline run's artifacts as TFX Artifact objects (what executors take), from its MLMD."""
 
     def __init__(self, config: PipelineConfig):
-        from ml_metadata.metadata_store import metadata_store
-        from tfx import v1 as tfx
-
         from pipeline import summary
 
         self._protos = summary.RunArtifacts(config)
-        self._store = metadata_store.MetadataStore(
-            tfx.orchestration.metadata.sqlite_metadata_connection_config(config.metadata_path))
 
     def get(self, node_id: str, key: str):
         from tfx.types import artifact_utils
@@ -38,7 +33,7 @@ class RunArtifacts:
         proto = self._protos.one(node_id, key)
         if proto is None:
             raise RuntimeError(f"the pipeline run has no {node_id}.{key} artifact")
-        artifact_type = self._store.get_artifact_types_by_id([proto.type_id])[0]
+        artifact_type = self._protos.store.get_artifact_types_by_id([proto.type_id])[0]
         return artifact_utils.deserialize_artifact(artifact_type, proto)
 
 

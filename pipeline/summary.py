@@ -28,21 +28,21 @@ class RunArtifacts:
 
     def __init__(self, config: PipelineConfig):
         connection = tfx.orchestration.metadata.sqlite_metadata_connection_config(config.metadata_path)
-        self._store = metadata_store.MetadataStore(connection)
+        self.store = metadata_store.MetadataStore(connection)
         self._pipeline = config.name
 
     def outputs(self, node_id: str, key: str) -> List[metadata_store_pb2.Artifact]:
-        context = self._store.get_context_by_type_and_name("node", f"{self._pipeline}.{node_id}")
+        context = self.store.get_context_by_type_and_name("node", f"{self._pipeline}.{node_id}")
         if context is None:
             return []
-        executions = self._store.get_executions_by_context(context.id)
+        executions = self.store.get_executions_by_context(context.id)
         if not executions:
             return []
         latest = max(executions, key=lambda e: (e.create_time_since_epoch, e.id))
-        ids = [event.artifact_id for event in self._store.get_events_by_execution_ids([latest.id])
+        ids = [event.artifact_id for event in self.store.get_events_by_execution_ids([latest.id])
                if event.type in (metadata_store_pb2.Event.OUTPUT, metadata_store_pb2.Event.DECLARED_OUTPUT)
                and event.path.steps and event.path.steps[0].key == key]
-        return self._store.get_artifacts_by_id(ids)
+        return self.store.get_artifacts_by_id(ids)
 
     def one(self, node_id: str, key: str) -> Optional[metadata_store_pb2.Artifact]:
         found = self.outputs(node_id, key)
@@ -71,6 +71,7 @@ def build_summary(config: PipelineConfig, components: Dict[str, Dict[str, Any]])
     evaluation_artifact = run.one("Evaluator", "evaluation")
     blessing = run.one("Evaluator", "blessing")
     pushed = run.one("Pusher", "pushed_model")
+    model, model_run = run.one("Trainer", "model"), run.one("Trainer", "model_run")
 
     metrics = evaluation.load_metrics(evaluation_artifact.uri, names) if evaluation_artifact else None
     baseline = evaluation.load_baseline_metrics(evaluation_artifact.uri) if evaluation_artifact else None
@@ -96,8 +97,8 @@ def build_summary(config: PipelineConfig, components: Dict[str, Dict[str, Any]])
         "serving_versions": sorted(p.name for p in pathlib.Path(config.serving_dir).glob("[0-9]*")),
         "components": components,
         "report": str(pathlib.Path(config.report_dir).resolve()),
-        "model": run.one("Trainer", "model").uri if run.one("Trainer", "model") else None,
-        "model_run": run.one("Trainer", "model_run").uri if run.one("Trainer", "model_run") else None,
+        "model": model.uri if model else None,
+        "model_run": model_run.uri if model_run else None,
         "eval_examples": examples.uri + "/Split-eval" if examples else None,
     }
 
