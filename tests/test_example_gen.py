@@ -29,8 +29,7 @@ def test_local_dag_runner_example_gen_then_statistics_gen(tmp_path):
     # Not `tfx.v1`: importing it loads the Google Cloud extensions, ~15 s of a loaded 2-core box.
     LocalDagRunner().run(pipeline.Pipeline(
         pipeline_name="tfds_example_gen_test", pipeline_root=str(tmp_path / "root"),
-        components=[example_gen, statistics_gen], metadata_connection_config=metadata_config,
-        beam_pipeline_args=["--direct_running_mode=in_memory", "--direct_num_workers=1"]))
+        components=[example_gen, statistics_gen], metadata_connection_config=metadata_config))
 
     store = metadata_store.MetadataStore(metadata_config)
     [mlmd_examples] = store.get_artifacts_by_type(standard_artifacts.Examples.TYPE_NAME)

@@ -61,8 +61,7 @@ def transformed_data(root: str) -> str:
     LocalDagRunner().run(pipeline.Pipeline(
         pipeline_name="trainer_test", pipeline_root=os.path.join(root, "pipeline_root"),
         components=[example_gen, schema_gen, transform],
-        metadata_connection_config=metadata.sqlite_metadata_connection_config(metadata_path),
-        beam_pipeline_args=["--direct_running_mode=in_memory", "--direct_num_workers=1"]))
+        metadata_connection_config=metadata.sqlite_metadata_connection_config(metadata_path)))
     return metadata_path
 
 
