@@ -4,9 +4,10 @@ import os
 from typing import Dict, List, Mapping
 
 from tensorflow_metadata.proto.v0 import anomalies_pb2
-from tfx import v1 as tfx
+from tfx.dsl.component.experimental.annotations import InputArtifact
+from tfx.dsl.component.experimental.decorators import component
 from tfx.dsl.io import fileio
-from tfx.types import artifact_utils
+from tfx.types import artifact_utils, standard_artifacts
 from tfx.utils import io_utils
 
 # ExampleValidator (TFX >= 0.29) writes a binary proto per split; older artifacts used text.
@@ -18,7 +19,7 @@ class AnomaliesFoundError(RuntimeError):
     """ExampleValidator reported anomalies; the message lists them by split and feature."""
 
 
-def load_anomalies(anomalies: tfx.types.standard_artifacts.ExampleAnomalies) -> Dict[str, anomalies_pb2.Anomalies]:
+def load_anomalies(anomalies: standard_artifacts.ExampleAnomalies) -> Dict[str, anomalies_pb2.Anomalies]:
     """Reads ExampleValidator's output for every split of `anomalies`: split name -> Anomalies proto.
 
     Raises FileNotFoundError when a split's file is missing: an unreadable verdict must not pass.
@@ -63,8 +64,8 @@ def _describe(info: anomalies_pb2.AnomalyInfo) -> str:
     return f"{summary} ({'; '.join(details)})" if details else summary
 
 
-@tfx.dsl.components.component
-def ValidationGate(anomalies: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.ExampleAnomalies]) -> None:
+@component
+def ValidationGate(anomalies: InputArtifact[standard_artifacts.ExampleAnomalies]) -> None:
     """Raises AnomaliesFoundError listing every anomaly; succeeds silently on clean data.
 
     Wire it as `transform.add_upstream_node(ValidationGate(anomalies=example_validator.outputs['anomalies']))`.

@@ -13,7 +13,8 @@ import time
 from typing import Dict, Iterator, Optional, TextIO
 
 from absl import logging as absl_logging
-from tfx import v1 as tfx
+from tfx.orchestration import metadata
+from tfx.orchestration.local.local_dag_runner import LocalDagRunner
 
 from pipeline.config import PipelineConfig
 from pipeline import summary
@@ -140,12 +141,12 @@ def run(config: PipelineConfig, stream: TextIO = sys.stderr) -> Dict[str, object
           file=stream, flush=True)
     pipeline = create_pipeline(
         config,
-        metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
+        metadata_connection_config=metadata.sqlite_metadata_connection_config(
             config.metadata_path))
     tracker = ProgressTracker(stream)
     with metadata_guard(config.metadata_path), _logging_to(str(log_file), tracker):
         try:
-            tfx.orchestration.LocalDagRunner().run(pipeline)
+            LocalDagRunner().run(pipeline)
         except Exception as exc:
             raise PipelineFailed(f"{tracker.current or 'the pipeline'} failed: {exc}\nfull log: {log_file}") from exc
         return summary.finish_run(config, tracker.components, stream)

@@ -11,7 +11,7 @@ import numpy as np
 import tensorflow as tf
 from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
-from tfx import v1 as tfx
+from tfx.orchestration import metadata
 
 from pipeline import evaluation
 from pipeline.config import PipelineConfig
@@ -27,7 +27,7 @@ class RunArtifacts:
     """The output artifacts of each node's latest execution in this pipeline, read from MLMD."""
 
     def __init__(self, config: PipelineConfig):
-        connection = tfx.orchestration.metadata.sqlite_metadata_connection_config(config.metadata_path)
+        connection = metadata.sqlite_metadata_connection_config(config.metadata_path)
         self.store = metadata_store.MetadataStore(connection)
         self._pipeline = config.name
 
