@@ -99,3 +99,11 @@ def test_unchanged_rerun_is_served_from_cache(first_run):
     # first run's blessed model (there was none then), so it and the Pusher legitimately run again.
     rerun = {"latest_blessed_model_resolver", "Evaluator", "Pusher"}
     assert all(cached[name] for name in ALL_COMPONENTS if name not in rerun), cached
+
+    # Once more: now nothing at all runs, and the report PNGs (same model, same examples) are kept.
+    mtimes = {p: pathlib.Path(p).stat().st_mtime_ns for p in summary["report_images"]}
+    again = petseg_run(output)
+    assert all(c["cached"] for name, c in again["components"].items()
+               if name != "latest_blessed_model_resolver"), again["components"]
+    assert again["report_images"] == summary["report_images"]
+    assert {p: pathlib.Path(p).stat().st_mtime_ns for p in again["report_images"]} == mtimes
