@@ -17,7 +17,7 @@ from tfx.types import artifact_utils, standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 from tfx.utils import io_utils
 
-from components import tfds_data
+from components import synthetic_pets, tfds_data
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,8 @@ class TfdsExampleGenSpec(types.ComponentSpec):
         # new span arrived is not served from cache. Orchestrators that compile once (Kubeflow)
         # must disable caching for this component instead (kubeflow/runner.py does).
         "available_spans": ExecutionParameter(type=str, optional=True),
+        # Cache key only: synthetic_pets.GENERATOR_VERSION, so new drawings are not served from cache.
+        "synthetic_generator": ExecutionParameter(type=int, optional=True),
     }
     INPUTS: Dict[str, ChannelParameter] = {}
     OUTPUTS = {EXAMPLES_KEY: ChannelParameter(type=standard_artifacts.Examples)}
@@ -125,4 +127,5 @@ class TfdsExampleGen(base_component.BaseComponent):
             synthetic_seed=int(synthetic_seed), strict=int(bool(strict)),
             span=(-1 if span is None else int(span)) if spanned else None,
             available_spans=available if spanned else None,
+            synthetic_generator=synthetic_pets.GENERATOR_VERSION if source == "synthetic" else None,
             examples=types.Channel(type=standard_artifacts.Examples)))

@@ -138,6 +138,7 @@ def prepare(data_dir: PathLike, source: str, raw_dir: Optional[PathLike] = None,
         origin["raw_dir"] = str(pathlib.Path(raw_dir).resolve())
     elif source == "synthetic":
         origin["synthetic"] = [int(v) for v in synthetic]
+        origin["generator"] = synthetic_pets.GENERATOR_VERSION
 
     builder = tfds.builder(f"{NAME}:{version}", data_dir=str(data_dir))
     record = work / f"{NAME}-{builder.version}.json"

@@ -64,6 +64,13 @@ def test_other_source_in_same_data_dir_is_an_error(synthetic):
         tfds_data.prepare(synthetic.data_dir, "synthetic", synthetic=(12, 6, 1))
 
 
+def test_data_drawn_by_another_generator_version_is_an_error(synthetic, monkeypatch):
+    # Same sizes and seed, different drawings: reusing the old pictures would be silent and wrong.
+    monkeypatch.setattr(synthetic_pets, "GENERATOR_VERSION", synthetic_pets.GENERATOR_VERSION + 1)
+    with pytest.raises(ValueError, match="already holds"):
+        tfds_data.prepare(synthetic.data_dir, "synthetic", synthetic=(12, 6, 0))
+
+
 def _encode(img, fmt, **kw):
     buf = io.BytesIO()
     img.save(buf, fmt, **kw)
