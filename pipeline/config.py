@@ -41,7 +41,11 @@ class DataConfig:
 class ModelConfig:
     """VGG16-FCN8 shape."""
 
-    image_size: int = 96
+    # FCN-8's finest scores are at stride 8, so its outlines sharpen with the input size. The best a
+    # stride-8 score map upsampled bilinearly can score on the synthetic eval masks: mean IoU 0.73
+    # at 96, 0.82 at 128, 0.88 at 160 (border 0.33 / 0.55 / 0.70); the quick model got 0.753 at 96
+    # and 0.784 at 128. 160 costs 2.8x the FLOPs of 96.
+    image_size: int = 160
     # Scales every VGG16 channel width; 1.0 is the real VGG16 (needed for ImageNet weights).
     width_multiplier: float = 0.25
     # Width of the two FCN head convolutions (the seed's 7x7 and 1x1 convs, 4096 there).
