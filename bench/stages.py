@@ -42,8 +42,9 @@ def record_files(examples_uri: str, splits=("train", "eval")) -> List[str]:
 
 
 def _records(files: List[str]) -> tf.data.Dataset:
-    compression = "GZIP" if files[0].endswith(".gz") else ""
-    return tf.data.TFRecordDataset(files, compression_type=compression, num_parallel_reads=tf.data.AUTOTUNE)
+    from pipeline.summary import tfrecords
+
+    return tfrecords(files, parallel_reads=tf.data.AUTOTUNE)
 
 
 def decoded(files: List[str], image_size: int, with_mask: bool = True) -> tf.data.Dataset:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import pathlib
-from typing import Any, Dict, List, Optional, TextIO
+from typing import Any, Dict, List, Optional, Sequence, TextIO
 
 import numpy as np
 import tensorflow as tf
@@ -103,6 +103,12 @@ def build_summary(config: PipelineConfig, components: Dict[str, Dict[str, Any]])
     }
 
 
+def tfrecords(files: Sequence[str], parallel_reads: Optional[int] = None) -> tf.data.Dataset:
+    """Serialized records of Examples files as TFX wrote them (ExampleGen plain, Transform gzip)."""
+    return tf.data.TFRecordDataset(list(files), compression_type="GZIP" if files[0].endswith(".gz") else "",
+                                   num_parallel_reads=parallel_reads)
+
+
 def _colour_mask(mask: np.ndarray) -> np.ndarray:
     return MASK_COLOURS[np.clip(mask, 0, len(MASK_COLOURS) - 1)]
 
@@ -118,8 +124,7 @@ def write_report_images(model_dir: str, eval_examples_dir: str, report_dir: str,
     if count <= 0:
         return []
     serve = tf.saved_model.load(model_dir).signatures["serving_default"]
-    files = sorted(str(p) for p in pathlib.Path(eval_examples_dir).iterdir())
-    dataset = tf.data.TFRecordDataset(files, compression_type="GZIP" if files[0].endswith(".gz") else "")
+    dataset = tfrecords(sorted(str(p) for p in pathlib.Path(eval_examples_dir).iterdir()))
     written = []
     for i, record in enumerate(dataset.take(count)):
         example = tf.train.Example.FromString(record.numpy())

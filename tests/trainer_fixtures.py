@@ -112,10 +112,11 @@ def fn_args(metadata_path: str, execution_id: int, config, base_model: Optional[
 
 def split_records(examples_artifact, split: str):
     """Serialized tf.Examples of one split (gzip or plain tfrecords, as written)."""
+    from pipeline import summary  # TFMA-heavy; the killed-trainer worker script never needs it
+
     [uri] = artifact_utils.get_split_uris([examples_artifact], split)
-    files = sorted(tf.io.gfile.glob(os.path.join(uri, "*")))
-    compression = "GZIP" if files[0].endswith(".gz") else None
-    return [r.numpy() for r in tf.data.TFRecordDataset(files, compression_type=compression)]
+
+    return [r.numpy() for r in summary.tfrecords(sorted(tf.io.gfile.glob(os.path.join(uri, "*"))))]
 
 
 # Execution ids of the shared trainings (tests pick others for their own runs).
