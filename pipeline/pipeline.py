@@ -7,15 +7,14 @@ import pathlib
 from typing import List, Optional
 
 # Not `tfx.v1`: it imports the Google Cloud extensions too, ~13 s of every `petseg` start on 2 cores.
-from tfx.components import Evaluator, ExampleValidator, StatisticsGen, Trainer, Transform
+from tfx.components import ExampleValidator, StatisticsGen, Trainer, Transform
 from tfx.components.schema_gen.import_schema_gen.component import ImportSchemaGen
-from tfx.dsl.components.common.resolver import Resolver
-from tfx.dsl.input_resolution.strategies.latest_blessed_model_strategy import LatestBlessedModelStrategy
 from tfx.orchestration import pipeline as tfx_pipeline
 from tfx.proto import pusher_pb2, trainer_pb2
-from tfx.types import Channel, standard_artifacts
 
 from components import tfds_data
+from components.blessed_model import LatestBlessedModel
+from components.evaluator import Evaluator
 from components.example_gen import TfdsExampleGen
 from components.pusher import AtomicPusher
 from components.validation_gate import ValidationGate
@@ -28,6 +27,7 @@ SCHEMA_FILE = str(pathlib.Path(__file__).resolve().parent.parent / "transform" /
 # User code by dotted path: the installed package serves every runner (no module_file wheels).
 PREPROCESSING_FN = "transform.preprocessing.preprocessing_fn"
 RUN_FN = "trainer.run.run_fn"
+LATEST_BLESSED_MODEL_ID = "latest_blessed_model"
 
 
 def local_beam_args(config: PipelineConfig) -> List[str]:
@@ -83,11 +83,10 @@ def create_pipeline(config: PipelineConfig, *, pipeline_root: Optional[str] = No
     # Anomalies must stop the run before any compute is spent on bad data.
     transform.add_upstream_node(validation_gate)
 
-    latest_blessed_model = Resolver(
-        strategy_class=LatestBlessedModelStrategy,
-        model=Channel(type=standard_artifacts.Model),
-        model_blessing=Channel(type=standard_artifacts.ModelBlessing),
-    ).with_id("latest_blessed_model_resolver")
+    serving = serving_dir or config.serving_dir
+    # The model to beat and to warm-start from is the one being served: the newest version the
+    # Pusher published. An ordinary task, so open-source KFP, Vertex and LocalDagRunner all run it.
+    latest_blessed_model = LatestBlessedModel(serving_dir=serving).with_id(LATEST_BLESSED_MODEL_ID)
 
     trainer = Trainer(
         run_fn=RUN_FN,
@@ -106,7 +105,7 @@ def create_pipeline(config: PipelineConfig, *, pipeline_root: Optional[str] = No
         model=trainer.outputs["model"],
         baseline_model=latest_blessed_model.outputs["model"],
         eval_config=evaluation.build_eval_config(config.eval),
-    )
+    ).with_id("Evaluator")
 
     # A push killed mid-copy must never leave a partial version where TF Serving looks.
     pusher = AtomicPusher(
@@ -114,7 +113,7 @@ def create_pipeline(config: PipelineConfig, *, pipeline_root: Optional[str] = No
         model_blessing=evaluator.outputs["blessing"],
         push_destination=pusher_pb2.PushDestination(
             filesystem=pusher_pb2.PushDestination.Filesystem(
-                base_directory=serving_dir or config.serving_dir)),
+                base_directory=serving)),
     ).with_id("Pusher")  # the node id users, MLMD queries and the summary know
 
     return tfx_pipeline.Pipeline(

@@ -13,7 +13,7 @@ from ml_metadata.proto import metadata_store_pb2
 from tfx import v1 as tfx
 
 ALL_COMPONENTS = ["TfdsExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator", "ValidationGate",
-                  "Transform", "latest_blessed_model_resolver", "Trainer", "Evaluator", "Pusher"]
+                  "Transform", "latest_blessed_model", "Trainer", "Evaluator", "Pusher"]
 # Enough training that the tiny model clearly beats an untrained one.
 TINY = ["--profile", "tiny", "--set", "train.epochs=6"]
 
@@ -95,15 +95,14 @@ def test_unchanged_rerun_is_served_from_cache(first_run):
     output, _ = first_run
     summary = petseg_run(output)
     cached = {name: c["cached"] for name, c in summary["components"].items()}
-    # The resolver is a metadata query, not an execution; the Evaluator's baseline input is now the
-    # first run's blessed model (there was none then), so it and the Pusher legitimately run again.
-    rerun = {"latest_blessed_model_resolver", "Evaluator", "Pusher"}
+    # The serving dir now holds the first run's model (it held none when the first run was built), so
+    # latest_blessed_model reads it again and the Evaluator and Pusher, whose baseline changed, rerun.
+    rerun = {"latest_blessed_model", "Evaluator", "Pusher"}
     assert all(cached[name] for name in ALL_COMPONENTS if name not in rerun), cached
 
     # Once more: now nothing at all runs, and the report PNGs (same model, same examples) are kept.
     mtimes = {p: pathlib.Path(p).stat().st_mtime_ns for p in summary["report_images"]}
     again = petseg_run(output)
-    assert all(c["cached"] for name, c in again["components"].items()
-               if name != "latest_blessed_model_resolver"), again["components"]
+    assert all(c["cached"] for c in again["components"].values()), again["components"]
     assert again["report_images"] == summary["report_images"]
     assert {p: pathlib.Path(p).stat().st_mtime_ns for p in again["report_images"]} == mtimes

@@ -1,4 +1,4 @@
-"""Retraining on new data: `{SPAN}` patterns; run 2 reads span 2, warm-starts from and is compared with run 1's model."""
+"""Retraining on new data: `{SPAN}` patterns; run 2 reads span 2, warm-starts from and is compared with run 1's pushed model."""
 
 import json
 import subprocess
@@ -101,14 +101,16 @@ def test_second_run_warm_starts_from_and_is_compared_with_the_first_blessed_mode
     store = Store(output)
     trainer_runs = store.executions("Trainer")
     assert len(trainer_runs) == 2
-    [first_model] = store.artifacts(trainer_runs[0], "model", metadata_store_pb2.Event.OUTPUT)
     assert first["blessed"] is True and first["baseline"] is None
-    assert store.artifacts(trainer_runs[0], "base_model", metadata_store_pb2.Event.INPUT) == []
+    [empty] = store.artifacts(trainer_runs[0], "base_model", metadata_store_pb2.Event.INPUT)
+    assert empty.custom_properties["found"].int_value == 0  # nothing served yet: trained from scratch
     [base_model] = store.artifacts(trainer_runs[1], "base_model", metadata_store_pb2.Event.INPUT)
-    assert base_model.id == first_model.id
+    # The first run's pushed version, copied: the model the Trainer starts from and the Evaluator beats.
+    assert base_model.custom_properties["found"].int_value == 1
+    assert base_model.custom_properties["pushed_destination"].string_value == first["pushed_model"]
     [baseline] = store.artifacts(store.executions("Evaluator")[1], "baseline_model", metadata_store_pb2.Event.INPUT)
-    assert baseline.id == first_model.id
-    # Scored on span 2's eval split, so not run 1's own number (which was on span 1).
+    assert baseline.id == base_model.id
+    # Scored on span 2's eval data, so not run 1's own number (which was on span 1).
     assert 0 <= second["baseline"]["mean_iou"] <= 1
     logs = "\n".join(p.read_text() for p in (output / "logs").glob("*.log"))
-    assert f"Warm-started from {first_model.uri}" in logs
+    assert f"Warm-started from {base_model.uri}/Format-Serving" in logs

@@ -82,7 +82,8 @@ def run_fn(fn_args, extra_callbacks: Sequence[tf.keras.callbacks.Callback] = ())
 
     with strategy.scope():
         model = model_lib.build_model(model_config)
-        if fn_args.base_model:
+        # Before the first push the base model is an empty placeholder: train from scratch.
+        if fn_args.base_model and tf.io.gfile.exists(os.path.join(fn_args.base_model, "saved_model.pb")):
             _warm_start(model, fn_args.base_model)
         model_lib.compile_model(model, train_config)
     log.info("Training %s parameters, global batch %d over %d replica(s)",
