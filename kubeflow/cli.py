@@ -1,4 +1,4 @@
-"""`petseg kubeflow compile|submit|schedule`: the same pipeline on Kubeflow Pipelines 2.x."""
+"""`petseg kubeflow compile|submit|schedule`: the same pipeline on open-source Kubeflow Pipelines 2.x or Vertex."""
 
 from __future__ import annotations
 
@@ -8,23 +8,23 @@ import sys
 import tempfile
 
 from kubeflow import runner
+from pipeline.config_args import add_config_args, config_from_args
 
 
 def add_parser(subparsers) -> None:
     """Adds `kubeflow` with its subcommands to the `petseg` parser."""
-    from pipeline.cli import _add_config_args  # the same profile/--config/--set as `petseg run`
-
     kubeflow = subparsers.add_parser("kubeflow", help="compile, submit or schedule on Kubeflow Pipelines")
     commands = kubeflow.add_subparsers(dest="kubeflow_command", required=True)
 
-    compile_ = commands.add_parser("compile", help="write the pipeline as a KFP PipelineSpec (.yaml) "
-                                                   "or Vertex PipelineJob (.json)")
+    compile_ = commands.add_parser("compile", help="write the pipeline as a PipelineSpec (.yaml) "
+                                                   "or a Vertex PipelineJob (.json)")
     compile_.add_argument("--output", dest="package_output", metavar="FILE", required=True,
-                          help="pipeline.yaml (KFP 2.x) or pipeline.json (Vertex PipelineJob)")
+                          help="pipeline.yaml (PipelineSpec: open-source KFP or Vertex) or pipeline.json "
+                               "(Vertex PipelineJob)")
     submit = commands.add_parser("submit", help="start one run on a KFP API server")
     schedule = commands.add_parser("schedule", help="create a recurring run (retraining) on a KFP API server")
     for parser in (compile_, submit, schedule):
-        _add_config_args(parser)
+        add_config_args(parser)
         _add_compile_args(parser)
     for parser in (submit, schedule):
         parser.add_argument("--host", required=True, help="KFP API endpoint, e.g. http://localhost:8080")
@@ -46,12 +46,16 @@ def add_parser(subparsers) -> None:
 
 
 def _add_compile_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--target", choices=runner.TARGETS, default="kfp",
+                        help="kfp: open-source Kubeflow Pipelines 2.x (default); vertex: Vertex AI Pipelines")
     parser.add_argument("--image", default=runner.DEFAULT_IMAGE,
                         help=f"image built from kubeflow/Dockerfile (default: {runner.DEFAULT_IMAGE})")
     parser.add_argument("--pipeline-root", metavar="URI",
-                        help="artifact root the tasks write to, e.g. gs://bucket/petseg (needed to compile; "
-                             "with --package it overrides the compiled one)")
-    parser.add_argument("--serving-dir", help="push destination (default: <pipeline-root>/serving)")
+                        help="artifact root, e.g. gs://bucket/petseg or minio://mlpipeline/petseg (optional for kfp: "
+                             "the cluster's defaultPipelineRoot applies; required gs:// for vertex; submit and "
+                             "schedule pass it as the run's root)")
+    parser.add_argument("--serving-dir", help="push destination, read back as the next run's baseline: gs:// or a "
+                                              "volume mounted into every task (default: <pipeline-root>/serving)")
     parser.add_argument("--data-dir", dest="container_data_dir", default=runner.DEFAULT_DATA_DIR,
                         help="TFDS data dir inside the task container (default: scratch "
                              f"{runner.DEFAULT_DATA_DIR}; a mounted volume keeps downloads)")
@@ -70,18 +74,17 @@ def _add_compile_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _settings(args: argparse.Namespace) -> runner.KubeflowSettings:
-    if not args.pipeline_root:
-        raise SystemExit("petseg: --pipeline-root is needed to compile, e.g. gs://bucket/petseg")
-    if args.gpus < 0:
-        raise SystemExit("petseg: --gpus must be >= 0")
-    return runner.KubeflowSettings(
-        image=args.image, pipeline_root=args.pipeline_root, serving_dir=args.serving_dir,
+    settings = runner.KubeflowSettings(
+        target=args.target, image=args.image, pipeline_root=args.pipeline_root, serving_dir=args.serving_dir,
         data_dir=args.container_data_dir, app_dir=args.app_dir, trainer_cpu=args.cpu,
         trainer_memory_gb=args.memory, trainer_gpus=args.gpus, gpu_type=args.gpu_type)
+    try:
+        return settings.validate()
+    except runner.SettingsError as exc:
+        raise SystemExit(f"petseg: {exc}") from None
 
 
 def _config(args: argparse.Namespace):
-    from pipeline.cli import config_from_args
     from pipeline.config import apply_values
 
     config = config_from_args(args)
@@ -91,7 +94,10 @@ def _config(args: argparse.Namespace):
 
 
 def _compile_to(args: argparse.Namespace, output: str) -> str:
-    runner.compile_pipeline(_config(args), _settings(args), output)
+    try:
+        runner.compile_pipeline(_config(args), _settings(args), output)
+    except runner.SettingsError as exc:
+        raise SystemExit(f"petseg: {exc}") from None
     return output
 
 

@@ -11,6 +11,19 @@ def _client(host: str, namespace: Optional[str] = None, token: Optional[str] = N
     return kfp.Client(host=host, namespace=namespace or "kubeflow", existing_token=token)
 
 
+def run_root(package: str, pipeline_root: Optional[str]) -> Optional[str]:
+    """The run's pipeline root: the given one, else the one compiled into the spec, else None (the cluster's).
+
+    Open-source KFP's API server reads only the run's runtime config, never the spec's
+    defaultPipelineRoot, so a root chosen at compile time must travel with each run.
+    """
+    if pipeline_root:
+        return pipeline_root
+    from kubeflow.runner import load_spec
+
+    return load_spec(package).get("defaultPipelineRoot") or None
+
+
 def check_cron(cron: str) -> str:
     """KFP's scheduler (robfig/cron) wants 6 fields, seconds first; a 5-field crontab line is a mistake."""
     fields = cron.split()
@@ -27,7 +40,7 @@ def submit(package: str, host: str, *, experiment: str, run_name: Optional[str] 
     client = _client(host, namespace, token)
     result = client.create_run_from_pipeline_package(
         package, run_name=run_name, experiment_name=experiment, namespace=namespace,
-        pipeline_root=pipeline_root)
+        pipeline_root=run_root(package, pipeline_root))
     return result.run_id
 
 
@@ -44,5 +57,5 @@ def schedule(package: str, host: str, *, cron: str, job_name: str, experiment: s
     recurring = client.create_recurring_run(
         experiment_id=experiment_id, job_name=job_name, cron_expression=check_cron(cron),
         max_concurrency=max_concurrency, no_catchup=True, pipeline_package_path=package,
-        pipeline_root=pipeline_root)
+        pipeline_root=run_root(package, pipeline_root))
     return recurring.recurring_run_id

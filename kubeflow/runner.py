@@ -1,4 +1,4 @@
-"""Compiles `create_pipeline(config)` with KubeflowV2DagRunner: PipelineSpec YAML (KFP 2.x) or PipelineJob JSON."""
+"""Compiles `create_pipeline(config)` with KubeflowV2DagRunner for open-source KFP 2.x or Vertex AI Pipelines."""
 
 from __future__ import annotations
 
@@ -20,17 +20,30 @@ DEFAULT_DATA_DIR = "/tmp/petseg/tfds"
 GPU_TYPE = "nvidia.com/gpu"
 EXAMPLE_GEN_ID = "TfdsExampleGen"
 TRAINER_ID = "Trainer"
+TARGETS = ("kfp", "vertex")
+# Every task runs TFX's executor through our entrypoint, which also speaks open-source KFP's launcher.
+TFX_ENTRYPOINT = "tfx.orchestration.kubeflow.v2.container.kubeflow_v2_run_executor"
+ENTRYPOINT = "kubeflow.entrypoint"
+# Schemes tf.io.gfile cannot write; the launcher mirrors them for artifacts, nothing does for other paths.
+_NOT_WRITABLE_BY_TF = ("minio://", "s3://")
 _REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+class SettingsError(ValueError):
+    """A Kubeflow setting the chosen target cannot use; the message names the flag."""
 
 
 @dataclasses.dataclass
 class KubeflowSettings:
     """What differs between the local run and a cluster run of the same pipeline."""
 
-    # gs://, s3://, minio:// ...: where KFP writes artifacts; the tasks must be able to write there.
-    pipeline_root: str
+    # "kfp": open-source Kubeflow Pipelines 2.x; "vertex": Vertex AI Pipelines.
+    target: str = "kfp"
+    # gs://, minio://, s3://: where the orchestrator keeps artifacts. None (kfp only): the cluster's
+    # defaultPipelineRoot (kfp-launcher ConfigMap), or the run's own when submitted with one.
+    pipeline_root: Optional[str] = None
     image: str = DEFAULT_IMAGE
-    # None: <pipeline_root>/serving.
+    # None: <pipeline_root>/serving. The tasks write and read it themselves (not through the launcher).
     serving_dir: Optional[str] = None
     # A filesystem path inside the container (TFDS builds with local paths), e.g. a mounted volume.
     data_dir: str = DEFAULT_DATA_DIR
@@ -41,9 +54,32 @@ class KubeflowSettings:
     trainer_gpus: int = 0
     gpu_type: str = GPU_TYPE
 
+    def validate(self) -> "KubeflowSettings":
+        """Raises SettingsError for a target, root or serving dir the target cannot use."""
+        if self.target not in TARGETS:
+            raise SettingsError(f"--target: {self.target!r} is not one of {', '.join(TARGETS)}")
+        root = self.pipeline_root
+        if self.target == "vertex" and not (root or "").startswith("gs://"):
+            raise SettingsError("--pipeline-root: Vertex AI Pipelines needs a gs:// pipeline root, "
+                                f"got {root!r}")
+        if root is not None and "://" not in root:
+            raise SettingsError(f"--pipeline-root: {root!r} is not a URI the launcher can store artifacts "
+                                "under; use gs://, minio:// or s3://")
+        if self.serving_dir is None and (root is None or root.startswith(_NOT_WRITABLE_BY_TF)):
+            raise SettingsError(
+                "--serving-dir: needed when the pipeline root is the cluster's default or minio:// / s3://: "
+                "the Pusher writes served versions itself, so give a gs:// URI or a path on a volume mounted "
+                "into every task")
+        if self.serving.startswith(_NOT_WRITABLE_BY_TF):
+            raise SettingsError(f"--serving-dir: {self.serving!r}: TensorFlow cannot write minio:// or s3:// "
+                                "paths; use gs:// or a path on a mounted volume")
+        if self.trainer_gpus < 0:
+            raise SettingsError("--gpus: must be >= 0")
+        return self
+
     @property
     def serving(self) -> str:
-        return self.serving_dir or posixpath.join(self.pipeline_root, "serving")
+        return self.serving_dir or posixpath.join(self.pipeline_root or "", "serving")
 
     def in_image(self, local_path: str) -> str:
         """The path of a project file (e.g. transform/schema.pbtxt) inside the image."""
@@ -58,7 +94,8 @@ def build_pipeline(config: PipelineConfig, settings: KubeflowSettings):
     from pipeline.pipeline import SCHEMA_FILE, create_pipeline
 
     pipeline = create_pipeline(
-        config, pipeline_root=settings.pipeline_root, serving_dir=settings.serving,
+        # TFX needs a root to compile; the spec leaves it out when the cluster's default applies.
+        config, pipeline_root=settings.pipeline_root or "", serving_dir=settings.serving,
         schema_file=settings.in_image(SCHEMA_FILE), data_dir=settings.data_dir)
     resource_spec = pipeline_spec_pb2.PipelineDeploymentConfig.PipelineContainerSpec.ResourceSpec
     resources = resource_spec()
@@ -82,23 +119,40 @@ def component(pipeline, node_id: str):
 
 
 def compile_pipeline(config: PipelineConfig, settings: KubeflowSettings, output: str) -> Dict[str, Any]:
-    """Writes `output` (.yaml/.yml: PipelineSpec for KFP 2.x; .json: PipelineJob for Vertex); returns the job dict."""
+    """Writes `output` (.yaml/.yml: PipelineSpec; .json: Vertex PipelineJob); returns the job dict."""
     import yaml
     from tfx.orchestration.kubeflow.v2 import kubeflow_v2_dag_runner as v2
 
+    from pipeline.pipeline import LATEST_BLESSED_MODEL_ID
+
+    settings.validate()
     if not output.endswith((".yaml", ".yml", ".json")):
-        raise ValueError(f"{output}: the file name must end in .yaml (KFP 2.x) or .json (Vertex PipelineJob)")
+        raise SettingsError(f"--output: {output}: the file name must end in .yaml (PipelineSpec) or "
+                            ".json (Vertex PipelineJob)")
+    if output.endswith(".json") and settings.target != "vertex":
+        raise SettingsError(f"--output: {output}: a PipelineJob .json is for --target vertex; open-source "
+                            "KFP takes the PipelineSpec .yaml")
     pipeline = build_pipeline(config, settings)
     runner = v2.KubeflowV2DagRunner(v2.KubeflowV2DagRunnerConfig(
         display_name=config.name, default_image=settings.image, use_pipeline_spec_2_1=True))
     job = runner.run(pipeline, write_out=False)
     spec = job["pipelineSpec"]
-    # The YAML alone must be submittable: KFP reads the root from the spec unless the run overrides it.
-    spec["defaultPipelineRoot"] = settings.pipeline_root
-    if _reads_spans(config):
-        # Compiled once, run on a schedule: a cached ExampleGen would hand every run the span it
-        # saw first. Its executor resolves the latest span, so it must execute every time.
-        spec["root"]["dag"]["tasks"][EXAMPLE_GEN_ID]["cachingOptions"] = {}
+    if settings.pipeline_root:
+        # Vertex reads it from here; open-source KFP only from the run, so `submit`/`schedule` pass it on.
+        spec["defaultPipelineRoot"] = settings.pipeline_root
+    else:
+        spec.pop("defaultPipelineRoot", None)
+        job.get("runtimeConfig", {}).pop("gcsOutputDirectory", None)
+    for executor in spec["deploymentSpec"]["executors"].values():
+        command = executor.get("container", {}).get("command", [])
+        if command[-2:] == ["-m", TFX_ENTRYPOINT]:
+            command[-1] = ENTRYPOINT
+    tasks = spec["root"]["dag"]["tasks"]
+    # Compiled once, run on a schedule: these read what changes between runs (the latest span, the
+    # latest pushed model) when they execute, so a cache hit would hand every run a stale answer.
+    uncached = [LATEST_BLESSED_MODEL_ID] + ([EXAMPLE_GEN_ID] if _reads_spans(config) else [])
+    for task in uncached:
+        tasks[task]["cachingOptions"] = {}
     path = pathlib.Path(output)
     path.parent.mkdir(parents=True, exist_ok=True)
     if output.endswith(".json"):

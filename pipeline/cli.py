@@ -6,29 +6,9 @@ import argparse
 import sys
 from typing import List, Optional
 
-from pipeline.config import PROFILES, ConfigError, PipelineConfig, apply_values, load_config
-
-
-def _add_config_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--profile", default="quick", choices=sorted(PROFILES),
-                        help="named settings to start from (default: quick)")
-    parser.add_argument("--config", metavar="FILE", help="YAML file overriding the profile")
-    parser.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], dest="overrides",
-                        help="override one setting, e.g. --set train.epochs=5 (repeatable)")
-
-
-def config_from_args(args: argparse.Namespace) -> PipelineConfig:
-    """Profile < config file < --set < dedicated flags."""
-    config = load_config(args.profile, args.config, args.overrides)
-    flags = {key: getattr(args, flag) for flag, key in (
-        ("output", "output"), ("dataset", "data.dataset"),
-        ("oxford_raw_dir", "data.oxford_raw_dir"), ("data_dir", "data.data_dir"))
-        if getattr(args, flag, None) is not None}
-    if "data.oxford_raw_dir" in flags and "data.dataset" not in flags:
-        flags["data.dataset"] = "oxford_iiit_pet"
-    if getattr(args, "strict", False):
-        flags["data.strict"] = True
-    return apply_values(config, flags).validate()
+from kubeflow import cli as kubeflow_cli
+from pipeline.config import ConfigError
+from pipeline.config_args import add_config_args, config_from_args
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,7 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run the whole pipeline locally (LocalDagRunner)")
-    _add_config_args(run)
+    add_config_args(run)
     run.add_argument("--output", metavar="DIR",
                      help="folder for everything the run writes (default: runs/default)")
     run.add_argument("--dataset", choices=["synthetic", "oxford_iiit_pet"],
@@ -52,8 +32,6 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--run", metavar="DIR", required=True, help="a `petseg run --output` folder")
     report.add_argument("--output", metavar="FILE", help="where to write it (default: DIR/report/index.html)")
     report.set_defaults(func=_report)
-
-    from kubeflow import cli as kubeflow_cli  # here, not at the top: it imports this module
 
     kubeflow_cli.add_parser(sub)
     return parser

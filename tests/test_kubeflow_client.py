@@ -115,9 +115,19 @@ def test_schedule_posts_a_recurring_run_with_cron_and_one_run_at_a_time(api, pac
     assert body["no_catchup"] is True and body["mode"] == "ENABLE"
     assert body["experiment_id"] == "exp-1"
     assert body["pipeline_spec"] == yaml.safe_load(package.read_text())
-    # No --pipeline-root: the run uses the spec's defaultPipelineRoot.
-    assert not body["runtime_config"].get("pipeline_root")
+    # No --pipeline-root: the compiled root travels as the run's (the API server ignores the spec's).
+    assert body["runtime_config"]["pipeline_root"] == ROOT
     assert body["pipeline_spec"]["defaultPipelineRoot"] == ROOT
+
+
+def test_a_spec_compiled_without_a_root_runs_under_the_clusters_default(api, tmp_path):
+    server, host = api
+    package = tmp_path / "p.yaml"
+    assert cli.main(["kubeflow", "compile", "--output", str(package), "--profile", "tiny",
+                     "--serving-dir", "gs://models/petseg"]) == 0
+    assert cli.main(["kubeflow", "submit", "--host", host, "--package", str(package)]) == 0
+    [run] = posts(server, "/apis/v2beta1/runs")
+    assert not run["body"]["runtime_config"].get("pipeline_root")
 
 
 def test_schedule_refuses_a_five_field_crontab_line_before_calling_the_server(api, package, capsys):

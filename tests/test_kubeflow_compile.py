@@ -1,4 +1,4 @@
-"""`petseg kubeflow compile`: the KFP PipelineSpec / PipelineJob it writes, and the image it expects."""
+"""`petseg kubeflow compile`: the PipelineSpec / Vertex PipelineJob it writes, its errors, and the image it expects."""
 
 import json
 import pathlib
@@ -17,9 +17,8 @@ IMAGE = "registry.example.com/team/petseg:1.2.3"
 ROOT = "gs://petseg-bucket/pipeline_root"
 BEAM_ARGS = ["--runner=DataflowRunner", "--project=demo-project", "--region=europe-west4"]
 TASKS = {"TfdsExampleGen", "ImportSchemaGen", "StatisticsGen", "ExampleValidator", "ValidationGate", "Transform",
-         "latest_blessed_model_resolver-model-blessing-resolver", "latest_blessed_model_resolver-model-resolver",
-         "Trainer", "Evaluator", "Pusher"}
-RUN_EXECUTOR = ["python", "-m", "tfx.orchestration.kubeflow.v2.container.kubeflow_v2_run_executor"]
+         "latest_blessed_model", "Trainer", "Evaluator", "Pusher"}
+RUN_EXECUTOR = ["python", "-m", "kubeflow.entrypoint"]
 
 
 def compile_args(output, *extra):
@@ -33,7 +32,7 @@ def compile_args(output, *extra):
 def compiled(tmp_path_factory):
     out = tmp_path_factory.mktemp("kfp")
     assert cli.main(compile_args(out / "pipeline.yaml")) == 0
-    assert cli.main(compile_args(out / "pipeline.json")) == 0
+    assert cli.main(compile_args(out / "pipeline.json", "--target", "vertex")) == 0
     return out
 
 
@@ -65,13 +64,14 @@ def test_json_is_a_pipeline_job_with_the_root(compiled):
     assert set(job.pipeline_spec["root"]["dag"]["tasks"]) == TASKS
 
 
-def test_every_container_runs_the_tfx_entrypoint_in_the_image_with_the_beam_args(spec):
+def test_every_task_is_a_container_running_our_entrypoint_in_the_image_with_the_beam_args(spec):
     images = runner.executor_images(spec)
-    assert len(images) == 9 and set(images.values()) == {IMAGE}
+    assert len(images) == len(TASKS) and set(images.values()) == {IMAGE}
     for label, executor in spec["deploymentSpec"]["executors"].items():
-        if "container" not in executor:
-            assert "resolver" in executor, label
-            continue
+        # Open-source KFP's backend compiles only container and importer executors, and ignores
+        # lifecycle hooks (TFX's pre-cache-check driver for file-based ExampleGens) silently.
+        assert set(executor) == {"container"}, label
+        assert "lifecycle" not in executor["container"], label
         assert executor["container"]["command"] == RUN_EXECUTOR
         assert executor["container"]["args"][-len(BEAM_ARGS):] == BEAM_ARGS, label
 
@@ -80,7 +80,7 @@ def test_only_the_trainer_asks_for_gpus_cpu_and_memory(spec):
     resources = container(spec, "Trainer")["resources"]
     assert resources["accelerator"] == {"type": "nvidia.com/gpu", "count": "2"}
     assert (resources["cpuLimit"], resources["memoryLimit"]) == (4.0, 16.0)
-    others = [t for t in TASKS - {"Trainer"} if "resolver" not in t]
+    others = TASKS - {"Trainer"}
     assert not any("resources" in container(spec, t) for t in others)
 
 
@@ -97,16 +97,17 @@ def test_paths_point_into_the_image_and_the_pipeline_root(spec):
     assert "module_file" not in json.dumps(spec) and "module_path" not in json.dumps(spec)
 
 
-def test_spans_rerun_example_gen_and_warm_start_comes_from_the_resolver(spec):
+def test_latest_span_and_latest_pushed_model_are_read_every_run(spec):
     tasks = spec["root"]["dag"]["tasks"]
-    # Latest span at run time: ExampleGen must never be a cache hit; the rest may be.
-    assert tasks["TfdsExampleGen"]["cachingOptions"] == {}
+    # Both read what changes between runs of one compiled spec: never a cache hit. The rest may be.
+    uncached = {"TfdsExampleGen", "latest_blessed_model"}
+    assert all(tasks[t]["cachingOptions"] == {} for t in uncached)
     assert constant(spec, "TfdsExampleGen", "span") == -1
-    containers = {t for t in TASKS if "resolver" not in t}  # resolvers are metadata queries, never cached
-    assert all(tasks[t]["cachingOptions"] == {"enableCache": True} for t in containers - {"TfdsExampleGen"})
+    assert all(tasks[t]["cachingOptions"] == {"enableCache": True} for t in TASKS - uncached)
+    assert constant(spec, "latest_blessed_model", "serving_dir") == f"{ROOT}/serving"
     for task, key in (("Trainer", "base_model"), ("Evaluator", "baseline_model")):
         assert tasks[task]["inputs"]["artifacts"][key]["taskOutputArtifact"] == {
-            "producerTask": "latest_blessed_model_resolver-model-resolver", "outputArtifactKey": "model"}
+            "producerTask": "latest_blessed_model", "outputArtifactKey": "model"}
 
 
 def test_pinned_span_keeps_example_gen_cached(tmp_path):
@@ -127,11 +128,38 @@ def test_no_credentials_or_local_paths_in_the_spec(compiled):
         assert '"env"' not in text and "\nenv:" not in text
 
 
-def test_compile_rejects_a_missing_root_and_an_unknown_suffix(tmp_path):
-    with pytest.raises(SystemExit, match="--pipeline-root"):
-        cli.main(["kubeflow", "compile", "--output", str(tmp_path / "p.yaml"), "--profile", "tiny"])
-    with pytest.raises(ValueError, match=r"\.yaml"):
+def test_without_a_root_the_clusters_default_applies(tmp_path):
+    assert cli.main(["kubeflow", "compile", "--output", str(tmp_path / "p.yaml"), "--profile", "tiny",
+                     "--serving-dir", "gs://models/petseg"]) == 0
+    spec = yaml.safe_load((tmp_path / "p.yaml").read_text())
+    assert "defaultPipelineRoot" not in spec
+    assert json.loads(constant(spec, "Pusher", "push_destination")) == {
+        "filesystem": {"base_directory": "gs://models/petseg"}}
+
+
+@pytest.mark.parametrize("extra, message", [
+    ([], "--serving-dir: needed when the pipeline root is the cluster's default"),
+    (["--pipeline-root", "minio://mlpipeline/petseg"], "--serving-dir: needed"),
+    (["--serving-dir", "s3://models/petseg"], "TensorFlow cannot write minio:// or s3://"),
+    (["--target", "vertex", "--serving-dir", "gs://m/s"], "Vertex AI Pipelines needs a gs:// pipeline root"),
+    (["--target", "vertex", "--pipeline-root", "minio://x/y"], "needs a gs:// pipeline root"),
+    (["--pipeline-root", "/local/root"], "not a URI the launcher can store artifacts under"),
+    (["--pipeline-root", ROOT, "--gpus", "-1"], "--gpus: must be >= 0"),
+])
+def test_settings_the_target_cannot_use_are_clear_errors(tmp_path, extra, message):
+    with pytest.raises(SystemExit, match=re.escape(message)):
+        cli.main(["kubeflow", "compile", "--output", str(tmp_path / "p.yaml"), "--profile", "tiny", *extra])
+
+
+def test_bad_target_and_file_names_are_clear_errors(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["kubeflow", "compile", "--output", str(tmp_path / "p.yaml"), "--target", "argo"])
+    assert "invalid choice: 'argo'" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match=r"\.yaml"):
         cli.main(["kubeflow", "compile", "--output", str(tmp_path / "p.txt"), "--profile", "tiny",
+                  "--pipeline-root", ROOT])
+    with pytest.raises(SystemExit, match="a PipelineJob .json is for --target vertex"):
+        cli.main(["kubeflow", "compile", "--output", str(tmp_path / "p.json"), "--profile", "tiny",
                   "--pipeline-root", ROOT])
 
 

@@ -1,86 +1,135 @@
-"""The compiled KFP spec runs: every task's own container command, task by task, on tiny data (no cluster)."""
+"""The compiled spec runs task by task under open-source KFP's launcher contract (twice) and Vertex's, on tiny data."""
 
 import json
 import pathlib
-import sys
 
 import pytest
 import tensorflow as tf
 
-from kubeflow import offline, runner
+from kubeflow import runner
 from pipeline import cli
+from support import kfp_launcher
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
-BLESSING_RESOLVER = "latest_blessed_model_resolver-model-blessing-resolver"
-MODEL_RESOLVER = "latest_blessed_model_resolver-model-resolver"
+TFX_ENTRYPOINT = "tfx.orchestration.kubeflow.v2.container.kubeflow_v2_run_executor"
+# What KFP's cache serves on the second run: everything upstream of the model (same data, same code).
+UPSTREAM = ["ImportSchemaGen", "TfdsExampleGen", "StatisticsGen", "ExampleValidator", "ValidationGate", "Transform"]
+
+
+def compile_spec(tmp: pathlib.Path, name: str, *extra: str):
+    package = tmp / name
+    # The local checkout plays the image: the project is at --app-dir, this venv is its python.
+    assert cli.main(["kubeflow", "compile", "--output", str(package), "--profile", "tiny", "--image", "local",
+                     "--data-dir", str(tmp / "tfds"), "--serving-dir", str(tmp / "serving"),
+                     "--app-dir", str(REPO), "--set", "train.warm_start=true", "--set", "train.epochs=1",
+                     *extra]) == 0
+    return runner.load_spec(str(package))
+
+
+def timings(results):
+    return "\n".join(f"  {r.name:<22} {r.kind:<9} {r.seconds:6.1f} s" for r in results)
 
 
 @pytest.fixture(scope="module")
-def first_run(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("offline")
-    package = tmp / "pipeline.yaml"
-    # The local checkout plays the image: the project is at --app-dir, the venv is its python.
-    assert cli.main(["kubeflow", "compile", "--output", str(package), "--profile", "tiny", "--image", "local",
-                     "--pipeline-root", str(tmp / "root"), "--data-dir", str(tmp / "tfds"),
-                     "--serving-dir", str(tmp / "serving"), "--app-dir", str(REPO),
-                     "--set", "train.warm_start=true", "--set", "train.epochs=1"]) == 0
-    spec = runner.load_spec(str(package))
-    run = offline.OfflineRun(spec, str(tmp / "root"), "run-1", python=sys.executable)
-    # Up to the Trainer: each task is a fresh TF/TFX process (~20 s of imports on 2 cores), and the
-    # Evaluator/Pusher path is covered by the local e2e tests.
-    results = run.run(stop_after="Trainer")
-    print("\n".join(f"offline {r.name:<55} {r.kind:<9} {r.seconds:6.1f} s" for r in results))
-    return spec, run, {r.name: r for r in results}
+def runs(tmp_path_factory):
+    """Two open-source-shaped runs of the same spec (no pipeline root: the cluster's default applies)."""
+    tmp = tmp_path_factory.mktemp("kfp")
+    spec = compile_spec(tmp, "pipeline.yaml")
+    metadata = kfp_launcher.Metadata()
+    first = kfp_launcher.Run(spec, tmp, "run-1", metadata=metadata)
+    first.run()
+    second = kfp_launcher.Run(spec, tmp, "run-2", metadata=metadata)
+    second.run(cached={task: first.outputs[task] for task in UPSTREAM})
+    print(f"\nrun 1 (open-source launcher):\n{timings(first.results)}\nrun 2:\n{timings(second.results)}")
+    return tmp, spec, first, second
 
 
-def test_tasks_run_in_dependency_order_with_their_own_commands(first_run):
-    spec, _, results = first_run
-    order = list(results)
-    assert order.index("TfdsExampleGen") < order.index("StatisticsGen") < order.index("ExampleValidator") \
-        < order.index("ValidationGate") < order.index("Transform") < order.index("Trainer")
-    assert order.index("ImportSchemaGen") < order.index("StatisticsGen")
-    assert order.index(MODEL_RESOLVER) < order.index("Trainer")
-    assert {r.kind for n, r in results.items() if "resolver" not in n} == {"container"}
-    assert offline.task_order(spec)[-2:] == ["Evaluator", "Pusher"]
+def single(run, task, key):
+    [artifact] = run.outputs[task][key]
+    return artifact
 
 
-def test_example_gen_and_transform_outputs_are_real_artifacts(first_run):
-    _, _, results = first_run
-    [examples] = results["TfdsExampleGen"].outputs["examples"]
-    meta = examples["metadata"]
-    assert json.loads(meta["split_names"]) == ["train", "eval"]
-    assert (meta["num_train"], meta["num_eval"], meta["source"]) == (48, 16, "synthetic")
-    assert meta["custom:span"] == 0
-    for split in ("train", "eval"):
-        assert list(pathlib.Path(examples["uri"], f"Split-{split}").glob("*.tfrecord*"))
-    [graph] = results["Transform"].outputs["transform_graph"]
-    assert (pathlib.Path(graph["uri"]) / "transform_fn" / "saved_model.pb").is_file()
-    [anomalies] = results["ExampleValidator"].outputs["anomalies"]
-    assert (pathlib.Path(anomalies["uri"]) / "Split-train" / "SchemaDiff.pb").is_file()
+def task_log(tmp, run, task):
+    return (tmp / run / task / "task.log").read_text()
 
 
-def test_first_run_resolves_no_blessed_model_and_trains_a_servable_model(first_run):
-    _, _, results = first_run
-    assert results[BLESSING_RESOLVER].outputs == {"model_blessing": []}
-    assert results[MODEL_RESOLVER].outputs == {"model": []}
-    [model] = results["Trainer"].outputs["model"]
-    serving = pathlib.Path(model["uri"]) / "Format-Serving"
-    assert (serving / "saved_model.pb").is_file()
+def test_spec_has_no_default_root_and_every_task_uses_our_entrypoint(runs):
+    _, spec, _, _ = runs
+    assert "defaultPipelineRoot" not in spec
+    for label, executor in spec["deploymentSpec"]["executors"].items():
+        assert set(executor) == {"container"}, label
+        assert executor["container"]["command"][-2:] == ["-m", runner.ENTRYPOINT], label
+
+
+def test_first_run_has_no_baseline_trains_blesses_and_pushes(runs):
+    tmp, _, first, _ = runs
+    assert [r.kind for r in first.results] == ["container"] * len(first.results)
+    assert kfp_launcher.task_order(first.spec)[-2:] == ["Evaluator", "Pusher"]
+    assert single(first, "latest_blessed_model", "model")["metadata"]["found"] == 0
+    model = single(first, "Trainer", "model")
+    assert model["uri"].startswith("minio://mlpipeline/v2/artifacts/petseg/run-1/Trainer/")
+    serving = first.store.path(model["uri"]) / "Format-Serving"
     assert "serving_default" in tf.saved_model.load(str(serving)).signatures
+    blessing = single(first, "Evaluator", "blessing")["metadata"]
+    assert blessing["blessed"] == 1 and "baseline_model" not in blessing
+    # URIs the executor saw as local mirror paths go back to the launcher as the original ones, and
+    # ids as the launcher's artifact names.
+    assert (blessing["current_model"], blessing["current_model_id"]) == (model["uri"], model["name"])
+    pushed = single(first, "Pusher", "pushed_model")["metadata"]
+    assert pushed["pushed"] == 1
+    assert (tmp / "serving" / str(int(pushed["pushed_version"])) / "saved_model.pb").is_file()
+    assert "No blessed baseline yet" in task_log(tmp, "run-1", "Evaluator")
 
 
-def test_resolvers_query_what_earlier_runs_recorded(first_run, tmp_path):
-    spec, run, results = first_run
-    [model] = results["Trainer"].outputs["model"]
-    registry = offline.ArtifactRegistry(tmp_path / "artifacts.json")
-    for artifact in run.registry.artifacts:
-        registry.add(artifact)
-    # What the Evaluator's executor writes for a blessed candidate (ids refactored to artifact names).
-    registry.add({"name": "run-1/Evaluator/blessing", "uri": "/x", "schemaTitle": "tfx.ModelBlessing",
-                  "metadata": {"blessed": 1.0, "current_model_id": model["name"]}})
-    registry.add({"name": "run-0/Evaluator/blessing", "uri": "/y", "schemaTitle": "tfx.ModelBlessing",
-                  "metadata": {"blessed": 0.0, "current_model_id": "someone-else"}})
-    second = offline.OfflineRun(spec, str(tmp_path), "run-2")
-    [blessing] = second.run_task(BLESSING_RESOLVER).outputs["model_blessing"]
-    assert blessing["name"] == "run-1/Evaluator/blessing"
-    assert second.run_task(MODEL_RESOLVER).outputs["model"] == [model]
+def test_every_output_is_uploaded_and_recorded_under_its_original_uri(runs):
+    _, _, first, _ = runs
+    for task, outputs in first.outputs.items():
+        for key, [artifact] in outputs.items():
+            assert artifact["uri"].startswith("minio://"), (task, key)
+            assert first.store.path(artifact["uri"]).exists(), (task, key)
+            assert artifact["name"].isdigit() and artifact["metadata"]["display_name"] == key
+    examples = single(first, "TfdsExampleGen", "examples")
+    assert json.loads(examples["metadata"]["split_names"]) == ["train", "eval"]
+    assert (examples["metadata"]["num_train"], examples["metadata"]["num_eval"]) == (48, 16)
+    log = first.store.path(single(first, "Trainer", kfp_launcher.LOG_OUTPUT)["uri"]).read_text()
+    assert "Epoch 1/1" in log
+
+
+def test_second_run_warm_starts_from_and_is_judged_against_the_first_runs_pushed_model(runs):
+    tmp, _, first, second = runs
+    assert {r.name for r in second.results if r.kind == "cached"} == set(UPSTREAM)
+    version = int(single(first, "Pusher", "pushed_model")["metadata"]["pushed_version"])
+    baseline = single(second, "latest_blessed_model", "model")
+    assert baseline["metadata"]["found"] == 1
+    assert baseline["metadata"]["pushed_version"] == version
+    assert baseline["metadata"]["pushed_destination"] == str(tmp / "serving" / str(version))
+    assert "Warm-started from" in task_log(tmp, "run-2", "Trainer")
+    blessing = single(second, "Evaluator", "blessing")["metadata"]
+    assert (blessing["baseline_model"], blessing["baseline_model_id"]) == (baseline["uri"], baseline["name"])
+    assert blessing["current_model"] == single(second, "Trainer", "model")["uri"]
+
+
+def test_vertex_shaped_input_runs_the_same_spec_unchanged(runs, tmp_path):
+    tmp, _, _, second = runs
+    spec = compile_spec(tmp, "vertex.json", "--target", "vertex", "--pipeline-root", "gs://bucket/petseg")
+    assert spec["defaultPipelineRoot"] == "gs://bucket/petseg"
+    run = kfp_launcher.Run(spec, tmp_path, "vertex-1", shape="vertex")
+    run.run()
+    print(f"\nVertex-shaped run:\n{timings(run.results)}")
+    baseline = single(run, "latest_blessed_model", "model")
+    latest = max(int(p.name) for p in (tmp / "serving").iterdir() if p.name.isdigit())
+    assert baseline["metadata"]["found"] == 1 and baseline["metadata"]["pushed_version"] == latest
+    assert single(run, "Evaluator", "blessing")["metadata"]["baseline_model"] == baseline["uri"]
+    assert "Warm-started from" in (tmp_path / "vertex-1" / "Trainer" / "task.log").read_text()
+
+
+def test_tfx_entrypoint_alone_fails_on_open_source_input(runs, tmp_path):
+    tmp, spec, first, _ = runs
+    stock = kfp_launcher.Run(spec, tmp_path, "stock", entrypoint=TFX_ENTRYPOINT)
+    stock.outputs.update({task: first.outputs[task] for task in UPSTREAM})
+    # Upstream artifacts arrive without a schema: TFX reads its title from yaml.safe_load("") (None).
+    with pytest.raises(kfp_launcher.TaskFailed, match="'NoneType' object has no attribute 'get'"):
+        stock.run_task("StatisticsGen")
+    # A task without inputs still meets the launcher's own `system.Artifact` log output.
+    with pytest.raises(kfp_launcher.TaskFailed, match="No module named 'system'"):
+        stock.run_task("ImportSchemaGen")

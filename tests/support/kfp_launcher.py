@@ -1,29 +1,41 @@
-"""Runs a compiled KFP PipelineSpec task by task on this machine, as a KFP 2.x backend would (no cluster)."""
+"""Runs a compiled PipelineSpec task by task as open-source KFP's driver and launcher (or Vertex) would, without a cluster."""
 
-# Each container task runs its own command (`python -m ...kubeflow_v2_run_executor ...`) as a
-# subprocess, with the `{{$}}` placeholder replaced by an ExecutorInput built from the spec: constant
-# parameters, upstream output artifacts (with the metadata their producers wrote to
-# executor_output.json) and output URIs under a local pipeline root. Resolver tasks are MLMD queries
-# in KFP; here they query a JSON registry of what earlier offline runs produced (`artifacts.json`).
+# What the open-source backend does per container task (backend/src/v2/driver and
+# component/launcher_v2.go of the KFP release kubeflow/kfpcheck pins), and what this reproduces:
+#  - output URIs `<root>/<pipeline>/<run>/<task>/<uuid>/<key>` under the pipeline root
+#    (default minio://mlpipeline/v2/artifacts), plus the launcher's own `executor-logs` output
+#    typed `system.Artifact`;
+#  - input artifacts read back from its metadata store: `name` is the decimal artifact id, the
+#    metadata is the producer's plus `display_name` and `store_session_info`, and the type is
+#    `{"instanceSchema": ""}` (the store keeps no schema);
+#  - every input downloaded from the object store to the local mirror (/minio/..., /s3/..., /gcs/...)
+#    before the command, every output uploaded from there after it, with the URI and metadata the
+#    executor wrote to /tmp/kfp_outputs/output_metadata.json merged in;
+#  - the container's command and args, `{{$}}` replaced by the ExecutorInput JSON.
+# The object store is a folder; a pod's filesystem root is a fresh folder per task, named to the
+# entrypoint with --kfp_local_root (the one deviation: a pod's root is "/"). Vertex-shaped input has
+# typed artifacts, resource names and plain paths for URIs, which TFX reads directly.
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 import pathlib
-import re
+import shutil
 import subprocess
 import sys
 import time
+import uuid
 from typing import Any, Dict, List, Optional
 
-import yaml
-
-# KFP's placeholder for the whole ExecutorInput JSON (kfp.dsl PIPELINE_TASK_EXECUTOR_INPUT_PLACEHOLDER).
 EXECUTOR_INPUT_PLACEHOLDER = "{{$}}"
-# `{{$.inputs.artifacts['input'].metadata['current_model_id']}}` in the model resolver's filter.
-_INPUT_METADATA = re.compile(r"\{\{\$\.inputs\.artifacts\['([^']+)'\]\.metadata\['([^']+)'\]\}\}")
+OUTPUT_FILE = "/tmp/kfp_outputs/output_metadata.json"
+DEFAULT_ROOT = "minio://mlpipeline/v2/artifacts"
+LOG_OUTPUT = "executor-logs"
+ENTRYPOINT = "kubeflow.entrypoint"
+_SCHEMES = {"minio://": "minio", "s3://": "s3", "gs://": "gcs"}
 
 
 class TaskFailed(RuntimeError):
@@ -33,41 +45,9 @@ class TaskFailed(RuntimeError):
 @dataclasses.dataclass
 class TaskResult:
     name: str
-    kind: str  # "container", "resolver" or "cached"
+    kind: str  # "container" or "cached"
     seconds: float
-    outputs: Dict[str, List[Dict[str, Any]]]  # output key -> RuntimeArtifact dicts
-
-
-class ArtifactRegistry:
-    """The part of MLMD that resolver queries read: every artifact a run produced, oldest first."""
-
-    def __init__(self, path: pathlib.Path):
-        self.path = path
-        self.artifacts: List[Dict[str, Any]] = json.loads(path.read_text()) if path.exists() else []
-
-    def add(self, artifact: Dict[str, Any]) -> None:
-        self.artifacts.append(artifact)
-        self.path.write_text(json.dumps(self.artifacts, indent=1))
-
-    def query(self, filter_: str) -> List[Dict[str, Any]]:
-        """The latest LIVE artifact matching a ResolverSpec filter (`a AND b AND ...` of `key=value`)."""
-        found = [a for a in self.artifacts if all(_matches(a, clause) for clause in filter_.split(" AND "))]
-        return [{key: found[-1][key] for key in ("name", "uri", "metadata")}] if found else []
-
-
-def _matches(artifact: Dict[str, Any], clause: str) -> bool:
-    key, _, value = clause.strip().partition("=")
-    value = value.strip().strip('"')
-    if key == "schema_title":
-        return artifact["schemaTitle"] == value
-    if key == "state":
-        return value == "LIVE"  # nothing here deletes artifacts
-    if key == "name":
-        return artifact["name"] == value
-    field = re.fullmatch(r"metadata\.(\w+)\.number_value", key)
-    if field:
-        return artifact["metadata"].get(field.group(1)) == float(value)
-    raise ValueError(f"unsupported resolver filter clause {clause!r}")
+    outputs: Dict[str, List[Dict[str, Any]]]  # output key -> RuntimeArtifact dicts, as recorded
 
 
 def task_order(spec: Dict[str, Any]) -> List[str]:
@@ -86,28 +66,75 @@ def task_order(spec: Dict[str, Any]) -> List[str]:
     return order
 
 
-def _schema_title(artifact_type: Dict[str, Any]) -> str:
-    if "schemaTitle" in artifact_type:
-        return artifact_type["schemaTitle"]
-    return yaml.safe_load(artifact_type["instanceSchema"])["title"]
+class ObjectStore:
+    """A folder standing for the launcher's bucket(s): `scheme://bucket/key` lives at `<root>/<scheme>/bucket/key`."""
+
+    def __init__(self, root: pathlib.Path):
+        self.root = root
+
+    def path(self, uri: str) -> pathlib.Path:
+        for scheme, folder in _SCHEMES.items():
+            if uri.startswith(scheme):
+                return self.root / folder / uri[len(scheme):]
+        raise ValueError(f"{uri}: not an object store URI")
 
 
-class OfflineRun:
-    """One run of a compiled spec under `pipeline_root`; `run_id` separates runs like KFP's run UUID."""
+def _local(pod: pathlib.Path, uri: str) -> pathlib.Path:
+    """The launcher's LocalPathForURI, under a pod root."""
+    for scheme, folder in _SCHEMES.items():
+        if uri.startswith(scheme):
+            return pod / folder / uri[len(scheme):]
+    raise ValueError(f"{uri}: unsupported storage scheme")
 
-    def __init__(self, spec: Dict[str, Any], pipeline_root: str, run_id: str,
-                 python: str = sys.executable, env: Optional[Dict[str, str]] = None):
-        self.spec, self.run_id, self.python = spec, run_id, python
-        self.root = pathlib.Path(pipeline_root)
-        self.registry = ArtifactRegistry(self.root / "artifacts.json")
-        self.env = dict(os.environ if env is None else env)
+
+def _copy(source: pathlib.Path, target: pathlib.Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if source.is_dir():
+        shutil.copytree(source, target, dirs_exist_ok=True)
+    elif source.exists():
+        shutil.copy2(source, target)
+
+
+class Metadata:
+    """The part of the launcher's metadata store a run reads back: artifacts by id (ids count from 1)."""
+
+    def __init__(self):
+        self._ids = itertools.count(1)
+        self.artifacts: Dict[str, Dict[str, Any]] = {}
+
+    def record(self, output_key: str, artifact: Dict[str, Any], name: Optional[str] = None) -> Dict[str, Any]:
+        """Stores an output; without `name`, as open-source KFP's launcher does (id as name, its own fields)."""
+        metadata = dict(artifact.get("metadata") or {})
+        if name is None:
+            name = str(next(self._ids))
+            metadata.setdefault("display_name", output_key)
+            metadata.setdefault("store_session_info", json.dumps({"Provider": "minio", "Params": {}}))
+        self.artifacts[name] = {"name": name, "uri": artifact["uri"], "metadata": metadata}
+        return self.artifacts[name]
+
+
+class Run:
+    """One run of a compiled spec. `shape` is "kfp" (open-source launcher) or "vertex"."""
+
+    def __init__(self, spec: Dict[str, Any], workdir: pathlib.Path, run_id: str, shape: str = "kfp",
+                 pipeline_root: str = DEFAULT_ROOT, metadata: Optional[Metadata] = None,
+                 entrypoint: Optional[str] = None, python: str = sys.executable):
+        if shape not in ("kfp", "vertex"):
+            raise ValueError(f"shape must be kfp or vertex, got {shape!r}")
+        self.spec, self.workdir, self.run_id, self.shape, self.python = spec, workdir, run_id, shape, python
+        self.pipeline_root = pipeline_root
+        self.store = ObjectStore(workdir / "store")
+        self.metadata = metadata or Metadata()
+        # Runs the task with another module than the compiled one (e.g. TFX's own entrypoint).
+        self.entrypoint = entrypoint
         self.outputs: Dict[str, Dict[str, List[Dict[str, Any]]]] = {}
         self.results: List[TaskResult] = []
+        self.pipeline_name = spec["pipelineInfo"]["name"]
 
     def run(self, stop_after: Optional[str] = None,
             cached: Optional[Dict[str, Dict[str, List[Dict[str, Any]]]]] = None) -> List[TaskResult]:
         """Runs every task in order (up to `stop_after`); tasks in `cached` (task -> outputs of an
-        earlier run) are not executed but hand on those outputs, as KFP's cache hits do."""
+        earlier run) hand on those outputs without running, as the backend's cache hits do."""
         for name in task_order(self.spec):
             if cached and name in cached:
                 self.outputs[name] = cached[name]
@@ -121,80 +148,104 @@ class OfflineRun:
     def run_task(self, name: str) -> TaskResult:
         task = self.spec["root"]["dag"]["tasks"][name]
         component = self.spec["components"][task["componentRef"]["name"]]
-        executor = self.spec["deploymentSpec"]["executors"][component["executorLabel"]]
+        container = self.spec["deploymentSpec"]["executors"][component["executorLabel"]]["container"]
         started = time.monotonic()
-        inputs = {key: self._upstream(ref["taskOutputArtifact"])
+        inputs = {key: self.outputs[ref["taskOutputArtifact"]["producerTask"]].get(
+                      ref["taskOutputArtifact"]["outputArtifactKey"], [])
                   for key, ref in task.get("inputs", {}).get("artifacts", {}).items()}
-        if "resolver" in executor:
-            kind, outputs = "resolver", self._resolve(executor["resolver"], inputs)
-        elif "container" in executor:
-            kind, outputs = "container", self._execute(name, task, component, executor["container"], inputs)
-        else:
-            raise NotImplementedError(f"task {name}: executor {sorted(executor)} is not supported offline")
+        outputs = self._execute(name, task, component, container, inputs)
         self.outputs[name] = outputs
-        result = TaskResult(name, kind, round(time.monotonic() - started, 1), outputs)
+        result = TaskResult(name, "container", round(time.monotonic() - started, 1), outputs)
         self.results.append(result)
         return result
 
-    def _upstream(self, ref: Dict[str, str]) -> List[Dict[str, Any]]:
-        return self.outputs[ref["producerTask"]].get(ref["outputArtifactKey"], [])
+    def _output_uri(self, task: str, salt: str, key: str) -> str:
+        if self.shape == "vertex":
+            return str(self.workdir / "vertex-root" / self.run_id / task / key)
+        return f"{self.pipeline_root.rstrip('/')}/{self.pipeline_name}/{self.run_id}/{task}/{salt}/{key}"
 
-    def _resolve(self, resolver: Dict[str, Any], inputs: Dict[str, List[Dict[str, Any]]]):
-        outputs = {}
-        for key, query in resolver["outputArtifactQueries"].items():
-            filter_ = query["filter"]
-            missing = False
-            for input_key, field in _INPUT_METADATA.findall(filter_):
-                # An empty upstream (no blessed model yet) leaves nothing to look up: no output.
-                value = inputs[input_key][0]["metadata"].get(field) if inputs.get(input_key) else None
-                missing = missing or value is None
-                filter_ = filter_.replace(f"{{{{$.inputs.artifacts['{input_key}'].metadata['{field}']}}}}",
-                                          str(value))
-            outputs[key] = [] if missing else self.registry.query(filter_)
-        return outputs
+    def _input_artifact(self, artifact: Dict[str, Any], declared_type: Dict[str, Any]) -> Dict[str, Any]:
+        if self.shape == "vertex":
+            return dict(artifact, type=declared_type)
+        return dict(artifact, type={"instanceSchema": ""})
 
-    def _execute(self, name: str, task: Dict[str, Any], component: Dict[str, Any], container: Dict[str, Any],
-                 inputs: Dict[str, List[Dict[str, Any]]]):
-        task_root = self.root / self.run_id / name
-        task_root.mkdir(parents=True, exist_ok=True)
-        output_file = task_root / "executor_output.json"
+    def _execute(self, name, task, component, container, inputs):
+        task_dir = self.workdir / self.run_id / name
+        pod = task_dir / "pod"
+        shutil.rmtree(pod, ignore_errors=True)
+        pod.mkdir(parents=True)
         input_types = component.get("inputDefinitions", {}).get("artifacts", {})
-        output_types = component.get("outputDefinitions", {}).get("artifacts", {})
+        output_types = dict(component.get("outputDefinitions", {}).get("artifacts", {}))
+        if self.shape == "kfp":
+            output_types[LOG_OUTPUT] = {"artifactType": {"schemaTitle": "system.Artifact"}}
+        salt = str(uuid.uuid4())  # one per execution, shared by its outputs
+        output_file = pathlib.Path(OUTPUT_FILE if self.shape == "kfp" else task_dir / "executor_output.json")
+        if output_file.exists():
+            output_file.unlink()  # each pod starts without one
         executor_input = {
             "inputs": {
                 "parameterValues": {key: _constant(name, key, ref)
                                     for key, ref in task.get("inputs", {}).get("parameters", {}).items()},
-                "artifacts": {key: {"artifacts": [dict(a, type=input_types[key]["artifactType"]) for a in found]}
+                "artifacts": {key: {"artifacts": [self._input_artifact(a, input_types[key]["artifactType"])
+                                                  for a in found]}
                               for key, found in inputs.items() if found},
             },
             "outputs": {
-                "artifacts": {key: {"artifacts": [{
-                    "name": f"{self.run_id}/{name}/{key}", "uri": str(task_root / key),
-                    "type": definition["artifactType"], "metadata": {}}]}
-                    for key, definition in output_types.items()},
+                "artifacts": {key: {"artifacts": [{"uri": self._output_uri(name, salt, key),
+                                                   "type": definition["artifactType"]}]}
+                              for key, definition in output_types.items()},
                 "outputFile": str(output_file),
             },
         }
-        # The image's `python` is this interpreter: same packages, and the project on its path.
+        if self.shape == "kfp":
+            self._download(executor_input, pod)
         command = [self.python if part == "python" else part for part in container.get("command", [])]
+        if self.entrypoint:
+            command[-1] = self.entrypoint
+        ours = command[-1] == ENTRYPOINT
         command += [json.dumps(executor_input) if arg == EXECUTOR_INPUT_PLACEHOLDER else arg
                     for arg in container.get("args", [])]
-        log = task_root / "task.log"
+        if self.shape == "kfp" and ours:
+            command.append(f"--kfp_local_root={pod}")
+        log = task_dir / "task.log"
         with open(log, "w") as stream:
-            proc = subprocess.run(command, stdout=stream, stderr=subprocess.STDOUT, env=self.env)
+            proc = subprocess.run(command, stdout=stream, stderr=subprocess.STDOUT, cwd=pod)
         if proc.returncode != 0:
-            tail = log.read_text()[-4000:]
-            raise TaskFailed(f"task {name} exited with {proc.returncode}; log {log}:\n{tail}")
-        written = json.loads(output_file.read_text()).get("artifacts", {})
+            raise TaskFailed(f"task {name} exited with {proc.returncode}; log {log}:\n{log.read_text()[-4000:]}")
+        written = json.loads(output_file.read_text()).get("artifacts", {}) if output_file.exists() else {}
+        if self.shape == "kfp" and output_file.exists():
+            shutil.move(str(output_file), task_dir / "output_metadata.json")  # kept for reading, as in a pod
         outputs = {}
-        for key, definition in output_types.items():
-            artifact = dict(written[key]["artifacts"][0])
-            artifact.setdefault("metadata", {})
-            # KFP records outputs in MLMD; downstream tasks and resolvers read them from there.
-            self.registry.add(dict(artifact, schemaTitle=_schema_title(definition["artifactType"]),
-                                   run=self.run_id, task=name))
-            outputs[key] = [artifact]
+        for key, artifact_list in executor_input["outputs"]["artifacts"].items():
+            artifact = dict(artifact_list["artifacts"][0])
+            # The launcher merges what the executor wrote: a URI, and metadata key by key.
+            mine = (written.get(key, {}).get("artifacts") or [{}])[0]
+            artifact["uri"] = mine.get("uri") or artifact["uri"]
+            artifact["metadata"] = {**(artifact.get("metadata") or {}), **(mine.get("metadata") or {})}
+            if self.shape == "kfp":
+                self._upload(key, artifact, pod, log)
+                outputs[key] = [self.metadata.record(key, artifact)]
+            else:
+                resource = f"projects/p/locations/l/metadataStores/default/artifacts/{uuid.uuid4()}"
+                outputs[key] = [self.metadata.record(key, artifact, name=resource)]
         return outputs
+
+    def _upload(self, key: str, artifact: Dict[str, Any], pod: pathlib.Path, log: pathlib.Path) -> None:
+        try:
+            local = _local(pod, artifact["uri"])
+        except ValueError:
+            return  # as the launcher: a URI it cannot map is recorded, not uploaded
+        if key == LOG_OUTPUT:
+            _copy(log, local)
+        _copy(local, self.store.path(artifact["uri"]))
+
+    def _download(self, executor_input: Dict[str, Any], pod: pathlib.Path) -> None:
+        for artifact_list in executor_input["inputs"]["artifacts"].values():
+            for artifact in artifact_list["artifacts"]:
+                _copy(self.store.path(artifact["uri"]), _local(pod, artifact["uri"]))
+        for artifact_list in executor_input["outputs"]["artifacts"].values():
+            for artifact in artifact_list["artifacts"]:
+                _local(pod, artifact["uri"]).parent.mkdir(parents=True, exist_ok=True)
 
 
 def _constant(task: str, key: str, ref: Dict[str, Any]) -> Any:

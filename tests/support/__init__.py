@@ -1,0 +1,1 @@
+"""Test helpers that reproduce what a Kubeflow Pipelines cluster does, offline."""
