@@ -12,7 +12,7 @@ export TF_USE_LEGACY_KERAS := 1
 # uv from PATH, else the Python package `make setup` installs with pip (run as `python3 -m uv`).
 UV := $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 
-.PHONY: help setup browser run test bench clean
+.PHONY: help setup browser kfpcheck run test bench clean
 
 help:
 	@echo "make run [ARGS='--profile quick ...']  install, then run the whole pipeline (petseg run)"
@@ -40,7 +40,11 @@ run: setup
 browser:
 	@command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
 
-test: setup browser
+# Open-source KFP's own backend compiler (kubeflow/kfpcheck, Go) for tests/test_kfp_backend.py; Go's cache keeps rebuilds quick.
+kfpcheck: setup
+	cd kubeflow/kfpcheck && go build -buildvcs=false -o $(CURDIR)/$(VENV)/bin/kfp-backend-check .
+
+test: setup browser kfpcheck
 	$(VENV)/bin/python -m pytest $(TEST_ARGS)
 
 bench: setup
