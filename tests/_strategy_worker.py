@@ -15,7 +15,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 import numpy as np
 import tensorflow as tf
 
-from pipeline.config import ModelConfig, TrainConfig
+from trainer.config import ModelConfig, TrainConfig
 from trainer import model as model_lib
 from trainer.strategy import choose_strategy
 

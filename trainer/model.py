@@ -1,17 +1,16 @@
-"""VGG16 encoder + FCN-8s decoder returning per-pixel logits, its compile recipe, and a parameter report."""
+"""VGG16 encoder + FCN-8s decoder returning per-pixel logits, its compile recipe and parameter counts."""
 
 from __future__ import annotations
 
-import argparse
 import collections
 import dataclasses
 import logging
-from typing import List, Optional
+from typing import Optional
 
 import numpy as np
 import tensorflow as tf
 
-from pipeline.config import ModelConfig, TrainConfig, load_config
+from trainer.config import ModelConfig, TrainConfig
 from trainer.strategy import resolve_mixed_precision
 from transform.features import IMAGE_KEY, NUM_CLASSES
 
@@ -189,21 +188,3 @@ def _load_encoder_weights(model: tf.keras.Model, path: str) -> None:
         raise ValueError(f"{path} is not a VGG16 weights file: no weights for {missing}")
     # by_name skips our decoder layers; shape mismatches still raise.
     model.load_weights(path, by_name=True)
-
-
-def _main(argv: Optional[List[str]] = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--profile", action="append", help="config profile(s); default: quick and seed")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
-    args = parser.parse_args(argv)
-    for profile in args.profile or ["quick", "seed"]:
-        config = load_config(profile, overrides=args.set).model
-        counts = count_parameters(config)
-        print(f"profile {profile}: image {config.image_size}, width x{config.width_multiplier}, "
-              f"head {config.head_width}")
-        for group, n in counts.items():
-            print(f"  {group:<18} {n:>13,}  {n / counts['total']:6.1%}")
-
-
-if __name__ == "__main__":
-    _main()
