@@ -1,10 +1,9 @@
 """Shared test set-up: Keras 2 for TFT/TFMA, and one real tiny run for the dashboard tests."""
 
+import transform  # noqa: F401  the Keras switch, before any test module imports TensorFlow
+
 import os
-
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-
-import pathlib  # noqa: E402  (after the env var, before anything imports TensorFlow)
+import pathlib
 import subprocess
 import sys
 

@@ -2,6 +2,7 @@
 and `petseg run`'s start-up free of `tfx.v1`."""
 
 import ast
+import os
 import pathlib
 import subprocess
 import sys
@@ -112,6 +113,20 @@ def test_trainer_never_imports_the_orchestration_package():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_every_package_sets_the_keras_switch_before_anything_else():
+    for package in PACKAGES:
+        if package == "transform":
+            continue
+        body = [n for n in ast.parse((REPO / package / "__init__.py").read_text()).body if not isinstance(n, ast.Expr)]
+        assert isinstance(body[0], ast.Import) and body[0].names[0].name == "transform", package
+    # A fresh interpreter without the variable, importing TensorFlow right after one of our packages.
+    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
+    code = "import kubeflow, tensorflow as tf; print(tf.keras.Model.__module__)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, cwd=REPO, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1].startswith("tf_keras."), proc.stdout
 
 
 def test_run_path_does_not_import_tfx_v1():

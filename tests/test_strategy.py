@@ -19,7 +19,7 @@ TIMEOUT = 600
 
 
 def _env(**extra):
-    env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="",
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="",
                PYTHONPATH=str(REPO))
     env.pop("TF_CONFIG", None)
     env.update(extra)
