@@ -1,5 +1,5 @@
 """The module graph: no import cycles (imports inside functions included), the trainer free of orchestration,
-and `petseg run`'s start-up free of `tfx.v1`."""
+tests sharing code through `support/` only, and `petseg run`'s start-up free of `tfx.v1`."""
 
 import ast
 import os
@@ -113,6 +113,13 @@ def test_trainer_never_imports_the_orchestration_package():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_tests_share_code_through_support_only():
+    graph = import_graph()
+    shared = {name: sorted(t for t in targets if t.startswith("test_") or t == "conftest")
+              for name, targets in graph.items() if name.startswith(("test_", "support", "conftest"))}
+    assert {name: targets for name, targets in shared.items() if targets} == {}
 
 
 def test_every_package_sets_the_keras_switch_before_anything_else():

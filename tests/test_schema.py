@@ -15,7 +15,8 @@ from tfx.components.example_validator import executor as example_validator
 from tfx.types import standard_artifacts, standard_component_specs
 
 from components import validation_gate
-from test_preprocessing import SCHEMA_PATH, raw_example
+from pipeline.pipeline import SCHEMA_FILE as SCHEMA_PATH
+from support.images import raw_example
 from transform import features
 
 

@@ -13,7 +13,7 @@ import pytest
 from trainer import strategy as strategy_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-WORKER = REPO / "tests" / "_strategy_worker.py"
+WORKER = REPO / "tests" / "support" / "strategy_worker.py"
 # Only guards against a hung multi-worker peer; the shared 2-core machine can be 10x oversubscribed.
 TIMEOUT = 600
 

@@ -12,7 +12,7 @@ import sys
 import tempfile
 from typing import Any, Dict, Optional
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 # Run as a script (the killed-trainer worker), the repo's packages must be importable too.
 sys.path.insert(0, str(REPO))
 

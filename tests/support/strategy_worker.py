@@ -7,7 +7,7 @@ import pathlib
 import sys
 import time
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 
 import transform  # noqa: F401  the Keras switch, before TensorFlow
 import numpy as np
