@@ -129,13 +129,13 @@ def test_describe_anomalies_covers_dataset_level_and_missing_data():
     assert "  split 'train', dataset: Low num examples in dataset." in message
 
 
-def test_gate_reads_legacy_text_anomalies_and_refuses_a_missing_file(tmp_path):
+def test_gate_refuses_a_missing_file(tmp_path):
     anomalies = standard_artifacts.ExampleAnomalies()
     anomalies.uri, anomalies.split_names = str(tmp_path), json.dumps(["train", "eval"])
     proto = anomalies_pb2.Anomalies()
     proto.anomaly_info["label"].short_description = "Out-of-range values"
     os.makedirs(tmp_path / "Split-train")
-    (tmp_path / "Split-train" / validation_gate.LEGACY_ANOMALIES_FILE).write_text(str(proto))
+    (tmp_path / "Split-train" / validation_gate.ANOMALIES_FILE).write_bytes(proto.SerializeToString())
     with pytest.raises(FileNotFoundError, match="split 'eval'"):
         validation_gate.load_anomalies(anomalies)
     os.makedirs(tmp_path / "Split-eval")

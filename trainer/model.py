@@ -21,8 +21,8 @@ def _skip_autograph_for_tf_keras() -> None:
     """Stops AutoGraph from transpiling tf_keras internals on every first fit/predict/evaluate.
 
     TF 2.16 exempts the `keras` package from AutoGraph but not its Keras 2 copy `tf_keras`, so the first
-    train_function trace converts ~2,800 Keras functions: 25-70 s per process on 2 cores, measured;
-    3 s with the exemption. tf_keras is the same code that always ran unconverted as `keras`.
+    train_function trace converts ~2,800 Keras functions, most of a short run's start-up (bench/README.md
+    has the figures). tf_keras is the same code that always ran unconverted as `keras`.
     """
     from tensorflow.python.autograph.core import config as autograph_config
 
