@@ -236,6 +236,13 @@ def _extracted_builder_class():
                 "images_dir_path": os.fspath(images), "annotations_dir_path": os.fspath(annotations),
                 "images_list_file": os.fspath(annotations / list_name)}) for split, list_name in LIST_FILES.items()]
 
+        # TFDS prints these to stdout for downloads a user may want to cancel; nothing is downloaded here.
+        def _log_download_bytes(self) -> None:
+            log.info("Preparing %s %s in %s", NAME, self.version, self.data_dir)
+
+        def _log_download_done(self) -> None:
+            log.info("Prepared %s %s in %s", NAME, self.version, self.data_dir)
+
     return ExtractedOxfordPets
 
 
