@@ -41,8 +41,9 @@ def test_compiled_kubeflow_spec_holds_no_credentials(tmp_path):
     from pipeline import cli
 
     package = tmp_path / "pipeline.yaml"
+    # A launcher-storable root: the kfp target refuses a local path.
     assert cli.main(["kubeflow", "compile", "--output", str(package), "--profile", "tiny",
-                     "--pipeline-root", str(tmp_path / "root")]) == 0
+                     "--pipeline-root", "gs://petseg-bucket/pipeline_root"]) == 0
     text = package.read_text()
     assert "TfdsExampleGen" in text and find_credentials(text) == []
 
