@@ -7,7 +7,6 @@ STAMP := $(VENV)/.installed
 ARGS ?=
 TEST_ARGS ?=
 BENCH_ARGS ?=
-export TF_USE_LEGACY_KERAS := 1
 
 # uv from PATH, else the Python package `make setup` installs with pip (run as `python3 -m uv`).
 UV := $(shell command -v uv 2>/dev/null || echo python3 -m uv)

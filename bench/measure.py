@@ -33,7 +33,7 @@ def latencies_ms(fn: Callable[[], object], calls: int) -> Dict[str, float]:
 
 
 def matmul_flops_per_second(dtype: tf.DType, size: int = 2048, repeats: int = 5, chain: int = 4) -> float:
-    """Dense [size, size] matmul FLOP/s on the default device: the denominator of MFU (DESIGN §7)."""
+    """Dense [size, size] matmul FLOP/s on the default device: the peak MFU divides by."""
     a = tf.random.uniform([size, size], dtype=tf.float32)
     a, b = tf.cast(a, dtype), tf.cast(tf.transpose(a), dtype)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -12,7 +13,6 @@ import re
 import shutil
 import xml.etree.ElementTree as ET
 from typing import Dict, List, Optional, Tuple, Union
-from unittest import mock
 
 import numpy as np
 from PIL import Image
@@ -163,6 +163,7 @@ def prepare(data_dir: PathLike, source: str, raw_dir: Optional[PathLike] = None,
         staging = work / "staging"
         skipped, repaired = stage(raw, staging, strict=strict)
         _build_offline(builder, staging)
+        builder = tfds.builder(f"{NAME}:{builder.version}", data_dir=str(data_dir))  # plain TFDS reads it back
         # The builder has read everything; the staging copy is symlinks and a few re-encodes.
         shutil.rmtree(staging, ignore_errors=True)
     prepared = _describe(builder, data_dir, origin, skipped, repaired)
@@ -204,16 +205,45 @@ def _describe(builder, data_dir: pathlib.Path, origin, skipped, repaired) -> Pre
 
 
 def _build_offline(builder, archive_root: pathlib.Path) -> None:
-    """Runs the real builder on an extracted archive folder instead of downloading (DESIGN §2)."""
-    from etils import epath
+    """Runs the real builder's example generation and writers on an extracted archive folder."""
+    log.info("Building %s %s from %s", NAME, builder.version, archive_root)
+    extracted = _extracted_builder_class()(archive_root, data_dir=builder.data_dir_root, version=str(builder.version))
+    extracted.download_and_prepare()
+
+
+@functools.lru_cache(maxsize=None)
+def _extracted_builder_class():
+    """The installed `oxford_iiit_pet` builder, reading its two archives from one extracted folder.
+
+    Only where the archives come from differs: features, example generation, file format, name and
+    version are the real builder's, so plain `tfds.builder("oxford_iiit_pet")` reads what it writes.
+    """
+    from tensorflow_datasets.datasets.oxford_iiit_pet import oxford_iiit_pet_dataset_builder as real
     import tensorflow_datasets as tfds
 
-    # The builder joins "images" / "annotations" onto what download_and_extract returns.
-    paths = {"images": epath.Path(archive_root), "annotations": epath.Path(archive_root)}
-    log.info("Building %s %s from %s", NAME, builder.version, archive_root)
-    with mock.patch.object(tfds.download.DownloadManager, "download_and_extract",
-                           lambda self, url_or_urls: paths):
-        builder.download_and_prepare()
+    class ExtractedOxfordPets(real.Builder, skip_registration=True):
+        name = NAME
+        pkg_dir_path = real.Builder._get_pkg_dir_path()  # the real dataset's README and citation
+
+        def __init__(self, archive_root: pathlib.Path, **kwargs):
+            self._archive_root = pathlib.Path(archive_root)
+            super().__init__(**kwargs)
+
+        def _split_generators(self, dl_manager):
+            # What the real builder derives from download_and_extract(): <root>/images and <root>/annotations.
+            images, annotations = self._archive_root / "images", self._archive_root / "annotations"
+            return [tfds.core.SplitGenerator(name=split, gen_kwargs={
+                "images_dir_path": os.fspath(images), "annotations_dir_path": os.fspath(annotations),
+                "images_list_file": os.fspath(annotations / list_name)}) for split, list_name in LIST_FILES.items()]
+
+        # TFDS prints these to stdout for downloads a user may want to cancel; nothing is downloaded here.
+        def _log_download_bytes(self) -> None:
+            log.info("Preparing %s %s in %s", NAME, self.version, self.data_dir)
+
+        def _log_download_done(self) -> None:
+            log.info("Prepared %s %s in %s", NAME, self.version, self.data_dir)
+
+    return ExtractedOxfordPets
 
 
 # ---------------------------------------------------------------- validation and staging

@@ -10,9 +10,8 @@ from tfx.dsl.io import fileio
 from tfx.types import artifact_utils, standard_artifacts
 from tfx.utils import io_utils
 
-# ExampleValidator (TFX >= 0.29) writes a binary proto per split; older artifacts used text.
+# ExampleValidator writes one binary Anomalies proto per split.
 ANOMALIES_FILE = "SchemaDiff.pb"
-LEGACY_ANOMALIES_FILE = "anomalies.pbtxt"
 
 
 class AnomaliesFoundError(RuntimeError):
@@ -27,15 +26,11 @@ def load_anomalies(anomalies: standard_artifacts.ExampleAnomalies) -> Dict[str, 
     by_split = {}
     for split in artifact_utils.decode_split_names(anomalies.split_names):
         split_dir = artifact_utils.get_split_uri([anomalies], split)
-        binary, text = os.path.join(split_dir, ANOMALIES_FILE), os.path.join(split_dir, LEGACY_ANOMALIES_FILE)
-        if fileio.exists(binary):
-            by_split[split] = anomalies_pb2.Anomalies.FromString(io_utils.read_bytes_file(binary))
-        elif fileio.exists(text):
-            by_split[split] = io_utils.parse_pbtxt_file(text, anomalies_pb2.Anomalies())
-        else:
-            raise FileNotFoundError(
-                f"no {ANOMALIES_FILE} or {LEGACY_ANOMALIES_FILE} for split {split!r} in {split_dir}; "
-                "is this the output of ExampleValidator?")
+        path = os.path.join(split_dir, ANOMALIES_FILE)
+        if not fileio.exists(path):
+            raise FileNotFoundError(f"no {ANOMALIES_FILE} for split {split!r} in {split_dir}; "
+                                    "is this the output of ExampleValidator?")
+        by_split[split] = anomalies_pb2.Anomalies.FromString(io_utils.read_bytes_file(path))
     return by_split
 
 

@@ -7,6 +7,7 @@ import sys
 from typing import List, Optional
 
 from kubeflow import cli as kubeflow_cli
+from pipeline import console
 from pipeline.config import ConfigError
 from pipeline.config_args import add_config_args, config_from_args
 
@@ -39,13 +40,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
-    from pipeline import local_runner  # heavy imports only once the arguments are known good
+    log_file = console.new_log_file(config.output_dir / "logs")
+    # TensorFlow's C++ start-up lines come with the import, so the console is quiet before it.
+    with console.quiet(log_file) as stream:
+        from pipeline import local_runner  # heavy imports only once the arguments are known good
 
-    try:
-        local_runner.run(config)
-    except local_runner.PipelineFailed as exc:
-        print(f"petseg: {exc}", file=sys.stderr)
-        return 1
+        try:
+            local_runner.run(config, stream, log_file)
+        except local_runner.PipelineFailed as exc:
+            print(f"petseg: {exc}", file=stream)
+            return 1
     return 0
 
 

@@ -8,9 +8,10 @@ import pathlib
 import typing
 from typing import Any, Dict, Iterable, Mapping, Optional
 
+# The trainer owns its hyper-parameters; re-exported because the pipeline configuration composes them.
+from trainer.config import ModelConfig, TrainConfig, problems as trainer_problems
+
 DATASETS = ("synthetic", "oxford_iiit_pet")
-ENCODER_WEIGHTS = ("none", "imagenet")  # or a path to an .h5 file
-MIXED_PRECISION = ("none", "auto", "mixed_float16", "mixed_bfloat16")
 
 
 class ConfigError(ValueError):
@@ -35,54 +36,6 @@ class DataConfig:
     synthetic_seed: int = 0
     # Fail on the first broken image/trimap pair instead of skipping and counting it.
     strict: bool = False
-
-
-@dataclasses.dataclass
-class ModelConfig:
-    """VGG16-FCN8 shape."""
-
-    # FCN-8's finest scores are at stride 8, so its outlines sharpen with the input size. The best a
-    # stride-8 score map upsampled bilinearly can score on the synthetic eval masks: mean IoU 0.73
-    # at 96, 0.82 at 128, 0.88 at 160 (border 0.33 / 0.55 / 0.70); the quick model got 0.753 at 96
-    # and 0.784 at 128. 160 costs 2.8x the FLOPs of 96.
-    image_size: int = 160
-    # Scales every VGG16 channel width; 1.0 is the real VGG16 (needed for ImageNet weights).
-    width_multiplier: float = 0.25
-    # Width of the two FCN head convolutions (the seed's 7x7 and 1x1 convs, 4096 there).
-    head_width: int = 256
-    # After fc6 and fc7 as in the FCN paper; the narrow quick model learns faster without it.
-    dropout: float = 0.0
-    # "none", "imagenet" or a path to VGG16 no-top weights (.h5).
-    encoder_weights: str = "none"
-    # Train the encoder even when it starts from pretrained weights.
-    fine_tune_encoder: bool = False
-    mixed_precision: str = "none"
-    # Serving refuses larger images (width x height) before decoding them fully.
-    serving_max_pixels: int = 40_000_000
-
-
-@dataclasses.dataclass
-class TrainConfig:
-    """Optimisation and distribution."""
-
-    # quick at 160x160: 30 epochs reached mean IoU 0.804 with pet IoU 0.899, still rising ~0.003
-    # per epoch; 40 reached 0.815 and 0.909 (Trainer 19 -> 26 min on 2 cores).
-    epochs: int = 40
-    batch_size: int = 16  # per replica; the global batch is this times the replica count
-    learning_rate: float = 1e-3
-    # Split the CPU into this many logical devices for MirroredStrategy when no GPU is present.
-    cpu_replicas: int = 1
-    # None: one full pass over the train split per epoch.
-    steps_per_epoch: Optional[int] = None
-    shuffle_buffer: int = 512
-    # Start from the latest blessed model's weights when there is one.
-    warm_start: bool = False
-    # XLA-compile the train step. Off by default: on this 2-core CPU it was slower (bench/README.md);
-    # on a GPU it fuses the elementwise ops between convolutions and usually pays off.
-    jit_compile: bool = False
-    # Epochs without a better val_loss before the learning rate halves; 0 keeps it constant (the
-    # quick profile reached the same mean IoU, 0.744 vs 0.745, with 45 halving epochs as with 30 constant).
-    lr_patience: int = 0
 
 
 @dataclasses.dataclass
@@ -152,28 +105,8 @@ class PipelineConfig:
             _check(self.data.span >= 0, "data.span", "must be >= 0 or null (the latest span)")
             _check("{SPAN}" in (self.data.oxford_raw_dir or ""), "data.span",
                    "needs a data.oxford_raw_dir with {SPAN}, e.g. /data/pets/span-{SPAN}")
-        _check(self.model.image_size >= 32 and self.model.image_size % 32 == 0, "model.image_size",
-               "must be a multiple of 32 (five 2x poolings), at least 32")
-        _check(0 < self.model.width_multiplier <= 1, "model.width_multiplier", "must be in (0, 1]")
-        _check(self.model.head_width >= 1, "model.head_width", "must be >= 1")
-        _check(0 <= self.model.dropout < 1, "model.dropout", "must be in [0, 1)")
-        weights = self.model.encoder_weights
-        _check(weights in ENCODER_WEIGHTS or weights.endswith(".h5"), "model.encoder_weights",
-               f"must be one of {ENCODER_WEIGHTS} or a path to an .h5 file")
-        if weights != "none":
-            _check(self.model.width_multiplier == 1, "model.encoder_weights",
-                   "pretrained VGG16 weights need model.width_multiplier=1")
-        _check(self.model.mixed_precision in MIXED_PRECISION, "model.mixed_precision",
-               f"must be one of {MIXED_PRECISION}")
-        _check(self.model.serving_max_pixels >= 1, "model.serving_max_pixels", "must be >= 1")
-        _check(self.train.epochs >= 0, "train.epochs", "must be >= 0")
-        _check(self.train.batch_size >= 1, "train.batch_size", "must be >= 1")
-        _check(self.train.learning_rate > 0, "train.learning_rate", "must be > 0")
-        _check(self.train.cpu_replicas >= 1, "train.cpu_replicas", "must be >= 1")
-        _check(self.train.steps_per_epoch is None or self.train.steps_per_epoch >= 1,
-               "train.steps_per_epoch", "must be >= 1 or null")
-        _check(self.train.lr_patience >= 0, "train.lr_patience", "must be >= 0")
-        _check(self.train.shuffle_buffer >= 1, "train.shuffle_buffer", "must be >= 1")
+        for key, why in trainer_problems(self.model, self.train):
+            raise ConfigError(f"{key}: {why}")
         _check(0 <= self.eval.min_mean_iou <= 1, "eval.min_mean_iou", "must be in [0, 1]")
         _check(0 <= self.eval.max_regression <= 1, "eval.max_regression", "must be in [0, 1]")
         _check(self.eval.report_images >= 0, "eval.report_images", "must be >= 0")
@@ -253,10 +186,6 @@ def apply_values(config: PipelineConfig, values: Mapping[str, Any]) -> PipelineC
             raise ConfigError(f"{key}: unknown key")
         setattr(target, leaf, _coerce(key, value, field_type))
     return config
-
-
-def to_dict(config: PipelineConfig) -> Dict[str, Any]:
-    return dataclasses.asdict(config)
 
 
 def _field_type(obj: Any, name: str) -> Optional[Any]:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-import datetime
 import fcntl
 import logging
 import os
+import pathlib
 import sqlite3
 import sys
 import time
@@ -17,7 +17,7 @@ from tfx.orchestration import metadata
 from tfx.orchestration.local.local_dag_runner import LocalDagRunner
 
 from pipeline.config import PipelineConfig
-from pipeline import summary
+from pipeline import console, summary
 from pipeline.pipeline import create_pipeline
 
 _RUNNING = "Component %s is running."
@@ -132,11 +132,11 @@ def _logging_to(log_file: str, tracker: ProgressTracker) -> Iterator[None]:
         root.setLevel(saved_root_level)
 
 
-def run(config: PipelineConfig, stream: TextIO = sys.stderr) -> Dict[str, object]:
+def run(config: PipelineConfig, stream: TextIO = sys.stderr,
+        log_file: Optional[pathlib.Path] = None) -> Dict[str, object]:
     """Runs the pipeline to completion, then writes and returns the run summary."""
     output = config.output_dir
-    (output / "logs").mkdir(parents=True, exist_ok=True)
-    log_file = output / "logs" / f"run-{datetime.datetime.now():%Y%m%d-%H%M%S}.log"
+    log_file = log_file or console.new_log_file(output / "logs")
     print(f"[petseg] profile {config.profile}; outputs under {output}; full log {log_file}",
           file=stream, flush=True)
     pipeline = create_pipeline(

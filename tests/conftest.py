@@ -1,14 +1,13 @@
 """Shared test set-up: Keras 2 for TFT/TFMA, and one real tiny run for the dashboard tests."""
 
+import transform  # noqa: F401  the Keras switch, before any test module imports TensorFlow
+
 import os
-
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-
-import pathlib  # noqa: E402  (after the env var, before anything imports TensorFlow)
-import subprocess
-import sys
+import pathlib
 
 import pytest
+
+from support import petseg
 
 
 @pytest.fixture(scope="session")
@@ -20,8 +19,5 @@ def tiny_run(tmp_path_factory) -> pathlib.Path:
     if os.environ.get("PETSEG_TEST_RUN"):
         return pathlib.Path(os.environ["PETSEG_TEST_RUN"]).resolve()
     output = tmp_path_factory.mktemp("tiny_run")
-    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", "--profile", "tiny", "--output", str(output)],
-                          capture_output=True, text=True, timeout=1800)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    (output / "run.stderr").write_text(proc.stderr)
+    petseg.run(output, "--profile", "tiny")
     return output

@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from bench import measure, stages, training
 from pipeline.config import load_config
-from test_preprocessing import png, random_rgb, raw_example, trimap
+from support.images import png, random_rgb, raw_example, trimap
 from transform import preprocessing
 
 TINY = dataclasses.replace(load_config("tiny"), train=dataclasses.replace(load_config("tiny").train, batch_size=2))

@@ -1,5 +1,8 @@
 """Profiles, config files and overrides: every profile validates and bad values name their key."""
 
+import pathlib
+import re
+
 import pytest
 
 from pipeline import cli
@@ -65,3 +68,41 @@ def test_cli_reports_bad_config_with_exit_2(capsys):
         cli.main(["run", "--set", "train.batch_size=0"])
     assert exit_info.value.code == 2
     assert "train.batch_size" in capsys.readouterr().err
+
+
+def readme_profiles() -> dict:
+    """The README's profile table: profile name -> {column: cell}."""
+    lines = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| profile |"))
+    header = [cell.strip() for cell in lines[start].strip("|").split("|")]
+    rows = {}
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        cells = dict(zip(header, (cell.strip() for cell in line.strip("|").split("|"))))
+        rows[re.match(r"`(\w+)`", cells["profile"]).group(1)] = cells
+    return rows
+
+
+def test_readme_profile_table_matches_the_profiles():
+    table = readme_profiles()
+    assert sorted(table) == sorted(PROFILES)
+    for name, row in table.items():
+        config = load_config(name)
+        model, train, data = config.model, config.train, config.data
+        assert row["image"] == f"{model.image_size}²", name
+        assert float(row["VGG16 widths"].lstrip("× ")) == model.width_multiplier, name
+        assert int(row["head"]) == model.head_width, name
+        assert ("ImageNet" in row["encoder"]) == (model.encoder_weights == "imagenet"), name
+        assert ("frozen" in row["encoder"]) == (model.encoder_weights != "none" and not model.fine_tune_encoder), name
+        assert int(row["epochs"]) == train.epochs, name
+        assert int(row["batch"]) == train.batch_size, name
+        assert float(row["Adam learning rate"]) == train.learning_rate, name
+        if data.dataset == "synthetic":
+            sizes = re.fullmatch(r"synthetic, (\d+) / (\d+) images", row["data"])
+            assert sizes and tuple(map(int, sizes.groups())) == (
+                data.synthetic_train_images, data.synthetic_test_images), name
+        else:
+            assert row["data"] == "real Oxford-IIIT Pet", name
+        dropout = re.search(r"dropout ([\d.]+)", row["encoder"])
+        assert (float(dropout.group(1)) if dropout else 0.0) == model.dropout, name

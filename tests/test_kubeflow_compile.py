@@ -192,7 +192,7 @@ def test_dockerfile_installs_the_lock_into_the_tfx_image_and_runs_as_non_root():
         ops.setdefault(op, []).append(args)
     assert ops["WORKDIR"] == [runner.APP_DIR]
     env = " ".join(ops["ENV"])
-    assert "TF_USE_LEGACY_KERAS=1" in env and f"PYTHONPATH={runner.APP_DIR}" in env
+    assert f"PYTHONPATH={runner.APP_DIR}" in env
     run = " ".join(ops["RUN"])
     assert "uv export --frozen --no-dev" in run and "--require-hashes" in run and "--no-deps" in run
     # Every package pyproject ships is copied to where the spec expects it (APP_DIR/<package>).

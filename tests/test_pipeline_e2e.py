@@ -1,16 +1,14 @@
 """The whole pipeline under LocalDagRunner on tiny synthetic data: blessed and pushed, a worse model
 refused, an unchanged rerun served from cache. Each run is a real `petseg run` process."""
 
-import json
-import os
 import pathlib
-import subprocess
-import sys
 
 import pytest
 from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 from tfx import v1 as tfx
+
+from support import petseg
 
 ALL_COMPONENTS = ["TfdsExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator", "ValidationGate",
                   "Transform", "latest_blessed_model", "Trainer", "Evaluator", "Pusher"]
@@ -22,10 +20,7 @@ def petseg_run(output: pathlib.Path, *args: str) -> dict:
     # A temp dir of its own, so a test can see what the run leaves behind there.
     temp = output.parent / (output.name + ".tmp")
     temp.mkdir(exist_ok=True)
-    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", "--output", str(output), *TINY, *args],
-                          capture_output=True, text=True, timeout=1200, env={**os.environ, "TMPDIR": str(temp)})
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    return json.loads((output / "summary.json").read_text())
+    return petseg.run(output, *TINY, *args, env={"TMPDIR": str(temp)})
 
 
 def executions_by_node(output: pathlib.Path) -> dict:

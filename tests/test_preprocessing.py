@@ -1,64 +1,17 @@
 """Preprocessing: decoders eagerly, in tf.data, and through real TFT on Beam with the curated schema."""
 
 import functools
-import io
 import pathlib
 
 import numpy as np
 import pytest
 import tensorflow as tf
-from PIL import Image
 
+from support.images import cmyk_jpeg, jpeg, png, random_rgb, raw_example, trimap
 from transform import features, preprocessing
 
 SIZE = 32
 SCHEMA_PATH = pathlib.Path(__file__).resolve().parents[1] / "transform" / "schema.pbtxt"
-
-
-def trimap(height: int = 40, width: int = 56) -> np.ndarray:
-    """uint8 [H, W] trimap with sharp edges: background 2, a border band 3 around a pet block 1."""
-    mask = np.full((height, width), 2, np.uint8)
-    mask[height // 4:3 * height // 4, width // 4:3 * width // 4] = 3
-    mask[height // 4 + 2:3 * height // 4 - 2, width // 4 + 2:3 * width // 4 - 2] = 1
-    return mask
-
-
-def png(array: np.ndarray) -> bytes:
-    return tf.io.encode_png(array if array.ndim == 3 else array[..., None]).numpy()
-
-
-def jpeg(array: np.ndarray) -> bytes:
-    return tf.io.encode_jpeg(array).numpy()
-
-
-def random_rgb(height: int = 40, width: int = 56, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
-
-
-def cmyk_jpeg() -> bytes:
-    buffer = io.BytesIO()
-    Image.new("CMYK", (48, 36), (10, 200, 30, 0)).save(buffer, "JPEG")
-    return buffer.getvalue()
-
-
-def raw_example(image: bytes = None, mask: bytes = None, label: int = 5, species: int = 1,
-                file_name: bytes = b"Abyssinian_1.jpg", head_bbox=(0.1, 0.2, 0.5, 0.6),
-                drop=()) -> bytes:
-    """A serialized tf.Example laid out as the TFDS oxford_iiit_pet 4.0.0 builder writes it."""
-    values = {
-        features.RAW_IMAGE_KEY: _bytes(jpeg(random_rgb()) if image is None else image),
-        features.RAW_MASK_KEY: _bytes(png(trimap()) if mask is None else mask),
-        features.LABEL_KEY: tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
-        features.SPECIES_KEY: tf.train.Feature(int64_list=tf.train.Int64List(value=[species])),
-        features.FILE_NAME_KEY: _bytes(file_name),
-        features.HEAD_BBOX_KEY: tf.train.Feature(float_list=tf.train.FloatList(value=list(head_bbox))),
-    }
-    kept = {key: value for key, value in values.items() if key not in drop}
-    return tf.train.Example(features=tf.train.Features(feature=kept)).SerializeToString()
-
-
-def _bytes(value: bytes) -> tf.train.Feature:
-    return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
 
 
 # Every encoding the real dataset throws at the decoder, as (name, bytes).

@@ -9,7 +9,6 @@ import pathlib
 import re
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
@@ -18,8 +17,9 @@ import tensorflow as tf
 from components import synthetic_pets
 from pipeline import summary as summary_lib
 from pipeline.config import load_config
-from test_reliability_security import find_credentials
-from test_tfds_data import BROKEN, ODD_VALID, _damage
+from support import petseg as petseg_process
+from support.credentials import find_credentials
+from support.images import BROKEN, ODD_VALID, damage
 from transform import preprocessing
 
 EPOCHS = 3
@@ -30,15 +30,8 @@ TIMEOUT = 1500  # seconds per run; a shared 2-core machine can be several times 
 
 
 def petseg(output: pathlib.Path, raw: pathlib.Path, *args: str) -> subprocess.Popen:
-    """Starts `petseg run` in its own process group (so the whole group can be killed), output to a file."""
-    cmd = [sys.executable, "-m", "pipeline.cli", "run", "--profile", "tiny", "--set", f"train.epochs={EPOCHS}",
-           "--oxford-raw-dir", str(raw), "--output", str(output), *args]
-    output.mkdir(parents=True, exist_ok=True)
-    path = output.parent / f"{output.name}.{len(list(output.parent.glob(output.name + '.*')))}.console"
-    with open(path, "wb") as out:  # the child keeps its own descriptor
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    proc.console_path = path
-    return proc
+    return petseg_process.start(output, "--profile", "tiny", "--set", f"train.epochs={EPOCHS}",
+                                "--oxford-raw-dir", str(raw), *args)
 
 
 def console(proc: subprocess.Popen) -> str:
@@ -63,7 +56,7 @@ def epochs_started(text: str) -> list:
 @pytest.fixture(scope="module")
 def raw(tmp_path_factory):
     root = synthetic_pets.write_archive(tmp_path_factory.mktemp("raw"), 48, 16, seed=5)
-    return root, _damage(root)
+    return root, damage(root)
 
 
 @pytest.fixture(scope="module")

@@ -16,8 +16,8 @@ from components import segmentation_metrics as sm
 from pipeline import evaluation
 from pipeline.config import EvalConfig
 from pipeline.pipeline import SCHEMA_FILE
-from test_evaluation import BETTER, _export_model, _png, _raw_examples, _run
-from test_segmentation_metrics import assert_scores_equal, reference_scores
+from support.evaluation import BETTER, assert_scores_equal, export_model, raw_examples, reference_scores, run_tfma
+from support.images import png, raw_example
 from trainer import signatures
 from transform import preprocessing
 from transform.features import CLASS_NAMES, NUM_CLASSES
@@ -65,15 +65,15 @@ def _export_nan_model(source: str, path: str) -> None:
 
 
 def test_nan_model_is_never_blessed_even_with_a_zero_bound(tmp_path):
-    _, _, records = _raw_examples()
+    _, _, records = raw_examples()
     data = str(tmp_path / "examples.tfrecord")
     with tf.io.TFRecordWriter(data) as writer:
         for record in records:
             writer.write(record.SerializeToString())
-    _export_model(str(tmp_path / "good"), BETTER)
+    export_model(str(tmp_path / "good"), BETTER)
     _export_nan_model(str(tmp_path / "good"), str(tmp_path / "nan"))
 
-    output = _run(tmp_path, data, str(tmp_path / "nan"), EvalConfig(min_mean_iou=0.0))
+    output = run_tfma(tmp_path, data, str(tmp_path / "nan"), EvalConfig(min_mean_iou=0.0))
     assert not evaluation.is_blessed(output)
     failures = tfma.load_validation_result(output).metric_validations_per_slice
     assert [f.metric_key.name for s in failures for f in s.failures] == [sm.MEAN_IOU]
@@ -85,24 +85,11 @@ def test_nan_model_is_never_blessed_even_with_a_zero_bound(tmp_path):
 # --------------------------------------------------------------- Transform on records that bypassed staging
 
 
-def _record(image: bytes, trimap: np.ndarray) -> bytes:
-    """A full-schema oxford_iiit_pet tf.Example, as a user's own TFRecords would carry it."""
-    feature = {
-        "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[image])),
-        "segmentation_mask": tf.train.Feature(bytes_list=tf.train.BytesList(value=[_png(trimap[..., None])])),
-        "file_name": tf.train.Feature(bytes_list=tf.train.BytesList(value=[b"cat_1.jpg"])),
-        "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[0])),
-        "species": tf.train.Feature(int64_list=tf.train.Int64List(value=[0])),
-        "head_bbox": tf.train.Feature(float_list=tf.train.FloatList(value=[0.1, 0.1, 0.5, 0.5])),
-    }
-    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
-
-
 GOOD_IMAGE = np.full((8, 8, 3), 120, np.uint8)
 GOOD_TRIMAP = np.full((8, 8), 2, np.uint8)
 BAD_RECORDS = {
     "garbage image bytes": (b"<html>404</html>", GOOD_TRIMAP, "Unknown image file format"),
-    "trimap value 0": (_png(GOOD_IMAGE), np.zeros((8, 8), np.uint8), "trimap has values below 1"),
+    "trimap value 0": (png(GOOD_IMAGE), np.zeros((8, 8), np.uint8), "trimap has values below 1"),
 }
 
 
@@ -113,8 +100,8 @@ def test_transform_fails_on_a_bad_record_saying_what_is_wrong(tmp_path, case):
     image, trimap, message = BAD_RECORDS[case]
     path = str(tmp_path / "data.tfrecord")
     with tf.io.TFRecordWriter(path) as writer:
-        writer.write(_record(_png(GOOD_IMAGE), GOOD_TRIMAP))
-        writer.write(_record(image, trimap))
+        writer.write(raw_example(image=png(GOOD_IMAGE), mask=png(GOOD_TRIMAP)))
+        writer.write(raw_example(image=image, mask=png(trimap)))
     schema = text_format.Parse(open(SCHEMA_FILE).read(), schema_pb2.Schema())
     source = tfxio.TFExampleRecord(path, schema=schema)
     preprocessing_fn = functools.partial(preprocessing.preprocessing_fn, custom_config={"image_size": 32})

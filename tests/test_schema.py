@@ -15,7 +15,8 @@ from tfx.components.example_validator import executor as example_validator
 from tfx.types import standard_artifacts, standard_component_specs
 
 from components import validation_gate
-from test_preprocessing import SCHEMA_PATH, raw_example
+from pipeline.pipeline import SCHEMA_FILE as SCHEMA_PATH
+from support.images import raw_example
 from transform import features
 
 
@@ -128,13 +129,13 @@ def test_describe_anomalies_covers_dataset_level_and_missing_data():
     assert "  split 'train', dataset: Low num examples in dataset." in message
 
 
-def test_gate_reads_legacy_text_anomalies_and_refuses_a_missing_file(tmp_path):
+def test_gate_refuses_a_missing_file(tmp_path):
     anomalies = standard_artifacts.ExampleAnomalies()
     anomalies.uri, anomalies.split_names = str(tmp_path), json.dumps(["train", "eval"])
     proto = anomalies_pb2.Anomalies()
     proto.anomaly_info["label"].short_description = "Out-of-range values"
     os.makedirs(tmp_path / "Split-train")
-    (tmp_path / "Split-train" / validation_gate.LEGACY_ANOMALIES_FILE).write_text(str(proto))
+    (tmp_path / "Split-train" / validation_gate.ANOMALIES_FILE).write_bytes(proto.SerializeToString())
     with pytest.raises(FileNotFoundError, match="split 'eval'"):
         validation_gate.load_anomalies(anomalies)
     os.makedirs(tmp_path / "Split-eval")

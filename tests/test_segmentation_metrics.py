@@ -10,40 +10,10 @@ import tensorflow_model_analysis as tfma
 from apache_beam.testing import util as beam_util
 
 from components import segmentation_metrics as sm
+from support.evaluation import assert_scores_equal, reference_scores
 from transform.features import CLASS_NAMES
 
 NUM_CLASSES = len(CLASS_NAMES)
-
-
-def reference_scores(truth: np.ndarray, prediction: np.ndarray) -> dict:
-    """Per-class IoU/Dice from set counts, written without the module's matrix algebra."""
-    truth, prediction = truth.ravel(), prediction.ravel()
-    invalid = int(np.sum(prediction == 255))  # "no class": counts as a miss, never as a hit
-    scores = {"pixel_accuracy": np.mean(truth == prediction), "pixel_count": truth.size,
-              "invalid_pixel_count": invalid}
-    ious, dices = [], []
-    for class_id, name in enumerate(CLASS_NAMES):
-        in_truth, in_pred = truth == class_id, prediction == class_id
-        intersection = np.sum(in_truth & in_pred)
-        union = np.sum(in_truth | in_pred)
-        sizes = np.sum(in_truth) + np.sum(in_pred)
-        iou = intersection / union if union else math.nan
-        dice = 2 * intersection / sizes if sizes else math.nan
-        scores[f"iou/{name}"], scores[f"dice/{name}"] = iou, dice
-        ious.append(iou)
-        dices.append(dice)
-    scores["mean_iou"] = math.nan if invalid else np.mean([v for v in ious if not math.isnan(v)])
-    scores["mean_dice"] = math.nan if invalid else np.mean([v for v in dices if not math.isnan(v)])
-    return scores
-
-
-def assert_scores_equal(got: dict, expected: dict) -> None:
-    assert set(got) == set(expected)
-    for name, value in expected.items():
-        if math.isnan(value):
-            assert math.isnan(got[name]), name
-        else:
-            assert got[name] == pytest.approx(value, abs=1e-12), name
 
 
 def eval_config() -> tfma.EvalConfig:

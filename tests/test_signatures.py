@@ -12,9 +12,9 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-import trainer_fixtures
+from support import trainer_fixtures
+from support.trainer_fixtures import limited, trained, transform_run  # noqa: F401 (pytest fixtures)
 from trainer import signatures
-from trainer_fixtures import limited, trained, transform_run  # noqa: F401 (pytest fixtures)
 from transform import features
 
 SIZE = trainer_fixtures.tiny_config().model.image_size

@@ -1,9 +1,5 @@
 """Retraining on new data: `{SPAN}` patterns; run 2 reads span 2, warm-starts from and is compared with run 1's pushed model."""
 
-import json
-import subprocess
-import sys
-
 import pytest
 from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
@@ -11,6 +7,7 @@ from tfx.orchestration import metadata
 
 from components import synthetic_pets, tfds_data
 from pipeline.config import ConfigError, load_config
+from support import petseg
 
 
 def test_find_and_resolve_spans(tmp_path):
@@ -47,12 +44,8 @@ def test_span_setting_needs_a_span_pattern():
 
 
 def petseg_run(output, raw_pattern):
-    proc = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "run", "--output", str(output), "--profile", "tiny",
-         "--oxford-raw-dir", raw_pattern, "--set", "train.warm_start=true", "--set", "eval.report_images=0"],
-        capture_output=True, text=True, timeout=1500)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    return json.loads((output / "summary.json").read_text())
+    return petseg.run(output, "--profile", "tiny", "--oxford-raw-dir", raw_pattern,
+                      "--set", "train.warm_start=true", "--set", "eval.report_images=0")
 
 
 class Store:

@@ -13,13 +13,13 @@ import pytest
 from trainer import strategy as strategy_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-WORKER = REPO / "tests" / "_strategy_worker.py"
+WORKER = REPO / "tests" / "support" / "strategy_worker.py"
 # Only guards against a hung multi-worker peer; the shared 2-core machine can be 10x oversubscribed.
 TIMEOUT = 600
 
 
 def _env(**extra):
-    env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="",
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="",
                PYTHONPATH=str(REPO))
     env.pop("TF_CONFIG", None)
     env.update(extra)

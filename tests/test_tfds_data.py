@@ -9,6 +9,7 @@ import tensorflow as tf
 from PIL import Image
 
 from components import synthetic_pets, tfds_data
+from support.images import BROKEN, ODD_VALID, damage
 
 
 def _read(files):
@@ -71,57 +72,10 @@ def test_data_drawn_by_another_generator_version_is_an_error(synthetic, monkeypa
         tfds_data.prepare(synthetic.data_dir, "synthetic", synthetic=(12, 6, 0))
 
 
-def _encode(img, fmt, **kw):
-    buf = io.BytesIO()
-    img.save(buf, fmt, **kw)
-    return buf.getvalue()
-
-
-# name -> (how to break it, expected skip reason)
-BROKEN = {
-    "truncated": "unreadable_image",
-    "not_an_image": "unreadable_image",
-    "missing_image": "missing_image",
-    "missing_trimap": "missing_trimap",
-    "size_mismatch": "trimap_size_mismatch",
-    "bad_values": "bad_trimap_values",
-}
-ODD_VALID = ("png_as_jpg", "cmyk", "rgba_png", "grayscale", "tiff", "palette_trimap")
-
-
-def _damage(raw):
-    """Breaks or oddly re-encodes the first train samples; returns {case: sample name}."""
-    names = [line.split()[0] for line in (raw / "annotations" / "trainval.txt").read_text().splitlines()]
-    cases = dict(zip(list(BROKEN) + list(ODD_VALID), names))
-    img = lambda n: raw / "images" / f"{n}.jpg"  # noqa: E731
-    tri = lambda n: raw / "annotations" / "trimaps" / f"{n}.png"  # noqa: E731
-    rgb = {case: Image.open(img(n)).convert("RGB") for case, n in cases.items()}
-    img(cases["truncated"]).write_bytes(img(cases["truncated"]).read_bytes()[:1500])
-    img(cases["not_an_image"]).write_text("<html>404 not found</html>")
-    img(cases["missing_image"]).unlink()
-    tri(cases["missing_trimap"]).unlink()
-    Image.open(tri(cases["size_mismatch"])).resize((50, 40)).save(tri(cases["size_mismatch"]))
-    values = np.asarray(Image.open(tri(cases["bad_values"]))).copy()
-    values[0, :5] = 255
-    Image.fromarray(values).save(tri(cases["bad_values"]))
-    img(cases["png_as_jpg"]).write_bytes(_encode(rgb["png_as_jpg"], "PNG"))
-    img(cases["cmyk"]).write_bytes(_encode(rgb["cmyk"].convert("CMYK"), "JPEG"))
-    img(cases["rgba_png"]).write_bytes(_encode(rgb["rgba_png"].convert("RGBA"), "PNG"))
-    img(cases["grayscale"]).write_bytes(_encode(rgb["grayscale"].convert("L"), "JPEG"))
-    img(cases["tiff"]).write_bytes(_encode(rgb["tiff"], "TIFF"))
-    palette = Image.open(tri(cases["palette_trimap"])).convert("P")
-    palette.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0, 0, 0, 255] + [0] * 756)
-    palette.save(tri(cases["palette_trimap"]))
-    with open(raw / "annotations" / "trainval.txt", "a") as f:
-        f.write("Abyssinian_999 1 1\n")  # 3 fields: malformed
-        f.write(f"{names[-1]} 2 1 1\n")  # listed twice
-    return cases
-
-
 @pytest.fixture(scope="module")
 def damaged(tmp_path_factory):
     raw = synthetic_pets.write_archive(tmp_path_factory.mktemp("raw"), 16, 4, seed=5)
-    return raw, _damage(raw)
+    return raw, damage(raw)
 
 
 def test_broken_samples_skipped_and_counted_by_reason(damaged, tmp_path):

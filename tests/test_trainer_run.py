@@ -10,9 +10,9 @@ import sys
 import numpy as np
 import tensorflow as tf
 
-import trainer_fixtures
+from support import trainer_fixtures
+from support.trainer_fixtures import limited, trained, transform_run  # noqa: F401 (pytest fixtures)
 from trainer import model as model_lib, run
-from trainer_fixtures import limited, trained, transform_run  # noqa: F401 (pytest fixtures)
 
 # The worker is killed after this epoch of EPOCHS; its retry must train only the rest.
 KILL_AFTER, EPOCHS = 1, 3

@@ -1,17 +1,16 @@
-"""VGG16 encoder + FCN-8s decoder returning per-pixel logits, its compile recipe, and a parameter report."""
+"""VGG16 encoder + FCN-8s decoder returning per-pixel logits, its compile recipe and parameter counts."""
 
 from __future__ import annotations
 
-import argparse
 import collections
 import dataclasses
 import logging
-from typing import List, Optional
+from typing import Optional
 
 import numpy as np
 import tensorflow as tf
 
-from pipeline.config import ModelConfig, TrainConfig, load_config
+from trainer.config import ModelConfig, TrainConfig
 from trainer.strategy import resolve_mixed_precision
 from transform.features import IMAGE_KEY, NUM_CLASSES
 
@@ -22,8 +21,8 @@ def _skip_autograph_for_tf_keras() -> None:
     """Stops AutoGraph from transpiling tf_keras internals on every first fit/predict/evaluate.
 
     TF 2.16 exempts the `keras` package from AutoGraph but not its Keras 2 copy `tf_keras`, so the first
-    train_function trace converts ~2,800 Keras functions: 25-70 s per process on 2 cores, measured;
-    3 s with the exemption. tf_keras is the same code that always ran unconverted as `keras`.
+    train_function trace converts ~2,800 Keras functions, most of a short run's start-up (bench/README.md
+    has the figures). tf_keras is the same code that always ran unconverted as `keras`.
     """
     from tensorflow.python.autograph.core import config as autograph_config
 
@@ -189,21 +188,3 @@ def _load_encoder_weights(model: tf.keras.Model, path: str) -> None:
         raise ValueError(f"{path} is not a VGG16 weights file: no weights for {missing}")
     # by_name skips our decoder layers; shape mismatches still raise.
     model.load_weights(path, by_name=True)
-
-
-def _main(argv: Optional[List[str]] = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--profile", action="append", help="config profile(s); default: quick and seed")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
-    args = parser.parse_args(argv)
-    for profile in args.profile or ["quick", "seed"]:
-        config = load_config(profile, overrides=args.set).model
-        counts = count_parameters(config)
-        print(f"profile {profile}: image {config.image_size}, width x{config.width_multiplier}, "
-              f"head {config.head_width}")
-        for group, n in counts.items():
-            print(f"  {group:<18} {n:>13,}  {n / counts['total']:6.1%}")
-
-
-if __name__ == "__main__":
-    _main()

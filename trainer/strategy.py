@@ -9,7 +9,7 @@ from typing import Optional
 
 import tensorflow as tf
 
-from pipeline.config import TrainConfig
+from trainer.config import TrainConfig
 
 log = logging.getLogger(__name__)
 

@@ -12,11 +12,11 @@ import sys
 import tempfile
 from typing import Any, Dict, Optional
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 # Run as a script (the killed-trainer worker), the repo's packages must be importable too.
 sys.path.insert(0, str(REPO))
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
+import transform  # noqa: E402,F401  the Keras switch, before TensorFlow
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from ml_metadata.metadata_store import metadata_store  # noqa: E402

@@ -1,21 +1,19 @@
 """Subprocess for tests/test_strategy.py: trains the tiny model under choose_strategy() and writes results."""
 
-import os
-
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # before TensorFlow is imported
-
 import argparse
 import json
+import os
 import pathlib
 import sys
 import time
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 
+import transform  # noqa: F401  the Keras switch, before TensorFlow
 import numpy as np
 import tensorflow as tf
 
-from pipeline.config import ModelConfig, TrainConfig
+from trainer.config import ModelConfig, TrainConfig
 from trainer import model as model_lib
 from trainer.strategy import choose_strategy
 

@@ -1,0 +1,47 @@
+"""Real `petseg run` processes for end-to-end tests, and the summary.json each one writes."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+from typing import Dict, Optional
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+# Per run; a shared 2-core machine can be several times slower than an idle one.
+TIMEOUT = 1800
+
+
+def command(output: pathlib.Path, *args: str) -> list:
+    return [sys.executable, "-m", "pipeline.cli", "run", "--output", str(output), *args]
+
+
+def summary(output: pathlib.Path) -> dict:
+    return json.loads((output / "summary.json").read_text())
+
+
+def run(output: pathlib.Path, *args: str, env: Optional[Dict[str, str]] = None) -> dict:
+    """Runs `petseg run --output OUTPUT ARGS` to completion (it must succeed); returns its summary.
+
+    The console is kept in OUTPUT/run.stdout and OUTPUT/run.stderr for tests that read what a user sees.
+    """
+    proc = subprocess.run(command(output, *args), capture_output=True, text=True, timeout=TIMEOUT, cwd=REPO,
+                          env={**os.environ, **(env or {})})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    (output / "run.stdout").write_text(proc.stdout)
+    (output / "run.stderr").write_text(proc.stderr)
+    return summary(output)
+
+
+def start(output: pathlib.Path, *args: str) -> subprocess.Popen:
+    """Starts `petseg run` in its own process group (so the group can be killed); console to a file.
+
+    The file is `proc.console_path`, next to OUTPUT and numbered per start, so reruns keep their own.
+    """
+    output.mkdir(parents=True, exist_ok=True)
+    path = output.parent / f"{output.name}.{len(list(output.parent.glob(output.name + '.*')))}.console"
+    with open(path, "wb") as out:  # the child keeps its own descriptor
+        proc = subprocess.Popen(command(output, *args), stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
+                                start_new_session=True)
+    proc.console_path = path
+    return proc
