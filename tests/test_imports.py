@@ -5,7 +5,7 @@ import sys
 
 
 def test_run_path_does_not_import_tfx_v1():
-    code = ("import sys; import pipeline.cli, pipeline.local_runner, pipeline.summary, pipeline.dashboard, "
+    code = ("import sys; import pipeline.cli, pipeline.local_runner, report.summary, report.dashboard, "
             "trainer.run, components.segmentation_metrics; "
             "print(sorted(m for m in sys.modules if m == 'tfx.v1' or m.startswith('google.cloud.aiplatform')))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)

@@ -16,8 +16,8 @@ import pytest
 import tensorflow as tf
 
 from components import synthetic_pets
-from pipeline import summary as summary_lib
 from pipeline.config import load_config
+from report.artifacts import RunArtifacts
 from test_reliability_security import find_credentials
 from test_tfds_data import BROKEN, ODD_VALID, _damage
 from transform import preprocessing
@@ -115,8 +115,9 @@ def test_broken_pairs_are_skipped_counted_and_logged_by_file(runs, raw):
 def test_odd_but_valid_images_are_kept_and_decode(runs, raw):
     _, cases = raw
     config = load_config("tiny", overrides=[f"output={runs['output']}"])
-    examples = summary_lib.RunArtifacts(config).one("TfdsExampleGen", "examples")
-    assert json.loads(examples.custom_properties["repaired"].string_value) == {
+    with RunArtifacts(config.metadata_path) as run:
+        examples = run.get("TfdsExampleGen", "examples")
+    assert json.loads(examples.get_string_custom_property("repaired")) == {
         "image_tiff_to_jpeg": 1, "trimap_to_8bit_png": 1}
     stored = {}
     for record in tf.data.TFRecordDataset(glob.glob(examples.uri + "/Split-train/*")):
