@@ -8,9 +8,9 @@ import subprocess
 import sys
 
 import pytest
-from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
-from tfx import v1 as tfx
+
+from report.artifacts import RunArtifacts
 
 ALL_COMPONENTS = ["TfdsExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator", "ValidationGate",
                   "Transform", "latest_blessed_model", "Trainer", "Evaluator", "Pusher"]
@@ -26,15 +26,6 @@ def petseg_run(output: pathlib.Path, *args: str) -> dict:
                           capture_output=True, text=True, timeout=1200, env={**os.environ, "TMPDIR": str(temp)})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return json.loads((output / "summary.json").read_text())
-
-
-def executions_by_node(output: pathlib.Path) -> dict:
-    store = metadata_store.MetadataStore(
-        tfx.orchestration.metadata.sqlite_metadata_connection_config(str(output / "metadata.sqlite")))
-    found = {}
-    for context in store.get_contexts_by_type("node"):
-        found[context.name.split(".", 1)[1]] = store.get_executions_by_context(context.id)
-    return found
 
 
 @pytest.fixture(scope="module")
@@ -67,9 +58,10 @@ def test_first_run_is_blessed_pushed_and_summarised(first_run):
     pngs = list((output / "report").glob("*.png"))
     assert len(pngs) == 2
 
-    executions = executions_by_node(output)
-    for node in ALL_COMPONENTS:
-        assert [e.last_known_state for e in executions[node]] == [metadata_store_pb2.Execution.COMPLETE], node
+    with RunArtifacts(str(output / "metadata.sqlite")) as run:
+        assert sorted(run.node_ids()) == sorted(ALL_COMPONENTS)
+        for node in ALL_COMPONENTS:
+            assert [e.last_known_state for e in run.executions(node)] == [metadata_store_pb2.Execution.COMPLETE], node
 
 
 def test_run_leaves_no_tfx_sdist_in_the_temp_dir(first_run):
