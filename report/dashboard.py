@@ -304,7 +304,7 @@ def view_model(view: RunView) -> Dict[str, Any]:
         "facts": _facts(view), "components": components,
         "total_seconds": sum(c.get("seconds") or 0 for c in components.values()),
         "cached": sum(1 for c in components.values() if c.get("cached")),
-        "poor_class_iou": POOR_CLASS_IOU, "NA": NA,
+        "poor_class_iou": POOR_CLASS_IOU,
         # Package files, inlined: the page's CSP allows no other source, so it opens from disk or a mail.
         "css": _static("dashboard.css"), "error_hook": _static("error_hook.js"), "sort_js": _static("sort.js"),
     }
@@ -316,7 +316,7 @@ def _static(name: str) -> Markup:
 
 _ENV = jinja2.Environment(loader=jinja2.PackageLoader("report", "templates"), autoescape=True,
                           undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-_ENV.globals.update(hint=hint)
+_ENV.globals.update(hint=hint, NA=NA)  # macros see globals, not the page context
 _ENV.filters.update(f1="{:.1f}".format, f2="{:.2f}".format, f3="{:.3f}".format, f4="{:.4f}".format,
                     f6="{:.6f}".format, g="{:g}".format, g3="{:.3g}".format, tint=tint)
 
