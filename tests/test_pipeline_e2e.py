@@ -1,5 +1,4 @@
-"""The whole pipeline under LocalDagRunner on tiny synthetic data: blessed and pushed, a worse model
-refused, an unchanged rerun served from cache. Each run is a real `petseg run` process."""
+"""Real `petseg run` processes on tiny synthetic data: blessed and pushed, a worse model refused, reruns cached."""
 
 import json
 import os

@@ -1,5 +1,4 @@
-"""Real `petseg run` processes on a damaged raw folder: broken pairs skipped and explained, `--strict` and an
-all-broken split fail naming why, and a run SIGKILLed during the Trainer resumes from cache and its last epoch."""
+"""Real `petseg run`s on a damaged raw folder: broken pairs skipped, clear failures, a killed Trainer resumed."""
 
 import collections
 import glob
