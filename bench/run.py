@@ -77,6 +77,7 @@ def measure_all(args: argparse.Namespace) -> Dict[str, object]:
 
     from bench import measure, stages, training
     from pipeline.config import load_config
+    from report.artifacts import RunArtifacts
 
     work = pathlib.Path(args.work or tempfile.mkdtemp(prefix="petseg-bench-"))
     overrides = [f"train.epochs={args.pipeline_epochs}"]
@@ -99,7 +100,7 @@ def measure_all(args: argparse.Namespace) -> Dict[str, object]:
             peak["float16"] = measure.matmul_flops_per_second(tf.float16)
     results["matmul_gflops"] = {k: round(v / 1e9, 1) for k, v in peak.items()}
 
-    run = stages.RunArtifacts(config)
+    run = RunArtifacts(config.metadata_path, config.name)
     examples = run.get("TfdsExampleGen", "examples")
     train_examples = int(examples.get_int_custom_property("num_train") or config.data.synthetic_train_images)
     with stage("trainer: MFU, input pipeline, batch sweep"):

@@ -2,39 +2,21 @@
 
 from __future__ import annotations
 
-import json
 import os
 import pathlib
 import time
 from typing import Dict, List, Optional
 
-import numpy as np
 import tensorflow as tf
 
 from bench import measure
 from pipeline.config import PipelineConfig
+from report import images
+from report.artifacts import RunArtifacts
 from transform import features, preprocessing
 
 # Serving latency is sampled over this many single-image requests per variant.
 SERVING_CALLS = 100
-
-
-class RunArtifacts:
-    """A finished pipeline run's artifacts as TFX Artifact objects (what executors take), from its MLMD."""
-
-    def __init__(self, config: PipelineConfig):
-        from pipeline import summary
-
-        self._protos = summary.RunArtifacts(config)
-
-    def get(self, node_id: str, key: str):
-        from tfx.types import artifact_utils
-
-        proto = self._protos.one(node_id, key)
-        if proto is None:
-            raise RuntimeError(f"the pipeline run has no {node_id}.{key} artifact")
-        artifact_type = self._protos.store.get_artifact_types_by_id([proto.type_id])[0]
-        return artifact_utils.deserialize_artifact(artifact_type, proto)
 
 
 def record_files(examples_uri: str, splits=("train", "eval")) -> List[str]:
@@ -42,9 +24,7 @@ def record_files(examples_uri: str, splits=("train", "eval")) -> List[str]:
 
 
 def _records(files: List[str]) -> tf.data.Dataset:
-    from pipeline.summary import tfrecords
-
-    return tfrecords(files, parallel_reads=tf.data.AUTOTUNE)
+    return images.tfrecords(files, parallel_reads=tf.data.AUTOTUNE)
 
 
 def decoded(files: List[str], image_size: int, with_mask: bool = True) -> tf.data.Dataset:

@@ -54,7 +54,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from pipeline import dashboard  # imports TFMA; keep `petseg --help` fast
+    from report import dashboard  # imports TFMA; keep `petseg --help` fast
 
     try:
         path = dashboard.write_dashboard(args.run, args.output)

@@ -17,8 +17,9 @@ from tfx.orchestration import metadata
 from tfx.orchestration.local.local_dag_runner import LocalDagRunner
 
 from pipeline.config import PipelineConfig
-from pipeline import console, summary
+from pipeline import console
 from pipeline.pipeline import create_pipeline
+from report import dashboard, summary
 
 _RUNNING = "Component %s is running."
 _FINISHED = "Component %s is finished."
@@ -30,27 +31,27 @@ class PipelineFailed(RuntimeError):
 
 
 class ProgressTracker(logging.Handler):
-    """Turns LocalDagRunner's log records into one line per component and per-component timings."""
+    """Turns LocalDagRunner's log records into one console line per component.
+
+    The times it prints are for watching; summary.json's come from MLMD's execution timestamps.
+    """
 
     def __init__(self, stream: TextIO):
         super().__init__(level=logging.INFO)
         self.stream = stream
-        self.components: Dict[str, Dict[str, object]] = {}
         self.current: Optional[str] = None
         self._started = 0.0
+        self._cached = False
 
     def emit(self, record: logging.LogRecord) -> None:
         if record.msg == _RUNNING:
-            self.current, self._started = str(record.args[0]), time.monotonic()
-            self.components[self.current] = {"seconds": None, "cached": False}
+            self.current, self._started, self._cached = str(record.args[0]), time.monotonic(), False
             self._print(f"[petseg] {self.current} running ...")
         elif record.msg == _CACHED and self.current:
-            self.components[self.current]["cached"] = True
+            self._cached = True
         elif record.msg == _FINISHED and self.current:
-            entry = self.components[self.current]
-            entry["seconds"] = round(time.monotonic() - self._started, 2)
-            how = "from cache" if entry["cached"] else "done"
-            self._print(f"[petseg] {self.current} {how} in {entry['seconds']:.1f} s")
+            how = "from cache" if self._cached else "done"
+            self._print(f"[petseg] {self.current} {how} in {time.monotonic() - self._started:.1f} s")
             self.current = None
 
     def _print(self, line: str) -> None:
@@ -149,5 +150,8 @@ def run(config: PipelineConfig, stream: TextIO = sys.stderr,
             LocalDagRunner().run(pipeline)
         except Exception as exc:
             raise PipelineFailed(f"{tracker.current or 'the pipeline'} failed: {exc}\nfull log: {log_file}") from exc
-        return summary.finish_run(config, tracker.components, stream)
+        result = summary.finish_run(config, stream)
+        result["dashboard"] = dashboard.write_dashboard(str(output), pipeline_name=config.name)
+        print(f"[petseg] dashboard: {result['dashboard']}", file=stream, flush=True)
+        return result
 

@@ -8,8 +8,10 @@ import shutil
 import subprocess
 
 import pytest
+from markupsafe import escape
 
-from pipeline import cli, dashboard
+from pipeline import cli
+from report import dashboard
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 needs_chromium = pytest.mark.skipif(
@@ -117,8 +119,8 @@ def test_undefined_scores_and_refusal_are_explained():
     assert 'data-blessed="false"' in page and "NOT BLESSED" in page and "not pushed" in page
     assert html.escape("mean_iou: 0.41 is below the lower bound 0.5") in page
     assert "mean IoU ≥ 0.5" in page and "no more than 0.01 below the baseline" in page
-    assert f'title="{html.escape(dashboard.ABSENT_CLASS_HINT)}">{dashboard.NA}' in page
-    assert f'title="{html.escape(dashboard.NO_PIXELS_HINT)}">{dashboard.NA}' in page
+    assert f'title="{escape(dashboard.ABSENT_CLASS_HINT)}">{dashboard.NA}' in page
+    assert f'title="{escape(dashboard.NO_PIXELS_HINT)}">{dashboard.NA}' in page
     assert "-0.090 vs baseline" in page  # the headline shows the regression
     assert 'id="quality-warning"' not in page  # an undefined class is not a poor one
 

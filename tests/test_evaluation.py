@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_model_analysis as tfma
 
-from pipeline import evaluation
+from report import metrics
 from pipeline.config import EvalConfig
 from support.evaluation import BETTER, LABELS, SPECIES, WORSE, export_model, raw_examples, run_tfma
 from transform.features import CLASS_NAMES, NUM_CLASSES
@@ -51,7 +51,7 @@ def _assert_close(got: dict, expected: dict) -> None:
 def test_metrics_per_slice_match_numpy_and_gate_passes(setup):
     root, data, models, truths, images = setup
     output = run_tfma(root, data, models["worse"], EvalConfig(min_mean_iou=0.0))
-    got = evaluation.load_metrics(output, BREEDS)
+    got = metrics.load_metrics(output, BREEDS)
 
     # The "worse" model's prediction from the pixels; argmax breaks ties on the lowest class as TF does.
     predictions = np.argmax(images[..., WORSE], axis=-1)
@@ -62,14 +62,14 @@ def test_metrics_per_slice_match_numpy_and_gate_passes(setup):
     assert set(got["slices"]) == set(expected_slices)
     for name, mask in expected_slices.items():
         _assert_close(got["slices"][name], _reference(truths[mask], predictions[mask]))
-    assert evaluation.load_baseline_metrics(output, BREEDS) is None
-    assert evaluation.is_blessed(output)
+    assert metrics.load_baseline_metrics(output, BREEDS) is None
+    assert metrics.is_blessed(output)
 
 
 def test_value_threshold_fails_below_min_mean_iou(setup):
     root, data, models, _, _ = setup
     output = run_tfma(root, data, models["better"], EvalConfig(min_mean_iou=0.999))
-    assert not evaluation.is_blessed(output)
+    assert not metrics.is_blessed(output)
     failures = tfma.load_validation_result(output).metric_validations_per_slice
     assert [f.metric_key.name for s in failures for f in s.failures] == ["mean_iou"]
 
@@ -78,11 +78,11 @@ def test_regression_against_better_baseline_is_not_blessed(setup):
     root, data, models, _, _ = setup
     output = run_tfma(root, data, models["worse"], EvalConfig(min_mean_iou=0.0, max_regression=0.01),
                   baseline=models["better"])
-    candidate = evaluation.load_metrics(output, BREEDS)
-    baseline = evaluation.load_baseline_metrics(output, BREEDS)
+    candidate = metrics.load_metrics(output, BREEDS)
+    baseline = metrics.load_baseline_metrics(output, BREEDS)
     assert baseline["overall"]["mean_iou"] > candidate["overall"]["mean_iou"] + 0.01
     assert set(baseline["slices"]) == set(candidate["slices"])
-    assert not evaluation.is_blessed(output)
+    assert not metrics.is_blessed(output)
     failures = [f for s in tfma.load_validation_result(output).metric_validations_per_slice
                 for f in s.failures]
     assert [(f.metric_key.name, f.metric_key.is_diff) for f in failures] == [("mean_iou", True)]
@@ -90,4 +90,4 @@ def test_regression_against_better_baseline_is_not_blessed(setup):
     # The same pair the other way round passes: the change threshold is what blocked it.
     output = run_tfma(root, data, models["better"], EvalConfig(min_mean_iou=0.0, max_regression=0.01),
                   baseline=models["worse"])
-    assert evaluation.is_blessed(output)
+    assert metrics.is_blessed(output)

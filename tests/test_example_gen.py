@@ -5,15 +5,15 @@ import os
 
 import pytest
 import tensorflow_data_validation as tfdv
-from ml_metadata.metadata_store import metadata_store
 from tfx.components import StatisticsGen
 from tfx.components.util import examples_utils, tfxio_utils
 from tfx.orchestration import metadata, pipeline
 from tfx.orchestration.local.local_dag_runner import LocalDagRunner
-from tfx.types import artifact_utils, standard_artifacts
+from tfx.types import artifact_utils
 from tfx_bsl.tfxio import dataset_options
 
 from components.example_gen import TfdsExampleGen
+from report.artifacts import RunArtifacts
 
 
 def test_raw_dir_source_needs_a_folder():
@@ -31,10 +31,8 @@ def test_local_dag_runner_example_gen_then_statistics_gen(tmp_path):
         pipeline_name="tfds_example_gen_test", pipeline_root=str(tmp_path / "root"),
         components=[example_gen, statistics_gen], metadata_connection_config=metadata_config))
 
-    store = metadata_store.MetadataStore(metadata_config)
-    [mlmd_examples] = store.get_artifacts_by_type(standard_artifacts.Examples.TYPE_NAME)
-    examples = standard_artifacts.Examples()
-    examples.set_mlmd_artifact(mlmd_examples)
+    run = RunArtifacts(str(tmp_path / "mlmd.sqlite"), "tfds_example_gen_test")
+    [examples] = run.outputs("TfdsExampleGen", "examples")
     assert artifact_utils.decode_split_names(examples.split_names) == ["train", "eval"]
     assert examples_utils.get_payload_format_string(examples) == "FORMAT_TF_EXAMPLE"
     props = {k: examples.get_custom_property(k) for k in
@@ -53,7 +51,7 @@ def test_local_dag_runner_example_gen_then_statistics_gen(tmp_path):
         assert sum(b.num_rows for b in batches) == count
         assert {"image", "segmentation_mask", "label", "species"} <= set(batches[0].schema.names)
 
-    [stats_artifact] = store.get_artifacts_by_type(standard_artifacts.ExampleStatistics.TYPE_NAME)
+    [stats_artifact] = run.outputs("StatisticsGen", "statistics")
     for split, count in (("train", 12), ("eval", 6)):
         stats = tfdv.load_stats_binary(os.path.join(stats_artifact.uri, f"Split-{split}", "FeatureStats.pb"))
         assert stats.datasets[0].num_examples == count

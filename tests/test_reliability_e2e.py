@@ -1,5 +1,4 @@
-"""Real `petseg run` processes on a damaged raw folder: broken pairs skipped and explained, `--strict` and an
-all-broken split fail naming why, and a run SIGKILLed during the Trainer resumes from cache and its last epoch."""
+"""Real `petseg run`s on a damaged raw folder: broken pairs skipped, clear failures, a killed Trainer resumed."""
 
 import collections
 import glob
@@ -15,11 +14,11 @@ import pytest
 import tensorflow as tf
 
 from components import synthetic_pets
-from pipeline import summary as summary_lib
 from pipeline.config import load_config
 from support import petseg as petseg_process
 from support.credentials import find_credentials
 from support.images import BROKEN, ODD_VALID, damage
+from report.artifacts import RunArtifacts
 from transform import preprocessing
 
 EPOCHS = 3
@@ -108,8 +107,9 @@ def test_broken_pairs_are_skipped_counted_and_logged_by_file(runs, raw):
 def test_odd_but_valid_images_are_kept_and_decode(runs, raw):
     _, cases = raw
     config = load_config("tiny", overrides=[f"output={runs['output']}"])
-    examples = summary_lib.RunArtifacts(config).one("TfdsExampleGen", "examples")
-    assert json.loads(examples.custom_properties["repaired"].string_value) == {
+    with RunArtifacts(config.metadata_path) as run:
+        examples = run.get("TfdsExampleGen", "examples")
+    assert json.loads(examples.get_string_custom_property("repaired")) == {
         "image_tiff_to_jpeg": 1, "trimap_to_8bit_png": 1}
     stored = {}
     for record in tf.data.TFRecordDataset(glob.glob(examples.uri + "/Split-train/*")):

@@ -13,9 +13,9 @@ from tensorflow_metadata.proto.v0 import schema_pb2
 from tfx_bsl.public import tfxio
 
 from components import segmentation_metrics as sm
-from pipeline import evaluation
 from pipeline.config import EvalConfig
 from pipeline.pipeline import SCHEMA_FILE
+from report import metrics
 from support.evaluation import BETTER, assert_scores_equal, export_model, raw_examples, reference_scores, run_tfma
 from support.images import png, raw_example
 from trainer import signatures
@@ -74,10 +74,10 @@ def test_nan_model_is_never_blessed_even_with_a_zero_bound(tmp_path):
     _export_nan_model(str(tmp_path / "good"), str(tmp_path / "nan"))
 
     output = run_tfma(tmp_path, data, str(tmp_path / "nan"), EvalConfig(min_mean_iou=0.0))
-    assert not evaluation.is_blessed(output)
+    assert not metrics.is_blessed(output)
     failures = tfma.load_validation_result(output).metric_validations_per_slice
     assert [f.metric_key.name for s in failures for f in s.failures] == [sm.MEAN_IOU]
-    overall = evaluation.load_metrics(output)["overall"]
+    overall = metrics.load_metrics(output)["overall"]
     assert np.isnan(overall["mean_iou"]) and overall["pixel_accuracy"] == 0.0
     assert all(overall["iou"][c] == 0.0 for c in CLASS_NAMES)
 

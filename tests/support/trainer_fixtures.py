@@ -10,7 +10,7 @@ import pathlib
 import shutil
 import sys
 import tempfile
-from typing import Any, Dict, Optional
+from typing import Any, Optional
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 # Run as a script (the killed-trainer worker), the repo's packages must be importable too.
@@ -112,11 +112,11 @@ def fn_args(metadata_path: str, execution_id: int, config, base_model: Optional[
 
 def split_records(examples_artifact, split: str):
     """Serialized tf.Examples of one split (gzip or plain tfrecords, as written)."""
-    from pipeline import summary  # TFMA-heavy; the killed-trainer worker script never needs it
+    from report import images  # TensorFlow-heavy; the killed-trainer worker script never needs it
 
     [uri] = artifact_utils.get_split_uris([examples_artifact], split)
 
-    return [r.numpy() for r in summary.tfrecords(sorted(tf.io.gfile.glob(os.path.join(uri, "*"))))]
+    return [r.numpy() for r in images.tfrecords(sorted(tf.io.gfile.glob(os.path.join(uri, "*"))))]
 
 
 # Execution ids of the shared trainings (tests pick others for their own runs).

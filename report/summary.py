@@ -1,0 +1,133 @@
+"""`<output>/summary.json` of a finished run: what MLMD says each component produced, the metrics and a table."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from typing import Any, Dict, List, Optional, TextIO
+
+import numpy as np
+
+from pipeline.config import PipelineConfig
+from report import images, metrics
+from report.artifacts import RunArtifacts
+
+SUMMARY_FILE = "summary.json"
+
+
+def breed_names(data_dir: str) -> List[str]:
+    """The 37 breed names TFDS ships with the prepared dataset (label ids index this list)."""
+    import tensorflow_datasets as tfds  # a second or two of imports, only once a run is read
+
+    return tfds.builder("oxford_iiit_pet", data_dir=data_dir).info.features["label"].names
+
+
+def _prop(artifact, name: str) -> Any:
+    return artifact.get_custom_property(name) if artifact is not None and artifact.has_custom_property(name) else None
+
+
+def build_summary(config: PipelineConfig, run: RunArtifacts) -> Dict[str, Any]:
+    examples = run.one("TfdsExampleGen", "examples")
+    data_dir = _prop(examples, "tfds_data_dir") or config.tfds_data_dir
+    evaluation = run.one("Evaluator", "evaluation")
+    blessing = run.one("Evaluator", "blessing")
+    pushed = run.one("Pusher", "pushed_model")
+    model, model_run = run.one("Trainer", "model"), run.one("Trainer", "model_run")
+
+    found = metrics.load_metrics(evaluation.uri, breed_names(data_dir)) if evaluation else None
+    baseline = metrics.load_baseline_metrics(evaluation.uri) if evaluation else None
+    pushed_dir = _prop(pushed, "pushed_destination") if _prop(pushed, "pushed") == 1 else None
+    return {
+        "profile": config.profile,
+        "dataset": {
+            "name": _prop(examples, "tfds_name"),
+            "version": _prop(examples, "tfds_version"),
+            "source": _prop(examples, "source"),
+            "data_dir": data_dir,
+            "examples": {"train": _prop(examples, "num_train"), "eval": _prop(examples, "num_eval")},
+            "skipped": json.loads(_prop(examples, "skipped") or "{}"),
+            # Kept, but re-encoded (e.g. TIFF named .jpg, palette trimaps): worth knowing, not an error.
+            "repaired": json.loads(_prop(examples, "repaired") or "{}"),
+        },
+        "metrics": found,
+        "blessed": _prop(blessing, "blessed") == 1,
+        # The gate judges the baseline on the overall slice only, so that is what the summary keeps.
+        "baseline": baseline[metrics.OVERALL] if baseline else None,
+        "pushed_model": str(pathlib.Path(pushed_dir).resolve()) if pushed_dir else None,
+        "serving_versions": sorted(p.name for p in pathlib.Path(config.serving_dir).glob("[0-9]*")),
+        "components": run.component_times(),
+        "report": str(pathlib.Path(config.report_dir).resolve()),
+        "model": model.uri if model else None,
+        "model_run": model_run.uri if model_run else None,
+        "eval_examples": examples.uri + "/Split-eval" if examples else None,
+    }
+
+
+def _row(name: str, m: Dict[str, Any]) -> str:
+    def f(x):
+        return "   -  " if x is None or (isinstance(x, float) and np.isnan(x)) else f"{x:6.3f}"
+    return (f"{name:<34} {f(m.get('mean_iou'))} {f(m['iou'].get('pet'))} {f(m['iou'].get('background'))} "
+            f"{f(m['iou'].get('border'))} {f(m.get('mean_dice'))} {f(m.get('pixel_accuracy'))}")
+
+
+def print_summary(summary: Dict[str, Any], stream: TextIO) -> None:
+    """A readable table of the overall and per-slice metrics and the verdict."""
+    lines = []
+    if summary["metrics"]:
+        lines.append(f"{'slice':<34} {'mIoU':>6} {'pet':>6} {'bg':>6} {'border':>6} {'mDice':>6} {'acc':>6}")
+        lines.append(_row(metrics.OVERALL, summary["metrics"][metrics.OVERALL]))
+        for name, m in sorted(summary["metrics"]["slices"].items()):
+            lines.append(_row(name, m))
+    baseline = summary["baseline"]
+    baseline_text = f"{baseline['mean_iou']:.3f}" if baseline else "none (first model)"
+    lines.append(f"blessed: {summary['blessed']}   baseline mean IoU: {baseline_text}")
+    lines.append(f"pushed model: {summary['pushed_model'] or 'nothing pushed'}")
+    slow = ", ".join(f"{k} {v['seconds']:.0f}s{' (cached)' if v['cached'] else ''}"
+                     for k, v in summary["components"].items() if v.get("seconds") is not None)
+    lines.append(f"components: {slow}")
+    print("\n".join(lines), file=stream, flush=True)
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN (an absent class) becomes null: JSON has no NaN."""
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return None if np.isnan(value) else float(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def read_summary(output_dir: str) -> Optional[Dict[str, Any]]:
+    """The run's summary.json, or None when there is none (or it was damaged by hand)."""
+    try:
+        return json.loads((pathlib.Path(output_dir) / SUMMARY_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def finish_run(config: PipelineConfig, stream: TextIO) -> Dict[str, Any]:
+    """Writes `<output>/summary.json` and the report images, prints the table; returns the summary."""
+    with RunArtifacts(config.metadata_path, config.name) as run:
+        summary = build_summary(config, run)
+    path = config.output_dir / SUMMARY_FILE
+    model_dir = summary["pushed_model"] or (summary["model"] and summary["model"] + "/Format-Serving")
+    if model_dir and summary["eval_examples"]:
+        source = {"model": model_dir, "examples": summary["eval_examples"], "count": config.eval.report_images}
+        previous = read_summary(str(config.output_dir)) or {}
+        if previous.get("report_images_source") == source and all(
+                pathlib.Path(p).exists() for p in previous.get("report_images", [])):
+            # Artifacts are immutable, so the same model on the same examples draws the same PNGs;
+            # skipping the model load keeps an unchanged re-run short.
+            summary["report_images"] = previous["report_images"]
+        else:
+            summary["report_images"] = images.write_report_images(
+                model_dir, summary["eval_examples"], config.report_dir, config.eval.report_images)
+        summary["report_images_source"] = source
+    path.write_text(json.dumps(_json_safe(summary), indent=2) + "\n")
+    print_summary(summary, stream)
+    print(f"[petseg] summary: {path}\n[petseg] report: {summary['report']}", file=stream, flush=True)
+    return summary
