@@ -39,7 +39,7 @@ class ClusterSpec:
     taskmanagers: int = 2
     slots_per_taskmanager: int = 1
     jobmanager_memory: str = "1024m"
-    taskmanager_memory: str = "1536m"
+    taskmanager_memory: str = "2048m"
     # Flink restarts a failed job this often (e.g. after a TaskManager died) before it fails it.
     restart_attempts: int = 2
 
@@ -91,7 +91,8 @@ def up(spec: ClusterSpec, stream=sys.stderr, timeout: float = 300) -> Dict[str, 
                    env, logs)
         classpath = os.pathsep.join([str(j) for j in jars] + [str(p) for p in (home / "lib").glob("log4j-*.jar")])
         _start(state, spec, "job-server", [
-            shutil.which("java") or "java", f"-Dlog4j.configurationFile=file:{conf / 'log4j-console.properties'}",
+            shutil.which("java") or "java", f"-Dlog.file={logs / 'job-server.log'}",
+            f"-Dlog4j.configurationFile=file:{conf / 'log4j.properties'}",
             "-cp", classpath, install.JOB_SERVER_MAIN, f"--flink-master={HOST}:{spec.rest_port}",
             f"--flink-conf-dir={conf}", f"--job-host={HOST}", f"--job-port={spec.job_port}",
             f"--artifact-port={spec.artifact_port}", f"--expansion-port={spec.expansion_port}",
@@ -186,6 +187,10 @@ def _write_conf(spec: ClusterSpec, home: pathlib.Path) -> pathlib.Path:
         "taskmanager.bind-host": HOST, "taskmanager.host": HOST,
         "taskmanager.numberOfTaskSlots": spec.slots_per_taskmanager,
         "taskmanager.memory.process.size": spec.taskmanager_memory,
+        # TFX's Beam graphs run as 200+ DataSet tasks whose gates want ~512 network buffers at
+        # once; Flink's default network share (10 %) fails them with "Insufficient number of network buffers".
+        "taskmanager.memory.network.min": "512mb", "taskmanager.memory.network.max": "512mb",
+        "taskmanager.memory.managed.fraction": 0.2,
         "rest.address": HOST, "rest.bind-address": HOST, "rest.port": spec.rest_port,
         "parallelism.default": spec.taskmanagers * spec.slots_per_taskmanager,
         "io.tmp.dirs": str(tmp), "blob.storage.directory": str(tmp),
