@@ -64,41 +64,39 @@ STATE_FILE = "cluster.json"
 
 
 def up(spec: ClusterSpec, stream=sys.stderr, timeout: float = 300) -> Dict[str, object]:
-    """Starts whatever of the cluster is not running; a running, healthy cluster is left as it is."""
+    """Starts whatever of the cluster is not running: all of it, or only the processes that died.
+
+    A running cluster is left as it is; a dead TaskManager is started again, as a supervisor would,
+    so a job that lost it can be restarted by Flink.
+    """
     state = read_state(spec.dir)
-    if state and all(_alive(p["pid"]) for p in state["processes"]):
-        _say(stream, f"Flink cluster already running ({spec.dir})")
-        return state
     if state:
-        _say(stream, "a previous cluster is partly running: stopping it first")
-        down(spec, stream)
+        spec = ClusterSpec(**state["spec"])
+        dead = [p["name"] for p in state["processes"] if not _alive(p["pid"])]
+        if not dead:
+            _say(stream, f"Flink cluster already running ({spec.dir})")
+            return state
+        _say(stream, f"restarting {', '.join(dead)}")
     logs = spec.dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     home = install.ensure_flink(logs / "install.log")
     jars = install.ensure_job_server(logs / "install.log")
-    for port in (spec.rest_port, spec.rpc_port, spec.job_port, spec.artifact_port, spec.expansion_port,
-                 spec.worker_pool_port):
-        if _port_open(port):
-            raise ClusterError(f"port {HOST}:{port} is already in use; choose other ports (petseg flink up --help)")
-    conf = _write_conf(spec, home)
-    state = {"spec": dataclasses.asdict(spec), "flink_home": str(home), "processes": []}
-    env = dict(os.environ, FLINK_CONF_DIR=str(conf), FLINK_LOG_DIR=str(logs))
-    env.pop("FLINK_HOME", None)
+    commands = _commands(spec, home, jars, _write_conf(spec, home), logs)
+    if state:
+        state["processes"] = [p for p in state["processes"] if p["name"] not in dead]
+        names = dead
+    else:
+        for port in (spec.rest_port, spec.rpc_port, spec.job_port, spec.artifact_port, spec.expansion_port,
+                     spec.worker_pool_port):
+            if _port_open(port):
+                raise ClusterError(f"port {HOST}:{port} is already in use; choose other ports "
+                                   "(petseg flink up --help)")
+        state = {"spec": dataclasses.asdict(spec), "flink_home": str(home), "processes": []}
+        names = list(commands)
     try:
-        _start(state, spec, "jobmanager", [str(home / "bin" / "jobmanager.sh"), "start-foreground"], env, logs)
-        for i in range(spec.taskmanagers):
-            _start(state, spec, f"taskmanager-{i + 1}", [str(home / "bin" / "taskmanager.sh"), "start-foreground"],
-                   env, logs)
-        classpath = os.pathsep.join([str(j) for j in jars] + [str(p) for p in (home / "lib").glob("log4j-*.jar")])
-        _start(state, spec, "job-server", [
-            shutil.which("java") or "java", f"-Dlog.file={logs / 'job-server.log'}",
-            f"-Dlog4j.configurationFile=file:{conf / 'log4j.properties'}",
-            "-cp", classpath, install.JOB_SERVER_MAIN, f"--flink-master={HOST}:{spec.rest_port}",
-            f"--flink-conf-dir={conf}", f"--job-host={HOST}", f"--job-port={spec.job_port}",
-            f"--artifact-port={spec.artifact_port}", f"--expansion-port={spec.expansion_port}",
-            f"--artifacts-dir={spec.dir / 'artifacts'}"], env, logs)
-        _start(state, spec, "worker-pool", [sys.executable, "-m", "engine.worker_pool",
-                                            f"--port={spec.worker_pool_port}"], _worker_env(), logs)
+        for name in names:
+            command, env = commands[name]
+            _start(state, spec, name, command, env, logs)
         _wait_ready(spec, state, timeout)
     except BaseException:
         _stop_all(state)
@@ -107,6 +105,27 @@ def up(spec: ClusterSpec, stream=sys.stderr, timeout: float = 300) -> Dict[str, 
     _say(stream, f"Flink {install.FLINK_VERSION} up: REST {spec.rest_url}, {spec.taskmanagers} TaskManagers, "
                  f"job server {spec.job_endpoint}, SDK worker pool {spec.worker_pool}; logs in {logs}")
     return state
+
+
+def _commands(spec: ClusterSpec, home: pathlib.Path, jars: List[pathlib.Path], conf: pathlib.Path,
+              logs: pathlib.Path) -> Dict[str, tuple]:
+    """Each process of the cluster by name: its command line and environment, in start order."""
+    env = dict(os.environ, FLINK_CONF_DIR=str(conf), FLINK_LOG_DIR=str(logs))
+    env.pop("FLINK_HOME", None)
+    commands = {"jobmanager": ([str(home / "bin" / "jobmanager.sh"), "start-foreground"], env)}
+    for i in range(spec.taskmanagers):
+        commands[f"taskmanager-{i + 1}"] = ([str(home / "bin" / "taskmanager.sh"), "start-foreground"], env)
+    classpath = os.pathsep.join([str(j) for j in jars] + [str(p) for p in (home / "lib").glob("log4j-*.jar")])
+    commands["job-server"] = ([
+        shutil.which("java") or "java", f"-Dlog.file={logs / 'job-server.log'}",
+        f"-Dlog4j.configurationFile=file:{conf / 'log4j.properties'}",
+        "-cp", classpath, install.JOB_SERVER_MAIN, f"--flink-master={HOST}:{spec.rest_port}",
+        f"--flink-conf-dir={conf}", f"--job-host={HOST}", f"--job-port={spec.job_port}",
+        f"--artifact-port={spec.artifact_port}", f"--expansion-port={spec.expansion_port}",
+        f"--artifacts-dir={spec.dir / 'artifacts'}"], env)
+    commands["worker-pool"] = ([sys.executable, "-m", "engine.worker_pool", f"--port={spec.worker_pool_port}"],
+                               _worker_env())
+    return commands
 
 
 def status(spec: ClusterSpec) -> Dict[str, object]:

@@ -126,9 +126,10 @@ class BeamConfig:
     # the submitting process (tests only: it must reach and be reached by every TaskManager).
     environment: str = "EXTERNAL"
     environment_config: str = "127.0.0.1:50000"
-    # How long an SDK worker outlives its last stage; every later stage of the job reuses it instead
-    # of paying a fresh TF/TFX import.
-    environment_cache_millis: int = 60000
+    # Beam closes a job's SDK worker this long after starting it, used or not (0: as soon as no stage
+    # holds it, so the next stage pays a fresh TF/TFX import). Closing mid-stage fails the stage's
+    # tasks, so it must outlast the longest job; the job's end closes its workers anyway.
+    environment_cache_millis: int = 3_600_000
     # flink/spark: the image the SDK harness runs in (the Kubeflow image for sidecars). It also tells
     # TFX that the workers hold the code, so it builds no sdist of itself per component.
     sdk_image: str = "petseg-sdk-harness"
