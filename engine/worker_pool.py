@@ -1,18 +1,36 @@
-"""Beam's Python SDK worker pool (`worker_pool_main`), bound to loopback instead of every interface."""
+"""Beam's Python SDK worker pool (`worker_pool_main`) on loopback, starting workers that import TF first."""
 
 from __future__ import annotations
 
 import argparse
 import atexit
 import logging
+import subprocess
 import sys
 import time
+import traceback
 
 import grpc
-from apache_beam.portability.api import beam_fn_api_pb2_grpc
+from apache_beam.portability.api import beam_fn_api_pb2, beam_fn_api_pb2_grpc
 from apache_beam.runners.worker.worker_pool_main import BeamFnExternalWorkerPoolServicer
 from apache_beam.utils import thread_pool_executor
 from apache_beam.runners.worker.worker_pool_main import kill_process_gracefully
+
+
+class WorkerPool(BeamFnExternalWorkerPoolServicer):
+    """Beam's pool, but each worker is `engine.sdk_worker` from this interpreter, its output in our log.
+
+    Beam's own pool starts `python` from PATH with stdout piped and never read (a chatty worker blocks).
+    """
+
+    def StartWorker(self, request, unused_context):
+        try:
+            command = [sys.executable, "-m", "engine.sdk_worker", request.control_endpoint.url, request.worker_id]
+            logging.info("starting SDK worker %s for %s", request.worker_id, request.control_endpoint.url)
+            self._worker_processes[request.worker_id] = subprocess.Popen(command, close_fds=True)
+            return beam_fn_api_pb2.StartWorkerResponse()
+        except Exception:  # reported to the runner, which fails the job with it
+            return beam_fn_api_pb2.StartWorkerResponse(error=traceback.format_exc())
 
 
 def main(argv=None) -> int:
@@ -24,8 +42,8 @@ def main(argv=None) -> int:
     server = grpc.server(thread_pool_executor.shared_unbounded_instance(),
                          options=[("grpc.http2.max_pings_without_data", 0), ("grpc.http2.max_ping_strikes", 0)])
     server.add_insecure_port(f"{args.host}:{args.port}")
-    # use_process: each StartWorker spawns `python -m ... sdk_worker` from PATH, one per TaskManager.
-    pool = BeamFnExternalWorkerPoolServicer(use_process=True)
+    # One worker process per StartWorker: one per TaskManager and job.
+    pool = WorkerPool(use_process=True)
     beam_fn_api_pb2_grpc.add_BeamFnExternalWorkerPoolServicer_to_server(pool, server)
     server.start()
     atexit.register(lambda: [kill_process_gracefully(p) for p in pool._worker_processes.values()])

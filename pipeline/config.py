@@ -115,8 +115,8 @@ class BeamConfig:
     direct_workers: int = 1
     # flink/spark: Beam's job server, host:port (`petseg flink up` serves 127.0.0.1:8099).
     job_endpoint: str = "127.0.0.1:8099"
-    # flink: the cluster's REST address, host:port; read for a failed job's exceptions and the
-    # parallelism of each vertex (the job server has its own --flink-master).
+    # flink: the cluster's REST address, host:port; a failed run points at its job list there (the
+    # job server has its own --flink-master).
     flink_master: str = "127.0.0.1:8081"
     # flink: parallel instances of every stage (task slots used).
     parallelism: int = 2

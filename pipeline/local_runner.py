@@ -158,7 +158,10 @@ def run(config: PipelineConfig, stream: TextIO = sys.stderr) -> Dict[str, object
             LocalDagRunner().run(pipeline)
         except Exception as exc:
             # A job on Flink/Spark fails with Java stacks around the Python traceback: keep the Python part.
+            where = f"full log: {log_file}"
+            if config.beam.runner == "flink":
+                where += f"; Flink jobs and their exceptions: http://{config.beam.flink_master}/#/job/completed"
             raise PipelineFailed(f"{tracker.current or 'the pipeline'} failed: {errors.readable(str(exc))}\n"
-                                 f"full log: {log_file}") from exc
+                                 f"{where}") from exc
         return summary.finish_run(config, tracker.components, stream)
 

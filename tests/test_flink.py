@@ -38,14 +38,28 @@ def cluster(tmp_path_factory):
                              job_port=job, artifact_port=artifact, expansion_port=expansion,
                              worker_pool_port=pool)
     flink.up(spec, timeout=600)
-    started = [p["pid"] for p in flink.read_state(spec.dir)["processes"]]
+    started = {p["pid"] for p in flink.read_state(spec.dir)["processes"]}
     try:
         yield spec
     finally:
+        started |= {p["pid"] for p in (flink.read_state(spec.dir) or {"processes": []})["processes"]}
         flink.down(spec)
-        # Nothing left: no process of any group `up` started (SDK workers included), no port open.
+        # Nothing left: no process of any group `up` started (SDK workers included), none whose command
+        # line names the cluster's folder, no port open.
         assert not [pid for pid in started if flink._group_alive(pid)]
+        assert not _processes_naming(str(spec.dir))
         assert not [p for p in (rest, rpc, job, artifact, expansion, pool) if flink._port_open(p)]
+
+
+def _processes_naming(text):
+    found = []
+    for cmdline in pathlib.Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if text in cmdline.read_bytes().decode(errors="replace"):
+                found.append(cmdline.parent.name)
+        except OSError:
+            pass
+    return found
 
 
 def _beam_sets(spec):
