@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pathlib
 import socket
+import sys
 from typing import Dict, List, Optional
 
 from bench import stages
@@ -58,7 +59,7 @@ def _crossover(direct: Dict[str, Optional[float]], on_flink: Dict[str, Optional[
 
 
 def engine_figures(config: PipelineConfig, run: stages.RunArtifacts, work: str, spec: flink.ClusterSpec,
-                   parallelism: int = 2, copies: int = 3) -> Dict[str, object]:
+                   parallelism: int = 2, copies: int = 2) -> Dict[str, object]:
     """Both executors on both engines, on the run's data and on `copies` copies of it, in one process."""
     by_id, direct = stages.components(config)
     on_flink = flink_args(config, spec, parallelism)
@@ -80,6 +81,8 @@ def engine_figures(config: PipelineConfig, run: stages.RunArtifacts, work: str, 
             many = stages.run_executor(by_id[component], inputs(many_all if name == "transform" else many_eval),
                                        out + f"_x{copies}", args)
             lines[engine] = _line(once, many, count, copies)
+            # Each figure as soon as it exists: a Flink stage can take long on a loaded machine.
+            print(f"[bench] {name} on {engine}: {lines[engine]}", file=sys.stderr, flush=True)
         results[f"{name}_engines"] = dict(lines, images=count,
                                           flink_overtakes_at_images=_crossover(lines["direct"], lines["flink"]))
     return results
