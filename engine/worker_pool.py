@@ -20,17 +20,33 @@ from apache_beam.runners.worker.worker_pool_main import kill_process_gracefully
 class WorkerPool(BeamFnExternalWorkerPoolServicer):
     """Beam's pool, but each worker is `engine.sdk_worker` from this interpreter, its output in our log.
 
-    Beam's own pool starts `python` from PATH with stdout piped and never read (a chatty worker blocks).
+    Beam's own pool starts `python` from PATH with stdout piped and never read (a chatty worker blocks),
+    and keys workers by worker id alone. One pool serving several TaskManagers sees the same id ("1-1")
+    from each, so a StopWorker from the TaskManager that finished first killed another one's busy worker
+    and failed its tasks. Here StopWorker stops nothing: a worker exits by itself once its TaskManager
+    closes the control channel, and `petseg flink down` ends the pool's whole process group.
     """
 
     def StartWorker(self, request, unused_context):
         try:
             command = [sys.executable, "-m", "engine.sdk_worker", request.control_endpoint.url, request.worker_id]
             logging.info("starting SDK worker %s for %s", request.worker_id, request.control_endpoint.url)
-            self._worker_processes[request.worker_id] = subprocess.Popen(command, close_fds=True)
+            process = subprocess.Popen(command, close_fds=True)
+            self._worker_processes[f"{request.worker_id}@{request.control_endpoint.url}"] = process
+            self._reap()
             return beam_fn_api_pb2.StartWorkerResponse()
         except Exception:  # reported to the runner, which fails the job with it
             return beam_fn_api_pb2.StartWorkerResponse(error=traceback.format_exc())
+
+    def StopWorker(self, request, unused_context):
+        logging.info("worker %s released; it exits when its control channel closes", request.worker_id)
+        self._reap()
+        return beam_fn_api_pb2.StopWorkerResponse()
+
+    def _reap(self) -> None:
+        for key, process in list(self._worker_processes.items()):
+            if process.poll() is not None:
+                del self._worker_processes[key]
 
 
 def main(argv=None) -> int:

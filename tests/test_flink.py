@@ -87,6 +87,7 @@ def flink_run(cluster, tmp_path_factory):
 
 def test_beam_components_run_on_flink_with_parallelism_2(cluster, flink_run):
     output, proc, jobs = flink_run
+    print(proc.stderr)  # the console of `petseg run`, shown with `pytest -s`
     summary = json.loads((output / "summary.json").read_text())
     assert set(BEAM_COMPONENTS) <= set(summary["components"])
     # One Flink job per Beam component, each finished, every vertex at parallelism 2 or more.
@@ -94,6 +95,8 @@ def test_beam_components_run_on_flink_with_parallelism_2(cluster, flink_run):
     for job in jobs:
         assert job["state"] == "FINISHED", job
         detail = flink.rest_get(cluster.rest_url, f"/jobs/{job['jid']}")
+        print(job["name"], job["state"], f"{job['duration'] / 1000:.0f} s", len(detail["vertices"]), "vertices,",
+              "parallelism", sorted({v["parallelism"] for v in detail["vertices"]}))
         assert min(v["parallelism"] for v in detail["vertices"]) >= 2, job["name"]
     # Both TaskManagers did work: each ran subtasks of the jobs.
     hosts = set()
