@@ -149,21 +149,19 @@ def test_a_taskmanager_killed_during_transform(cluster, flink_run):
     """Flink restarts the job once the TaskManager is back, or the component fails clearly and a rerun resumes."""
     output, _, _ = flink_run
     # Another image size changes only Transform's inputs: upstream components come from cache.
-    command = [sys.executable, "-m", "pipeline.cli", "run", "--profile", "tiny", "--output", str(output),
-               *_beam_sets(cluster), "--set", "model.image_size=32", "--set", "train.epochs=1"]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
-    victim = _kill_a_taskmanager_once_transform_runs(cluster, proc)
+    sets = [*_beam_sets(cluster), "--set", "model.image_size=32", "--set", "train.epochs=1"]
+    command = [sys.executable, "-m", "pipeline.cli", "run", "--profile", "tiny", "--output", str(output), *sets]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=REPO)
+    seen, victim = _kill_a_taskmanager_once_transform_runs(cluster, proc)
     # What Kubernetes or a supervisor would do: bring the TaskManager back (`up` starts what is missing).
     flink.up(cluster, timeout=600)
     assert victim not in flink.taskmanager_pids(cluster.dir)
-    stdout, stderr = proc.communicate(timeout=3600)
-    if proc.returncode == 0:
-        recovered = True
-    else:
-        recovered = False
+    stderr = (seen + proc.stderr.read()).decode(errors="replace")
+    proc.wait(timeout=3600)
+    recovered = proc.returncode == 0
+    if not recovered:
         assert "petseg: Transform failed:" in stderr, stderr[-4000:]
-        rerun = _petseg_run(output, *command[command.index("--set"):])
-        stderr = rerun.stderr
+        stderr = _petseg_run(output, *sets).stderr
         assert "[petseg] StatisticsGen from cache" in stderr
     print(f"recovered by Flink's restart strategy: {recovered}")
     assert "[petseg] Transform done" in stderr
@@ -171,36 +169,22 @@ def test_a_taskmanager_killed_during_transform(cluster, flink_run):
     assert summary["components"]["Transform"]["cached"] is False
 
 
-def _kill_a_taskmanager_once_transform_runs(cluster, proc, timeout=1800):
+def _kill_a_taskmanager_once_transform_runs(cluster, proc, timeout=3000):
+    """SIGKILLs a TaskManager while Transform's job runs; returns the stderr read so far and the pid."""
     deadline = time.monotonic() + timeout
-    lines = []
+    seen = b""
     os.set_blocking(proc.stderr.fileno(), False)
     while time.monotonic() < deadline:
         chunk = proc.stderr.read()
-        if chunk:
-            lines.append(chunk)
-        if "[petseg] Transform running" in "".join(lines):
+        seen += chunk or b""
+        if b"[petseg] Transform running" in seen:
             running = [j for j in flink.rest_get(cluster.rest_url, "/jobs/overview")["jobs"]
                        if j["state"] == "RUNNING" and j["tasks"]["running"] > 0]
             if running:
                 victim = flink.taskmanager_pids(cluster.dir)[0]
                 os.kill(victim, signal.SIGKILL)
                 os.set_blocking(proc.stderr.fileno(), True)
-                proc.stderr = _Prefixed("".join(lines), proc.stderr)
-                return victim
-        assert proc.poll() is None, "".join(lines)[-4000:]
+                return seen, victim
+        assert proc.poll() is None, seen.decode(errors="replace")[-4000:]
         time.sleep(0.5)
     raise AssertionError("Transform never ran on the cluster")
-
-
-class _Prefixed:
-    """A stream whose first read returns what was already consumed from it."""
-
-    def __init__(self, prefix, stream):
-        self.prefix, self.stream = prefix, stream
-
-    def read(self):
-        return self.prefix + self.stream.read()
-
-    def close(self):
-        self.stream.close()
