@@ -92,6 +92,20 @@ def measure_all(args: argparse.Namespace) -> Dict[str, object]:
             results.update(pipeline_runs(args.profile, overrides, work / "run"))
 
     config = load_config(args.profile, overrides=overrides + [f"output={work / 'run'}"])
+    if args.only_engines:
+        from bench import engines
+        from engine import flink
+
+        spec = engines.local_cluster(str(work))
+        with stage("engines: Flink (parallelism 2) vs DirectRunner, Transform and Evaluator"):
+            flink.up(spec, timeout=900)
+            try:
+                results.update(engines.engine_figures(config, stages.RunArtifacts(config), str(work), spec))
+            finally:
+                flink.down(spec)
+        results["machine_at_end"] = measure.machine()
+        results["bench_seconds"] = round(time.perf_counter() - started, 1)
+        return results
     gpu = bool(tf.config.list_physical_devices("GPU"))
     with stage("matmul peak"):
         peak = {"float32": measure.matmul_flops_per_second(tf.float32),
@@ -113,6 +127,17 @@ def measure_all(args: argparse.Namespace) -> Dict[str, object]:
         results.update(stages.transform_figures(config, run, str(work)))
     with stage("evaluator: TFMA executor vs bare model"):
         results.update(stages.evaluator_figures(config, run, str(work)))
+    if args.engines:
+        from bench import engines
+        from engine import flink
+
+        spec = engines.local_cluster(str(work))
+        with stage("engines: Flink (parallelism 2) vs DirectRunner, Transform and Evaluator"):
+            flink.up(spec, timeout=900)
+            try:
+                results.update(engines.engine_figures(config, run, str(work), spec))
+            finally:
+                flink.down(spec)
     with stage("serving: serving_default vs decode + model"):
         results.update(stages.serving_figures(config, run))
     with stage("replicas: one process per count"):
@@ -154,10 +179,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--work", help="keep the runs and outputs here (default: a temporary folder)")
     parser.add_argument("--reuse-run", action="store_true",
                         help="measure the stages on the finished run in --work/run instead of running the pipeline")
+    parser.add_argument("--engines", action="store_true",
+                        help="also time Transform and Evaluator on a local Flink cluster vs DirectRunner")
+    parser.add_argument("--only-engines", action="store_true",
+                        help="with --reuse-run: only the engines stage (skips trainer, serving and replica figures)")
     parser.add_argument("--output", default=str(pathlib.Path(__file__).parent / "results.json"))
     args = parser.parse_args(argv)
     if args.reuse_run and not args.work:
         parser.error("--reuse-run needs --work")
+    if args.only_engines and not args.reuse_run:
+        parser.error("--only-engines needs --reuse-run")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     # Library deprecation notices would bury the figures; the pipeline runs keep their own logs.
     warnings.filterwarnings("ignore")

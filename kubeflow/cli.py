@@ -10,6 +10,10 @@ import tempfile
 from kubeflow import runner
 from pipeline.config_args import add_config_args, config_from_args
 
+# Beam's runner class names as `--beam-arg=--runner=...` gives them, to beam.runner values.
+BEAM_RUNNER_NAMES = {"DirectRunner": "direct", "FlinkRunner": "flink",
+                     "SparkRunner": "spark", "DataflowRunner": "dataflow"}
+
 
 def add_parser(subparsers) -> None:
     """Adds `kubeflow` with its subcommands to the `petseg` parser."""
@@ -70,7 +74,8 @@ def _add_compile_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cpu", type=float, help="vCPU limit of the Trainer")
     parser.add_argument("--memory", type=float, metavar="GB", help="memory limit of the Trainer in GB")
     parser.add_argument("--beam-arg", action="append", default=[], metavar="ARG",
-                        help="extra Beam arg for every task, e.g. --beam-arg=--runner=DataflowRunner (repeatable)")
+                        help="extra Beam arg for every task (appended to beam.args), e.g. --beam-arg=--project=P; "
+                             "--beam-arg=--runner=DataflowRunner sets beam.runner (repeatable)")
 
 
 def _settings(args: argparse.Namespace) -> runner.KubeflowSettings:
@@ -85,11 +90,19 @@ def _settings(args: argparse.Namespace) -> runner.KubeflowSettings:
 
 
 def _config(args: argparse.Namespace):
-    from pipeline.config import apply_values
+    from pipeline.config import ConfigError, apply_values
 
     config = config_from_args(args)
-    if args.beam_arg:
-        apply_values(config, {"beam_args": config.beam_args + args.beam_arg})
+    # `--beam-arg=--runner=X` (the documented Dataflow form) picks beam.runner; the rest pass through.
+    runner_args = [a for a in args.beam_arg if a.startswith("--runner=")]
+    values = {"beam.args": config.beam.args + [a for a in args.beam_arg if a not in runner_args]}
+    if runner_args:
+        runner_name = runner_args[-1].split("=", 1)[1]
+        if runner_name not in BEAM_RUNNER_NAMES:
+            raise ConfigError(f"--beam-arg={runner_args[-1]}: choose one of {sorted(BEAM_RUNNER_NAMES)} "
+                              "or set beam.runner")
+        values["beam.runner"] = BEAM_RUNNER_NAMES[runner_name]
+    apply_values(config, values)
     return config.validate()
 
 

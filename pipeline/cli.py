@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from typing import List, Optional
 
+from engine import flink
+from engine.install import InstallError
 from kubeflow import cli as kubeflow_cli
 from pipeline import console
 from pipeline.config import ConfigError
@@ -34,8 +37,65 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--output", metavar="FILE", help="where to write it (default: DIR/report/index.html)")
     report.set_defaults(func=_report)
 
+    _add_flink_parser(sub)
     kubeflow_cli.add_parser(sub)
     return parser
+
+
+def _add_flink_parser(sub) -> None:
+    parser = sub.add_parser("flink", help="start, report or stop a local Flink cluster (beam.runner=flink)")
+    commands = parser.add_subparsers(dest="flink_command", required=True)
+    defaults = flink.ClusterSpec()
+    for name, helptext in (("up", "start JobManager, TaskManagers, Beam's job server and an SDK worker pool"),
+                           ("status", "say what runs"), ("down", "stop every process `up` started")):
+        command = commands.add_parser(name, help=helptext)
+        command.add_argument("--dir", default="", help="state and logs (default: .tools/flink-cluster)")
+        command.set_defaults(func=_flink, flink_command=name)
+        if name != "up":
+            continue
+        for flag, field in (("--rest-port", "rest_port"), ("--rpc-port", "rpc_port"), ("--job-port", "job_port"),
+                            ("--artifact-port", "artifact_port"), ("--expansion-port", "expansion_port"),
+                            ("--worker-pool-port", "worker_pool_port"), ("--taskmanagers", "taskmanagers")):
+            command.add_argument(flag, type=int, default=getattr(defaults, field), dest=field,
+                                 help=f"default {getattr(defaults, field)}")
+
+
+def _flink(args: argparse.Namespace) -> int:
+    fields = {f.name for f in dataclasses.fields(flink.ClusterSpec)}
+    spec = flink.ClusterSpec(state_dir=args.dir, **{k: v for k, v in vars(args).items()
+                                                     if k in fields and k != "state_dir"})
+    if args.flink_command == "up" and spec.taskmanagers < 2:
+        print("petseg: --taskmanagers must be >= 2 (parallelism 2 needs two slots)", file=sys.stderr)
+        return 2
+    try:
+        if args.flink_command == "up":
+            flink.up(spec)
+        elif args.flink_command == "down":
+            flink.down(spec)
+        else:
+            _print_status(flink.status(spec))
+    except (flink.ClusterError, InstallError) as exc:
+        print(f"petseg: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _print_status(report) -> None:
+    if not report["processes"]:
+        print(f"[petseg] no Flink cluster is running ({report['state_dir']})")
+        return
+    print(f"[petseg] Flink cluster {'running' if report['running'] else 'DEGRADED'} ({report['state_dir']})")
+    for proc in report["processes"]:
+        print(f"  {proc['name']:<16} pid {proc['pid']:<8} {'alive' if proc['alive'] else 'DEAD'}   {proc['log']}")
+    if "overview" in report:
+        o = report["overview"]
+        print(f"  REST {report['rest']}: Flink {o['flink-version']}, {o['taskmanagers']} TaskManagers, "
+              f"{o['slots-available']}/{o['slots-total']} slots free, jobs running {o['jobs-running']}, "
+              f"finished {o['jobs-finished']}, failed {o['jobs-failed']}")
+    else:
+        print(f"  REST {report['rest']}: {report.get('rest_error')}")
+    print(f"  job server {report['job_endpoint']}: {'listening' if report['job_server_listening'] else 'DOWN'}; "
+          f"SDK worker pool {report['worker_pool']}: {'listening' if report['worker_pool_listening'] else 'DOWN'}")
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import pathlib
 import typing
@@ -12,6 +13,10 @@ from typing import Any, Dict, Iterable, Mapping, Optional
 from trainer.config import ModelConfig, TrainConfig, problems as trainer_problems
 
 DATASETS = ("synthetic", "oxford_iiit_pet")
+BEAM_RUNNERS = ("direct", "flink", "spark", "dataflow")
+BEAM_ENVIRONMENTS = ("EXTERNAL", "PROCESS", "LOOPBACK")
+# Keys that moved; naming the new one beats a bare "unknown key".
+RENAMED_KEYS = {"beam_workers": "beam.direct_workers", "beam_args": "beam.args"}
 
 
 class ConfigError(ValueError):
@@ -50,19 +55,49 @@ class EvalConfig:
 
 
 @dataclasses.dataclass
+class BeamConfig:
+    """Where StatisticsGen, Transform and the Evaluator run their Beam pipelines."""
+
+    # direct: Beam's DirectRunner in the petseg process (or the task's pod on Kubeflow); flink, spark:
+    # Beam's portable runner against a job server; dataflow: Google Cloud Dataflow.
+    runner: str = "direct"
+    # DirectRunner worker processes. 1 runs Beam in this process: each extra worker process imports
+    # TF/TFX anew for every Beam pipeline (StatisticsGen, Transform, Evaluator), measured at 60-100 s
+    # per pipeline on 2 cores against ~20 s of actual work (bench/README.md). Raise it only for data
+    # far larger than the synthetic or Oxford sets on a many-core machine.
+    direct_workers: int = 1
+    # flink/spark: Beam's job server, host:port (`petseg flink up` serves 127.0.0.1:8099).
+    job_endpoint: str = "127.0.0.1:8099"
+    # flink: the cluster's REST address, host:port; a failed run points at its job list there (the
+    # job server has its own --flink-master).
+    flink_master: str = "127.0.0.1:8081"
+    # flink: parallel instances of every stage (task slots used).
+    parallelism: int = 2
+    # flink/spark: how the Python SDK harness runs: EXTERNAL = a worker pool at environment_config
+    # (host:port; a sidecar beside each TaskManager), PROCESS = a boot command on each worker
+    # (environment_config is Beam's JSON, e.g. {"command": "/opt/apache/beam/boot"}), LOOPBACK = in
+    # the submitting process (tests only: it must reach and be reached by every TaskManager).
+    environment: str = "EXTERNAL"
+    environment_config: str = "127.0.0.1:50000"
+    # Beam closes a job's SDK worker this long after starting it, used or not (0: as soon as no stage
+    # holds it, so the next stage pays a fresh TF/TFX import). Closing mid-stage fails the stage's
+    # tasks, so it must outlast the longest job; the job's end closes its workers anyway.
+    environment_cache_millis: int = 3_600_000
+    # flink/spark: the image the SDK harness runs in (the Kubeflow image for sidecars). It also tells
+    # TFX that the workers hold the code, so it builds no sdist of itself per component.
+    sdk_image: str = "petseg-sdk-harness"
+    # Extra Beam args, appended last (they win), e.g. Dataflow's --project/--region/--temp_location.
+    args: typing.List[str] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
 class PipelineConfig:
     """Everything one pipeline run needs."""
 
     profile: str = "quick"
     name: str = "petseg"
     output: str = "runs/default"
-    # Beam DirectRunner worker processes for local runs. 1 runs Beam in this process: each extra
-    # worker process imports TF/TFX anew for every Beam pipeline (StatisticsGen, Transform, Evaluator),
-    # measured at 60-100 s per pipeline on 2 cores against ~20 s of actual work (bench/README.md).
-    # Raise it only for data far larger than the synthetic or Oxford sets on a many-core machine.
-    beam_workers: int = 1
-    # Extra Beam args (e.g. a Dataflow or Flink runner) appended to the local ones.
-    beam_args: typing.List[str] = dataclasses.field(default_factory=list)
+    beam: BeamConfig = dataclasses.field(default_factory=BeamConfig)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
@@ -110,10 +145,46 @@ class PipelineConfig:
         _check(0 <= self.eval.min_mean_iou <= 1, "eval.min_mean_iou", "must be in [0, 1]")
         _check(0 <= self.eval.max_regression <= 1, "eval.max_regression", "must be in [0, 1]")
         _check(self.eval.report_images >= 0, "eval.report_images", "must be >= 0")
-        _check(self.beam_workers >= 1, "beam_workers", "must be >= 1")
+        _validate_beam(self.beam)
         _check(bool(self.name) and self.name.replace("-", "").replace("_", "").isalnum(), "name",
                "must be letters, digits, '-' or '_'")
         return self
+
+
+def _validate_beam(beam: BeamConfig) -> None:
+    """Raises ConfigError naming the first key that does not fit beam.runner."""
+    _check(beam.runner in BEAM_RUNNERS, "beam.runner", f"must be one of {BEAM_RUNNERS}")
+    _check(beam.direct_workers >= 1, "beam.direct_workers", "must be >= 1")
+    for arg in beam.args:
+        _check(not arg.startswith(("--runner", "--job_endpoint", "--environment_type")), "beam.args",
+               f"{arg!r}: set beam.runner / beam.job_endpoint / beam.environment instead")
+    if beam.runner != "direct":
+        _check(beam.direct_workers == 1, "beam.direct_workers", "only applies to beam.runner=direct")
+    if beam.runner in ("flink", "spark"):
+        _check(_host_port(beam.job_endpoint), "beam.job_endpoint",
+               f"must be host:port of Beam's {beam.runner} job server, got {beam.job_endpoint!r}")
+        _check(beam.environment in BEAM_ENVIRONMENTS, "beam.environment", f"must be one of {BEAM_ENVIRONMENTS}")
+        if beam.environment == "EXTERNAL":
+            _check(_host_port(beam.environment_config), "beam.environment_config",
+                   f"EXTERNAL needs the SDK worker pool as host:port, got {beam.environment_config!r}")
+        elif beam.environment == "PROCESS":
+            _check(beam.environment_config.lstrip().startswith("{") and '"command"' in beam.environment_config,
+                   "beam.environment_config", 'PROCESS needs JSON like {"command": "/opt/apache/beam/boot"}')
+        _check(beam.environment_cache_millis >= 0, "beam.environment_cache_millis", "must be >= 0")
+        _check(bool(beam.sdk_image), "beam.sdk_image", "must name the SDK harness image")
+    if beam.runner == "flink":
+        _check(beam.parallelism >= 1, "beam.parallelism", "must be >= 1")
+        _check(_host_port(beam.flink_master), "beam.flink_master",
+               f"must be host:port of Flink's REST API, got {beam.flink_master!r}")
+    if beam.runner == "dataflow":
+        for flag in ("--project", "--region", "--temp_location"):
+            _check(any(a.startswith(flag + "=") for a in beam.args), "beam.args",
+                   f"beam.runner=dataflow needs {flag}=... in beam.args")
+
+
+def _host_port(value: str) -> bool:
+    host, sep, port = value.rpartition(":")
+    return bool(host) and bool(sep) and port.isdigit()
 
 
 def _check(ok: bool, key: str, why: str) -> None:
@@ -149,7 +220,6 @@ PROFILES: Dict[str, Dict[str, Any]] = {
         "eval.min_mean_iou": 0.0,
         "eval.max_regression": 1.0,
         "eval.report_images": 2,
-        "beam_workers": 1,
     },
 }
 
@@ -174,6 +244,8 @@ def load_config(profile: str = "quick", config_file: Optional[str] = None,
 def apply_values(config: PipelineConfig, values: Mapping[str, Any]) -> PipelineConfig:
     """Sets dotted keys (e.g. `train.epochs`) with type checks; unknown keys are errors."""
     for key, value in values.items():
+        if key in RENAMED_KEYS:
+            raise ConfigError(f"{key}: renamed to {RENAMED_KEYS[key]}")
         *parents, leaf = key.split(".")
         target: Any = config
         for part in parents:
@@ -219,6 +291,8 @@ def _coerce(key: str, value: Any, field_type: Any) -> Any:
             return float(value)
         raise ConfigError(f"{key}: expected a number, got {value!r}")
     if field_type is str:
+        if isinstance(value, dict):  # e.g. beam.environment_config's JSON, parsed as YAML by --set
+            return json.dumps(value)
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
         raise ConfigError(f"{key}: expected a string, got {value!r}")

@@ -16,8 +16,9 @@ from absl import logging as absl_logging
 from tfx.orchestration import metadata
 from tfx.orchestration.local.local_dag_runner import LocalDagRunner
 
-from pipeline.config import PipelineConfig
+from engine import errors
 from pipeline import console
+from pipeline.config import PipelineConfig
 from pipeline.pipeline import create_pipeline
 from report import dashboard, summary
 
@@ -103,6 +104,12 @@ def _check_sqlite(path: str, timeout: float) -> None:
             "and lineage of earlier runs are lost; serving/ keeps its models) or restore a backup") from exc
 
 
+def _not_job_messages(record: logging.LogRecord) -> bool:
+    """Drops the job server's messages (Java stacks) from the console; the run's log file keeps them and
+    a failure still prints its Python traceback through PipelineFailed."""
+    return not record.pathname.endswith("portable_runner.py")
+
+
 @contextlib.contextmanager
 def _logging_to(log_file: str, tracker: ProgressTracker) -> Iterator[None]:
     """Full INFO log into the run's folder; only progress lines (and warnings) on the console."""
@@ -117,6 +124,7 @@ def _logging_to(log_file: str, tracker: ProgressTracker) -> Iterator[None]:
     consoles = {h: h.level for h in root.handlers}
     for handler in consoles:
         handler.setLevel(max(handler.level, logging.WARNING))
+        handler.addFilter(_not_job_messages)
     absl_logging.set_verbosity(absl_logging.INFO)
     root.setLevel(logging.INFO)
     root.addHandler(file_handler)
@@ -129,6 +137,7 @@ def _logging_to(log_file: str, tracker: ProgressTracker) -> Iterator[None]:
         file_handler.close()
         for handler, level in consoles.items():
             handler.setLevel(level)
+            handler.removeFilter(_not_job_messages)
         absl_logging.set_verbosity(saved_verbosity)
         root.setLevel(saved_root_level)
 
@@ -149,7 +158,12 @@ def run(config: PipelineConfig, stream: TextIO = sys.stderr,
         try:
             LocalDagRunner().run(pipeline)
         except Exception as exc:
-            raise PipelineFailed(f"{tracker.current or 'the pipeline'} failed: {exc}\nfull log: {log_file}") from exc
+            # A job on Flink/Spark fails with Java stacks around the Python traceback: keep the Python part.
+            where = f"full log: {log_file}"
+            if config.beam.runner == "flink":
+                where += f"; Flink jobs and their exceptions: http://{config.beam.flink_master}/#/job/completed"
+            raise PipelineFailed(f"{tracker.current or 'the pipeline'} failed: {errors.readable(str(exc))}\n"
+                                 f"{where}") from exc
         result = summary.finish_run(config, stream)
         result["dashboard"] = dashboard.write_dashboard(str(output), pipeline_name=config.name)
         print(f"[petseg] dashboard: {result['dashboard']}", file=stream, flush=True)

@@ -18,6 +18,7 @@ from components.evaluator import Evaluator
 from components.example_gen import TfdsExampleGen
 from components.pusher import AtomicPusher
 from components.validation_gate import ValidationGate
+from engine.beam_args import beam_pipeline_args
 from pipeline import evaluation
 from pipeline.config import PipelineConfig
 
@@ -31,18 +32,8 @@ LATEST_BLESSED_MODEL_ID = "latest_blessed_model"
 
 
 def local_beam_args(config: PipelineConfig) -> List[str]:
-    """Beam DirectRunner settings for this machine, then the user's extra args (which win).
-
-    One in-process worker is Beam's default and needs no args. Passing none matters: given any
-    beam args without a dependency flag, TFX copies its whole install and builds an sdist of it for
-    every Beam component (~2 s, and 42 MB left behind in the temp dir each time), which
-    in-process workers never read.
-    """
-    if config.beam_workers > 1:
-        args = ["--direct_running_mode=multi_processing", f"--direct_num_workers={config.beam_workers}"]
-    else:
-        args = []
-    return args + list(config.beam_args)
+    """Beam args for `config.beam` (none for one in-process DirectRunner worker; see beam_pipeline_args)."""
+    return beam_pipeline_args(config.beam)
 
 
 def create_pipeline(config: PipelineConfig, *, pipeline_root: Optional[str] = None,

@@ -9,7 +9,7 @@ import sys
 from typing import Dict, List, Set
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
-PACKAGES = ("pipeline", "components", "transform", "trainer", "kubeflow", "report", "bench")
+PACKAGES = ("pipeline", "components", "transform", "trainer", "kubeflow", "report", "engine", "bench")
 
 
 def project_modules() -> Dict[str, pathlib.Path]:

@@ -15,7 +15,8 @@ from pipeline import cli
 REPO = pathlib.Path(__file__).resolve().parent.parent
 IMAGE = "registry.example.com/team/petseg:1.2.3"
 ROOT = "gs://petseg-bucket/pipeline_root"
-BEAM_ARGS = ["--runner=DataflowRunner", "--project=demo-project", "--region=europe-west4"]
+BEAM_ARGS = ["--runner=DataflowRunner", "--project=demo-project", "--region=europe-west4",
+             "--temp_location=gs://petseg-bucket/tmp"]
 TASKS = {"TfdsExampleGen", "ImportSchemaGen", "StatisticsGen", "ExampleValidator", "ValidationGate", "Transform",
          "latest_blessed_model", "Trainer", "Evaluator", "Pusher"}
 RUN_EXECUTOR = ["python", "-m", "kubeflow.entrypoint"]
@@ -211,5 +212,29 @@ def test_dockerignore_keeps_what_the_dockerfile_copies():
     lines = [line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()]
     ignore = [line for line in lines if line and not line.startswith("#")]
     assert ignore[0] == "*"  # an allow-list: .venv, runs/ and .git never reach the build context
-    for needed in ("pyproject.toml", "uv.lock", "pipeline/", "components/", "transform/", "trainer/", "kubeflow/"):
+    for needed in ("pyproject.toml", "uv.lock", "pipeline/", "components/", "transform/", "trainer/", "kubeflow/",
+                   "engine/", "report/"):
         assert f"!{needed}" in ignore, needed
+
+
+def test_flink_settings_reach_every_beam_task_of_the_compiled_spec(tmp_path):
+    # The same `beam` section as `petseg run`: a job server service and a worker-pool sidecar on localhost.
+    out = tmp_path / "flink.yaml"
+    assert cli.main(["kubeflow", "compile", "--output", str(out), "--profile", "tiny", "--image", IMAGE,
+                     "--pipeline-root", ROOT, "--set", "beam.runner=flink",
+                     "--set", "beam.job_endpoint=flink-jobserver:8099", "--set", "beam.parallelism=4",
+                     "--set", f"beam.sdk_image={IMAGE}", "--beam-arg=--max_num_records=100"]) == 0
+    spec = yaml.safe_load(out.read_text())
+    expected = ["--runner=PortableRunner", "--job_endpoint=flink-jobserver:8099", "--environment_type=EXTERNAL",
+                "--environment_cache_millis=3600000", f"--sdk_container_image={IMAGE}",
+                "--experiments=disable_logging_submission_environment", "--environment_config=127.0.0.1:50000",
+                "--parallelism=4", "--max_num_records=100"]
+    for task in ("StatisticsGen", "Transform", "Evaluator"):
+        assert container(spec, task)["args"][-len(expected):] == expected, task
+
+
+def test_a_beam_runner_flag_in_beam_args_is_a_config_error_naming_the_key(tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["kubeflow", "compile", "--output", str(tmp_path / "x.yaml"), "--pipeline-root", ROOT,
+                  "--beam-arg=--runner=SamzaRunner"])
+    assert exit_info.value.code == 2

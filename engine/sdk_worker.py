@@ -1,0 +1,26 @@
+"""One Python SDK worker, started by the pool: imports TF and the TFX libraries first, then serves the runner."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+
+def main(argv) -> int:
+    control_endpoint, worker_id = argv[1], argv[2]
+    # Before the runner's first bundle, not during it: the runner gives a worker's data channel
+    # 3 minutes to open, and importing these while decoding that bundle took longer on 2 loaded cores.
+    import tensorflow  # noqa: F401
+    import tensorflow_data_validation  # noqa: F401
+    import tensorflow_model_analysis  # noqa: F401
+    import tensorflow_transform.beam  # noqa: F401
+    from apache_beam.runners.worker.sdk_worker import SdkHarness
+
+    SdkHarness(control_endpoint, worker_id=worker_id, state_cache_size=0, data_buffer_time_limit_ms=-1).run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

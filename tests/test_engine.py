@@ -1,0 +1,42 @@
+"""Engine helpers that need no cluster: the readable error, the bench's crossover, status of nothing."""
+
+from bench import engines
+from engine import errors, flink
+
+JOB_SERVER_MESSAGE = """java.lang.RuntimeException: Error received from SDK harness for instruction 7: Traceback (most recent call last):
+  File "/venv/lib/python3.10/site-packages/apache_beam/runners/worker/sdk_worker.py", line 311, in _execute
+    response = task()
+  File "/work/transform/preprocessing.py", line 40, in decode_image
+    raise ValueError("Unknown image file format")
+ValueError: Unknown image file format [while running 'Transform/Decode']
+
+\tat org.apache.beam.runners.fnexecution.control.FnApiControlClient$ResponseStreamObserver.onNext(FnApiControlClient.java:180)
+\tat org.apache.beam.vendor.grpc.v1p60p1.io.grpc.stub.ServerCalls$StreamingServerCallHandler.onMessage(ServerCalls.java:262)
+Caused by: java.util.concurrent.ExecutionException: boom
+\t... 12 more"""
+
+
+def test_readable_keeps_the_python_traceback_and_drops_the_java_stack():
+    shown = errors.readable("Pipeline x failed in state FAILED: " + JOB_SERVER_MESSAGE)
+    assert shown.startswith("Pipeline x failed in state FAILED: java.lang.RuntimeException")
+    assert "Traceback (most recent call last):" in shown and "in decode_image" in shown
+    assert shown.rstrip().endswith("ValueError: Unknown image file format [while running 'Transform/Decode']")
+    assert "\tat org.apache" not in shown and "Caused by" not in shown
+
+
+def test_readable_leaves_a_plain_python_message_alone():
+    assert errors.readable("split 'test' is empty: none of the 3 lines") == "split 'test' is empty: none of the 3 lines"
+
+
+def test_crossover_from_fixed_cost_and_marginal_rate():
+    direct = {"marginal_images_per_second": 10.0, "fixed_seconds": 20.0}
+    faster = {"marginal_images_per_second": 20.0, "fixed_seconds": 120.0}
+    # 20 + n/10 = 120 + n/20  ->  n = 2000
+    assert engines._crossover(direct, faster) == 2000
+    assert engines._crossover(direct, {"marginal_images_per_second": 8.0, "fixed_seconds": 1.0}) is None
+
+
+def test_status_and_down_of_a_folder_without_a_cluster(tmp_path):
+    spec = flink.ClusterSpec(state_dir=str(tmp_path))
+    assert flink.status(spec)["running"] is False
+    assert flink.down(spec) == []
