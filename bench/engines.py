@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import pathlib
-import socket
 import sys
 from typing import Dict, List, Optional
 
@@ -14,19 +12,9 @@ from engine.beam_args import beam_pipeline_args
 from pipeline.config import PipelineConfig, apply_values
 
 
-def _free_ports(count: int) -> List[int]:
-    socks = [socket.socket() for _ in range(count)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 def local_cluster(work: str) -> flink.ClusterSpec:
     """A cluster of our own on free loopback ports, so a developer's `petseg flink up` is left alone."""
-    rest, rpc, job, artifact, expansion, pool = _free_ports(6)
+    rest, rpc, job, artifact, expansion, pool = flink.free_ports(6)
     return flink.ClusterSpec(state_dir=os.path.join(work, "flink"), rest_port=rest, rpc_port=rpc, job_port=job,
                              artifact_port=artifact, expansion_port=expansion, worker_pool_port=pool)
 

@@ -160,6 +160,17 @@ def down(spec: ClusterSpec, stream=sys.stderr) -> List[int]:
     return pids
 
 
+def free_ports(count: int) -> List[int]:
+    """Loopback ports free right now, for a cluster that must not collide with a developer's own."""
+    socks = [socket.socket() for _ in range(count)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
 def read_state(state_dir: pathlib.Path) -> Optional[Dict[str, object]]:
     path = pathlib.Path(state_dir) / STATE_FILE
     return json.loads(path.read_text()) if path.exists() else None

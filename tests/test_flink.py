@@ -4,7 +4,6 @@ import json
 import os
 import pathlib
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,20 +19,10 @@ BEAM_COMPONENTS = ("StatisticsGen", "Transform", "Evaluator")
 METRIC_TOLERANCE = 1e-6
 
 
-def _free_ports(count):
-    socks = [socket.socket() for _ in range(count)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     """A real cluster on free loopback ports (a developer's own `petseg flink up` may hold the defaults)."""
-    rest, rpc, job, artifact, expansion, pool = _free_ports(6)
+    rest, rpc, job, artifact, expansion, pool = flink.free_ports(6)
     spec = flink.ClusterSpec(state_dir=str(tmp_path_factory.mktemp("flink")), rest_port=rest, rpc_port=rpc,
                              job_port=job, artifact_port=artifact, expansion_port=expansion,
                              worker_pool_port=pool)
