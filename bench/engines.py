@@ -10,6 +10,7 @@ from bench import stages
 from engine import flink
 from engine.beam_args import beam_pipeline_args
 from pipeline.config import PipelineConfig, apply_values
+from report.artifacts import RunArtifacts
 
 
 def local_cluster(work: str) -> flink.ClusterSpec:
@@ -46,7 +47,7 @@ def _crossover(direct: Dict[str, Optional[float]], on_flink: Dict[str, Optional[
     return max(0, round((on_flink["fixed_seconds"] - direct["fixed_seconds"]) / per_image_saving))
 
 
-def engine_figures(config: PipelineConfig, run: stages.RunArtifacts, work: str, spec: flink.ClusterSpec,
+def engine_figures(config: PipelineConfig, run: RunArtifacts, work: str, spec: flink.ClusterSpec,
                    parallelism: int = 2, copies: int = 2) -> Dict[str, object]:
     """Both executors on both engines, on the run's data and on `copies` copies of it, in one process."""
     by_id, direct = stages.components(config)

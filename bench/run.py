@@ -100,7 +100,8 @@ def measure_all(args: argparse.Namespace) -> Dict[str, object]:
         with stage("engines: Flink (parallelism 2) vs DirectRunner, Transform and Evaluator"):
             flink.up(spec, timeout=900)
             try:
-                results.update(engines.engine_figures(config, stages.RunArtifacts(config), str(work), spec))
+                run = RunArtifacts(config.metadata_path, config.name)
+                results.update(engines.engine_figures(config, run, str(work), spec))
             finally:
                 flink.down(spec)
         results["machine_at_end"] = measure.machine()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from typing import Any, Dict, List, Optional
 
@@ -38,6 +39,24 @@ def latest_version(serving_dir: str) -> Optional[int]:
     return versions[-1] if versions else None
 
 
+def served_fingerprint(serving_dir: str) -> str:
+    """Content key of the newest served version, "" before the first push.
+
+    By content, not version number: a later run that blesses and re-pushes the same model adds a
+    version with the same bytes, which must not count as a new baseline.
+    """
+    version = latest_version(serving_dir)
+    if version is None:
+        return ""
+    digest = hashlib.sha256()
+    for name in (SAVED_MODEL_FILE, os.path.join("variables", "variables.index")):
+        path = os.path.join(serving_dir, str(version), name)
+        if fileio.exists(path):
+            with fileio.open(path, "rb") as stream:
+                digest.update(stream.read())
+    return digest.hexdigest()[:16]
+
+
 def holds_model(model: types.Artifact) -> bool:
     """Whether a Model artifact has a SavedModel (LatestBlessedModel emits an empty one before the first push)."""
     path = path_utils.serving_model_path(model.uri, path_utils.is_old_model_artifact(model))
@@ -49,10 +68,10 @@ class LatestBlessedModelSpec(types.ComponentSpec):
 
     PARAMETERS = {
         "serving_dir": ExecutionParameter(type=str),
-        # Cache key only: the latest version visible when the pipeline was built ("" = none or not
-        # visible), so a local rerun after a new push re-reads the serving directory. Orchestrators
+        # Cache key only: served_fingerprint() when the pipeline was built ("" = none or not visible),
+        # so a local rerun after a new model was pushed re-reads the serving directory. Orchestrators
         # that compile once (Kubeflow) disable caching for this component instead.
-        "seen_version": ExecutionParameter(type=str, optional=True),
+        "seen_model": ExecutionParameter(type=str, optional=True),
     }
     INPUTS: Dict[str, ChannelParameter] = {}
     OUTPUTS = {MODEL_KEY: ChannelParameter(type=standard_artifacts.Model)}
@@ -95,7 +114,7 @@ class LatestBlessedModel(base_component.BaseComponent):
 
     def __init__(self, serving_dir: str):
         # Remote folders are not read while building: compiling for a cluster needs no credentials.
-        seen = None if "://" in serving_dir else latest_version(serving_dir)
+        seen = "" if "://" in serving_dir else served_fingerprint(serving_dir)
         super().__init__(spec=LatestBlessedModelSpec(
-            serving_dir=serving_dir, seen_version="" if seen is None else str(seen),
+            serving_dir=serving_dir, seen_model=seen,
             model=types.Channel(type=standard_artifacts.Model)))

@@ -11,6 +11,7 @@ import time
 import pytest
 
 from engine import errors, flink
+from support import flink_equality
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 BEAM_COMPONENTS = ("StatisticsGen", "Transform", "Evaluator")
@@ -100,8 +101,6 @@ def test_beam_components_run_on_flink_with_parallelism_2(cluster, flink_run):
 
 
 def test_transformed_examples_and_metrics_equal_a_direct_runner_run(flink_run, tmp_path):
-    from tests import flink_equality
-
     output, _, _ = flink_run
     report = flink_equality.compare_with_direct(output, str(tmp_path))
     print(json.dumps(report, indent=1))

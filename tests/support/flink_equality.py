@@ -10,9 +10,10 @@ from typing import Dict, List
 import tensorflow as tf
 
 from bench import stages
-from pipeline import evaluation
 from pipeline.config import load_config
-from pipeline.summary import tfrecords
+from report import metrics
+from report.artifacts import RunArtifacts
+from report.images import tfrecords
 
 
 def _canonical(files: List[str]) -> List[tuple]:
@@ -41,7 +42,7 @@ def _flatten(metrics, prefix="") -> Dict[str, float]:
 def compare_with_direct(output: pathlib.Path, work: str) -> Dict[str, object]:
     """Reruns Transform and Evaluator of the Flink run in `output` on DirectRunner; returns the differences."""
     config = load_config("tiny", overrides=[f"output={output}"])  # beam.runner=direct
-    run = stages.RunArtifacts(config)
+    run = RunArtifacts(config.metadata_path, config.name)
     by_id, beam_args = stages.components(config)
     assert beam_args == []
     examples, schema = run.get("TfdsExampleGen", "examples"), run.get("ImportSchemaGen", "schema")
@@ -56,8 +57,8 @@ def compare_with_direct(output: pathlib.Path, work: str) -> Dict[str, object]:
     direct_eval = os.path.join(work, "evaluator")
     stages.run_executor(by_id["Evaluator"], {"examples": [examples], "model": [run.get("Trainer", "model")]},
                         direct_eval, beam_args)
-    flink_metrics = _flatten(evaluation.load_metrics(run.get("Evaluator", "evaluation").uri))
-    direct_metrics = _flatten(evaluation.load_metrics(os.path.join(direct_eval, "evaluation")))
+    flink_metrics = _flatten(metrics.load_metrics(run.get("Evaluator", "evaluation").uri))
+    direct_metrics = _flatten(metrics.load_metrics(os.path.join(direct_eval, "evaluation")))
     diffs = [abs(flink_metrics[k] - direct_metrics[k]) for k in flink_metrics
              if not (math.isnan(flink_metrics[k]) and math.isnan(direct_metrics.get(k, math.nan)))]
     return {
