@@ -11,11 +11,12 @@ BENCH_ARGS ?=
 # uv from PATH, else the Python package `make setup` installs with pip (run as `python3 -m uv`).
 UV := $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 
-.PHONY: help setup browser kfpcheck run test bench clean
+.PHONY: help setup browser kfpcheck run test test-flink bench clean
 
 help:
 	@echo "make run [ARGS='--profile quick ...']  install, then run the whole pipeline (petseg run)"
 	@echo "make test [TEST_ARGS='-k ...']         install, then run the tests"
+	@echo "make test-flink                        install, then run the Flink cluster tests (about 40 min)"
 	@echo "make bench [BENCH_ARGS='--profile ...']  install, then time each stage against its limit (bench/results.json)"
 	@echo "make setup                             install only (.venv from uv.lock)"
 
@@ -45,6 +46,10 @@ kfpcheck: setup
 
 test: setup browser kfpcheck
 	$(VENV)/bin/python -m pytest $(TEST_ARGS)
+
+# The Flink cluster tests: each starts and stops its own local cluster (tests/test_flink.py).
+test-flink: setup
+	$(VENV)/bin/python -m pytest -m cluster tests/test_flink.py $(TEST_ARGS)
 
 bench: setup
 	$(VENV)/bin/python -m bench.run $(BENCH_ARGS)

@@ -13,6 +13,8 @@ import pytest
 from engine import errors, flink
 from support import flink_equality
 
+pytestmark = pytest.mark.cluster
+
 REPO = pathlib.Path(__file__).resolve().parent.parent
 BEAM_COMPONENTS = ("StatisticsGen", "Transform", "Evaluator")
 # Metrics of the same model on the same eval split, DirectRunner vs Flink: only float summation order
