@@ -34,6 +34,8 @@ OUTPUT_FILE = "/tmp/kfp_outputs/output_metadata.json"
 DEFAULT_ROOT = "minio://mlpipeline/v2/artifacts"
 LOG_OUTPUT = "executor-logs"
 ENTRYPOINT = "kubeflow.entrypoint"
+# The launcher's own mapping, written out here rather than taken from kubeflow.entrypoint, whose
+# Mirror is what this emulation tests.
 _SCHEMES = {"minio://": "minio", "s3://": "s3", "gs://": "gcs"}
 
 
