@@ -7,7 +7,7 @@ import pathlib
 from typing import List, Optional
 
 # Not `tfx.v1`: it imports the Google Cloud extensions too, ~13 s of every `petseg` start on 2 cores.
-from tfx.components import ExampleValidator, StatisticsGen, Trainer, Transform
+from tfx.components import ExampleValidator, StatisticsGen, Trainer
 from tfx.components.schema_gen.import_schema_gen.component import ImportSchemaGen
 from tfx.orchestration import pipeline as tfx_pipeline
 from tfx.proto import pusher_pb2, trainer_pb2
@@ -17,6 +17,7 @@ from components.blessed_model import LatestBlessedModel
 from components.evaluator import Evaluator
 from components.example_gen import TfdsExampleGen
 from components.pusher import AtomicPusher
+from components.transform import Transform
 from components.validation_gate import ValidationGate
 from engine.beam_args import beam_pipeline_args
 from pipeline import evaluation

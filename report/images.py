@@ -16,7 +16,7 @@ MASK_COLOURS = np.array([[230, 120, 40], [40, 40, 60], [250, 250, 250]], np.uint
 
 
 def tfrecords(files: Sequence[str], parallel_reads: Optional[int] = None) -> tf.data.Dataset:
-    """Serialized records of Examples files as TFX wrote them (ExampleGen plain, Transform gzip)."""
+    """Serialized records of Examples files as TFX wrote them, plain or gzip (by file name)."""
     # TFXIO's own rule (GZIP for *.gz names), so we read exactly what the Trainer reads.
     compression = dataset_util.detect_compression_type(tf.constant(list(files))).numpy().decode()
     if compression not in ("", "GZIP"):  # TFRecordDataset would read the odd ones out as corrupt records
@@ -44,7 +44,7 @@ def write_report_images(model_dir: str, eval_examples_dir: str, report_dir: str,
         image_bytes = feature[features.RAW_IMAGE_KEY].bytes_list.value[0]
         predicted = serve(image_bytes=tf.constant([image_bytes]))["mask"][0].numpy()
         size = predicted.shape[0]
-        image = (preprocessing.decode_image(tf.constant(image_bytes), size).numpy() * 255).astype(np.uint8)
+        image = preprocessing.decode_image(tf.constant(image_bytes), size).numpy()
         truth = preprocessing.decode_mask(
             tf.constant(feature[features.RAW_MASK_KEY].bytes_list.value[0]), size).numpy()
         panel = np.concatenate([image, _colour_mask(truth), _colour_mask(predicted)], axis=1)

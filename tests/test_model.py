@@ -23,7 +23,7 @@ def _fresh_keras():
 @pytest.mark.parametrize("size", [32, 64, 96, 160, 224])
 def test_output_matches_input_size(size):
     model = model_lib.build_model(dataclasses.replace(TINY, image_size=size))
-    out = model(tf.zeros([1, size, size, 3]))
+    out = model(tf.zeros([1, size, size, 3], tf.uint8))
     assert out.shape == (1, size, size, NUM_CLASSES)
     assert out.dtype == tf.float32
 
@@ -35,7 +35,7 @@ def test_rejects_size_not_multiple_of_32():
 
 def test_outputs_are_logits_and_loss_is_cross_entropy_on_them():
     model = model_lib.compile_model(model_lib.build_model(TINY, dropout=0), TrainConfig())
-    images = np.random.default_rng(0).uniform(size=(2, 32, 32, 3)).astype(np.float32)
+    images = np.random.default_rng(0).integers(0, 256, size=(2, 32, 32, 3), dtype=np.uint8)
     logits = model.predict(images, verbose=0)
     # A softmax head (the seed defect) would make every pixel sum to 1 and lie in [0, 1].
     assert not np.allclose(logits.sum(-1), 1.0, atol=1e-3)
@@ -95,7 +95,7 @@ def test_mixed_bfloat16_computes_in_bf16_but_returns_float32_logits():
     model = model_lib.build_model(dataclasses.replace(TINY, mixed_precision="mixed_bfloat16"))
     assert model.get_layer("block1_conv1").compute_dtype == "bfloat16"
     assert model.get_layer("block1_conv1").kernel.dtype == tf.float32  # variables stay float32
-    assert model(tf.zeros([1, 32, 32, 3])).dtype == tf.float32
+    assert model(tf.zeros([1, 32, 32, 3], tf.uint8)).dtype == tf.float32
 
 
 def test_mixed_float16_gets_loss_scaling():
@@ -114,7 +114,7 @@ def test_seed_profile_parameter_counts():
 def test_tiny_model_learns_a_constant_mask():
     tf.keras.utils.set_random_seed(0)
     model = model_lib.compile_model(model_lib.build_model(TINY, dropout=0), TrainConfig(learning_rate=1e-2))
-    images = np.random.default_rng(0).uniform(size=(8, 32, 32, 3)).astype(np.float32)
-    labels = np.ones((8, 32, 32), np.int64)
+    images = np.random.default_rng(0).integers(0, 256, size=(8, 32, 32, 3), dtype=np.uint8)
+    labels = np.ones((8, 32, 32), np.uint8)
     history = model.fit(images, labels, batch_size=8, epochs=15, verbose=0).history
     assert history["loss"][-1] < 0.5 * history["loss"][0]

@@ -26,16 +26,24 @@ ODD_IMAGES = [
 
 
 @pytest.mark.parametrize("name,make", ODD_IMAGES, ids=[n for n, _ in ODD_IMAGES])
-def test_decode_image_any_encoding_gives_static_rgb_in_unit_range(name, make):
+def test_decode_image_any_encoding_gives_static_uint8_rgb(name, make):
     image = preprocessing.decode_image(tf.constant(make()), SIZE)
-    assert image.shape == (SIZE, SIZE, 3) and image.dtype == tf.float32
-    assert 0.0 <= float(tf.reduce_min(image)) and float(tf.reduce_max(image)) <= 1.0
+    assert image.shape == (SIZE, SIZE, 3) and image.dtype == tf.uint8
+    # Random pixels span the range: the resize neither darkens nor saturates them.
+    assert int(tf.reduce_min(image)) < 64 and int(tf.reduce_max(image)) > 192
+
+
+def test_decode_image_rounds_the_float_resize_to_nearest_uint8():
+    source = random_rgb()
+    resized = tf.image.resize(tf.cast(source, tf.float32), [SIZE, SIZE], antialias=preprocessing.IMAGE_ANTIALIAS)
+    expected = np.round(np.clip(resized.numpy(), 0, 255)).astype(np.uint8)
+    np.testing.assert_array_equal(preprocessing.decode_image(tf.constant(png(source)), SIZE).numpy(), expected)
 
 
 def test_cmyk_jpeg_colour_survives():
     # Pillow writes Adobe (inverted) CMYK; a decoder ignoring that would return the negative.
     red, green, blue = preprocessing.decode_image(tf.constant(cmyk_jpeg()), SIZE)[0, 0].numpy()
-    assert red > 0.8 and green < 0.35 and blue > 0.75
+    assert red > 0.8 * 255 and green < 0.35 * 255 and blue > 0.75 * 255
 
 
 def test_grayscale_is_replicated_to_three_equal_channels():
@@ -47,12 +55,12 @@ def test_grayscale_is_replicated_to_three_equal_channels():
 def test_decode_mask_nearest_keeps_exact_classes(size):
     source = trimap()
     mask = preprocessing.decode_mask(tf.constant(png(source)), size)
-    assert mask.shape == (size, size) and mask.dtype == tf.int64
+    assert mask.shape == (size, size) and mask.dtype == tf.uint8
     assert set(np.unique(mask.numpy()).tolist()) == {0, 1, 2}
     if size == 64:
         # Upscaling a sharp trimap must reproduce NEAREST exactly, edges included.
         expected = tf.image.resize(source[..., None], [size, size], method="nearest")[..., 0]
-        np.testing.assert_array_equal(mask.numpy(), expected.numpy().astype(np.int64) - 1)
+        np.testing.assert_array_equal(mask.numpy(), expected.numpy() - 1)
 
 
 @pytest.mark.parametrize("bad_value", [0, 4, 255])
@@ -67,9 +75,23 @@ def test_decode_mask_rejects_out_of_range_inside_graph_map_fn():
     # The assert must fire where Transform runs it: traced, inside tf.map_fn's loop body.
     source = trimap()
     source[5, 5] = 0
-    batch = tf.constant([[png(trimap())], [png(source)]])
+    raw = _raw_batch([jpeg(random_rgb())] * 2)
+    raw[features.RAW_MASK_KEY] = tf.constant([[png(trimap())], [png(source)]])
     with pytest.raises(tf.errors.InvalidArgumentError, match="trimap has values below"):
-        tf.function(lambda b: preprocessing.decode_mask_batch(b, SIZE))(batch)
+        tf.function(lambda r: preprocessing.preprocessing_fn(r, {"image_size": SIZE}))(raw)
+
+
+def test_raw_bytes_round_trip_the_decoded_pixels_exactly():
+    image_bytes, trimap_png = jpeg(random_rgb()), png(trimap())
+    image_raw = preprocessing.to_raw(preprocessing.decode_image(tf.constant(image_bytes), SIZE))
+    mask_raw = preprocessing.to_raw(preprocessing.decode_mask(tf.constant(trimap_png), SIZE))
+    # Exactly the pixels, nothing else: S x S x 3 and S x S bytes, readable without TensorFlow.
+    assert len(image_raw.numpy()) == SIZE * SIZE * 3 and len(mask_raw.numpy()) == SIZE * SIZE
+    image = preprocessing.decode_image(tf.constant(image_bytes), SIZE).numpy()
+    mask = preprocessing.decode_mask(tf.constant(trimap_png), SIZE).numpy()
+    np.testing.assert_array_equal(np.frombuffer(image_raw.numpy(), np.uint8).reshape(SIZE, SIZE, 3), image)
+    np.testing.assert_array_equal(preprocessing.image_from_raw(tf.stack([image_raw] * 2), SIZE).numpy(), [image] * 2)
+    np.testing.assert_array_equal(preprocessing.mask_from_raw(tf.constant([[mask_raw.numpy()]]), SIZE).numpy(), [mask])
 
 
 def _raw_batch(images):
@@ -84,11 +106,11 @@ def _raw_batch(images):
 
 
 def _check_transformed(outputs, batch):
-    assert outputs[features.IMAGE_KEY].shape == (batch, SIZE, SIZE, 3)
-    assert outputs[features.MASK_KEY].shape == (batch, SIZE, SIZE)
-    assert outputs[features.IMAGE_KEY].dtype == tf.float32 and outputs[features.MASK_KEY].dtype == tf.int64
-    images, masks = np.asarray(outputs[features.IMAGE_KEY]), np.asarray(outputs[features.MASK_KEY])
-    assert images.min() >= 0.0 and images.max() <= 1.0
+    assert np.asarray(outputs[features.IMAGE_KEY]).shape == (batch,)
+    assert np.asarray(outputs[features.MASK_KEY]).shape == (batch,)
+    images = preprocessing.image_from_raw(tf.constant(np.asarray(outputs[features.IMAGE_KEY])), SIZE).numpy()
+    masks = preprocessing.mask_from_raw(tf.constant(np.asarray(outputs[features.MASK_KEY])), SIZE).numpy()
+    assert images.shape == (batch, SIZE, SIZE, 3) and masks.shape == (batch, SIZE, SIZE)
     assert set(np.unique(masks).tolist()) == {0, 1, 2}
     for key in features.SLICE_KEYS:
         assert np.asarray(outputs[key]).shape == (batch,)
@@ -114,8 +136,8 @@ def test_preprocessing_fn_in_tf_data_has_static_shapes():
     dataset = tf.data.Dataset.from_tensor_slices(_raw_batch(images)).batch(4).map(
         functools.partial(preprocessing.preprocessing_fn, custom_config={"image_size": SIZE}))
     spec = dataset.element_spec
-    assert spec[features.IMAGE_KEY].shape.as_list() == [None, SIZE, SIZE, 3]
-    assert spec[features.MASK_KEY].shape.as_list() == [None, SIZE, SIZE]
+    assert spec[features.IMAGE_KEY].shape.as_list() == [None]
+    assert spec[features.MASK_KEY].shape.as_list() == [None]
     batches = list(dataset)
     assert [int(b[features.MASK_KEY].shape[0]) for b in batches] == [4, len(images) - 4]
     for batch in batches:
@@ -149,10 +171,9 @@ def test_preprocessing_fn_through_tft_beam_with_curated_schema(tmp_path):
                 output_record_batches=False))
         _ = transformed | beam.combiners.ToList() | beam.Map(_check_tft_rows, len(examples))
 
-    # Static shapes reach the transformed schema, so the Trainer parses fixed-size dense features.
+    # One fixed-length value per example reaches the transformed schema, so the Trainer parses dense features.
     shapes = {f.name: [d.size for d in f.shape.dim] for f in metadata.schema.feature}
-    assert shapes == {features.IMAGE_KEY: [SIZE, SIZE, 3], features.MASK_KEY: [SIZE, SIZE],
-                      features.SPECIES_KEY: [], features.LABEL_KEY: []}
+    assert shapes == {features.IMAGE_KEY: [], features.MASK_KEY: [], features.SPECIES_KEY: [], features.LABEL_KEY: []}
 
 
 def _check_tft_rows(rows, count):

@@ -115,13 +115,15 @@ def _feature(example: tf.train.Example, key: str):
 def test_serving_resizes_exactly_like_transform(served, transform_run):
     raw = trainer_fixtures.split_records(trainer_fixtures.raw_examples(transform_run), "eval")[:3]
     materialized = np.stack([
-        np.reshape(np.float32(_feature(tf.train.Example.FromString(r), features.IMAGE_KEY).float_list.value),
-                   (SIZE, SIZE, 3))
+        np.frombuffer(_feature(tf.train.Example.FromString(r), features.IMAGE_KEY).bytes_list.value[0],
+                      np.uint8).reshape(SIZE, SIZE, 3)
         for r in trainer_fixtures.split_records(trainer_fixtures.transformed_examples(transform_run), "eval")])
 
     # The exported Transform layer reproduces what the Beam Transform run wrote (its order is not the input's).
     transformed = served.signatures[signatures.TRANSFORM_SIGNATURE](examples=tf.constant(raw))[features.IMAGE_KEY]
-    twins = [int(np.argmin(np.abs(materialized - image).max(axis=(1, 2, 3)))) for image in transformed.numpy()]
+    assert transformed.dtype == tf.uint8
+    distance = lambda image: np.abs(materialized.astype(np.int16) - image).max(axis=(1, 2, 3))
+    twins = [int(np.argmin(distance(image))) for image in transformed.numpy()]
     np.testing.assert_array_equal(transformed.numpy(), materialized[twins])
 
     # Image bytes through serving_default predict what the model predicts on Transform's output.

@@ -49,6 +49,9 @@ class TrainConfig:
     # None: one full pass over the train split per epoch.
     steps_per_epoch: Optional[int] = None
     shuffle_buffer: int = 512
+    # A split whose transformed records take up to this many bytes is held in memory after the first
+    # epoch (uint8 pixels: about the same size decoded); a larger one streams from its files each epoch.
+    cache_max_bytes: int = 2 * 1024 ** 3
     # Start from the latest blessed model's weights when there is one.
     warm_start: bool = False
     # XLA-compile the train step. Off by default: on a small CPU it is slower (bench/README.md); on a
@@ -81,5 +84,6 @@ def problems(model: ModelConfig, train: TrainConfig) -> List[Tuple[str, str]]:
         (train.steps_per_epoch is None or train.steps_per_epoch >= 1, "train.steps_per_epoch", "must be >= 1 or null"),
         (train.lr_patience >= 0, "train.lr_patience", "must be >= 0"),
         (train.shuffle_buffer >= 1, "train.shuffle_buffer", "must be >= 1"),
+        (train.cache_max_bytes >= 0, "train.cache_max_bytes", "must be >= 0 (0 always streams)"),
     ]
     return [(key, why) for ok, key, why in checks if not ok]

@@ -8,7 +8,7 @@ import tensorflow as tf
 import tensorflow_transform as tft
 from tfx_bsl.public import tfxio
 
-from transform import features
+from transform import features, preprocessing
 
 # Records are parsed in chunks, then unbatched so caching, shuffling and batching work per example.
 _READ_BATCH = 64
@@ -21,22 +21,41 @@ def flip_pair(image: tf.Tensor, mask: tf.Tensor, seed: Optional[int] = None) -> 
             tf.cond(flip, lambda: tf.reverse(mask, axis=[1]), lambda: mask))
 
 
+def split_files(file_patterns: List[str]) -> List[str]:
+    return sorted(path for pattern in file_patterns for path in tf.io.gfile.glob(pattern))
+
+
+def fits_cache(file_patterns: List[str], max_bytes: int) -> bool:
+    """Whether a split may be cached in memory: plain records hold its uint8 pixels byte for byte.
+
+    Compressed records (`*.gz`) say nothing certain about their decoded size, so they stream.
+    """
+    files = split_files(file_patterns)
+    if any(path.endswith(".gz") for path in files):
+        return False
+    return sum(tf.io.gfile.stat(path).length for path in files) <= max_bytes
+
+
 def input_fn(file_pattern: List[str], data_accessor, tf_transform_output: tft.TFTransformOutput,
-             global_batch_size: int, *, training: bool, shuffle_buffer: int = 512,
+             global_batch_size: int, image_size: int, *, training: bool, shuffle_buffer: int = 512,
              repeat: bool = False, cache: bool = True, seed: Optional[int] = None) -> tf.data.Dataset:
-    """(image float32 [B, S, S, 3], mask int64 [B, S, S]) batches of the global batch size.
+    """(image uint8 [B, S, S, 3], mask uint8 [B, S, S]) batches of the global batch size.
 
     Training batches are shuffled every epoch and randomly flipped; evaluation batches are neither,
-    so evaluation data never sees the training map (a seed defect). Decoded examples are cached in
-    memory after the first pass, so later epochs cost no parsing.
+    so evaluation data never sees the training map (a seed defect). With `cache`, decoded examples
+    stay in memory after the first pass (uint8, S^2 x 4 bytes each), so later epochs cost no reading;
+    without it every epoch streams the files (`split_fits_cache` decides which).
     """
+    # The factory reads files in parallel (interleaved, AUTOTUNE threads) whatever the cache does.
     dataset = data_accessor.tf_dataset_factory(
         file_pattern,
         tfxio.TensorFlowDatasetOptions(batch_size=_READ_BATCH, shuffle=False, num_epochs=1),
         tf_transform_output.transformed_metadata.schema,
-    ).unbatch()
-    dataset = dataset.map(lambda f: (f[features.IMAGE_KEY], f[features.MASK_KEY]),
-                          num_parallel_calls=tf.data.AUTOTUNE)
+    )
+    # Whole read batches at once: decode_raw is one vectorised op per batch, not one per example.
+    dataset = dataset.map(lambda f: (preprocessing.image_from_raw(f[features.IMAGE_KEY], image_size),
+                                     preprocessing.mask_from_raw(f[features.MASK_KEY], image_size)),
+                          num_parallel_calls=tf.data.AUTOTUNE).unbatch()
     if cache:
         dataset = dataset.cache()
     if training:

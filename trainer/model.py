@@ -46,7 +46,7 @@ ENCODER_CONV_NAMES = tuple(f"block{b}_conv{i}" for b, n, _ in VGG16_BLOCKS for i
 
 
 def build_model(model_config: ModelConfig, dropout: Optional[float] = None) -> tf.keras.Model:
-    """FCN-8s on VGG16: input `image` float32 [B, S, S, 3] in [0, 1] -> float32 logits [B, S, S, NUM_CLASSES].
+    """FCN-8s on VGG16: input `image` uint8 [B, S, S, 3] -> float32 logits [B, S, S, NUM_CLASSES].
 
     S must be a multiple of 32. Layers use the policy named by `model_config.mixed_precision`; the
     logits are always float32 so the loss and metrics stay exact. `dropout` follows fc6/fc7 as in the
@@ -61,9 +61,13 @@ def build_model(model_config: ModelConfig, dropout: Optional[float] = None) -> t
         raise ValueError("pretrained VGG16 weights need width_multiplier=1")
     policy = resolve_mixed_precision(model_config.mixed_precision)
 
-    image = tf.keras.Input((size, size, 3), name=IMAGE_KEY, dtype=tf.float32)
+    # uint8 pixels in, as Transform stores them: scaling happens here, in the graph that is served.
+    image = tf.keras.Input((size, size, 3), name=IMAGE_KEY, dtype=tf.uint8)
     # ImageNet weights expect caffe-style input (BGR, 0-255, mean-subtracted); a random encoder trains on [0, 1].
-    x = VGGPreprocess(name="vgg_preprocess", dtype="float32")(image) if pretrained else image
+    if pretrained:
+        x = VGGPreprocess(name="vgg_preprocess", dtype="float32")(image)
+    else:
+        x = tf.keras.layers.Rescaling(1 / 255, name="scale", dtype="float32")(image)
     pools = {}
     for block, convs, channels in VGG16_BLOCKS:
         width = max(1, round(channels * model_config.width_multiplier))
@@ -135,10 +139,10 @@ def count_parameters(model_config: ModelConfig) -> "collections.OrderedDict[str,
 
 @tf.keras.utils.register_keras_serializable(package="petseg")
 class VGGPreprocess(tf.keras.layers.Layer):
-    """[0, 1] RGB -> the caffe-style input the ImageNet VGG16 weights were trained on."""
+    """uint8 RGB -> the caffe-style input the ImageNet VGG16 weights were trained on."""
 
     def call(self, inputs):
-        return tf.keras.applications.vgg16.preprocess_input(inputs * 255.0)
+        return tf.keras.applications.vgg16.preprocess_input(tf.cast(inputs, tf.float32))
 
 
 @tf.keras.utils.register_keras_serializable(package="petseg")

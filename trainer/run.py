@@ -75,10 +75,12 @@ def run_fn(fn_args, extra_callbacks: Sequence[tf.keras.callbacks.Callback] = ())
 
     global_batch = train_config.batch_size * strategy.num_replicas_in_sync
     repeat = train_config.steps_per_epoch is not None
-    train_ds = data.input_fn(fn_args.train_files, fn_args.data_accessor, tf_transform_output, global_batch,
-                             training=True, shuffle_buffer=train_config.shuffle_buffer, repeat=repeat)
-    eval_ds = data.input_fn(fn_args.eval_files, fn_args.data_accessor, tf_transform_output, global_batch,
-                            training=False)
+    size = model_config.image_size
+    train_ds = data.input_fn(fn_args.train_files, fn_args.data_accessor, tf_transform_output, global_batch, size,
+                             training=True, shuffle_buffer=train_config.shuffle_buffer, repeat=repeat,
+                             cache=data.fits_cache(fn_args.train_files, train_config.cache_max_bytes))
+    eval_ds = data.input_fn(fn_args.eval_files, fn_args.data_accessor, tf_transform_output, global_batch, size,
+                            training=False, cache=data.fits_cache(fn_args.eval_files, train_config.cache_max_bytes))
 
     with strategy.scope():
         model = model_lib.build_model(model_config)

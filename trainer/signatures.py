@@ -78,19 +78,26 @@ def make_signatures(model: tf.keras.Model, tf_transform_output: tft.TFTransformO
     model.tft_layer = tf_transform_output.transform_features_layer()
     raw_spec = tf_transform_output.raw_feature_spec()
 
+    def decoded(transformed):
+        # Transform stores pixels and class ids as raw uint8 bytes; callers get tensors.
+        return {**transformed,
+                features.IMAGE_KEY: preprocessing.image_from_raw(transformed[features.IMAGE_KEY], image_size),
+                features.MASK_KEY: tf.cast(preprocessing.mask_from_raw(transformed[features.MASK_KEY], image_size),
+                                           tf.int64)}
+
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=features.SERVING_INPUT_KEY)])
     def serve_images(image_bytes):
         images = tf.map_fn(lambda b: checked_decode(b, image_size, max_pixels), image_bytes,
-                           fn_output_signature=tf.TensorSpec([image_size, image_size, 3], tf.float32))
+                           fn_output_signature=tf.TensorSpec([image_size, image_size, 3], tf.uint8))
         return _outputs(model(images, training=False))
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
     def transform_features(examples):
-        return model.tft_layer(tf.io.parse_example(examples, raw_spec))
+        return decoded(model.tft_layer(tf.io.parse_example(examples, raw_spec)))
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
     def serve_examples(examples):
-        transformed = model.tft_layer(tf.io.parse_example(examples, raw_spec))
+        transformed = decoded(model.tft_layer(tf.io.parse_example(examples, raw_spec)))
         return _outputs(model(transformed[features.IMAGE_KEY], training=False))
 
     return {

@@ -9,8 +9,8 @@ FILE_NAME_KEY = "file_name"
 HEAD_BBOX_KEY = "head_bbox"
 
 # Transformed features, as `transform.preprocessing.preprocessing_fn` emits them.
-IMAGE_KEY = "image"  # float32 [H, W, 3] in [0, 1]
-MASK_KEY = "mask"  # int64 [H, W] class ids below
+IMAGE_KEY = "image"  # raw uint8 bytes of [H, W, 3] RGB; the model takes them as uint8 and scales to [0, 1]
+MASK_KEY = "mask"  # raw uint8 bytes of [H, W] class ids below
 SLICE_KEYS = (SPECIES_KEY, LABEL_KEY)  # passed through unchanged for TFMA slicing
 
 # Class ids after Transform: trimap value - 1.

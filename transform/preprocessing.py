@@ -1,4 +1,4 @@
-"""TFX Transform `preprocessing_fn` and the image/trimap decoders it shares with the serving signature."""
+"""TFX Transform `preprocessing_fn`, the image/trimap decoders it shares with serving, and its uint8 record format."""
 
 from typing import Any, Dict, Mapping, Optional, Union
 
@@ -18,26 +18,27 @@ AnyTensor = Union[tf.Tensor, tf.SparseTensor, tf.RaggedTensor]
 
 
 def decode_image(image_bytes: tf.Tensor, image_size: int) -> tf.Tensor:
-    """Decodes one encoded image (scalar string) to float32 [image_size, image_size, 3] in [0, 1].
+    """Decodes one encoded image (scalar string) to uint8 [image_size, image_size, 3].
 
     Accepts anything `tf.io.decode_image` reads (JPEG incl. CMYK, PNG incl. 16-bit, GIF first
     frame, BMP) with any channel count: grayscale is replicated and alpha dropped, because the
     real dataset holds grayscale, RGBA and CMYK files and PNGs named `.jpg`. The image is squashed
     to a square (no crop or pad) exactly as `decode_mask` squashes the trimap, so pixels align.
-    Resizing is bilinear with antialiasing (`IMAGE_ANTIALIAS`).
+    Resizing is bilinear with antialiasing (`IMAGE_ANTIALIAS`) in float, then rounded back to 8 bits:
+    Transform stores a quarter of float32's bytes, and serving rounds the same way, so the model
+    sees identical pixels in training and serving. The model scales them to [0, 1] itself.
     """
     image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
-    # decode_image yields uint8 (16-bit PNGs are reduced to 8 bits), so this divides by 255.
-    image = tf.image.convert_image_dtype(image, tf.float32)
-    image = tf.image.resize(image, [image_size, image_size], method=tf.image.ResizeMethod.BILINEAR,
-                            antialias=IMAGE_ANTIALIAS)
-    # A convex resampling kernel stays in range up to float rounding; clip makes [0, 1] a guarantee.
-    image = tf.clip_by_value(image, 0.0, 1.0)
+    # decode_image yields uint8 (16-bit PNGs are reduced to 8 bits).
+    image = tf.image.resize(tf.cast(image, tf.float32), [image_size, image_size],
+                            method=tf.image.ResizeMethod.BILINEAR, antialias=IMAGE_ANTIALIAS)
+    # The antialiasing kernel's negative lobes can overshoot [0, 255] slightly: saturate, then round.
+    image = tf.cast(tf.round(tf.clip_by_value(image, 0.0, 255.0)), tf.uint8)
     return tf.ensure_shape(image, [image_size, image_size, 3])
 
 
 def decode_mask(png_bytes: tf.Tensor, image_size: int) -> tf.Tensor:
-    """Decodes one trimap PNG (scalar string) to int64 [image_size, image_size] class ids in {0, 1, 2}.
+    """Decodes one trimap PNG (scalar string) to uint8 [image_size, image_size] class ids in {0, 1, 2}.
 
     Resizing is NEAREST so every output pixel is a source pixel: bilinear would invent in-between
     class values along every pet/border/background edge. Trimap values outside 1..3 (e.g. 0 or 255
@@ -59,20 +60,34 @@ def decode_mask(png_bytes: tf.Tensor, image_size: int) -> tf.Tensor:
         mask = tf.identity(mask)
     mask = tf.image.resize(mask, [image_size, image_size],
                            method=tf.image.ResizeMethod.NEAREST_NEIGHBOR)
-    mask = tf.cast(tf.squeeze(mask, axis=-1), tf.int64) - TRIMAP_MIN
+    mask = tf.squeeze(mask, axis=-1) - TRIMAP_MIN
     return tf.ensure_shape(mask, [image_size, image_size])
 
 
-def decode_image_batch(image_bytes: AnyTensor, image_size: int) -> tf.Tensor:
-    """`decode_image` over a batch of encoded images ([B], [B, 1] or sparse) -> float32 [B, S, S, 3]."""
-    return tf.map_fn(lambda b: decode_image(b, image_size), to_vector(image_bytes, b""),
-                     fn_output_signature=tf.TensorSpec([image_size, image_size, 3], tf.float32))
+# The record format of Transform's `image` and `mask`: the uint8 pixels as raw bytes, row-major
+# (image H x W x RGB, mask H x W class ids), so any reader gets them back with one
+# `tf.io.decode_raw` (or `numpy.frombuffer`) and a reshape, and each record holds S^2 x 4 bytes.
 
 
-def decode_mask_batch(png_bytes: AnyTensor, image_size: int) -> tf.Tensor:
-    """`decode_mask` over a batch of trimap PNGs ([B], [B, 1] or sparse) -> int64 [B, S, S]."""
-    return tf.map_fn(lambda b: decode_mask(b, image_size), to_vector(png_bytes, b""),
-                     fn_output_signature=tf.TensorSpec([image_size, image_size], tf.int64))
+def to_raw(pixels: tf.Tensor) -> tf.Tensor:
+    """A uint8 tensor's bytes, row-major, as a scalar string.
+
+    TensorFlow has no encode op for raw bytes, but `serialize_tensor` ends with exactly them (a
+    TensorProto's `tensor_content`, its last field), so the proto header in front is cut off.
+    """
+    serialized = tf.io.serialize_tensor(pixels)
+    size = tf.size(pixels)
+    return tf.strings.substr(serialized, tf.strings.length(serialized) - size, size)
+
+
+def image_from_raw(raw: AnyTensor, image_size: int) -> tf.Tensor:
+    """Transform's `image` feature ([B] or [B, 1] strings) -> uint8 [B, S, S, 3]."""
+    return tf.reshape(tf.io.decode_raw(to_vector(raw, b""), tf.uint8), [-1, image_size, image_size, 3])
+
+
+def mask_from_raw(raw: AnyTensor, image_size: int) -> tf.Tensor:
+    """Transform's `mask` feature ([B] or [B, 1] strings) -> uint8 [B, S, S] class ids."""
+    return tf.reshape(tf.io.decode_raw(to_vector(raw, b""), tf.uint8), [-1, image_size, image_size])
 
 
 def to_vector(tensor: AnyTensor, default_value: Any) -> tf.Tensor:
@@ -101,14 +116,20 @@ def preprocessing_fn(inputs: Mapping[str, AnyTensor],
     """TFX Transform entry point: raw Oxford-pet features -> model features.
 
     `custom_config` must hold `{"image_size": int}` (TFX passes `Transform(custom_config=...)`).
-    Outputs, all with static non-batch dims: `image` float32 [B, S, S, 3] in [0, 1], `mask`
-    int64 [B, S, S] in {0, 1, 2}, and `species` / `label` int64 [B] (squeezed from [B, 1] so the
-    transformed schema holds one scalar per example, which TFMA slicing needs).
+    Outputs: `image` and `mask` as raw uint8 bytes per example (S x S x 3 pixels, S x S class ids in
+    {0, 1, 2}; `image_from_raw` / `mask_from_raw` read them), and `species` / `label` int64 [B]
+    (squeezed from [B, 1] so the transformed schema holds one scalar per example, which TFMA
+    slicing needs).
     """
     image_size = _image_size(custom_config)
+    # Decoding is per image by nature. Two loops, not one: a signature that needs only the image (or
+    # only the mask) gets the other's loop pruned from its graph.
+    string = tf.TensorSpec([], tf.string)
     return {
-        features.IMAGE_KEY: decode_image_batch(inputs[features.RAW_IMAGE_KEY], image_size),
-        features.MASK_KEY: decode_mask_batch(inputs[features.RAW_MASK_KEY], image_size),
+        features.IMAGE_KEY: tf.map_fn(lambda b: to_raw(decode_image(b, image_size)),
+                                      to_vector(inputs[features.RAW_IMAGE_KEY], b""), fn_output_signature=string),
+        features.MASK_KEY: tf.map_fn(lambda b: to_raw(decode_mask(b, image_size)),
+                                     to_vector(inputs[features.RAW_MASK_KEY], b""), fn_output_signature=string),
         # -1 only reaches the output for a sparse feature missing a value, and is then visible.
         **{key: tf.cast(to_vector(inputs[key], -1), tf.int64) for key in features.SLICE_KEYS},
     }

@@ -61,8 +61,9 @@ class _StepTimer(tf.keras.callbacks.Callback):
 
 def _dataset():
     rng = np.random.default_rng(0)
-    images = rng.uniform(size=(EXAMPLES, MODEL.image_size, MODEL.image_size, 3)).astype(np.float32)
-    masks = rng.integers(0, 3, size=(EXAMPLES, MODEL.image_size, MODEL.image_size)).astype(np.int64)
+    # As the Trainer's input_fn yields them: uint8 pixels and class ids.
+    images = rng.integers(0, 256, size=(EXAMPLES, MODEL.image_size, MODEL.image_size, 3), dtype=np.uint8)
+    masks = rng.integers(0, 3, size=(EXAMPLES, MODEL.image_size, MODEL.image_size), dtype=np.uint8)
     ds = tf.data.Dataset.from_tensor_slices((images, masks)).batch(GLOBAL_BATCH, drop_remainder=True)
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA

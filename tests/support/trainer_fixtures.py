@@ -20,7 +20,6 @@ import transform  # noqa: E402,F401  the Keras switch, before TensorFlow
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from ml_metadata.metadata_store import metadata_store  # noqa: E402
-from tfx.components.transform.component import Transform  # noqa: E402
 from tfx.components.schema_gen.import_schema_gen.component import ImportSchemaGen  # noqa: E402
 from tfx.components.trainer import executor as trainer_executor  # noqa: E402
 from tfx.orchestration import metadata, pipeline  # noqa: E402
@@ -30,6 +29,7 @@ from tfx.types import artifact_utils, standard_artifacts  # noqa: E402
 from tfx.utils import json_utils, proto_utils  # noqa: E402
 
 from components.example_gen import TfdsExampleGen  # noqa: E402
+from components.transform import Transform  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 from trainer import run  # noqa: E402
 
