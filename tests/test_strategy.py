@@ -151,10 +151,18 @@ def test_mixed_precision_resolution(tmp_path, monkeypatch):
 
     assert strategy_lib.resolve_mixed_precision("none") == "float32"
     assert strategy_lib.resolve_mixed_precision("mixed_bfloat16") == "mixed_bfloat16"
+    # A CPU with bf16 instructions gets bf16 only where a measured convolution step is faster in it.
     monkeypatch.setattr(strategy_lib, "cpu_supports_bf16", lambda: True)
-    assert strategy_lib.resolve_mixed_precision("auto") == "mixed_bfloat16"  # no GPU in tests
+    faster = strategy_lib.bf16_faster_on_cpu()
+    assert strategy_lib.resolve_mixed_precision("auto") == ("mixed_bfloat16" if faster else "float32")  # no GPU
     monkeypatch.setattr(strategy_lib, "cpu_supports_bf16", lambda: False)
     assert strategy_lib.resolve_mixed_precision("auto") == "float32"
+
+
+def test_conv_step_is_timed_in_both_precisions():
+    seconds = strategy_lib.conv_step_seconds(repeats=1)
+    assert set(seconds) == {"float32", "bfloat16"}
+    assert all(0 < s < 60 for s in seconds.values()), seconds
 
 
 def _free_ports(n):
