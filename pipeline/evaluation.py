@@ -1,6 +1,7 @@
 """The TFMA EvalConfig of the Evaluator's blessing gate (report.metrics reads its results)."""
 
 import tensorflow_model_analysis as tfma
+from tensorflow_model_analysis import constants
 
 from components import segmentation_metrics as sm
 from pipeline.config import EvalConfig
@@ -8,6 +9,9 @@ from transform.features import LABEL_KEY, MASK_KEY, SPECIES_KEY
 
 SIGNATURE_NAME = "serving_examples"
 PREPROCESSING_FUNCTION = "transform_features"
+# The model's signatures are all TFMA calls, so it loads as a plain SavedModel. Without a type, TFMA
+# loads each model as a Keras model once just to learn its type, then again to use it.
+MODEL_TYPE = constants.TF_GENERIC
 GATED_METRIC = sm.MEAN_IOU
 EXAMPLE_COUNT_CLASS = "ExampleCount"
 
@@ -42,6 +46,7 @@ def build_eval_config(eval_config: EvalConfig) -> tfma.EvalConfig:
         metrics.append(config)
     return tfma.EvalConfig(
         model_specs=[tfma.ModelSpec(
+            model_type=MODEL_TYPE,
             signature_name=SIGNATURE_NAME,
             preprocessing_function_names=[PREPROCESSING_FUNCTION],
             label_key=MASK_KEY,
