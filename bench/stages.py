@@ -100,8 +100,12 @@ def transform_figures(config: PipelineConfig, run: RunArtifacts, work: str, copi
                                              "schema": [schema]},
                         os.path.join(work, f"transform_x{copies}"), beam_args)
     marginal = _marginal(once, many, (copies - 1) * count)
+    stored = transformed_bytes_per_example(run.get("Transform", "transformed_examples").uri)
     return {
         "transform_ratio": measure.ratio(data_seconds, once),
+        "transformed_bytes_per_example": round(stored),
+        # Against the uint8 pixels a record has to hold: image S x S x 3 plus mask S x S.
+        "transformed_bytes_ratio": measure.ratio(stored, size * size * 4),
         "transform_marginal_ratio": marginal and measure.ratio(data_seconds / count, marginal),
         "transform_images_per_second": {"beam_whole_run": round(count / once, 1),
                                         "beam_marginal": marginal and round(1 / marginal, 1),
@@ -110,6 +114,12 @@ def transform_figures(config: PipelineConfig, run: RunArtifacts, work: str, copi
         "transform_images": count,
         "beam_args": beam_args,
     }
+
+
+def transformed_bytes_per_example(examples_uri: str) -> float:
+    """Bytes on disk of a Transform output's splits per example they hold."""
+    files = record_files(examples_uri)
+    return sum(os.path.getsize(f) for f in files) / sum(1 for _ in _records(files))
 
 
 def _marginal(once: float, many: float, extra_images: int) -> Optional[float]:

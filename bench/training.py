@@ -58,16 +58,17 @@ def in_memory(batches: Sequence[tuple]) -> tf.data.Dataset:
 
 
 def synthetic_batches(image_size: int, batch: int, count: int, seed: int = 0) -> List[tuple]:
+    """Batches shaped and typed as the Trainer's input_fn yields them: uint8 pixels and class ids."""
     rng = np.random.default_rng(seed)
-    return [(tf.constant(rng.random((batch, image_size, image_size, 3), np.float32)),
-             tf.constant(rng.integers(0, 3, (batch, image_size, image_size)), tf.int64))
+    return [(tf.constant(rng.integers(0, 256, (batch, image_size, image_size, 3), np.uint8)),
+             tf.constant(rng.integers(0, 3, (batch, image_size, image_size), np.uint8)))
             for _ in range(count)]
 
 
 def trainer_figures(config: PipelineConfig, transformed_uri: str, transform_graph_uri: str,
                     train_examples: int, batch_sizes: Sequence[int], peak_flops: Dict[str, float],
                     steps: int) -> Dict[str, object]:
-    """MFU, input-pipeline ratio and the batch sweep, all in this process against `peak_flops`."""
+    """MFU, input-pipeline ratios, float32 vs bfloat16 and the batch sweep, in this process against `peak_flops`."""
     import tensorflow_transform as tft
 
     batch = config.train.batch_size
@@ -76,28 +77,29 @@ def trainer_figures(config: PipelineConfig, transformed_uri: str, transform_grap
     files = [f"{transformed_uri}/Split-train/*"]
 
     def real_input(cache: bool = True):
-        return data.input_fn(files, accessor, tf_transform_output, batch, training=True,
+        return data.input_fn(files, accessor, tf_transform_output, batch, config.model.image_size, training=True,
                              shuffle_buffer=config.train.shuffle_buffer, repeat=True, cache=cache)
 
     model = build(config)
     flops = measure.training_flops_per_image(model)
-    policy = model.layers[1].dtype_policy.compute_dtype
+    policy = compute_dtype(model)
     peak = peak_flops["bfloat16" if policy == "bfloat16" else "float16" if policy == "float16" else "float32"]
 
     # The same batches the real pipeline yields, decoded once and held in memory.
     epoch_steps = max(1, train_examples // batch)
     held = measure.stack_batches(real_input(), epoch_steps)
     model.fit(in_memory(held), epochs=1, steps_per_epoch=2, verbose=0)  # trace + warm up
-    # Cold: a fresh input_fn, so this epoch parses every record (what epoch 1 of the Trainer pays);
-    # warm: later epochs, served from input_fn's in-memory cache.
-    warm_dataset = real_input()
-    model.fit(warm_dataset, epochs=1, steps_per_epoch=epoch_steps, verbose=0)  # fills the cache
+    # Cached: later epochs of a split within train.cache_max_bytes, served from input_fn's memory cache.
+    # Streaming: a split beyond it, read from its files every epoch (the first epoch of a cached one too).
+    cached_dataset = real_input()
+    model.fit(cached_dataset, epochs=1, steps_per_epoch=epoch_steps, verbose=0)  # fills the cache
+    streaming_dataset = real_input(cache=False)
     # Interleaved single repeats, so drifting load elsewhere hits the limit and the real input alike.
-    memory_ips = cold_ips = warm_ips = 0.0
+    memory_ips = streaming_ips = cached_ips = 0.0
     for _ in range(REPEATS):
         memory_ips = max(memory_ips, images_per_second(model, lambda: in_memory(held), batch, epoch_steps, 1))
-        cold_ips = max(cold_ips, images_per_second(model, real_input, batch, epoch_steps, 1))
-        warm_ips = max(warm_ips, images_per_second(model, lambda: warm_dataset, batch, epoch_steps, 1))
+        streaming_ips = max(streaming_ips, images_per_second(model, lambda: streaming_dataset, batch, epoch_steps, 1))
+        cached_ips = max(cached_ips, images_per_second(model, lambda: cached_dataset, batch, epoch_steps, 1))
 
     sweep = {}
     for size in batch_sizes:
@@ -106,12 +108,14 @@ def trainer_figures(config: PipelineConfig, transformed_uri: str, transform_grap
         # The same number of images at every size, so each point costs about the same time.
         sweep[str(size)] = round(images_per_second(model, lambda: in_memory(batches), size,
                                                    max(2, steps * batch // size), repeats=2), 1)
+    precisions = precision_figures(config, held, batch, max(2, steps))
     result = {
         "trainer_mfu": measure.ratio(memory_ips * flops, peak),
-        "input_pipeline_ratio": measure.ratio(cold_ips, memory_ips),
-        "input_pipeline_ratio_cached": measure.ratio(warm_ips, memory_ips),
-        "train_images_per_second": {"in_memory": round(memory_ips, 1), "real_input_first_epoch": round(cold_ips, 1),
-                                    "real_input_cached": round(warm_ips, 1)},
+        "input_pipeline_ratio": measure.ratio(cached_ips, memory_ips),
+        "input_pipeline_ratio_streaming": measure.ratio(streaming_ips, memory_ips),
+        "train_images_per_second": {"in_memory": round(memory_ips, 1), "real_input_cached": round(cached_ips, 1),
+                                    "real_input_streaming": round(streaming_ips, 1)},
+        **precisions,
         "train_ms_per_step": round(1e3 * batch / memory_ips, 1),
         "train_gflop_per_image": round(flops / 1e9, 3),
         "flop_count": "conv/deconv MACs x2 (FLOP) x3 (fwd + bwd input + bwd weights) for trainable layers, "
@@ -124,6 +128,30 @@ def trainer_figures(config: PipelineConfig, transformed_uri: str, transform_grap
     del model
     tf.keras.backend.clear_session()
     return result
+
+
+def compute_dtype(model: tf.keras.Model) -> str:
+    """The dtype the convolutions compute in (the input scaling layer is always float32)."""
+    return model.get_layer("block1_conv1").dtype_policy.compute_dtype
+
+
+def precision_figures(config: PipelineConfig, held: Sequence[tuple], batch: int, steps: int) -> Dict[str, object]:
+    """Training img/s in float32 and in mixed bfloat16 on the same in-memory batches, and what `auto` picks."""
+    import dataclasses
+
+    from trainer.strategy import resolve_mixed_precision
+
+    speeds = {}
+    for name, policy in (("float32", "none"), ("bfloat16", "mixed_bfloat16")):
+        model = build(dataclasses.replace(config, model=dataclasses.replace(config.model, mixed_precision=policy)))
+        model.fit(in_memory(held), epochs=1, steps_per_epoch=2, verbose=0)
+        speeds[name] = round(images_per_second(model, lambda: in_memory(held), batch, steps, repeats=2), 1)
+        del model
+        tf.keras.backend.clear_session()
+    tf.keras.mixed_precision.set_global_policy("float32")
+    return {"train_images_per_second_by_precision": speeds,
+            "bf16_speedup": measure.ratio(speeds["bfloat16"], speeds["float32"]),
+            "mixed_precision_auto_picks": resolve_mixed_precision("auto")}
 
 
 def replica_images_per_second(config: PipelineConfig, replicas: int, steps: int) -> Dict[str, float]:

@@ -50,3 +50,23 @@ def test_decoded_matches_preprocessing(tmp_path):
     [(image, mask)] = list(stages.decoded(files, 32))
     assert image.shape == (32, 32, 3) and mask.shape == (32, 32)
     np.testing.assert_array_equal(mask.numpy(), preprocessing.decode_mask(tf.constant(png(trimap())), 32).numpy())
+
+
+def test_transformed_bytes_per_example(tmp_path):
+    path = tmp_path / "Split-train" / "data"
+    path.parent.mkdir()
+    records = [b"x" * 100, b"y" * 300]
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for record in records:
+            writer.write(record)
+    (tmp_path / "Split-eval").mkdir()
+    # TFRecord framing adds 16 bytes per record (length, two CRCs).
+    assert stages.transformed_bytes_per_example(str(tmp_path)) == (400 + 2 * 16) / 2
+
+
+def test_float32_and_bfloat16_training_are_both_timed():
+    batches = training.synthetic_batches(TINY.model.image_size, 2, 2)
+    figures = training.precision_figures(TINY, batches, 2, 2)
+    speeds = figures["train_images_per_second_by_precision"]
+    assert set(speeds) == {"float32", "bfloat16"} and all(v > 0 for v in speeds.values())
+    assert figures["mixed_precision_auto_picks"] in ("float32", "mixed_bfloat16")
