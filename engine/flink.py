@@ -123,8 +123,8 @@ def _commands(spec: ClusterSpec, home: pathlib.Path, jars: List[pathlib.Path], c
         f"--flink-conf-dir={conf}", f"--job-host={HOST}", f"--job-port={spec.job_port}",
         f"--artifact-port={spec.artifact_port}", f"--expansion-port={spec.expansion_port}",
         f"--artifacts-dir={spec.dir / 'artifacts'}"], env)
-    commands["worker-pool"] = ([sys.executable, "-m", "engine.worker_pool", f"--port={spec.worker_pool_port}"],
-                               _worker_env())
+    commands["worker-pool"] = ([sys.executable, "-m", "engine.worker_pool", f"--port={spec.worker_pool_port}",
+                                f"--spares={spec.taskmanagers * spec.slots_per_taskmanager}"], _worker_env())
     return commands
 
 
