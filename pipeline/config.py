@@ -81,9 +81,11 @@ class BeamConfig:
     environment_config: str = "127.0.0.1:50000"
     # A TaskManager keeps a job's SDK worker this long after the last stage that used it, so the job's
     # next stage finds it with TF/TFX imported (0: released at once). Beam honours it only when its
-    # runner classes come from the cluster's own classpath (`petseg flink up` puts them there); the
-    # job's end does not release the workers, so a long value keeps idle ones (~600 MB each) around.
-    environment_cache_millis: int = 60_000
+    # runner classes come from the cluster's own classpath (`petseg flink up` puts them there). It must
+    # outlast the longest pause between two stages on one TaskManager: a release in the middle of a job
+    # raced the next stage's new worker and failed the job (60 s did, at load 16). The job's end does
+    # not release the workers, so they stay idle (~600-800 MB each) this long after it.
+    environment_cache_millis: int = 600_000
     # flink/spark: the image the SDK harness runs in (the Kubeflow image for sidecars). It also tells
     # TFX that the workers hold the code, so it builds no sdist of itself per component.
     sdk_image: str = "petseg-sdk-harness"
