@@ -16,7 +16,7 @@ UV := $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 help:
 	@echo "make run [ARGS='--profile quick ...']  install, then run the whole pipeline (petseg run)"
 	@echo "make test [TEST_ARGS='-k ...']         install, then run the tests"
-	@echo "make test-flink                        install, then run the Flink cluster tests (about 40 min)"
+	@echo "make test-flink                        install, then run only the Flink cluster tests (also in make test)"
 	@echo "make bench [BENCH_ARGS='--profile ...']  install, then time each stage against its limit (bench/results.json)"
 	@echo "make setup                             install only (.venv from uv.lock)"
 
@@ -47,7 +47,8 @@ kfpcheck: setup
 test: setup browser kfpcheck
 	$(VENV)/bin/python -m pytest $(TEST_ARGS)
 
-# The Flink cluster tests: each starts and stops its own local cluster (tests/test_flink.py).
+# Only the Flink cluster tests (part of `make test` too): they start and stop their own local cluster,
+# installing Flink from PyPI and Beam's job server from Maven Central into .tools/ on first use.
 test-flink: setup
 	$(VENV)/bin/python -m pytest -m cluster tests/test_flink.py $(TEST_ARGS)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from typing import Dict, List, Optional
 
@@ -66,6 +67,9 @@ def engine_figures(config: PipelineConfig, run: RunArtifacts, work: str, spec: f
         lines = {}
         for engine, args in (("direct", direct), ("flink", on_flink)):
             out = os.path.join(work, f"engines_{name}_{engine}")
+            # Empty output folders: TFT refuses to publish over an earlier bench's transform graph.
+            for suffix in ("_x1", f"_x{copies}"):
+                shutil.rmtree(out + suffix, ignore_errors=True)
             once = stages.run_executor(by_id[component], inputs(examples), out + "_x1", args)
             many = stages.run_executor(by_id[component], inputs(many_all if name == "transform" else many_eval),
                                        out + f"_x{copies}", args)

@@ -1,4 +1,4 @@
-"""Beam's Python SDK worker pool (`worker_pool_main`) on loopback, starting workers that import TF first."""
+"""Beam's Python SDK worker pool (`worker_pool_main`) on loopback, handing jobs workers that imported TF ahead."""
 
 from __future__ import annotations
 
@@ -7,14 +7,18 @@ import atexit
 import logging
 import subprocess
 import sys
+import threading
 import time
 import traceback
+from typing import List
 
 import grpc
 from apache_beam.portability.api import beam_fn_api_pb2, beam_fn_api_pb2_grpc
 from apache_beam.runners.worker.worker_pool_main import BeamFnExternalWorkerPoolServicer
 from apache_beam.utils import thread_pool_executor
 from apache_beam.runners.worker.worker_pool_main import kill_process_gracefully
+
+WORKER = [sys.executable, "-m", "engine.sdk_worker"]
 
 
 class WorkerPool(BeamFnExternalWorkerPoolServicer):
@@ -25,15 +29,35 @@ class WorkerPool(BeamFnExternalWorkerPoolServicer):
     from each, so a StopWorker from the TaskManager that finished first killed another one's busy worker
     and failed its tasks. Here StopWorker stops nothing: a worker exits by itself once its TaskManager
     closes the control channel, and `petseg flink down` ends the pool's whole process group.
+
+    `spares` workers wait with TensorFlow and the TFX libraries already imported (tens of seconds of
+    CPU each); a job's StartWorker takes one and a new one starts importing in the background, so a
+    job waits for an import only when it asks for more workers at once than there are spares.
     """
+
+    def __init__(self, spares: int = 0):
+        super().__init__(use_process=True)
+        self._spare_count = spares
+        self._spares: List[subprocess.Popen] = []
+        self._lock = threading.Lock()
+        self._refill()
 
     def StartWorker(self, request, unused_context):
         try:
-            command = [sys.executable, "-m", "engine.sdk_worker", request.control_endpoint.url, request.worker_id]
-            logging.info("starting SDK worker %s for %s", request.worker_id, request.control_endpoint.url)
-            process = subprocess.Popen(command, close_fds=True)
-            self._worker_processes[f"{request.worker_id}@{request.control_endpoint.url}"] = process
+            endpoint, worker_id = request.control_endpoint.url, request.worker_id
+            process = self._take_spare()
+            if process is not None:
+                try:
+                    process.stdin.write(f"{endpoint} {worker_id}\n".encode())
+                    process.stdin.close()
+                except OSError:  # it died while waiting: start a worker of its own instead
+                    process = None
+            if process is None:
+                process = subprocess.Popen(WORKER + [endpoint, worker_id], close_fds=True)
+            logging.info("SDK worker %s (pid %d) for %s", worker_id, process.pid, endpoint)
+            self._worker_processes[f"{worker_id}@{endpoint}"] = process
             self._reap()
+            self._refill()
             return beam_fn_api_pb2.StartWorkerResponse()
         except Exception:  # reported to the runner, which fails the job with it
             return beam_fn_api_pb2.StartWorkerResponse(error=traceback.format_exc())
@@ -42,6 +66,26 @@ class WorkerPool(BeamFnExternalWorkerPoolServicer):
         logging.info("worker %s released; it exits when its control channel closes", request.worker_id)
         self._reap()
         return beam_fn_api_pb2.StopWorkerResponse()
+
+    def stop_spares(self) -> None:
+        with self._lock:
+            spares, self._spares = self._spares, []
+        for process in spares:
+            kill_process_gracefully(process)
+
+    def _take_spare(self):
+        with self._lock:
+            while self._spares:
+                process = self._spares.pop(0)
+                if process.poll() is None:
+                    return process
+        return None
+
+    def _refill(self) -> None:
+        with self._lock:
+            self._spares = [p for p in self._spares if p.poll() is None]
+            while len(self._spares) < self._spare_count:
+                self._spares.append(subprocess.Popen(WORKER, stdin=subprocess.PIPE, close_fds=True))
 
     def _reap(self) -> None:
         for key, process in list(self._worker_processes.items()):
@@ -53,17 +97,20 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--spares", type=int, default=1,
+                        help="workers kept ready with TF imported: the TaskManagers (slots) this pool serves")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     server = grpc.server(thread_pool_executor.shared_unbounded_instance(),
                          options=[("grpc.http2.max_pings_without_data", 0), ("grpc.http2.max_ping_strikes", 0)])
     server.add_insecure_port(f"{args.host}:{args.port}")
     # One worker process per StartWorker: one per TaskManager and job.
-    pool = WorkerPool(use_process=True)
+    pool = WorkerPool(spares=args.spares)
     beam_fn_api_pb2_grpc.add_BeamFnExternalWorkerPoolServicer_to_server(pool, server)
     server.start()
     atexit.register(lambda: [kill_process_gracefully(p) for p in pool._worker_processes.values()])
-    logging.info("SDK worker pool listening on %s:%d", args.host, args.port)
+    atexit.register(pool.stop_spares)
+    logging.info("SDK worker pool listening on %s:%d, %d spare workers", args.host, args.port, args.spares)
     try:
         while True:
             time.sleep(3600)

@@ -79,10 +79,13 @@ class BeamConfig:
     # the submitting process (tests only: it must reach and be reached by every TaskManager).
     environment: str = "EXTERNAL"
     environment_config: str = "127.0.0.1:50000"
-    # Beam closes a job's SDK worker this long after starting it, used or not (0: as soon as no stage
-    # holds it, so the next stage pays a fresh TF/TFX import). Closing mid-stage fails the stage's
-    # tasks, so it must outlast the longest job; the job's end closes its workers anyway.
-    environment_cache_millis: int = 3_600_000
+    # A TaskManager keeps a job's SDK worker this long after the last stage that used it, so the job's
+    # next stage finds it with TF/TFX imported (0: released at once). Beam honours it only when its
+    # runner classes come from the cluster's own classpath (`petseg flink up` puts them there). It must
+    # outlast the longest pause between two stages on one TaskManager: a release in the middle of a job
+    # raced the next stage's new worker and failed the job (60 s did, at load 16). The job's end does
+    # not release the workers, so they stay idle (~600-800 MB each) this long after it.
+    environment_cache_millis: int = 600_000
     # flink/spark: the image the SDK harness runs in (the Kubeflow image for sidecars). It also tells
     # TFX that the workers hold the code, so it builds no sdist of itself per component.
     sdk_image: str = "petseg-sdk-harness"

@@ -226,7 +226,7 @@ def test_flink_settings_reach_every_beam_task_of_the_compiled_spec(tmp_path):
                      "--set", f"beam.sdk_image={IMAGE}", "--beam-arg=--max_num_records=100"]) == 0
     spec = yaml.safe_load(out.read_text())
     expected = ["--runner=PortableRunner", "--job_endpoint=flink-jobserver:8099", "--environment_type=EXTERNAL",
-                "--environment_cache_millis=3600000", f"--sdk_container_image={IMAGE}",
+                "--environment_cache_millis=600000", f"--sdk_container_image={IMAGE}",
                 "--experiments=disable_logging_submission_environment", "--environment_config=127.0.0.1:50000",
                 "--parallelism=4", "--max_num_records=100"]
     for task in ("StatisticsGen", "Transform", "Evaluator"):

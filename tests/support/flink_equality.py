@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import os
 import pathlib
-from typing import Dict, List
+from typing import Dict, Iterable, List
 
 import tensorflow as tf
 
@@ -39,9 +39,12 @@ def _flatten(metrics, prefix="") -> Dict[str, float]:
     return flat
 
 
-def compare_with_direct(output: pathlib.Path, work: str) -> Dict[str, object]:
-    """Reruns Transform and Evaluator of the Flink run in `output` on DirectRunner; returns the differences."""
-    config = load_config("tiny", overrides=[f"output={output}"])  # beam.runner=direct
+def compare_with_direct(output: pathlib.Path, work: str, overrides: Iterable[str] = ()) -> Dict[str, object]:
+    """Reruns Transform and Evaluator of the Flink run in `output` on DirectRunner; returns the differences.
+
+    `overrides` are the run's own `key=value` settings other than `beam.*`, so both build the same executors.
+    """
+    config = load_config("tiny", overrides=[*overrides, f"output={output}"])  # beam.runner=direct
     run = RunArtifacts(config.metadata_path, config.name)
     by_id, beam_args = stages.components(config)
     assert beam_args == []
