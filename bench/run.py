@@ -158,7 +158,7 @@ def print_table(results: Dict[str, object]) -> None:
     print(f"{'ratio':<30} {'value':>8}  goal", flush=True)
     for key in HEADLINE:
         print(f"{key:<30} {str(results.get(key, 'n/a')):>8}  {GOALS[key]}")
-    print(f"{'gpu_mfu':<26} {results.get('gpu_mfu')}")
+    print(f"{'gpu_mfu':<30} {results.get('gpu_mfu')}")
     print(json.dumps({k: v for k, v in results.items() if k not in HEADLINE}, indent=1), flush=True)
 
 

@@ -13,6 +13,7 @@ from bench import measure
 from pipeline.config import PipelineConfig
 from report import images
 from report.artifacts import RunArtifacts
+from trainer import data
 from transform import features, preprocessing
 
 # Serving latency is sampled over this many single-image requests per variant.
@@ -100,7 +101,8 @@ def transform_figures(config: PipelineConfig, run: RunArtifacts, work: str, copi
                                              "schema": [schema]},
                         os.path.join(work, f"transform_x{copies}"), beam_args)
     marginal = _marginal(once, many, (copies - 1) * count)
-    stored = transformed_bytes_per_example(run.get("Transform", "transformed_examples").uri)
+    # Transform maps examples one to one, so its splits hold `count` examples too.
+    stored = transformed_bytes_per_example(run.get("Transform", "transformed_examples").uri, count)
     return {
         "transform_ratio": measure.ratio(data_seconds, once),
         "transformed_bytes_per_example": round(stored),
@@ -116,10 +118,9 @@ def transform_figures(config: PipelineConfig, run: RunArtifacts, work: str, copi
     }
 
 
-def transformed_bytes_per_example(examples_uri: str) -> float:
+def transformed_bytes_per_example(examples_uri: str, examples: int) -> float:
     """Bytes on disk of a Transform output's splits per example they hold."""
-    files = record_files(examples_uri)
-    return sum(os.path.getsize(f) for f in files) / sum(1 for _ in _records(files))
+    return data.split_bytes([os.path.join(examples_uri, "Split-*", "*")]) / examples
 
 
 def _marginal(once: float, many: float, extra_images: int) -> Optional[float]:

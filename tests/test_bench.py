@@ -61,7 +61,7 @@ def test_transformed_bytes_per_example(tmp_path):
             writer.write(record)
     (tmp_path / "Split-eval").mkdir()
     # TFRecord framing adds 16 bytes per record (length, two CRCs).
-    assert stages.transformed_bytes_per_example(str(tmp_path)) == (400 + 2 * 16) / 2
+    assert stages.transformed_bytes_per_example(str(tmp_path), len(records)) == (400 + 2 * 16) / 2
 
 
 def test_float32_and_bfloat16_training_are_both_timed():

@@ -49,7 +49,7 @@ def test_cached_and_streamed_input_yield_the_same_batches(transform_run):
 
 def test_a_split_is_cached_only_within_the_budget(transform_run, tmp_path):
     fn_args = trainer_fixtures.fn_args(transform_run, 32, trainer_fixtures.tiny_config())
-    size = sum(tf.io.gfile.stat(f).length for f in data.split_files(fn_args.eval_files))
+    size = data.split_bytes(fn_args.eval_files)
     assert data.fits_cache(fn_args.eval_files, size)
     assert not data.fits_cache(fn_args.eval_files, size - 1)
     assert not data.fits_cache(fn_args.eval_files, 0)

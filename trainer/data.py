@@ -25,15 +25,19 @@ def split_files(file_patterns: List[str]) -> List[str]:
     return sorted(path for pattern in file_patterns for path in tf.io.gfile.glob(pattern))
 
 
+def split_bytes(file_patterns: List[str]) -> int:
+    """Bytes on disk of every file the patterns match."""
+    return sum(tf.io.gfile.stat(path).length for path in split_files(file_patterns))
+
+
 def fits_cache(file_patterns: List[str], max_bytes: int) -> bool:
     """Whether a split may be cached in memory: plain records hold its uint8 pixels byte for byte.
 
     Compressed records (`*.gz`) say nothing certain about their decoded size, so they stream.
     """
-    files = split_files(file_patterns)
-    if any(path.endswith(".gz") for path in files):
+    if any(path.endswith(".gz") for path in split_files(file_patterns)):
         return False
-    return sum(tf.io.gfile.stat(path).length for path in files) <= max_bytes
+    return split_bytes(file_patterns) <= max_bytes
 
 
 def input_fn(file_pattern: List[str], data_accessor, tf_transform_output: tft.TFTransformOutput,
@@ -44,7 +48,7 @@ def input_fn(file_pattern: List[str], data_accessor, tf_transform_output: tft.TF
     Training batches are shuffled every epoch and randomly flipped; evaluation batches are neither,
     so evaluation data never sees the training map (a seed defect). With `cache`, decoded examples
     stay in memory after the first pass (uint8, S^2 x 4 bytes each), so later epochs cost no reading;
-    without it every epoch streams the files (`split_fits_cache` decides which).
+    without it every epoch streams the files (`fits_cache` decides which).
     """
     # The factory reads files in parallel (interleaved, AUTOTUNE threads) whatever the cache does.
     dataset = data_accessor.tf_dataset_factory(

@@ -97,8 +97,10 @@ def make_signatures(model: tf.keras.Model, tf_transform_output: tft.TFTransformO
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
     def serve_examples(examples):
-        transformed = decoded(model.tft_layer(tf.io.parse_example(examples, raw_spec)))
-        return _outputs(model(transformed[features.IMAGE_KEY], training=False))
+        # The image only: this runs per eval batch in TFMA, where the mask would be decoded for nothing.
+        transformed = model.tft_layer(tf.io.parse_example(examples, raw_spec))
+        images = preprocessing.image_from_raw(transformed[features.IMAGE_KEY], image_size)
+        return _outputs(model(images, training=False))
 
     return {
         SERVING_SIGNATURE: serve_images.get_concrete_function(),
