@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any, Dict, List, Tuple
 
 import apache_beam as beam
 import pyarrow as pa
+import tensorflow as tf
+from absl import logging
 from tfx import types
 from tfx.components.transform import component as transform_component
 from tfx.components.transform import executor as transform_executor
@@ -16,6 +19,10 @@ from tfx.dsl.components.base import executor_spec
 # image: most of Transform's per-image time (bench/README.md). Readers (TFXIO, tf.data) pick the
 # compression from the file name, so plain files need nothing downstream.
 _TransformProcessor = transform_executor.TransformProcessor
+# A Beam file sink writes into `beam-temp-<name>-<uuid>` beside its output and removes it on commit;
+# an attempt the runner restarts (a Flink failover) never commits, so its folder stays. Consumers
+# read `Split-*/*`, where a folder is not a record file.
+_BEAM_TEMP_PREFIX = "beam-temp-"
 
 
 class _PlainRecordsProcessor(_TransformProcessor):
@@ -48,6 +55,17 @@ class Executor(transform_executor.Executor):
             super().Do(input_dict, output_dict, exec_properties)
         finally:
             transform_executor.TransformProcessor = _TransformProcessor
+        for artifact in output_dict.get("transformed_examples", []):
+            _remove_uncommitted_attempts(artifact.uri)
+
+
+def _remove_uncommitted_attempts(uri: str) -> None:
+    """Deletes the sink folders of Beam attempts that never committed, once the job has succeeded."""
+    leftovers = [os.path.join(directory, name) for directory, subdirectories, _ in tf.io.gfile.walk(uri)
+                 for name in subdirectories if name.startswith(_BEAM_TEMP_PREFIX)]
+    for leftover in leftovers:
+        logging.info("Removing %s: the sink folder of a Beam attempt that was restarted", leftover)
+        tf.io.gfile.rmtree(leftover)
 
 
 class Transform(transform_component.Transform):

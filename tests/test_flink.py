@@ -160,6 +160,9 @@ def test_a_taskmanager_killed_during_transform(cluster, flink_run):
         assert "[petseg] Transform done" in flink_run.rerun_console
     summary = json.loads((flink_run.output / "summary.json").read_text())
     assert summary["components"]["Transform"]["cached"] is False
+    # The killed attempt's sink folder, if it had opened one, is gone: the Trainer globs `Split-*/*`.
+    splits = flink_run.output / "pipeline_root" / "Transform" / "transformed_examples"
+    assert not list(splits.rglob("beam-temp-*")), sorted(splits.rglob("*"))
 
 
 # Last: the pool's spare workers are still importing TF right after `up`, and the pipeline run

@@ -6,6 +6,10 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_transform as tft
 
+from tfx import types
+from tfx.types import standard_artifacts
+
+from bench import stages
 from support import trainer_fixtures
 from support.trainer_fixtures import transform_run  # noqa: F401 (pytest fixture)
 from trainer import data
@@ -56,3 +60,20 @@ def test_a_split_is_cached_only_within_the_budget(transform_run, tmp_path):
     # Compressed records: their decoded size is unknown, so they stream whatever the budget.
     (tmp_path / "part-0.gz").write_bytes(b"\x1f\x8b")
     assert not data.fits_cache([str(tmp_path / "*")], 10 ** 12)
+
+
+
+def test_transform_drops_the_sink_folder_of_an_attempt_that_never_committed(transform_run, tmp_path):
+    """A Flink failover during Transform leaves the first attempt's sink folder beside the shards."""
+    component = trainer_fixtures.transform_component(types.Channel(type=standard_artifacts.Examples),
+                                                     types.Channel(type=standard_artifacts.Schema))
+    inputs = {"examples": [trainer_fixtures.raw_examples(transform_run)],
+              "schema": [trainer_fixtures.output(transform_run, standard_artifacts.Schema, "ImportSchemaGen")]}
+    split = tmp_path / "transformed_examples" / "Split-eval"
+    leftover = split / "beam-temp-transformed_examples-0123456789abcdef"
+    leftover.mkdir(parents=True)
+    (leftover / "half-written-shard").write_bytes(b"\x00" * 100)
+    stages.run_executor(component, inputs, str(tmp_path), [])
+    assert [p.name for p in split.iterdir()] == ["transformed_examples-00000-of-00001"]
+    records = list(tf.data.TFRecordDataset(tf.io.gfile.glob(str(split / "*"))).as_numpy_iterator())
+    assert len(records) == trainer_fixtures.EVAL_IMAGES

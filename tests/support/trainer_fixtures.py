@@ -22,6 +22,7 @@ import tensorflow as tf  # noqa: E402
 from ml_metadata.metadata_store import metadata_store  # noqa: E402
 from tfx.components.schema_gen.import_schema_gen.component import ImportSchemaGen  # noqa: E402
 from tfx.components.trainer import executor as trainer_executor  # noqa: E402
+from tfx import types  # noqa: E402
 from tfx.orchestration import metadata, pipeline  # noqa: E402
 from tfx.orchestration.local.local_dag_runner import LocalDagRunner  # noqa: E402
 from tfx.proto import trainer_pb2  # noqa: E402
@@ -43,6 +44,12 @@ def tiny_config(**overrides: Any):
     return load_config("tiny", overrides=[f"{key}={json.dumps(value)}" for key, value in overrides.items()])
 
 
+def transform_component(examples: types.Channel, schema: types.Channel) -> Transform:
+    """The project's Transform as the tiny profile configures it."""
+    return Transform(examples=examples, schema=schema, preprocessing_fn="transform.preprocessing.preprocessing_fn",
+                     custom_config={"image_size": tiny_config().model.image_size})
+
+
 @functools.lru_cache(maxsize=None)
 def transformed_data(root: str) -> str:
     """Runs TfdsExampleGen -> ImportSchemaGen -> Transform under LocalDagRunner once; returns its MLMD path.
@@ -54,9 +61,7 @@ def transformed_data(root: str) -> str:
                                  synthetic_train_images=TRAIN_IMAGES, synthetic_test_images=EVAL_IMAGES,
                                  synthetic_seed=3)
     schema_gen = ImportSchemaGen(schema_file=SCHEMA_FILE)
-    transform = Transform(examples=example_gen.outputs["examples"], schema=schema_gen.outputs["schema"],
-                          preprocessing_fn="transform.preprocessing.preprocessing_fn",
-                          custom_config={"image_size": config.model.image_size})
+    transform = transform_component(example_gen.outputs["examples"], schema_gen.outputs["schema"])
     metadata_path = os.path.join(root, "mlmd.sqlite")
     LocalDagRunner().run(pipeline.Pipeline(
         pipeline_name="trainer_test", pipeline_root=os.path.join(root, "pipeline_root"),
