@@ -1,4 +1,4 @@
-"""Transform: TFX's, writing its transformed examples as plain TFRecords instead of gzip."""
+"""Transform: TFX's, writing its transformed examples as plain TFRecords (not gzip), without restarted attempts' litter."""
 
 from __future__ import annotations
 
