@@ -1,4 +1,4 @@
-"""Transform: TFX's, writing its transformed examples as plain TFRecords (not gzip), without restarted attempts' litter."""
+"""Transform: TFX's, writing plain TFRecords (not gzip) and no folders of restarted Beam attempts."""
 
 from __future__ import annotations
 
