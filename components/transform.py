@@ -61,9 +61,7 @@ class Executor(transform_executor.Executor):
 
 def _remove_uncommitted_attempts(uri: str) -> None:
     """Deletes the sink folders of Beam attempts that never committed, once the job has succeeded."""
-    leftovers = [os.path.join(directory, name) for directory, subdirectories, _ in tf.io.gfile.walk(uri)
-                 for name in subdirectories if name.startswith(_BEAM_TEMP_PREFIX)]
-    for leftover in leftovers:
+    for leftover in tf.io.gfile.glob(os.path.join(uri, "Split-*", _BEAM_TEMP_PREFIX + "*")):
         logging.info("Removing %s: the sink folder of a Beam attempt that was restarted", leftover)
         tf.io.gfile.rmtree(leftover)
 

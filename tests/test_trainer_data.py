@@ -62,7 +62,6 @@ def test_a_split_is_cached_only_within_the_budget(transform_run, tmp_path):
     assert not data.fits_cache([str(tmp_path / "*")], 10 ** 12)
 
 
-
 def test_transform_drops_the_sink_folder_of_an_attempt_that_never_committed(transform_run, tmp_path):
     """A Flink failover during Transform leaves the first attempt's sink folder beside the shards."""
     component = trainer_fixtures.transform_component(types.Channel(type=standard_artifacts.Examples),

@@ -27,7 +27,11 @@ def split_files(file_patterns: List[str]) -> List[str]:
 
 def split_bytes(file_patterns: List[str]) -> int:
     """Bytes on disk of every file the patterns match."""
-    return sum(tf.io.gfile.stat(path).length for path in split_files(file_patterns))
+    return _total_bytes(split_files(file_patterns))
+
+
+def _total_bytes(files: List[str]) -> int:
+    return sum(tf.io.gfile.stat(path).length for path in files)
 
 
 def fits_cache(file_patterns: List[str], max_bytes: int) -> bool:
@@ -35,9 +39,10 @@ def fits_cache(file_patterns: List[str], max_bytes: int) -> bool:
 
     Compressed records (`*.gz`) say nothing certain about their decoded size, so they stream.
     """
-    if any(path.endswith(".gz") for path in split_files(file_patterns)):
+    files = split_files(file_patterns)  # one listing: on GCS every glob is a request
+    if any(path.endswith(".gz") for path in files):
         return False
-    return split_bytes(file_patterns) <= max_bytes
+    return _total_bytes(files) <= max_bytes
 
 
 def input_fn(file_pattern: List[str], data_accessor, tf_transform_output: tft.TFTransformOutput,

@@ -20,9 +20,9 @@ import transform  # noqa: E402,F401  the Keras switch, before TensorFlow
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from ml_metadata.metadata_store import metadata_store  # noqa: E402
+from tfx import types  # noqa: E402
 from tfx.components.schema_gen.import_schema_gen.component import ImportSchemaGen  # noqa: E402
 from tfx.components.trainer import executor as trainer_executor  # noqa: E402
-from tfx import types  # noqa: E402
 from tfx.orchestration import metadata, pipeline  # noqa: E402
 from tfx.orchestration.local.local_dag_runner import LocalDagRunner  # noqa: E402
 from tfx.proto import trainer_pb2  # noqa: E402
@@ -32,6 +32,7 @@ from tfx.utils import json_utils, proto_utils  # noqa: E402
 from components.example_gen import TfdsExampleGen  # noqa: E402
 from components.transform import Transform  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
+from pipeline.pipeline import PREPROCESSING_FN  # noqa: E402
 from trainer import run  # noqa: E402
 
 SCHEMA_FILE = str(REPO / "transform" / "schema.pbtxt")
@@ -46,7 +47,7 @@ def tiny_config(**overrides: Any):
 
 def transform_component(examples: types.Channel, schema: types.Channel) -> Transform:
     """The project's Transform as the tiny profile configures it."""
-    return Transform(examples=examples, schema=schema, preprocessing_fn="transform.preprocessing.preprocessing_fn",
+    return Transform(examples=examples, schema=schema, preprocessing_fn=PREPROCESSING_FN,
                      custom_config={"image_size": tiny_config().model.image_size})
 
 
@@ -56,7 +57,6 @@ def transformed_data(root: str) -> str:
 
     Cached per root: the test modules share one session folder, so the Beam pipeline runs once.
     """
-    config = tiny_config()
     example_gen = TfdsExampleGen(data_dir=os.path.join(root, "tfds"), source="synthetic",
                                  synthetic_train_images=TRAIN_IMAGES, synthetic_test_images=EVAL_IMAGES,
                                  synthetic_seed=3)
