@@ -172,7 +172,7 @@ def evaluator_figures(config: PipelineConfig, run: RunArtifacts, work: str, copi
                         os.path.join(work, f"evaluator_x{copies}"), beam_args)
 
     keras_model = load_keras(os.path.join(model.uri, "Format-Serving"))
-    batch = getattr(config.eval, "batch_size", None) or config.train.batch_size
+    batch = config.eval.batch_size
     images = [b for b in decoded(files, config.model.image_size, with_mask=False).batch(batch)]
     infer = tf.function(lambda x: keras_model(x, training=False))
     for b in images[:2]:

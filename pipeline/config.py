@@ -52,6 +52,9 @@ class EvalConfig:
     max_regression: float = 0.01
     # Eval images drawn as input / truth / prediction PNGs in the report.
     report_images: int = 6
+    # Images per model call in the Evaluator. Beam's adaptive batching instead starts at one and grows,
+    # and every new batch shape makes the model's call slower; 4..16 run equally fast on CPU (bench/README.md).
+    batch_size: int = 16
 
 
 @dataclasses.dataclass
@@ -148,6 +151,7 @@ class PipelineConfig:
         _check(0 <= self.eval.min_mean_iou <= 1, "eval.min_mean_iou", "must be in [0, 1]")
         _check(0 <= self.eval.max_regression <= 1, "eval.max_regression", "must be in [0, 1]")
         _check(self.eval.report_images >= 0, "eval.report_images", "must be >= 0")
+        _check(self.eval.batch_size >= 1, "eval.batch_size", "must be >= 1")
         _validate_beam(self.beam)
         _check(bool(self.name) and self.name.replace("-", "").replace("_", "").isalnum(), "name",
                "must be letters, digits, '-' or '_'")

@@ -50,7 +50,9 @@ def build_eval_config(eval_config: EvalConfig) -> tfma.EvalConfig:
             signature_name=SIGNATURE_NAME,
             preprocessing_function_names=[PREPROCESSING_FUNCTION],
             label_key=MASK_KEY,
-            prediction_key=MASK_KEY)],
+            prediction_key=MASK_KEY,
+            # components.evaluator batches the examples at this size (TFX's source does not).
+            inference_batch_size=eval_config.batch_size)],
         slicing_specs=[overall, tfma.SlicingSpec(feature_keys=[SPECIES_KEY]),
                        tfma.SlicingSpec(feature_keys=[LABEL_KEY])],
         metrics_specs=[tfma.MetricsSpec(metrics=metrics)],

@@ -37,6 +37,7 @@ def test_file_then_overrides_win(tmp_path):
     ("data.dataset=mnist", "data.dataset"),
     ("model.encoder_weights=imagenet", "model.encoder_weights"),  # quick's narrow VGG can't take them
     ("train.warm_start=maybe", "train.warm_start"),
+    ("eval.batch_size=0", "eval.batch_size"),
     ("model=3", "model"),
 ])
 def test_invalid_values_name_the_key(override, key):

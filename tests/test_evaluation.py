@@ -1,12 +1,22 @@
 """End-to-end TFMA runs of the Evaluator config on tiny exported models and raw examples."""
 
+import os
+import shutil
+
+import apache_beam as beam
+from apache_beam.testing import util as beam_util
 import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_model_analysis as tfma
+from google.protobuf import json_format
+from tfx.components.util import tfxio_utils
+from tfx.types import artifact_utils, standard_artifacts
 
-from report import metrics
+from components import evaluator
+from pipeline import evaluation
 from pipeline.config import EvalConfig
+from report import metrics
 from support.evaluation import BETTER, LABELS, SPECIES, WORSE, export_model, raw_examples, run_tfma
 from transform.features import CLASS_NAMES, NUM_CLASSES
 
@@ -91,3 +101,43 @@ def test_regression_against_better_baseline_is_not_blessed(setup):
     output = run_tfma(root, data, models["better"], EvalConfig(min_mean_iou=0.0, max_regression=0.01),
                   baseline=models["worse"])
     assert metrics.is_blessed(output)
+
+
+def _check_source_batch_sizes(data: str, batch_size, check) -> None:
+    """Runs `check` on the row counts of the record batches TFX's Evaluator would hand TFMA for `data`,
+    read by real tfx_bsl and Beam (`check` runs inside the pipeline, as Beam's `assert_that` does)."""
+    split = os.path.join(os.path.dirname(data), "artifact", "Split-eval")
+    os.makedirs(split, exist_ok=True)
+    shutil.copy(data, os.path.join(split, "data.tfrecord"))
+    examples = standard_artifacts.Examples()
+    examples.uri = os.path.dirname(split)
+    examples.split_names = artifact_utils.encode_split_names(["eval"])
+    factory = tfxio_utils.get_tfxio_factory_from_artifact(
+        examples=[examples], telemetry_descriptors=["test"], schema=None,
+        raw_record_column_name=tfma.constants.ARROW_INPUT_COLUMN)
+    if batch_size:
+        factory = evaluator.with_batch_size(factory, batch_size)
+    with beam.Pipeline() as pipeline:
+        sizes = pipeline | factory(os.path.join(split, "*")).BeamSource() | beam.Map(lambda batch: batch.num_rows)
+        beam_util.assert_that(sizes, check)
+
+
+def _smallest_is_one(sizes):
+    if min(sizes) != 1:
+        raise beam_util.BeamAssertException(f"adaptive batches {sorted(sizes)} did not start at 1")
+
+
+def test_evaluator_reads_batches_of_the_configured_size(setup):
+    _, data, _, _, _ = setup
+    # Without a size, Beam's adaptive batching starts at one example (the cost the fix removes).
+    _check_source_batch_sizes(data, None, _smallest_is_one)
+    _check_source_batch_sizes(data, 4, beam_util.equal_to([4, len(LABELS) - 4]))
+
+
+def test_evaluator_batch_size_comes_from_the_pipeline_config():
+    config = evaluation.build_eval_config(EvalConfig(batch_size=5))
+    assert evaluator.inference_batch_size(json_format.MessageToJson(config)) == 5
+    assert evaluator.inference_batch_size(None) is None
+    config.model_specs.add(name="baseline", is_baseline=True, inference_batch_size=7)
+    with pytest.raises(ValueError, match=r"different inference_batch_size values \[5, 7\]"):
+        evaluator.inference_batch_size(json_format.MessageToJson(config))
