@@ -38,7 +38,7 @@ class Executor(evaluator_executor.Executor):
             logging.info("No blessed baseline yet: judging the candidate on its thresholds alone")
             input_dict = {k: v for k, v in input_dict.items() if k != key}
         batch_size = inference_batch_size(exec_properties.get(standard_component_specs.EVAL_CONFIG_KEY))
-        evaluator_executor.tfxio_utils = _TfxioUtils(batch_size) if batch_size else tfxio_utils
+        evaluator_executor.tfxio_utils = BatchedTfxioUtils(batch_size) if batch_size else tfxio_utils
         try:
             super().Do(input_dict, output_dict, exec_properties)
         finally:
@@ -57,7 +57,7 @@ def inference_batch_size(eval_config_json: Optional[str]) -> Optional[int]:
     return sizes.pop() if sizes else None
 
 
-class _TfxioUtils:
+class BatchedTfxioUtils:
     """`tfx.components.util.tfxio_utils` whose TFXIOs batch their Beam source at `batch_size`."""
 
     def __init__(self, batch_size: int):
@@ -68,18 +68,13 @@ class _TfxioUtils:
 
     def get_tfxio_factory_from_artifact(self, *args: Any, **kwargs: Any) -> Callable[[Any], Any]:
         factory = tfxio_utils.get_tfxio_factory_from_artifact(*args, **kwargs)
-        return with_batch_size(factory, self._batch_size)
 
+        def batched(file_pattern: Any) -> Any:
+            tfxio = factory(file_pattern)
+            tfxio.BeamSource = functools.partial(tfxio.BeamSource, batch_size=self._batch_size)
+            return tfxio
 
-def with_batch_size(factory: Callable[[Any], Any], batch_size: int) -> Callable[[Any], Any]:
-    """A TFXIO factory (file pattern -> TFXIO) whose TFXIOs' `BeamSource()` batches at `batch_size`."""
-    return functools.partial(_batched, factory, batch_size)
-
-
-def _batched(factory: Callable[[Any], Any], batch_size: int, file_pattern: Any) -> Any:
-    tfxio = factory(file_pattern)
-    tfxio.BeamSource = functools.partial(tfxio.BeamSource, batch_size=batch_size)
-    return tfxio
+        return batched
 
 
 class Evaluator(evaluator_component.Evaluator):

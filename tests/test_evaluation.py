@@ -112,11 +112,11 @@ def _check_source_batch_sizes(data: str, batch_size, check) -> None:
     examples = standard_artifacts.Examples()
     examples.uri = os.path.dirname(split)
     examples.split_names = artifact_utils.encode_split_names(["eval"])
-    factory = tfxio_utils.get_tfxio_factory_from_artifact(
+    # What the Evaluator's executor installs for TFX's `Do` (TFX's own module without a size).
+    utils = evaluator.BatchedTfxioUtils(batch_size) if batch_size else tfxio_utils
+    factory = utils.get_tfxio_factory_from_artifact(
         examples=[examples], telemetry_descriptors=["test"], schema=None,
         raw_record_column_name=tfma.constants.ARROW_INPUT_COLUMN)
-    if batch_size:
-        factory = evaluator.with_batch_size(factory, batch_size)
     with beam.Pipeline() as pipeline:
         sizes = pipeline | factory(os.path.join(split, "*")).BeamSource() | beam.Map(lambda batch: batch.num_rows)
         beam_util.assert_that(sizes, check)
