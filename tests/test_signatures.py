@@ -112,7 +112,7 @@ def _feature(example: tf.train.Example, key: str):
     return example.features.feature[key]
 
 
-def test_serving_resizes_exactly_like_transform(served, transform_run):
+def test_serving_resizes_exactly_like_transform(served, trained, transform_run):
     raw = trainer_fixtures.split_records(trainer_fixtures.raw_examples(transform_run), "eval")[:3]
     materialized = np.stack([
         np.frombuffer(_feature(tf.train.Example.FromString(r), features.IMAGE_KEY).bytes_list.value[0],
@@ -130,7 +130,9 @@ def test_serving_resizes_exactly_like_transform(served, transform_run):
     image_bytes = [_feature(tf.train.Example.FromString(r), features.RAW_IMAGE_KEY).bytes_list.value[0] for r in raw]
     by_bytes = served.signatures[signatures.SERVING_SIGNATURE](image_bytes=tf.constant(image_bytes))
     _assert_same(by_bytes, served.signatures[signatures.EXAMPLES_SIGNATURE](examples=tf.constant(raw)))
-    logits = served(tf.constant(materialized[twins]), training=False)
+    # The export holds signatures, not a callable object; Keras rebuilds the model from its config.
+    model = tf.keras.models.load_model(trained.serving_model_dir, compile=False)
+    logits = model(tf.constant(materialized[twins]), training=False)
     np.testing.assert_allclose(by_bytes["probabilities"].numpy(), tf.nn.softmax(logits).numpy(), atol=1e-6)
 
 

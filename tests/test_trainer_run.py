@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import tensorflow as tf
+from tensorflow.core.protobuf import saved_model_pb2
 
 from support import trainer_fixtures
 from support.trainer_fixtures import limited, trained, transform_run  # noqa: F401 (pytest fixtures)
@@ -37,6 +38,13 @@ def _weights(model_dir: str) -> dict:
     return weights
 
 
+def _keras_layer_traces(model_dir: str) -> list:
+    """Functions in the export that Keras traced per layer (`*_layer_call_fn`, `*_layer_call_and_return_*`)."""
+    saved = saved_model_pb2.SavedModel.FromString(pathlib.Path(model_dir, "saved_model.pb").read_bytes())
+    return [f.signature.name for graph in saved.meta_graphs for f in graph.graph_def.library.function
+            if "layer_call" in f.signature.name]
+
+
 def test_run_fn_trains_logs_and_exports(trained):
     history = _history(trained)
     assert history["epoch"] == [0, 1]
@@ -45,6 +53,8 @@ def test_run_fn_trains_logs_and_exports(trained):
     for subdir in ("train", "validation"):
         assert _epoch_steps(os.path.join(trained.model_run_dir, subdir)) == [0, 1]
     assert tf.saved_model.contains_saved_model(trained.serving_model_dir)
+    # Only the signatures are exported: per-layer traces would triple the export's save and load time.
+    assert _keras_layer_traces(trained.serving_model_dir) == []
     # Keras drops the backup of a finished training, so a later run never "resumes" a complete one.
     assert not tf.io.gfile.exists(run.backup_dir(trained))
 

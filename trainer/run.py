@@ -111,7 +111,10 @@ def run_fn(fn_args, extra_callbacks: Sequence[tf.keras.callbacks.Callback] = ())
 
     # Non-chief workers of a multi-worker run must still take part in saving, but not in the real place.
     export_dir = fn_args.serving_model_dir if _is_chief() else tempfile.mkdtemp()
-    model.save(export_dir, save_format="tf", signatures=signatures.make_signatures(
+    # Without Keras's per-layer traces the export saves and loads in about a third of the time
+    # (bench/README.md, finding 21): consumers call the signatures, and warm start rebuilds the
+    # Keras model from its layers' configs.
+    model.save(export_dir, save_format="tf", save_traces=False, signatures=signatures.make_signatures(
         model, tf_transform_output, model_config.image_size, model_config.serving_max_pixels))
     if _is_chief():
         tf.io.gfile.makedirs(fn_args.model_run_dir)
