@@ -78,4 +78,8 @@ def input_fn(file_pattern: List[str], data_accessor, tf_transform_output: tft.TF
     options = tf.data.Options()
     # The split may have fewer files than workers: shard by example, not by file.
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    # No autotuning thread: destroying an iterator can wait out that thread's sleep (up to a minute),
+    # and Keras drops one every epoch and at the end of fit. AUTOTUNE settings keep tf.data's starting
+    # values, and epochs train as fast (bench/README.md, finding 22).
+    options.autotune.enabled = False
     return dataset.with_options(options)
