@@ -52,8 +52,7 @@ def test_cached_and_streamed_input_yield_the_same_batches(transform_run):
 
 
 def test_input_runs_without_the_autotuning_thread(transform_run):
-    # Destroying an iterator waits out that thread's sleep (up to a minute), and Keras drops one per
-    # epoch. The stall is intermittent, so the option that prevents it is what is checked here.
+    # The stall this prevents (`input_fn` says why) comes and goes, so the option is what is checked.
     fn_args = trainer_fixtures.fn_args(transform_run, 33, trainer_fixtures.tiny_config())
     graph = tft.TFTransformOutput(fn_args.transform_output)
     size = trainer_fixtures.tiny_config().model.image_size
