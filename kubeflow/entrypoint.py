@@ -23,6 +23,8 @@ import json
 import os
 from typing import Any, Dict, List, Tuple
 
+from pipeline import interpreter
+
 # Open-source KFP's launcher always asks for the executor output here (launcher_v2.go,
 # OutputMetadataFilepath); Vertex names a file under the pipeline root.
 OPEN_SOURCE_OUTPUT_FILE = "/tmp/kfp_outputs/output_metadata.json"
@@ -137,10 +139,12 @@ def _main(parsed: Tuple[argparse.Namespace, List[str]]) -> None:
     kubeflow_v2_run_executor.main((args, beam_args))
     if mirror is not None:
         mirror.restore_output_file(executor_input["outputs"]["outputFile"])
+    interpreter.skip_final_collection()
 
 
 def _parse(argv: List[str]):
-    from tfx.orchestration.kubeflow.v2.container import kubeflow_v2_run_executor
+    with interpreter.heavy_imports():
+        from tfx.orchestration.kubeflow.v2.container import kubeflow_v2_run_executor
 
     tfx_argv, mirror, executor_input = prepare(argv[1:])
     # TFX's own (private) flag parser, given argv as absl gives it, so beam args split as in TFX.

@@ -10,7 +10,7 @@ from typing import List, Optional
 from engine import flink
 from engine.install import InstallError
 from kubeflow import cli as kubeflow_cli
-from pipeline import console
+from pipeline import console, interpreter
 from pipeline.config import ConfigError
 from pipeline.config_args import add_config_args, config_from_args
 
@@ -103,7 +103,8 @@ def _run(args: argparse.Namespace) -> int:
     log_file = console.new_log_file(config.output_dir / "logs")
     # TensorFlow's C++ start-up lines come with the import, so the console is quiet before it.
     with console.quiet(log_file) as stream:
-        from pipeline import local_runner  # heavy imports only once the arguments are known good
+        with interpreter.heavy_imports():
+            from pipeline import local_runner  # heavy imports only once the arguments are known good
 
         try:
             local_runner.run(config, stream, log_file)
@@ -114,7 +115,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from report import dashboard  # imports TFMA; keep `petseg --help` fast
+    with interpreter.heavy_imports():
+        from report import dashboard  # imports TFMA; keep `petseg --help` fast
 
     try:
         path = dashboard.write_dashboard(args.run, args.output)
@@ -134,6 +136,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.exit(2, f"petseg: invalid configuration: {exc}\n")
 
 
+def console_main() -> int:
+    """The `petseg` executable (and `python -m pipeline.cli`): `main`, then a quick interpreter exit."""
+    code = main()
+    interpreter.skip_final_collection()
+    return code
+
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(console_main())
