@@ -103,6 +103,9 @@ def _run(args: argparse.Namespace) -> int:
     log_file = console.new_log_file(config.output_dir / "logs")
     # TensorFlow's C++ start-up lines come with the import, so the console is quiet before it.
     with console.quiet(log_file) as stream:
+        # Said before the imports, which take seconds.
+        print(f"[petseg] profile {config.profile}; outputs under {config.output_dir}; full log {log_file}",
+              file=stream, flush=True)
         with interpreter.heavy_imports():
             from pipeline import local_runner  # heavy imports only once the arguments are known good
 

@@ -147,8 +147,6 @@ def run(config: PipelineConfig, stream: TextIO = sys.stderr,
     """Runs the pipeline to completion, then writes and returns the run summary."""
     output = config.output_dir
     log_file = log_file or console.new_log_file(output / "logs")
-    print(f"[petseg] profile {config.profile}; outputs under {output}; full log {log_file}",
-          file=stream, flush=True)
     pipeline = create_pipeline(
         config,
         metadata_connection_config=metadata.sqlite_metadata_connection_config(
