@@ -4,9 +4,9 @@ tests sharing code through `support/` only, and `petseg run`'s start-up free of 
 import ast
 import os
 import pathlib
-import subprocess
-import sys
 from typing import Dict, List, Set
+
+from support import petseg
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 PACKAGES = ("pipeline", "components", "transform", "trainer", "kubeflow", "report", "engine", "bench")
@@ -104,9 +104,7 @@ def test_trainer_never_imports_the_orchestration_package():
     assert {t.split(".")[0] for t in reached} <= {"trainer", "transform"}, sorted(reached)
     code = ("import sys, trainer.config, trainer.data, trainer.model, trainer.run, trainer.signatures, "
             "trainer.strategy; print(sorted(m for m in sys.modules if m.split('.')[0] == 'pipeline'))")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, cwd=REPO)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.strip().splitlines()[-1] == "[]"
+    assert petseg.python(code) == "[]"
 
 
 def test_tests_share_code_through_support_only():
@@ -125,9 +123,8 @@ def test_every_package_sets_the_keras_switch_before_anything_else():
     # A fresh interpreter without the variable, importing TensorFlow right after one of our packages.
     env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
     code = "import kubeflow, tensorflow as tf; print(tf.keras.Model.__module__)"
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, cwd=REPO, env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.strip().splitlines()[-1].startswith("tf_keras."), proc.stdout
+    last_line = petseg.python(code, env=env)
+    assert last_line.startswith("tf_keras."), last_line
 
 
 def test_run_path_does_not_import_tfx_v1():
@@ -135,6 +132,4 @@ def test_run_path_does_not_import_tfx_v1():
     code = ("import sys; import pipeline.cli, pipeline.local_runner, report.summary, report.dashboard, "
             "trainer.run, components.segmentation_metrics; "
             "print(sorted(m for m in sys.modules if m == 'tfx.v1' or m.startswith('google.cloud.aiplatform')))")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, cwd=REPO)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.strip().splitlines()[-1] == "[]"
+    assert petseg.python(code) == "[]"

@@ -1,17 +1,8 @@
 """pipeline.interpreter: the collector paused over heavy imports and skipped at exit, in fresh interpreters."""
 
 import importlib.metadata
-import pathlib
-import subprocess
-import sys
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-
-
-def _python(code: str) -> str:
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=REPO)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc.stdout.strip().splitlines()[-1]
+from support import petseg
 
 
 def test_heavy_imports_pause_the_collector_and_freeze_what_they_loaded():
@@ -26,7 +17,7 @@ with interpreter.heavy_imports():
     import xml.dom.minidom  # loaded already: nothing new to freeze
 print(paused, gc.isenabled(), after_import > 0, gc.get_freeze_count() == after_import)
 """
-    assert _python(code) == "True True True True"
+    assert petseg.python(code) == "True True True True"
 
 
 def test_heavy_imports_give_the_collector_back_when_the_import_fails():
@@ -40,7 +31,7 @@ except ImportError:
     pass
 print(gc.isenabled())
 """
-    assert _python(code) == "True"
+    assert petseg.python(code) == "True"
 
 
 def test_petseg_freezes_before_its_exit(tmp_path):
@@ -52,7 +43,7 @@ sys.argv = ["petseg", "flink", "status", "--dir", {str(tmp_path)!r}]
 code = cli.console_main()
 print(code, gc.get_freeze_count() > 0)
 """
-    assert _python(code) == "0 True"
+    assert petseg.python(code) == "0 True"
 
 
 def test_the_petseg_executable_is_console_main():

@@ -1,4 +1,4 @@
-"""Real `petseg run` processes for end-to-end tests, and the summary.json each one writes."""
+"""Real petseg processes for tests: `petseg run` and the summary.json it writes, or a fresh interpreter on our code."""
 
 import json
 import os
@@ -31,6 +31,13 @@ def run(output: pathlib.Path, *args: str, env: Optional[Dict[str, str]] = None) 
     (output / "run.stdout").write_text(proc.stdout)
     (output / "run.stderr").write_text(proc.stderr)
     return summary(output)
+
+
+def python(code: str, env: Optional[Dict[str, str]] = None) -> str:
+    """Runs `python -c CODE` in a fresh interpreter at the repo root (it must succeed); returns its last stdout line."""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, cwd=REPO, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout.strip().splitlines()[-1]
 
 
 def start(output: pathlib.Path, *args: str) -> subprocess.Popen:
