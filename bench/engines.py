@@ -7,10 +7,12 @@ import shutil
 import sys
 from typing import Dict, List, Optional
 
+from config import names
 from bench import stages
 from engine import flink
 from engine.beam_args import beam_pipeline_args
-from pipeline.config import PipelineConfig, apply_values
+from config.settings import PipelineConfig
+from config.profiles import apply_values
 from report.artifacts import RunArtifacts
 
 
@@ -53,17 +55,17 @@ def engine_figures(config: PipelineConfig, run: RunArtifacts, work: str, spec: f
     """Both executors on both engines, on the run's data and on `copies` copies of it, in one process."""
     by_id, direct = stages.components(config)
     on_flink = flink_args(config, spec, parallelism)
-    examples, schema = run.get("TfdsExampleGen", "examples"), run.get("ImportSchemaGen", "schema")
-    model = run.get("Trainer", "model")
+    examples, schema = run.get(names.EXAMPLE_GEN_ID, "examples"), run.get(names.SCHEMA_GEN_ID, "schema")
+    model = run.get(names.TRAINER_ID, "model")
     many_all = stages._copies(examples, ("train", "eval"), copies, work)
     many_eval = stages._copies(examples, ("eval",), copies, work)
     count_all = sum(1 for _ in stages._records(stages.record_files(examples.uri)))
     count_eval = sum(1 for _ in stages._records(stages.record_files(examples.uri, ("eval",))))
     results: Dict[str, object] = {"engines_parallelism": parallelism, "engines_flink_args": on_flink}
     for name, component, count, inputs in (
-            ("transform", "Transform", count_all,
+            ("transform", names.TRANSFORM_ID, count_all,
              lambda e: {"examples": [e], "schema": [schema]}),
-            ("evaluator", "Evaluator", count_eval, lambda e: {"examples": [e], "model": [model]})):
+            ("evaluator", names.EVALUATOR_ID, count_eval, lambda e: {"examples": [e], "model": [model]})):
         lines = {}
         for engine, args in (("direct", direct), ("flink", on_flink)):
             out = os.path.join(work, f"engines_{name}_{engine}")

@@ -15,6 +15,8 @@ import time
 import warnings
 from typing import Dict, Iterator, List, Optional
 
+from config import names
+
 # Figures for every stage, in the order they are printed.
 HEADLINE = ("trainer_mfu", "input_pipeline_ratio", "input_pipeline_ratio_streaming", "transform_ratio",
             "transform_marginal_ratio", "transformed_bytes_ratio", "evaluator_ratio", "serving_overhead_ratio",
@@ -37,7 +39,7 @@ def stage(name: str) -> Iterator[None]:
 def pipeline_runs(profile: str, overrides: List[str], output: pathlib.Path) -> Dict[str, object]:
     """A first `petseg run` into a fresh folder, then the same command again (everything cached)."""
     shutil.rmtree(output, ignore_errors=True)
-    command = [sys.executable, "-m", "pipeline.cli", "run", "--profile", profile, "--output", str(output),
+    command = [sys.executable, "-m", "cli.main", "run", "--profile", profile, "--output", str(output),
                *_set_args(overrides)]
     seconds, components = [], []
     for _ in range(2):
@@ -78,7 +80,7 @@ def measure_all(args: argparse.Namespace) -> Dict[str, object]:
     import tensorflow as tf
 
     from bench import measure, stages, training
-    from pipeline.config import load_config
+    from config.profiles import load_config
     from report.artifacts import RunArtifacts
 
     work = pathlib.Path(args.work or tempfile.mkdtemp(prefix="petseg-bench-"))
@@ -118,11 +120,11 @@ def measure_all(args: argparse.Namespace) -> Dict[str, object]:
     results["matmul_gflops"] = {k: round(v / 1e9, 1) for k, v in peak.items()}
 
     run = RunArtifacts(config.metadata_path, config.name)
-    examples = run.get("TfdsExampleGen", "examples")
+    examples = run.get(names.EXAMPLE_GEN_ID, "examples")
     train_examples = int(examples.get_int_custom_property("num_train") or config.data.synthetic_train_images)
     with stage("trainer: MFU, input pipeline, batch sweep"):
         results.update(training.trainer_figures(
-            config, run.get("Transform", "transformed_examples").uri, run.get("Transform", "transform_graph").uri,
+            config, run.get(names.TRANSFORM_ID, "transformed_examples").uri, run.get(names.TRANSFORM_ID, "transform_graph").uri,
             train_examples, args.batch_sizes, peak, args.train_steps))
     # On a GPU machine the trainer figures above ran on the GPU (TensorFlow's default device).
     results["gpu_mfu"] = results["trainer_mfu"] if gpu else "skipped: no GPU"

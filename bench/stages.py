@@ -9,8 +9,9 @@ from typing import Dict, List, Optional
 
 import tensorflow as tf
 
+from config import names
 from bench import measure
-from pipeline.config import PipelineConfig
+from config.settings import PipelineConfig
 from report import images
 from report.artifacts import RunArtifacts
 from trainer import data
@@ -90,19 +91,19 @@ def transform_figures(config: PipelineConfig, run: RunArtifacts, work: str, copi
     the fixed cost (tracing, graph export, Beam set-up) that dominates on small data.
     """
     by_id, beam_args = components(config)
-    examples, schema = run.get("TfdsExampleGen", "examples"), run.get("ImportSchemaGen", "schema")
+    examples, schema = run.get(names.EXAMPLE_GEN_ID, "examples"), run.get(names.SCHEMA_GEN_ID, "schema")
     files = record_files(examples.uri)
     count = sum(1 for _ in _records(files))
     size = config.model.image_size
     data_seconds = measure.best_seconds(lambda: sum(1 for _ in decoded(files, size)), 2)
-    once = run_executor(by_id["Transform"], {"examples": [examples], "schema": [schema]},
+    once = run_executor(by_id[names.TRANSFORM_ID], {"examples": [examples], "schema": [schema]},
                         os.path.join(work, "transform_x1"), beam_args)
-    many = run_executor(by_id["Transform"], {"examples": [_copies(examples, ("train", "eval"), copies, work)],
+    many = run_executor(by_id[names.TRANSFORM_ID], {"examples": [_copies(examples, ("train", "eval"), copies, work)],
                                              "schema": [schema]},
                         os.path.join(work, f"transform_x{copies}"), beam_args)
     marginal = _marginal(once, many, (copies - 1) * count)
     # Transform maps examples one to one, so its splits hold `count` examples too.
-    stored = transformed_bytes_per_example(run.get("Transform", "transformed_examples").uri, count)
+    stored = transformed_bytes_per_example(run.get(names.TRANSFORM_ID, "transformed_examples").uri, count)
     whole_run = measure.ratio(data_seconds, once)
     return {
         "transform_ratio": whole_run,
@@ -162,10 +163,10 @@ def evaluator_figures(config: PipelineConfig, run: RunArtifacts, work: str, copi
     cost per image without TFMA's fixed start-up (model load, Beam graph), which is reported too.
     """
     by_id, beam_args = components(config)
-    examples, model = run.get("TfdsExampleGen", "examples"), run.get("Trainer", "model")
+    examples, model = run.get(names.EXAMPLE_GEN_ID, "examples"), run.get(names.TRAINER_ID, "model")
     files = record_files(examples.uri, ("eval",))
     count = sum(1 for _ in _records(files))
-    evaluator = by_id["Evaluator"]
+    evaluator = by_id[names.EVALUATOR_ID]
     once = run_executor(evaluator, {"examples": [examples], "model": [model]},
                         os.path.join(work, "evaluator_x1"), beam_args)
     many = run_executor(evaluator, {"examples": [_copies(examples, ("eval",), copies, work)], "model": [model]},
@@ -200,7 +201,7 @@ def serving_figures(config: PipelineConfig, run: RunArtifacts) -> Dict[str, obje
     """`serving_default` latency for one-image requests vs decode + model call on the same bytes."""
     from trainer.signatures import SERVING_SIGNATURE
 
-    examples, model = run.get("TfdsExampleGen", "examples"), run.get("Trainer", "model")
+    examples, model = run.get(names.EXAMPLE_GEN_ID, "examples"), run.get(names.TRAINER_ID, "model")
     model_dir = os.path.join(model.uri, "Format-Serving")
     size = config.model.image_size
     payloads = []

@@ -11,7 +11,8 @@ import numpy as np
 import tensorflow as tf
 
 from bench import measure
-from pipeline.config import PipelineConfig, load_config
+from config.settings import PipelineConfig
+from config.profiles import load_config
 from trainer import data, model as model_lib
 
 # Every training figure is the best of this many timed fits (after a warm-up that traces the step).

@@ -1,3 +1,3 @@
 """Custom TFX components and the user code they load."""
 
-import transform  # noqa: F401  sets the Keras switch before anything imports TensorFlow
+import config  # noqa: F401  sets the Keras switch before anything imports TensorFlow

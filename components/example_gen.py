@@ -17,7 +17,8 @@ from tfx.types import artifact_utils, standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 from tfx.utils import io_utils
 
-from components import synthetic_pets, tfds_data
+from components import tfds_prepare
+from dataset import spans, synthetic
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ class TfdsExampleGenSpec(types.ComponentSpec):
     """Parameters of TfdsExampleGen; primitives only, so they compile to any orchestrator."""
 
     PARAMETERS = {
-        "source": ExecutionParameter(type=str),  # one of tfds_data.SOURCES
+        "source": ExecutionParameter(type=str),  # one of tfds_prepare.SOURCES
         "data_dir": ExecutionParameter(type=str),
         "raw_dir": ExecutionParameter(type=str, optional=True),  # "" means none
         "version": ExecutionParameter(type=str),
@@ -45,7 +46,7 @@ class TfdsExampleGenSpec(types.ComponentSpec):
         # new span arrived is not served from cache. Orchestrators that compile once (Kubeflow)
         # must disable caching for this component instead (kubeflow/runner.py does).
         "available_spans": ExecutionParameter(type=str, optional=True),
-        # Cache key only: synthetic_pets.GENERATOR_VERSION, so new drawings are not served from cache.
+        # Cache key only: synthetic.GENERATOR_VERSION, so new drawings are not served from cache.
         "synthetic_generator": ExecutionParameter(type=int, optional=True),
     }
     INPUTS: Dict[str, ChannelParameter] = {}
@@ -58,12 +59,12 @@ class Executor(base_executor.BaseExecutor):
     def Do(self, input_dict: Dict[str, List[types.Artifact]], output_dict: Dict[str, List[types.Artifact]],
            exec_properties: Dict[str, Any]) -> None:
         data_dir, raw_dir, span = exec_properties["data_dir"], exec_properties.get("raw_dir") or None, 0
-        if tfds_data.has_span(raw_dir):
+        if spans.has_span(raw_dir):
             requested = exec_properties.get("span")
-            span, raw_dir = tfds_data.resolve_span(raw_dir, None if requested is None else int(requested))
-            data_dir = tfds_data.span_data_dir(data_dir, span)
+            span, raw_dir = spans.resolve_span(raw_dir, None if requested is None else int(requested))
+            data_dir = spans.span_data_dir(data_dir, span)
             log.info("Reading span %d from %s", span, raw_dir)
-        prepared = tfds_data.prepare(
+        prepared = tfds_prepare.prepare(
             data_dir=data_dir,
             source=exec_properties["source"],
             raw_dir=raw_dir,
@@ -115,17 +116,17 @@ class TfdsExampleGen(base_component.BaseComponent):
                  version: str = "4.*.*", synthetic_train_images: int = 480, synthetic_test_images: int = 120,
                  synthetic_seed: int = 0, strict: bool = False, span: Optional[int] = None):
         """raw_dir may hold `{SPAN}` (e.g. /data/pets/span-{SPAN}); span None reads the latest span."""
-        tfds_data.check_source(source, raw_dir)
-        spanned = tfds_data.has_span(raw_dir)
+        tfds_prepare.check_source(source, raw_dir)
+        spanned = spans.has_span(raw_dir)
         if span is not None and not spanned:
-            raise ValueError(f"span={span} needs a raw_dir with {tfds_data.SPAN_TOKEN}, got {raw_dir!r}")
+            raise ValueError(f"span={span} needs a raw_dir with {spans.SPAN_TOKEN}, got {raw_dir!r}")
         # Not visible here (e.g. compiling for a cluster): an empty key; the orchestrator handles caching.
-        available = ",".join(map(str, sorted(tfds_data.find_spans(raw_dir)))) if spanned else ""
+        available = ",".join(map(str, sorted(spans.find_spans(raw_dir)))) if spanned else ""
         super().__init__(spec=TfdsExampleGenSpec(
             source=source, data_dir=data_dir, raw_dir=raw_dir or "", version=version,
             synthetic_train_images=int(synthetic_train_images), synthetic_test_images=int(synthetic_test_images),
             synthetic_seed=int(synthetic_seed), strict=int(bool(strict)),
             span=(-1 if span is None else int(span)) if spanned else None,
             available_spans=available if spanned else None,
-            synthetic_generator=synthetic_pets.GENERATOR_VERSION if source == "synthetic" else None,
+            synthetic_generator=synthetic.GENERATOR_VERSION if source == "synthetic" else None,
             examples=types.Channel(type=standard_artifacts.Examples)))

@@ -1,3 +1,3 @@
 """Distributed Beam engines: the config-to-args translation and a local Flink cluster."""
 
-import transform  # noqa: F401  sets the Keras switch before anything imports TensorFlow
+import config  # noqa: F401  sets the Keras switch before anything imports TensorFlow

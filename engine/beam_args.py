@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import List
 
-from pipeline.config import BeamConfig
+from config.settings import BeamConfig
 
 
 def beam_pipeline_args(beam: BeamConfig) -> List[str]:

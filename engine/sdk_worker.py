@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import sys
-
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 
 def main(argv) -> int:

@@ -1,3 +1,3 @@
 """Kubeflow Pipelines V2 runner, image and scheduling."""
 
-import transform  # noqa: F401  sets the Keras switch before anything imports TensorFlow
+import config  # noqa: F401  sets the Keras switch before anything imports TensorFlow

@@ -23,7 +23,7 @@ import json
 import os
 from typing import Any, Dict, List, Tuple
 
-from pipeline import interpreter
+from pipeline import gc_tuning
 
 # Open-source KFP's launcher always asks for the executor output here (launcher_v2.go,
 # OutputMetadataFilepath); Vertex names a file under the pipeline root.
@@ -139,16 +139,17 @@ def _main(parsed: Tuple[argparse.Namespace, List[str]]) -> None:
     kubeflow_v2_run_executor.main((args, beam_args))
     if mirror is not None:
         mirror.restore_output_file(executor_input["outputs"]["outputFile"])
-    interpreter.skip_final_collection()
+    gc_tuning.skip_final_collection()
 
 
 def _parse(argv: List[str]):
-    with interpreter.heavy_imports():
-        from tfx.orchestration.kubeflow.v2.container import kubeflow_v2_run_executor
+    with gc_tuning.heavy_imports():
+        from components import internals
+        from tfx.orchestration.kubeflow.v2.container import kubeflow_v2_run_executor  # noqa: F401
 
     tfx_argv, mirror, executor_input = prepare(argv[1:])
-    # TFX's own (private) flag parser, given argv as absl gives it, so beam args split as in TFX.
-    args, beam_args = kubeflow_v2_run_executor._parse_flags(argv[:1] + tfx_argv)
+    # Given argv as absl gives it, so Beam args split as in TFX.
+    args, beam_args = internals.parse_kubeflow_v2_executor_flags(argv[:1] + tfx_argv)
     return args, beam_args, mirror, executor_input
 
 

@@ -8,8 +8,9 @@ import pathlib
 import posixpath
 from typing import Any, Dict, Optional
 
-from components import tfds_data
-from pipeline.config import PipelineConfig
+from config import names
+from dataset import spans
+from config.settings import PipelineConfig
 
 # Where kubeflow/Dockerfile copies the project; every path a task reads from the code lives here.
 APP_DIR = "/app"
@@ -18,8 +19,6 @@ DEFAULT_IMAGE = "petseg:latest"
 # pipeline root, so nothing downstream reads this folder and it may vanish with the pod.
 DEFAULT_DATA_DIR = "/tmp/petseg/tfds"
 GPU_TYPE = "nvidia.com/gpu"
-EXAMPLE_GEN_ID = "TfdsExampleGen"
-TRAINER_ID = "Trainer"
 TARGETS = ("kfp", "vertex")
 # Every task runs TFX's executor through our entrypoint, which also speaks open-source KFP's launcher.
 TFX_ENTRYPOINT = "tfx.orchestration.kubeflow.v2.container.kubeflow_v2_run_executor"
@@ -107,7 +106,7 @@ def build_pipeline(config: PipelineConfig, settings: KubeflowSettings):
         resources.accelerator.CopyFrom(resource_spec.AcceleratorConfig(
             type=settings.gpu_type, count=settings.trainer_gpus))
     if resources.ByteSize():
-        component(pipeline, TRAINER_ID).with_platform_config(resources)
+        component(pipeline, names.TRAINER_ID).with_platform_config(resources)
     return pipeline
 
 
@@ -122,8 +121,6 @@ def compile_pipeline(config: PipelineConfig, settings: KubeflowSettings, output:
     """Writes `output` (.yaml/.yml: PipelineSpec; .json: Vertex PipelineJob); returns the job dict."""
     import yaml
     from tfx.orchestration.kubeflow.v2 import kubeflow_v2_dag_runner as v2
-
-    from pipeline.pipeline import LATEST_BLESSED_MODEL_ID
 
     settings.validate()
     if not output.endswith((".yaml", ".yml", ".json")):
@@ -150,7 +147,7 @@ def compile_pipeline(config: PipelineConfig, settings: KubeflowSettings, output:
     tasks = spec["root"]["dag"]["tasks"]
     # Compiled once, run on a schedule: these read what changes between runs (the latest span, the
     # latest pushed model) when they execute, so a cache hit would hand every run a stale answer.
-    uncached = [LATEST_BLESSED_MODEL_ID] + ([EXAMPLE_GEN_ID] if _reads_spans(config) else [])
+    uncached = [names.LATEST_BLESSED_MODEL_ID] + ([names.EXAMPLE_GEN_ID] if _reads_spans(config) else [])
     for task in uncached:
         tasks[task]["cachingOptions"] = {}
     path = pathlib.Path(output)
@@ -163,7 +160,7 @@ def compile_pipeline(config: PipelineConfig, settings: KubeflowSettings, output:
 
 
 def _reads_spans(config: PipelineConfig) -> bool:
-    return tfds_data.has_span(config.data.oxford_raw_dir) and config.data.span is None
+    return spans.has_span(config.data.oxford_raw_dir) and config.data.span is None
 
 
 def load_spec(path: str) -> Dict[str, Any]:

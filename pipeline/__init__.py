@@ -1,3 +1,3 @@
 """Pipeline definition, configuration, local runner and CLI."""
 
-import transform  # noqa: F401  sets the Keras switch before anything imports TensorFlow
+import config  # noqa: F401  sets the Keras switch before anything imports TensorFlow

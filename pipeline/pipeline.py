@@ -10,9 +10,10 @@ from typing import List, Optional
 from tfx.components import ExampleValidator, StatisticsGen, Trainer
 from tfx.components.schema_gen.import_schema_gen.component import ImportSchemaGen
 from tfx.orchestration import pipeline as tfx_pipeline
-from tfx.proto import pusher_pb2, trainer_pb2
+from tfx.proto import pusher_pb2
 
-from components import tfds_data
+from config import names
+from components import tfds_prepare
 from components.blessed_model import LatestBlessedModel
 from components.evaluator import Evaluator
 from components.example_gen import TfdsExampleGen
@@ -20,8 +21,8 @@ from components.pusher import AtomicPusher
 from components.transform import Transform
 from components.validation_gate import ValidationGate
 from engine.beam_args import beam_pipeline_args
-from pipeline import evaluation
-from pipeline.config import PipelineConfig
+from metrics import eval_config as evaluation
+from config.settings import PipelineConfig
 
 # Installed next to the code, so local runs, Beam workers and the Kubeflow image all find it.
 SCHEMA_FILE = str(pathlib.Path(__file__).resolve().parent.parent / "transform" / "schema.pbtxt")
@@ -29,7 +30,6 @@ SCHEMA_FILE = str(pathlib.Path(__file__).resolve().parent.parent / "transform" /
 # User code by dotted path: the installed package serves every runner (no module_file wheels).
 PREPROCESSING_FN = "transform.preprocessing.preprocessing_fn"
 RUN_FN = "trainer.run.run_fn"
-LATEST_BLESSED_MODEL_ID = "latest_blessed_model"
 
 
 def local_beam_args(config: PipelineConfig) -> List[str]:
@@ -45,7 +45,7 @@ def create_pipeline(config: PipelineConfig, *, pipeline_root: Optional[str] = No
     """Builds the pipeline; paths default to the config's output folder (runners may relocate them)."""
     data = config.data
     example_gen = TfdsExampleGen(
-        source=tfds_data.source_for(data.dataset, data.oxford_raw_dir),
+        source=tfds_prepare.source_for(data.dataset, data.oxford_raw_dir),
         data_dir=data_dir or config.tfds_data_dir,
         raw_dir=data.oxford_raw_dir or "",
         version=data.tfds_version,
@@ -54,14 +54,15 @@ def create_pipeline(config: PipelineConfig, *, pipeline_root: Optional[str] = No
         synthetic_seed=data.synthetic_seed,
         strict=data.strict,
         span=data.span,
-    )
-    schema_gen = ImportSchemaGen(schema_file=schema_file)
+    ).with_id(names.EXAMPLE_GEN_ID)
+    schema_gen = ImportSchemaGen(schema_file=schema_file).with_id(names.SCHEMA_GEN_ID)
     # With the schema, image bytes get image statistics instead of being counted as categories.
     statistics_gen = StatisticsGen(
-        examples=example_gen.outputs["examples"], schema=schema_gen.outputs["schema"])
+        examples=example_gen.outputs["examples"], schema=schema_gen.outputs["schema"]).with_id(names.STATISTICS_GEN_ID)
     example_validator = ExampleValidator(
-        statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"])
-    validation_gate = ValidationGate(anomalies=example_validator.outputs["anomalies"])
+        statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"],
+    ).with_id(names.EXAMPLE_VALIDATOR_ID)
+    validation_gate = ValidationGate(anomalies=example_validator.outputs["anomalies"]).with_id(names.VALIDATION_GATE_ID)
 
     transform = Transform(
         examples=example_gen.outputs["examples"],
@@ -71,14 +72,14 @@ def create_pipeline(config: PipelineConfig, *, pipeline_root: Optional[str] = No
         # StatisticsGen already profiles the raw data. Pre/post-transform statistics over every
         # pixel of every image took 60 % of the Transform's time (bench/README.md) and nothing reads them.
         disable_statistics=True,
-    )
+    ).with_id(names.TRANSFORM_ID)
     # Anomalies must stop the run before any compute is spent on bad data.
     transform.add_upstream_node(validation_gate)
 
     serving = serving_dir or config.serving_dir
     # The model to beat and to warm-start from is the one being served: the newest version the
     # Pusher published. An ordinary task, so open-source KFP, Vertex and LocalDagRunner all run it.
-    latest_blessed_model = LatestBlessedModel(serving_dir=serving).with_id(LATEST_BLESSED_MODEL_ID)
+    latest_blessed_model = LatestBlessedModel(serving_dir=serving).with_id(names.LATEST_BLESSED_MODEL_ID)
 
     trainer = Trainer(
         run_fn=RUN_FN,
@@ -86,18 +87,16 @@ def create_pipeline(config: PipelineConfig, *, pipeline_root: Optional[str] = No
         transform_graph=transform.outputs["transform_graph"],
         schema=schema_gen.outputs["schema"],
         base_model=latest_blessed_model.outputs["model"] if config.train.warm_start else None,
-        train_args=trainer_pb2.TrainArgs(num_steps=config.train.steps_per_epoch or 0),
-        eval_args=trainer_pb2.EvalArgs(num_steps=0),
         custom_config={"model": dataclasses.asdict(config.model),
                        "train": dataclasses.asdict(config.train)},
-    )
+    ).with_id(names.TRAINER_ID)
 
     evaluator = Evaluator(
         examples=example_gen.outputs["examples"],
         model=trainer.outputs["model"],
         baseline_model=latest_blessed_model.outputs["model"],
         eval_config=evaluation.build_eval_config(config.eval),
-    ).with_id("Evaluator")
+    ).with_id(names.EVALUATOR_ID)
 
     # A push killed mid-copy must never leave a partial version where TF Serving looks.
     pusher = AtomicPusher(
@@ -106,7 +105,7 @@ def create_pipeline(config: PipelineConfig, *, pipeline_root: Optional[str] = No
         push_destination=pusher_pb2.PushDestination(
             filesystem=pusher_pb2.PushDestination.Filesystem(
                 base_directory=serving)),
-    ).with_id("Pusher")  # the node id users, MLMD queries and the summary know
+    ).with_id(names.PUSHER_ID)
 
     return tfx_pipeline.Pipeline(
         pipeline_name=config.name,

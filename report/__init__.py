@@ -1,3 +1,3 @@
 """What is read after a run: MLMD artifacts and timings, TFMA results, summary.json, mask images, the dashboard."""
 
-import transform  # noqa: F401  sets the Keras switch before anything imports TensorFlow
+import config  # noqa: F401  sets the Keras switch before anything imports TensorFlow

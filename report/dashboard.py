@@ -12,15 +12,16 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import jinja2
 from markupsafe import Markup
 
-from pipeline.config import PipelineConfig
-from pipeline.evaluation import GATED_METRIC
+from config import names
+from config.settings import PipelineConfig
+from metrics.eval_config import GATED_METRIC
 from report import images, metrics, summary as summary_lib
 from report.artifacts import RunArtifacts
 from transform.features import CLASS_NAMES
 
 DASHBOARD_FILE = "index.html"
 NA = "\u2014"
-# Why a cell shows "—" instead of a number (components.segmentation_metrics explains the convention).
+# Why a cell shows "—" instead of a number (metrics.segmentation explains the convention).
 ABSENT_CLASS_HINT = ("Undefined: this class has no pixels in this slice's truth or predictions (0/0). "
                      "It is left out of the slice's mean IoU / mean Dice.")
 NO_PIXELS_HINT = "Undefined: this slice has no pixels."
@@ -63,7 +64,7 @@ def find_evaluation(run_dir: str, pipeline_name: str = PipelineConfig.name) -> O
     if not path.exists():
         return None
     with RunArtifacts(str(path), pipeline_name) as run:
-        artifact = run.one("Evaluator", "evaluation")
+        artifact = run.one(names.EVALUATOR_ID, "evaluation")
     return artifact.uri if artifact else None
 
 

@@ -5,8 +5,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import tensorflow_model_analysis as tfma
 from tensorflow_model_analysis.writers import eval_config_writer
 
-from components import segmentation_metrics as sm
-from pipeline.evaluation import GATED_METRIC
+from metrics import segmentation as sm
+from metrics.eval_config import GATED_METRIC
 from transform.features import CLASS_NAMES, LABEL_KEY, SPECIES_KEY, SPECIES_NAMES
 
 OVERALL = "overall"
@@ -18,7 +18,7 @@ def load_metrics(evaluation_uri: str, breed_names: Sequence[str] = (),
     """Evaluator output as {"overall": {...}, "slices": {"species:cat": {...}, ...}}.
 
     Each slice maps to `mean_iou`, `mean_dice`, `pixel_accuracy`, `iou`/`dice` ({class: value}),
-    `pixels` and `examples`. Absent classes are NaN (see components.segmentation_metrics).
+    `pixels` and `examples`. Absent classes are NaN (see metrics.segmentation).
     `breed_names` names `label` slices (TFDS label names); unknown ids stay numeric.
     `baseline=True` reads the baseline model's metrics; it needs an evaluation with a baseline.
     """

@@ -8,7 +8,8 @@ from typing import Any, Dict, List, Optional, TextIO
 
 import numpy as np
 
-from pipeline.config import PipelineConfig
+from config import names
+from config.settings import PipelineConfig
 from report import images, metrics
 from report.artifacts import RunArtifacts
 
@@ -27,12 +28,12 @@ def _prop(artifact, name: str) -> Any:
 
 
 def build_summary(config: PipelineConfig, run: RunArtifacts) -> Dict[str, Any]:
-    examples = run.one("TfdsExampleGen", "examples")
+    examples = run.one(names.EXAMPLE_GEN_ID, "examples")
     data_dir = _prop(examples, "tfds_data_dir") or config.tfds_data_dir
-    evaluation = run.one("Evaluator", "evaluation")
-    blessing = run.one("Evaluator", "blessing")
-    pushed = run.one("Pusher", "pushed_model")
-    model, model_run = run.one("Trainer", "model"), run.one("Trainer", "model_run")
+    evaluation = run.one(names.EVALUATOR_ID, "evaluation")
+    blessing = run.one(names.EVALUATOR_ID, "blessing")
+    pushed = run.one(names.PUSHER_ID, "pushed_model")
+    model, model_run = run.one(names.TRAINER_ID, "model"), run.one(names.TRAINER_ID, "model_run")
 
     found = metrics.load_metrics(evaluation.uri, breed_names(data_dir)) if evaluation else None
     baseline = metrics.load_baseline_metrics(evaluation.uri) if evaluation else None

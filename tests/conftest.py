@@ -1,6 +1,6 @@
 """Shared test set-up: Keras 2 for TFT/TFMA, and one real tiny run for the dashboard tests."""
 
-import transform  # noqa: F401  the Keras switch, before any test module imports TensorFlow
+import config  # noqa: F401  the Keras switch, before any test module imports TensorFlow
 
 import os
 import pathlib

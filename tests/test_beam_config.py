@@ -3,7 +3,8 @@
 import pytest
 
 from engine.beam_args import beam_pipeline_args
-from pipeline.config import ConfigError, load_config
+from config.settings import ConfigError
+from config.profiles import load_config
 from pipeline.pipeline import local_beam_args
 
 

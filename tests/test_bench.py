@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 from bench import measure, stages, training
-from pipeline.config import load_config
+from config.profiles import load_config
 from support.images import png, random_rgb, raw_example, trimap
 from transform import preprocessing
 

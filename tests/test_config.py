@@ -5,8 +5,9 @@ import re
 
 import pytest
 
-from pipeline import cli
-from pipeline.config import PROFILES, ConfigError, load_config
+from cli import main as cli
+from config.settings import ConfigError
+from config.profiles import PROFILES, load_config
 
 
 @pytest.mark.parametrize("profile", sorted(PROFILES))

@@ -10,7 +10,7 @@ import subprocess
 import pytest
 from markupsafe import escape
 
-from pipeline import cli
+from cli import main as cli
 from report import dashboard
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

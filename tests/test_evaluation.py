@@ -1,5 +1,6 @@
 """End-to-end TFMA runs of the Evaluator config on tiny exported models and raw examples."""
 
+import contextlib
 import os
 import shutil
 
@@ -10,12 +11,12 @@ import pytest
 import tensorflow as tf
 import tensorflow_model_analysis as tfma
 from google.protobuf import json_format
-from tfx.components.util import tfxio_utils
+from tfx.components.evaluator import executor as evaluator_executor
 from tfx.types import artifact_utils, standard_artifacts
 
-from components import evaluator
-from pipeline import evaluation
-from pipeline.config import EvalConfig
+from components import evaluator, internals
+from metrics import eval_config as evaluation
+from config.settings import EvalConfig
 from report import metrics
 from support.evaluation import BETTER, LABELS, SPECIES, WORSE, export_model, raw_examples, run_tfma
 from transform.features import CLASS_NAMES, NUM_CLASSES
@@ -112,11 +113,11 @@ def _check_source_batch_sizes(data: str, batch_size, check) -> None:
     examples = standard_artifacts.Examples()
     examples.uri = os.path.dirname(split)
     examples.split_names = artifact_utils.encode_split_names(["eval"])
-    # What the Evaluator's executor installs for TFX's `Do` (TFX's own module without a size).
-    utils = evaluator.BatchedTfxioUtils(batch_size) if batch_size else tfxio_utils
-    factory = utils.get_tfxio_factory_from_artifact(
-        examples=[examples], telemetry_descriptors=["test"], schema=None,
-        raw_record_column_name=tfma.constants.ARROW_INPUT_COLUMN)
+    # The name TFX's Evaluator `Do` reads, as the Evaluator's executor sets it (TFX's own without a size).
+    with internals.evaluator_reads_batches_of(batch_size) if batch_size else contextlib.nullcontext():
+        factory = evaluator_executor.tfxio_utils.get_tfxio_factory_from_artifact(
+            examples=[examples], telemetry_descriptors=["test"], schema=None,
+            raw_record_column_name=tfma.constants.ARROW_INPUT_COLUMN)
     with beam.Pipeline() as pipeline:
         sizes = pipeline | factory(os.path.join(split, "*")).BeamSource() | beam.Map(lambda batch: batch.num_rows)
         beam_util.assert_that(sizes, check)

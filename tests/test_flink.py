@@ -67,7 +67,7 @@ def _beam_sets(spec):
 
 def _command(output, spec):
     small = [a for s in SMALL for a in ("--set", s)]
-    return [sys.executable, "-m", "pipeline.cli", "run", "--profile", "tiny", "--output", str(output),
+    return [sys.executable, "-m", "cli.main", "run", "--profile", "tiny", "--output", str(output),
             *small, *_beam_sets(spec)]
 
 
@@ -172,7 +172,7 @@ def test_a_python_error_in_a_flink_task_reaches_the_caller_as_its_traceback(clus
     from apache_beam.options.pipeline_options import PipelineOptions
 
     from engine.beam_args import beam_pipeline_args
-    from pipeline.config import load_config
+    from config.profiles import load_config
 
     config = load_config("tiny", overrides=_beam_sets(cluster)[1::2])
     options = PipelineOptions(beam_pipeline_args(config.beam) + ["--job_name=petseg-error-test"])

@@ -1,5 +1,5 @@
-"""The module graph: no import cycles (imports inside functions included), the trainer free of orchestration,
-tests sharing code through `support/` only, and `petseg run`'s start-up free of `tfx.v1`."""
+"""The import graph: packages import only the layers below them, no module cycles (imports inside functions
+included), tests share code through `support/` only, and `petseg run`'s start-up is free of `tfx.v1`."""
 
 import ast
 import os
@@ -9,13 +9,15 @@ from typing import Dict, List, Set
 from support import petseg
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
-PACKAGES = ("pipeline", "components", "transform", "trainer", "kubeflow", "report", "engine", "bench")
+# Bottom to top: a package imports only itself and the packages before it.
+LAYERS = ("config", "dataset", "transform", "trainer", "metrics", "engine", "components", "pipeline", "report",
+          "kubeflow", "cli", "bench")
 
 
 def project_modules() -> Dict[str, pathlib.Path]:
     """Dotted name -> file for every module of the packages and of tests/ (top level there, as pytest sees it)."""
     modules = {}
-    for root, folders in ((REPO, PACKAGES), (REPO / "tests", ("",))):
+    for root, folders in ((REPO, LAYERS), (REPO / "tests", ("",))):
         for folder in folders:
             for path in sorted((root / folder).rglob("*.py")):
                 parts = path.relative_to(root).with_suffix("").parts
@@ -89,7 +91,7 @@ def test_the_checker_finds_a_cycle_through_a_function_level_import():
     assert cycles(graph) == [["a", "b", "c"]]
     modules = project_modules()
     # pipeline.cli imports local_runner inside a function; the parser must see it.
-    assert "pipeline.local_runner" in imports_of("pipeline.cli", modules["pipeline.cli"], modules)
+    assert "pipeline.local_runner" in imports_of("cli.main", modules["cli.main"], modules)
 
 
 def test_project_modules_import_no_cycles():
@@ -98,12 +100,40 @@ def test_project_modules_import_no_cycles():
     assert cycles(graph) == []
 
 
-def test_trainer_never_imports_the_orchestration_package():
+def package_graph(graph: Dict[str, Set[str]]) -> Dict[str, Set[str]]:
+    """Project package -> the other project packages its modules import."""
+    packages: Dict[str, Set[str]] = {}
+    for name, targets in graph.items():
+        package = name.split(".")[0]
+        if package in LAYERS:
+            packages.setdefault(package, set()).update(t.split(".")[0] for t in targets if t.split(".")[0] != package)
+    return packages
+
+
+def upward_imports(graph: Dict[str, Set[str]]) -> List[str]:
+    """"module -> module" for every import of a package at or above the importer's own layer."""
+    rank = {package: i for i, package in enumerate(LAYERS)}
+    return sorted(f"{name} -> {target}" for name, targets in graph.items() if name.split(".")[0] in rank
+                  for target in targets if rank.get(target.split(".")[0], -1) > rank[name.split(".")[0]])
+
+
+def test_the_layer_check_finds_an_upward_import():
+    assert upward_imports({"trainer.run": {"config.settings", "pipeline.pipeline"}, "config.names": set()}) == [
+        "trainer.run -> pipeline.pipeline"]
+
+
+def test_packages_import_only_the_layers_below_them():
     graph = import_graph()
-    reached = {target for name, targets in graph.items() if name.split(".")[0] == "trainer" for target in targets}
-    assert {t.split(".")[0] for t in reached} <= {"trainer", "transform"}, sorted(reached)
-    code = ("import sys, trainer.config, trainer.data, trainer.model, trainer.run, trainer.signatures, "
-            "trainer.strategy; print(sorted(m for m in sys.modules if m.split('.')[0] == 'pipeline'))")
+    assert set(package_graph(graph)) == set(LAYERS)  # every layer exists and was parsed
+    assert upward_imports(graph) == []
+
+
+def test_the_bottom_layer_loads_no_library_and_the_trainer_no_orchestration():
+    code = ("import sys, config.names, config.settings, config.profiles; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'tensorflow', 'tfx', 'apache_beam', 'numpy'}))")
+    assert petseg.python(code) == "[]"
+    code = ("import sys, trainer.data, trainer.model, trainer.run, trainer.signatures, trainer.strategy; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'pipeline', 'components', 'kubeflow', 'cli'}))")
     assert petseg.python(code) == "[]"
 
 
@@ -115,11 +145,9 @@ def test_tests_share_code_through_support_only():
 
 
 def test_every_package_sets_the_keras_switch_before_anything_else():
-    for package in PACKAGES:
-        if package == "transform":
-            continue
+    for package in LAYERS[1:]:
         body = [n for n in ast.parse((REPO / package / "__init__.py").read_text()).body if not isinstance(n, ast.Expr)]
-        assert isinstance(body[0], ast.Import) and body[0].names[0].name == "transform", package
+        assert isinstance(body[0], ast.Import) and body[0].names[0].name == "config", package
     # A fresh interpreter without the variable, importing TensorFlow right after one of our packages.
     env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
     code = "import kubeflow, tensorflow as tf; print(tf.keras.Model.__module__)"
@@ -129,7 +157,7 @@ def test_every_package_sets_the_keras_switch_before_anything_else():
 
 def test_run_path_does_not_import_tfx_v1():
     # Start-up cost: `petseg run`'s modules must not pull in `tfx.v1` and its Google Cloud extensions.
-    code = ("import sys; import pipeline.cli, pipeline.local_runner, report.summary, report.dashboard, "
-            "trainer.run, components.segmentation_metrics; "
+    code = ("import sys; import cli.main, pipeline.local_runner, report.summary, report.dashboard, "
+            "trainer.run, metrics.segmentation; "
             "print(sorted(m for m in sys.modules if m == 'tfx.v1' or m.startswith('google.cloud.aiplatform')))")
     assert petseg.python(code) == "[]"

@@ -8,12 +8,12 @@ from support import petseg
 def test_heavy_imports_pause_the_collector_and_freeze_what_they_loaded():
     code = """
 import gc
-from pipeline import interpreter
-with interpreter.heavy_imports():
+from pipeline import gc_tuning
+with gc_tuning.heavy_imports():
     paused = not gc.isenabled()
     import xml.dom.minidom
 after_import = gc.get_freeze_count()
-with interpreter.heavy_imports():
+with gc_tuning.heavy_imports():
     import xml.dom.minidom  # loaded already: nothing new to freeze
 print(paused, gc.isenabled(), after_import > 0, gc.get_freeze_count() == after_import)
 """
@@ -23,9 +23,9 @@ print(paused, gc.isenabled(), after_import > 0, gc.get_freeze_count() == after_i
 def test_heavy_imports_give_the_collector_back_when_the_import_fails():
     code = """
 import gc
-from pipeline import interpreter
+from pipeline import gc_tuning
 try:
-    with interpreter.heavy_imports():
+    with gc_tuning.heavy_imports():
         import no_such_module_here
 except ImportError:
     pass
@@ -38,7 +38,7 @@ def test_petseg_freezes_before_its_exit(tmp_path):
     # `flink status` on an empty folder: a command that needs no cluster and ends normally.
     code = f"""
 import gc, sys
-from pipeline import cli
+from cli import main as cli
 sys.argv = ["petseg", "flink", "status", "--dir", {str(tmp_path)!r}]
 code = cli.console_main()
 print(code, gc.get_freeze_count() > 0)
@@ -48,4 +48,4 @@ print(code, gc.get_freeze_count() > 0)
 
 def test_the_petseg_executable_is_console_main():
     (script,) = importlib.metadata.entry_points(group="console_scripts", name="petseg")
-    assert script.value == "pipeline.cli:console_main"
+    assert script.value == "cli.main:console_main"

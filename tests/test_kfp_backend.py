@@ -6,6 +6,7 @@ import sys
 
 import pytest
 
+from config import names
 from support import kfp_backend
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -77,7 +78,7 @@ def test_backend_compiler_accepts_the_petseg_pipeline(tmp_path):
     spec = tmp_path / "p.yaml"
     # No --pipeline-root: the run names it. The Pusher then needs its own gs:// destination.
     proc = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "kubeflow", "compile", "--profile", "tiny", "--output", str(spec),
+        [sys.executable, "-m", "cli.main", "kubeflow", "compile", "--profile", "tiny", "--output", str(spec),
          "--image", IMAGE, "--gpus", "2", "--cpu", "4", "--memory", "16", "--serving-dir", "gs://bucket/serving"],
         cwd=ROOT, capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
@@ -91,7 +92,7 @@ def test_backend_compiler_accepts_the_petseg_pipeline(tmp_path):
     for name, task in tasks.items():
         assert task["executor"] == "container", name
         assert task["images"] == [IMAGE], name
-    assert _effective_requests(tasks["Trainer"]) == {"cpu": "4", "memory": "16G", "nvidia.com/gpu": "2"}
+    assert _effective_requests(tasks[names.TRAINER_ID]) == {"cpu": "4", "memory": "16G", "nvidia.com/gpu": "2"}
     for name, task in tasks.items():
         if name != "Trainer":
             assert _effective_requests(task) == {}, name

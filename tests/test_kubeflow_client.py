@@ -8,7 +8,7 @@ import urllib.parse
 import pytest
 import yaml
 
-from pipeline import cli
+from cli import main as cli
 
 ROOT = "gs://petseg-bucket/pipeline_root"
 RUN_ROOT = "gs://petseg-bucket/another_root"

@@ -10,7 +10,7 @@ from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
 
 from kubeflow import runner
-from pipeline import cli
+from cli import main as cli
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 IMAGE = "registry.example.com/team/petseg:1.2.3"
@@ -212,8 +212,8 @@ def test_dockerignore_keeps_what_the_dockerfile_copies():
     lines = [line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()]
     ignore = [line for line in lines if line and not line.startswith("#")]
     assert ignore[0] == "*"  # an allow-list: .venv, runs/ and .git never reach the build context
-    for needed in ("pyproject.toml", "uv.lock", "pipeline/", "components/", "transform/", "trainer/", "kubeflow/",
-                   "engine/", "report/"):
+    packages = re.search(r"include = \[([^\]]*)\]", (REPO / "pyproject.toml").read_text()).group(1)
+    for needed in ["pyproject.toml", "uv.lock"] + [f"{p}/" for p in re.findall(r'"(\w+)\*"', packages)]:
         assert f"!{needed}" in ignore, needed
 
 

@@ -6,8 +6,9 @@ import pathlib
 import pytest
 import tensorflow as tf
 
+from config import names
 from kubeflow import runner
-from pipeline import cli
+from cli import main as cli
 from support import kfp_launcher
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -65,17 +66,17 @@ def test_first_run_has_no_baseline_trains_blesses_and_pushes(runs):
     tmp, _, first, _ = runs
     assert [r.kind for r in first.results] == ["container"] * len(first.results)
     assert kfp_launcher.task_order(first.spec)[-2:] == ["Evaluator", "Pusher"]
-    assert single(first, "latest_blessed_model", "model")["metadata"]["found"] == 0
-    model = single(first, "Trainer", "model")
+    assert single(first, names.LATEST_BLESSED_MODEL_ID, "model")["metadata"]["found"] == 0
+    model = single(first, names.TRAINER_ID, "model")
     assert model["uri"].startswith("minio://mlpipeline/v2/artifacts/petseg/run-1/Trainer/")
     serving = first.store.path(model["uri"]) / "Format-Serving"
     assert "serving_default" in tf.saved_model.load(str(serving)).signatures
-    blessing = single(first, "Evaluator", "blessing")["metadata"]
+    blessing = single(first, names.EVALUATOR_ID, "blessing")["metadata"]
     assert blessing["blessed"] == 1 and "baseline_model" not in blessing
     # URIs the executor saw as local mirror paths go back to the launcher as the original ones, and
     # ids as the launcher's artifact names.
     assert (blessing["current_model"], blessing["current_model_id"]) == (model["uri"], model["name"])
-    pushed = single(first, "Pusher", "pushed_model")["metadata"]
+    pushed = single(first, names.PUSHER_ID, "pushed_model")["metadata"]
     assert pushed["pushed"] == 1
     assert (tmp / "serving" / str(int(pushed["pushed_version"])) / "saved_model.pb").is_file()
     assert "No blessed baseline yet" in task_log(tmp, "run-1", "Evaluator")
@@ -88,25 +89,25 @@ def test_every_output_is_uploaded_and_recorded_under_its_original_uri(runs):
             assert artifact["uri"].startswith("minio://"), (task, key)
             assert first.store.path(artifact["uri"]).exists(), (task, key)
             assert artifact["name"].isdigit() and artifact["metadata"]["display_name"] == key
-    examples = single(first, "TfdsExampleGen", "examples")
+    examples = single(first, names.EXAMPLE_GEN_ID, "examples")
     assert json.loads(examples["metadata"]["split_names"]) == ["train", "eval"]
     assert (examples["metadata"]["num_train"], examples["metadata"]["num_eval"]) == (48, 16)
-    log = first.store.path(single(first, "Trainer", kfp_launcher.LOG_OUTPUT)["uri"]).read_text()
+    log = first.store.path(single(first, names.TRAINER_ID, kfp_launcher.LOG_OUTPUT)["uri"]).read_text()
     assert "val_mean_iou" in log  # Keras' epoch line, captured by the launcher
 
 
 def test_second_run_warm_starts_from_and_is_judged_against_the_first_runs_pushed_model(runs):
     tmp, _, first, second = runs
     assert {r.name for r in second.results if r.kind == "cached"} == set(UPSTREAM)
-    version = int(single(first, "Pusher", "pushed_model")["metadata"]["pushed_version"])
-    baseline = single(second, "latest_blessed_model", "model")
+    version = int(single(first, names.PUSHER_ID, "pushed_model")["metadata"]["pushed_version"])
+    baseline = single(second, names.LATEST_BLESSED_MODEL_ID, "model")
     assert baseline["metadata"]["found"] == 1
     assert baseline["metadata"]["pushed_version"] == version
     assert baseline["metadata"]["pushed_destination"] == str(tmp / "serving" / str(version))
     assert "Warm-started from" in task_log(tmp, "run-2", "Trainer")
-    blessing = single(second, "Evaluator", "blessing")["metadata"]
+    blessing = single(second, names.EVALUATOR_ID, "blessing")["metadata"]
     assert (blessing["baseline_model"], blessing["baseline_model_id"]) == (baseline["uri"], baseline["name"])
-    assert blessing["current_model"] == single(second, "Trainer", "model")["uri"]
+    assert blessing["current_model"] == single(second, names.TRAINER_ID, "model")["uri"]
 
 
 def test_vertex_shaped_input_runs_the_same_spec_unchanged(runs, tmp_path):
@@ -118,9 +119,9 @@ def test_vertex_shaped_input_runs_the_same_spec_unchanged(runs, tmp_path):
     run = kfp_launcher.Run(spec, tmp_path, "vertex-1", shape="vertex")
     run.run()
     print(f"\nVertex-shaped run:\n{timings(run.results)}")
-    baseline = single(run, "latest_blessed_model", "model")
+    baseline = single(run, names.LATEST_BLESSED_MODEL_ID, "model")
     assert baseline["metadata"]["found"] == 1 and baseline["metadata"]["pushed_version"] == latest
-    assert single(run, "Evaluator", "blessing")["metadata"]["baseline_model"] == baseline["uri"]
+    assert single(run, names.EVALUATOR_ID, "blessing")["metadata"]["baseline_model"] == baseline["uri"]
     assert "Warm-started from" in (tmp_path / "vertex-1" / "Trainer" / "task.log").read_text()
 
 
@@ -130,7 +131,7 @@ def test_tfx_entrypoint_alone_fails_on_open_source_input(runs, tmp_path):
     stock.outputs.update({task: first.outputs[task] for task in UPSTREAM})
     # Upstream artifacts arrive without a schema: TFX reads its title from yaml.safe_load("") (None).
     with pytest.raises(kfp_launcher.TaskFailed, match="'NoneType' object has no attribute 'get'"):
-        stock.run_task("StatisticsGen")
+        stock.run_task(names.STATISTICS_GEN_ID)
     # A task without inputs still meets the launcher's own `system.Artifact` log output.
     with pytest.raises(kfp_launcher.TaskFailed, match="No module named 'system'"):
-        stock.run_task("ImportSchemaGen")
+        stock.run_task(names.SCHEMA_GEN_ID)

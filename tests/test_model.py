@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from trainer.config import ModelConfig, TrainConfig
+from config.settings import ModelConfig, TrainConfig
 from trainer import model as model_lib
 from transform.features import NUM_CLASSES
 

@@ -13,8 +13,9 @@ import time
 import pytest
 import tensorflow as tf
 
-from components import synthetic_pets
-from pipeline.config import load_config
+from config import names
+from dataset import synthetic
+from config.profiles import load_config
 from support import petseg as petseg_process
 from support.credentials import find_credentials
 from support.images import BROKEN, ODD_VALID, damage
@@ -54,13 +55,13 @@ def epochs_started(text: str) -> list:
 
 @pytest.fixture(scope="module")
 def raw(tmp_path_factory):
-    root = synthetic_pets.write_archive(tmp_path_factory.mktemp("raw"), 48, 16, seed=5)
+    root = synthetic.write_archive(tmp_path_factory.mktemp("raw"), 48, 16, seed=5)
     return root, damage(root)
 
 
 @pytest.fixture(scope="module")
 def all_broken_test_split(tmp_path_factory):
-    root = synthetic_pets.write_archive(tmp_path_factory.mktemp("raw_empty"), 8, 2, seed=1)
+    root = synthetic.write_archive(tmp_path_factory.mktemp("raw_empty"), 8, 2, seed=1)
     for line in (root / "annotations" / "test.txt").read_text().splitlines():
         (root / "annotations" / "trimaps" / f"{line.split()[0]}.png").write_bytes(b"not a png")
     return root
@@ -108,7 +109,7 @@ def test_odd_but_valid_images_are_kept_and_decode(runs, raw):
     _, cases = raw
     config = load_config("tiny", overrides=[f"output={runs['output']}"])
     with RunArtifacts(config.metadata_path) as run:
-        examples = run.get("TfdsExampleGen", "examples")
+        examples = run.get(names.EXAMPLE_GEN_ID, "examples")
     assert json.loads(examples.get_string_custom_property("repaired")) == {
         "image_tiff_to_jpeg": 1, "trimap_to_8bit_png": 1}
     stored = {}
@@ -144,7 +145,7 @@ def test_killed_trainer_resumes_from_cache_and_its_last_epoch(runs):
     assert resumed_epochs and resumed_epochs[0] > 1 and resumed_epochs[-1] == EPOCHS, resumed_epochs
     components = runs["summary"]["components"]
     assert all(components[name]["cached"] for name in UPSTREAM), components
-    assert not components["Trainer"]["cached"]
+    assert not components[names.TRAINER_ID]["cached"]
     summary = runs["summary"]
     assert summary["blessed"] and summary["serving_versions"] == [pathlib.Path(summary["pushed_model"]).name]
     # Keras deletes the backup once training completes, so a later, different training starts fresh.

@@ -6,7 +6,7 @@ import sqlite3
 import pytest
 
 from pipeline import local_runner
-from pipeline.config import load_config
+from config.profiles import load_config
 
 
 def _config(output):

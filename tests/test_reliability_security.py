@@ -38,7 +38,7 @@ def test_configs_and_compiled_specs_hold_no_credentials():
 
 
 def test_compiled_kubeflow_spec_holds_no_credentials(tmp_path):
-    from pipeline import cli
+    from cli import main as cli
 
     package = tmp_path / "pipeline.yaml"
     # A launcher-storable root: the kfp target refuses a local path.

@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 from ml_metadata.proto import metadata_store_pb2
 
+from config import names
 from report import dashboard, images
 from report.artifacts import RunArtifacts
 
@@ -17,16 +18,16 @@ def test_run_artifacts_of_a_real_run(tiny_run):
     summary = json.loads((tiny_run / "summary.json").read_text())
     with RunArtifacts(str(tiny_run / "metadata.sqlite")) as run:
         assert set(run.node_ids()) == NODES
-        [trainer] = run.executions("Trainer")
+        [trainer] = run.executions(names.TRAINER_ID)
         assert trainer.last_known_state == metadata_store_pb2.Execution.COMPLETE
-        model = run.one("Trainer", "model")
+        model = run.one(names.TRAINER_ID, "model")
         assert model.uri == summary["model"] and [a.id for a in run.outputs_of(trainer, "model")] == [model.id]
-        [examples] = run.inputs_of(run.executions("Transform")[0], "examples")
-        assert examples.id == run.get("TfdsExampleGen", "examples").id
+        [examples] = run.inputs_of(run.executions(names.TRANSFORM_ID)[0], "examples")
+        assert examples.id == run.get(names.EXAMPLE_GEN_ID, "examples").id
         assert examples.get_int_custom_property("num_train") == summary["dataset"]["examples"]["train"]
-        assert run.one("Trainer", "no_such_key") is None
+        assert run.one(names.TRAINER_ID, "no_such_key") is None
         with pytest.raises(LookupError, match="Pusher.no_such_key"):
-            run.get("Pusher", "no_such_key")
+            run.get(names.PUSHER_ID, "no_such_key")
         times = run.component_times()
     # Times come from MLMD's execution stamps, in the order the components started.
     assert set(times) == NODES and not any(t["cached"] for t in times.values())

@@ -9,7 +9,7 @@ import pytest
 import tensorflow_model_analysis as tfma
 from apache_beam.testing import util as beam_util
 
-from components import segmentation_metrics as sm
+from metrics import segmentation as sm
 from support.evaluation import assert_scores_equal, reference_scores
 from transform.features import CLASS_NAMES
 

@@ -1,8 +1,10 @@
 """Retraining on new data: `{SPAN}` patterns; run 2 reads span 2, warm-starts from and is compared with run 1's pushed model."""
 
 import pytest
-from components import synthetic_pets, tfds_data
-from pipeline.config import ConfigError, load_config
+from config import names
+from dataset import spans, synthetic
+from config.settings import ConfigError
+from config.profiles import load_config
 from support import petseg
 from report.artifacts import RunArtifacts
 
@@ -12,18 +14,18 @@ def test_find_and_resolve_spans(tmp_path):
         (tmp_path / name).mkdir()
     (tmp_path / "span-3").write_text("a file, not a span")
     pattern = str(tmp_path / "span-{SPAN}")
-    assert tfds_data.find_spans(pattern) == {1: str(tmp_path / "span-1"), 12: str(tmp_path / "span-12")}
-    assert tfds_data.resolve_span(pattern) == (12, str(tmp_path / "span-12"))
-    assert tfds_data.resolve_span(pattern, 1) == (1, str(tmp_path / "span-1"))
+    assert spans.find_spans(pattern) == {1: str(tmp_path / "span-1"), 12: str(tmp_path / "span-12")}
+    assert spans.resolve_span(pattern) == (12, str(tmp_path / "span-12"))
+    assert spans.resolve_span(pattern, 1) == (1, str(tmp_path / "span-1"))
     with pytest.raises(FileNotFoundError, match=r"span 2 .* found \[1, 12\]"):
-        tfds_data.resolve_span(pattern, 2)
+        spans.resolve_span(pattern, 2)
     (tmp_path / "span-01").mkdir()
     with pytest.raises(ValueError, match="matches both"):
-        tfds_data.find_spans(pattern)
+        spans.find_spans(pattern)
     with pytest.raises(FileNotFoundError, match="no folder matches"):
-        tfds_data.resolve_span(str(tmp_path / "missing" / "span-{SPAN}"))
+        spans.resolve_span(str(tmp_path / "missing" / "span-{SPAN}"))
     with pytest.raises(ValueError, match="last path component"):
-        tfds_data.find_spans(str(tmp_path / "span-{SPAN}" / "raw"))
+        spans.find_spans(str(tmp_path / "span-{SPAN}" / "raw"))
 
 
 def test_span_setting_needs_a_span_pattern():
@@ -49,10 +51,10 @@ def petseg_run(output, raw_pattern):
 def two_spans(tmp_path_factory):
     raw, output = tmp_path_factory.mktemp("raw"), tmp_path_factory.mktemp("run")
     pattern = str(raw / "span-{SPAN}")
-    synthetic_pets.write_archive(raw / "span-1", 48, 16, seed=1)
+    synthetic.write_archive(raw / "span-1", 48, 16, seed=1)
     first = petseg_run(output, pattern)
     # New data arrives; the same command (e.g. from cron) picks it up.
-    synthetic_pets.write_archive(raw / "span-2", 48, 16, seed=2)
+    synthetic.write_archive(raw / "span-2", 48, 16, seed=2)
     second = petseg_run(output, pattern)
     return raw, output, first, second
 
@@ -60,7 +62,7 @@ def two_spans(tmp_path_factory):
 def test_each_run_reads_the_latest_span(two_spans):
     raw, output, first, second = two_spans
     store = RunArtifacts(str(output / "metadata.sqlite"))
-    runs = store.executions("TfdsExampleGen")
+    runs = store.executions(names.EXAMPLE_GEN_ID)
     assert len(runs) == 2  # the second was not served from cache
     for execution, span in zip(runs, (1, 2)):
         [examples] = store.outputs_of(execution, "examples")
@@ -73,7 +75,7 @@ def test_each_run_reads_the_latest_span(two_spans):
 def test_second_run_warm_starts_from_and_is_compared_with_the_first_blessed_model(two_spans):
     _, output, first, second = two_spans
     store = RunArtifacts(str(output / "metadata.sqlite"))
-    trainer_runs = store.executions("Trainer")
+    trainer_runs = store.executions(names.TRAINER_ID)
     assert len(trainer_runs) == 2
     assert first["blessed"] is True and first["baseline"] is None
     [empty] = store.inputs_of(trainer_runs[0], "base_model")
@@ -82,7 +84,7 @@ def test_second_run_warm_starts_from_and_is_compared_with_the_first_blessed_mode
     # The first run's pushed version, copied: the model the Trainer starts from and the Evaluator beats.
     assert base_model.get_int_custom_property("found") == 1
     assert base_model.get_string_custom_property("pushed_destination") == first["pushed_model"]
-    [baseline] = store.inputs_of(store.executions("Evaluator")[1], "baseline_model")
+    [baseline] = store.inputs_of(store.executions(names.EVALUATOR_ID)[1], "baseline_model")
     assert baseline.id == base_model.id
     # Scored on span 2's eval data, so not run 1's own number (which was on span 1).
     assert 0 <= second["baseline"]["mean_iou"] <= 1

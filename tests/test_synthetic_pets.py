@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from components import synthetic_pets
+from dataset import synthetic
 
 
 def _digest(root):
@@ -20,12 +20,12 @@ def _digest(root):
 
 @pytest.fixture(scope="module")
 def archive(tmp_path_factory):
-    return synthetic_pets.write_archive(tmp_path_factory.mktemp("pets"), 24, 12, seed=3)
+    return synthetic.write_archive(tmp_path_factory.mktemp("pets"), 24, 12, seed=3)
 
 
 def test_same_seed_same_bytes_other_seed_differs(archive, tmp_path):
-    again = synthetic_pets.write_archive(tmp_path / "again", 24, 12, seed=3)
-    other = synthetic_pets.write_archive(tmp_path / "other", 24, 12, seed=4)
+    again = synthetic.write_archive(tmp_path / "again", 24, 12, seed=3)
+    other = synthetic.write_archive(tmp_path / "other", 24, 12, seed=4)
     assert _digest(again) == _digest(archive)
     assert _digest(other) != _digest(archive)
 
@@ -33,11 +33,11 @@ def test_same_seed_same_bytes_other_seed_differs(archive, tmp_path):
 def test_breeds_match_the_real_builder():
     from tensorflow_datasets.datasets.oxford_iiit_pet import oxford_iiit_pet_dataset_builder as b
 
-    for breed, class_id, species in synthetic_pets.BREEDS:
+    for breed, class_id, species in synthetic.BREEDS:
         assert b._LABEL_CLASSES[class_id - 1] == breed
         # The real dataset capitalises cat breeds only.
         assert (species == 1) == breed[0].isupper()
-    assert {s for _, _, s in synthetic_pets.BREEDS} == {1, 2}
+    assert {s for _, _, s in synthetic.BREEDS} == {1, 2}
 
 
 def test_archive_layout_like_the_real_one(archive):
@@ -49,7 +49,7 @@ def test_archive_layout_like_the_real_one(archive):
     sizes = set()
     for name, class_id, species, breed_id in train + test:
         breed, _, number = name.rpartition("_")
-        assert number.isdigit() and (breed, int(class_id), int(species)) in synthetic_pets.BREEDS
+        assert number.isdigit() and (breed, int(class_id), int(species)) in synthetic.BREEDS
         assert int(breed_id) >= 1
         with Image.open(archive / "images" / f"{name}.jpg") as img:
             assert img.format == "JPEG" and img.mode == "RGB"
@@ -58,7 +58,7 @@ def test_archive_layout_like_the_real_one(archive):
             assert tri.mode == "L" and tri.size == size
             values = set(np.unique(np.asarray(tri)).tolist())
         assert values == {1, 2, 3}
-        assert all(synthetic_pets.MIN_SIDE <= s <= synthetic_pets.MAX_SIDE for s in size)
+        assert all(synthetic.MIN_SIDE <= s <= synthetic.MAX_SIDE for s in size)
         sizes.add(size)
     assert len(sizes) > 20, "image sizes and aspects should vary"
     # Head-box XMLs exist for trainval only, and read the way the builder's _get_head_bbox reads them.
@@ -90,7 +90,7 @@ def _mean_iou(truth, pred):
 
 
 def test_colour_alone_cannot_segment(tmp_path):
-    root = synthetic_pets.write_archive(tmp_path, 60, 30, seed=7)
+    root = synthetic.write_archive(tmp_path, 60, 30, seed=7)
 
     def pixels(list_name):
         rgb, cls = [], []

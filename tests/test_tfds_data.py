@@ -8,7 +8,8 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from components import synthetic_pets, tfds_data
+from components import tfds_prepare
+from dataset import staging, synthetic as synthetic_archive
 from support.images import BROKEN, ODD_VALID, damage
 
 
@@ -28,7 +29,7 @@ def _decoded(ex):
 
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory):
-    return tfds_data.prepare(tmp_path_factory.mktemp("tfds"), "synthetic", synthetic=(12, 6, 0))
+    return tfds_prepare.prepare(tmp_path_factory.mktemp("tfds"), "synthetic", synthetic=(12, 6, 0))
 
 
 def test_synthetic_built_by_the_real_builder(synthetic):
@@ -44,7 +45,7 @@ def test_synthetic_built_by_the_real_builder(synthetic):
             image, mask = _decoded(ex)
             assert image.shape[:2] == mask.shape[:2]
             assert set(np.unique(mask).tolist()) <= {1, 2, 3}
-            breed, class_id, species = next(b for b in synthetic_pets.BREEDS
+            breed, class_id, species = next(b for b in synthetic_archive.BREEDS
                                             if ex["file_name"].bytes_list.value[0].decode().startswith(b[0] + "_"))
             # The builder stores 0-based ids.
             assert ex["label"].int64_list.value[0] == class_id - 1
@@ -55,32 +56,32 @@ def test_synthetic_built_by_the_real_builder(synthetic):
 
 def test_second_prepare_reuses_and_reports_the_same(synthetic):
     mtimes = [os.path.getmtime(f) for f in synthetic.files["train"]]
-    again = tfds_data.prepare(synthetic.data_dir, "synthetic", synthetic=(12, 6, 0))
+    again = tfds_prepare.prepare(synthetic.data_dir, "synthetic", synthetic=(12, 6, 0))
     assert again == synthetic
     assert [os.path.getmtime(f) for f in again.files["train"]] == mtimes
 
 
 def test_other_source_in_same_data_dir_is_an_error(synthetic):
     with pytest.raises(ValueError, match="already holds"):
-        tfds_data.prepare(synthetic.data_dir, "synthetic", synthetic=(12, 6, 1))
+        tfds_prepare.prepare(synthetic.data_dir, "synthetic", synthetic=(12, 6, 1))
 
 
 def test_data_drawn_by_another_generator_version_is_an_error(synthetic, monkeypatch):
     # Same sizes and seed, different drawings: reusing the old pictures would be silent and wrong.
-    monkeypatch.setattr(synthetic_pets, "GENERATOR_VERSION", synthetic_pets.GENERATOR_VERSION + 1)
+    monkeypatch.setattr(synthetic_archive, "GENERATOR_VERSION", synthetic_archive.GENERATOR_VERSION + 1)
     with pytest.raises(ValueError, match="already holds"):
-        tfds_data.prepare(synthetic.data_dir, "synthetic", synthetic=(12, 6, 0))
+        tfds_prepare.prepare(synthetic.data_dir, "synthetic", synthetic=(12, 6, 0))
 
 
 @pytest.fixture(scope="module")
 def damaged(tmp_path_factory):
-    raw = synthetic_pets.write_archive(tmp_path_factory.mktemp("raw"), 16, 4, seed=5)
+    raw = synthetic_archive.write_archive(tmp_path_factory.mktemp("raw"), 16, 4, seed=5)
     return raw, damage(raw)
 
 
 def test_broken_samples_skipped_and_counted_by_reason(damaged, tmp_path):
     raw, cases = damaged
-    prepared = tfds_data.prepare(tmp_path / "tfds", "raw-dir", raw_dir=raw)
+    prepared = tfds_prepare.prepare(tmp_path / "tfds", "raw-dir", raw_dir=raw)
     assert prepared.source == "raw-dir"
     assert prepared.skipped == {"unreadable_image": 2, "missing_image": 1, "missing_trimap": 1,
                                 "trimap_size_mismatch": 1, "bad_trimap_values": 1,
@@ -97,30 +98,30 @@ def test_broken_samples_skipped_and_counted_by_reason(damaged, tmp_path):
     cmyk = Image.open(io.BytesIO(stored[cases["cmyk"]]["image"].bytes_list.value[0]))
     assert (cmyk.format, cmyk.mode) == ("JPEG", "CMYK")
     # A second call reports the same numbers without rebuilding.
-    assert tfds_data.prepare(tmp_path / "tfds", "raw-dir", raw_dir=raw) == prepared
+    assert tfds_prepare.prepare(tmp_path / "tfds", "raw-dir", raw_dir=raw) == prepared
 
 
 def test_strict_raises_naming_the_file(damaged, tmp_path):
     raw, cases = damaged
-    with pytest.raises(tfds_data.BrokenSampleError, match=f"{cases['truncated']}.jpg: unreadable_image"):
-        tfds_data.prepare(tmp_path / "tfds", "raw-dir", raw_dir=raw, strict=True)
+    with pytest.raises(staging.BrokenSampleError, match=f"{cases['truncated']}.jpg: unreadable_image"):
+        tfds_prepare.prepare(tmp_path / "tfds", "raw-dir", raw_dir=raw, strict=True)
     assert not (tmp_path / "tfds" / "oxford_iiit_pet" / "4.0.0").exists()
 
 
 def test_split_left_empty_is_an_error(tmp_path):
-    raw = synthetic_pets.write_archive(tmp_path / "raw", 2, 1, seed=0)
+    raw = synthetic_archive.write_archive(tmp_path / "raw", 2, 1, seed=0)
     (raw / "images" / (raw / "annotations" / "test.txt").read_text().split()[0]).with_suffix(".jpg").unlink()
-    with pytest.raises(tfds_data.EmptySplitError, match="split 'test' is empty.*missing_image"):
-        tfds_data.stage(raw, tmp_path / "staging")
+    with pytest.raises(staging.EmptySplitError, match="split 'test' is empty.*missing_image"):
+        staging.stage(raw, tmp_path / "staging")
 
 
 def test_bad_head_box_xml_is_dropped_or_strict_error(tmp_path):
-    raw = synthetic_pets.write_archive(tmp_path / "raw", 2, 1, seed=0)
+    raw = synthetic_archive.write_archive(tmp_path / "raw", 2, 1, seed=0)
     name = (raw / "annotations" / "trainval.txt").read_text().split()[0]
     (raw / "annotations" / "xmls" / f"{name}.xml").write_text("<annotation><size>")
-    skipped, repaired = tfds_data.stage(raw, tmp_path / "staging")
+    skipped, repaired = staging.stage(raw, tmp_path / "staging")
     assert (skipped, repaired) == ({}, {"bad_xml_dropped": 1})
     assert name in (tmp_path / "staging" / "annotations" / "trainval.txt").read_text()
     assert not (tmp_path / "staging" / "annotations" / "xmls" / f"{name}.xml").exists()
-    with pytest.raises(tfds_data.BrokenSampleError, match=f"{name}.xml: bad_xml"):
-        tfds_data.stage(raw, tmp_path / "strict", strict=True)
+    with pytest.raises(staging.BrokenSampleError, match=f"{name}.xml: bad_xml"):
+        staging.stage(raw, tmp_path / "strict", strict=True)

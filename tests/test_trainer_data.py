@@ -9,6 +9,7 @@ import tensorflow_transform as tft
 from tfx import types
 from tfx.types import standard_artifacts
 
+from config import names
 from bench import stages
 from support import trainer_fixtures
 from support.trainer_fixtures import transform_run  # noqa: F401 (pytest fixture)
@@ -78,7 +79,7 @@ def test_transform_drops_the_sink_folder_of_an_attempt_that_never_committed(tran
     component = trainer_fixtures.transform_component(types.Channel(type=standard_artifacts.Examples),
                                                      types.Channel(type=standard_artifacts.Schema))
     inputs = {"examples": [trainer_fixtures.raw_examples(transform_run)],
-              "schema": [trainer_fixtures.output(transform_run, standard_artifacts.Schema, "ImportSchemaGen")]}
+              "schema": [trainer_fixtures.output(transform_run, standard_artifacts.Schema, names.SCHEMA_GEN_ID)]}
     split = tmp_path / "transformed_examples" / "Split-eval"
     leftover = split / "beam-temp-transformed_examples-0123456789abcdef"
     leftover.mkdir(parents=True)

@@ -10,7 +10,7 @@ from typing import Optional
 import numpy as np
 import tensorflow as tf
 
-from trainer.config import ModelConfig, TrainConfig
+from config.settings import ModelConfig, TrainConfig
 from trainer.strategy import resolve_mixed_precision
 from transform.features import IMAGE_KEY, NUM_CLASSES
 

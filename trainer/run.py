@@ -13,7 +13,7 @@ from typing import Sequence
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from trainer.config import ModelConfig, TrainConfig
+from config.settings import ModelConfig, TrainConfig
 from trainer import data, model as model_lib, signatures, strategy as strategy_lib
 
 log = logging.getLogger(__name__)

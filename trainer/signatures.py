@@ -7,12 +7,8 @@ from typing import Dict
 import tensorflow as tf
 import tensorflow_transform as tft
 
+from config.names import EXAMPLES_SIGNATURE, SERVING_SIGNATURE, TRANSFORM_SIGNATURE
 from transform import features, preprocessing
-
-SERVING_SIGNATURE = "serving_default"
-EXAMPLES_SIGNATURE = "serving_examples"
-TRANSFORM_SIGNATURE = "transform_features"
-
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _GIF_SIGNATURES = (b"GIF87a", b"GIF89a")
@@ -59,16 +55,12 @@ def checked_decode(image_bytes: tf.Tensor, image_size: int, max_pixels: int) -> 
     return preprocessing.decode_image(image_bytes, image_size)
 
 
-# Mask value for pixels whose logits are not finite: no class, so a diverged model can't score.
-INVALID_CLASS = 255
-
-
 def _outputs(logits: tf.Tensor) -> Dict[str, tf.Tensor]:
     logits = tf.cast(logits, tf.float32)
     probabilities = tf.nn.softmax(logits, axis=-1)
     # argmax over NaN returns a real class id; mark such pixels instead of inventing a prediction.
     finite = tf.reduce_all(tf.math.is_finite(logits), axis=-1)
-    mask = tf.where(finite, tf.cast(tf.argmax(probabilities, axis=-1), tf.uint8), tf.constant(INVALID_CLASS, tf.uint8))
+    mask = tf.where(finite, tf.cast(tf.argmax(probabilities, axis=-1), tf.uint8), tf.constant(features.INVALID_CLASS, tf.uint8))
     return {"mask": mask, "probabilities": probabilities}
 
 

@@ -11,7 +11,7 @@ from typing import Dict, Optional
 
 import tensorflow as tf
 
-from trainer.config import TrainConfig
+from config.settings import TrainConfig
 
 log = logging.getLogger(__name__)
 

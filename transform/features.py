@@ -16,6 +16,8 @@ SLICE_KEYS = (SPECIES_KEY, LABEL_KEY)  # passed through unchanged for TFMA slici
 # Class ids after Transform: trimap value - 1.
 CLASS_NAMES = ("pet", "background", "border")
 NUM_CLASSES = len(CLASS_NAMES)
+# Predicted-mask value of a pixel with no class (its logits are not finite): never a hit, always a miss.
+INVALID_CLASS = 255
 
 SPECIES_NAMES = ("cat", "dog")
 

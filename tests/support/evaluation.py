@@ -7,8 +7,8 @@ import pytest
 import tensorflow as tf
 import tensorflow_model_analysis as tfma
 
-from pipeline import evaluation
-from pipeline.config import EvalConfig
+from metrics import eval_config as evaluation
+from config.settings import EvalConfig
 from support.images import png
 from transform.features import CLASS_NAMES, NUM_CLASSES
 

@@ -9,8 +9,9 @@ from typing import Dict, Iterable, List
 
 import tensorflow as tf
 
+from config import names
 from bench import stages
-from pipeline.config import load_config
+from config.profiles import load_config
 from report import metrics
 from report.artifacts import RunArtifacts
 from report.images import tfrecords
@@ -48,19 +49,19 @@ def compare_with_direct(output: pathlib.Path, work: str, overrides: Iterable[str
     run = RunArtifacts(config.metadata_path, config.name)
     by_id, beam_args = stages.components(config)
     assert beam_args == []
-    examples, schema = run.get("TfdsExampleGen", "examples"), run.get("ImportSchemaGen", "schema")
+    examples, schema = run.get(names.EXAMPLE_GEN_ID, "examples"), run.get(names.SCHEMA_GEN_ID, "schema")
 
     direct_transform = os.path.join(work, "transform")
-    stages.run_executor(by_id["Transform"], {"examples": [examples], "schema": [schema]}, direct_transform, beam_args)
-    flink_splits = _split_files(run.get("Transform", "transformed_examples").uri)
+    stages.run_executor(by_id[names.TRANSFORM_ID], {"examples": [examples], "schema": [schema]}, direct_transform, beam_args)
+    flink_splits = _split_files(run.get(names.TRANSFORM_ID, "transformed_examples").uri)
     direct_splits = _split_files(os.path.join(direct_transform, "transformed_examples"))
     flink_rows = {s: _canonical(f) for s, f in flink_splits.items()}
     direct_rows = {s: _canonical(f) for s, f in direct_splits.items()}
 
     direct_eval = os.path.join(work, "evaluator")
-    stages.run_executor(by_id["Evaluator"], {"examples": [examples], "model": [run.get("Trainer", "model")]},
+    stages.run_executor(by_id[names.EVALUATOR_ID], {"examples": [examples], "model": [run.get(names.TRAINER_ID, "model")]},
                         direct_eval, beam_args)
-    flink_metrics = _flatten(metrics.load_metrics(run.get("Evaluator", "evaluation").uri))
+    flink_metrics = _flatten(metrics.load_metrics(run.get(names.EVALUATOR_ID, "evaluation").uri))
     direct_metrics = _flatten(metrics.load_metrics(os.path.join(direct_eval, "evaluation")))
     diffs = [abs(flink_metrics[k] - direct_metrics[k]) for k in flink_metrics
              if not (math.isnan(flink_metrics[k]) and math.isnan(direct_metrics.get(k, math.nan)))]

@@ -13,7 +13,7 @@ TIMEOUT = 1800
 
 
 def command(output: pathlib.Path, *args: str) -> list:
-    return [sys.executable, "-m", "pipeline.cli", "run", "--output", str(output), *args]
+    return [sys.executable, "-m", "cli.main", "run", "--output", str(output), *args]
 
 
 def summary(output: pathlib.Path) -> dict:

@@ -9,11 +9,11 @@ import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 
-import transform  # noqa: F401  the Keras switch, before TensorFlow
+import config  # noqa: F401  the Keras switch, before TensorFlow
 import numpy as np
 import tensorflow as tf
 
-from trainer.config import ModelConfig, TrainConfig
+from config.settings import ModelConfig, TrainConfig
 from trainer import model as model_lib
 from trainer.strategy import choose_strategy
 

@@ -16,7 +16,7 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 # Run as a script (the killed-trainer worker), the repo's packages must be importable too.
 sys.path.insert(0, str(REPO))
 
-import transform  # noqa: E402,F401  the Keras switch, before TensorFlow
+import config  # noqa: E402,F401  the Keras switch, before TensorFlow
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from ml_metadata.metadata_store import metadata_store  # noqa: E402
@@ -29,9 +29,10 @@ from tfx.proto import trainer_pb2  # noqa: E402
 from tfx.types import artifact_utils, standard_artifacts  # noqa: E402
 from tfx.utils import json_utils, proto_utils  # noqa: E402
 
+from config import names
 from components.example_gen import TfdsExampleGen  # noqa: E402
 from components.transform import Transform  # noqa: E402
-from pipeline.config import load_config  # noqa: E402
+from config.profiles import load_config  # noqa: E402
 from pipeline.pipeline import PREPROCESSING_FN  # noqa: E402
 from trainer import run  # noqa: E402
 
@@ -81,8 +82,8 @@ def output(metadata_path: str, artifact_type, producer: str, key: str = ""):
     raise LookupError(f"no {artifact_type.TYPE_NAME} from {producer} in {metadata_path}")
 
 
-raw_examples = functools.partial(output, artifact_type=standard_artifacts.Examples, producer="TfdsExampleGen")
-transformed_examples = functools.partial(output, artifact_type=standard_artifacts.Examples, producer="Transform")
+raw_examples = functools.partial(output, artifact_type=standard_artifacts.Examples, producer=names.EXAMPLE_GEN_ID)
+transformed_examples = functools.partial(output, artifact_type=standard_artifacts.Examples, producer=names.TRANSFORM_ID)
 
 
 def fn_args(metadata_path: str, execution_id: int, config, base_model: Optional[str] = None):
@@ -93,8 +94,8 @@ def fn_args(metadata_path: str, execution_id: int, config, base_model: Optional[
     """
     input_dict = {
         "examples": [transformed_examples(metadata_path)],
-        "transform_graph": [output(metadata_path, standard_artifacts.TransformGraph, "Transform")],
-        "schema": [output(metadata_path, standard_artifacts.Schema, "ImportSchemaGen")],
+        "transform_graph": [output(metadata_path, standard_artifacts.TransformGraph, names.TRANSFORM_ID)],
+        "schema": [output(metadata_path, standard_artifacts.Schema, names.SCHEMA_GEN_ID)],
     }
     if base_model:
         base = standard_artifacts.Model()

@@ -8,7 +8,7 @@ import sys
 import tempfile
 
 from kubeflow import runner
-from pipeline.config_args import add_config_args, config_from_args
+from cli.config_args import add_config_args, config_from_args
 
 # Beam's runner class names as `--beam-arg=--runner=...` gives them, to beam.runner values.
 BEAM_RUNNER_NAMES = {"DirectRunner": "direct", "FlinkRunner": "flink",
@@ -90,7 +90,8 @@ def _settings(args: argparse.Namespace) -> runner.KubeflowSettings:
 
 
 def _config(args: argparse.Namespace):
-    from pipeline.config import ConfigError, apply_values
+    from config.settings import ConfigError
+    from config.profiles import apply_values
 
     config = config_from_args(args)
     # `--beam-arg=--runner=X` (the documented Dataflow form) picks beam.runner; the rest pass through.

@@ -17,14 +17,51 @@ import pathlib
 import sys
 from typing import Iterator, TextIO
 
+from absl import logging as absl_logging
+
 # Loggers whose warnings are about the user's run (e.g. a broken sample skipped); other libraries'
 # warnings stay in the log file unless they are errors.
-OUR_LOGGERS = ("pipeline", "components", "transform", "trainer", "kubeflow")
+OUR_LOGGERS = ("cli", "pipeline", "components", "dataset", "transform", "trainer", "metrics", "kubeflow", "report")
 
 
 def new_log_file(logs_dir: pathlib.Path) -> pathlib.Path:
     logs_dir.mkdir(parents=True, exist_ok=True)
     return logs_dir / f"run-{datetime.datetime.now():%Y%m%d-%H%M%S}.log"
+
+
+def _not_job_messages(record: logging.LogRecord) -> bool:
+    """Drops the job server's messages (Java stacks) from the console; the run's log file keeps them and
+    a failure still prints its Python traceback through the runner's error."""
+    return not record.pathname.endswith("portable_runner.py")
+
+
+@contextlib.contextmanager
+def full_log(log_file: pathlib.Path) -> Iterator[None]:
+    """Every INFO record into `log_file`; libraries' console handlers keep only warnings."""
+    root = logging.getLogger()
+    file_handler = logging.FileHandler(log_file)
+    file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    # Through absl's flag, not Logger.setLevel: TF's SavedModel export saves and restores the
+    # verbosity via absl.logging.get_verbosity(), which reads the flag and would reset us to WARNING.
+    saved_verbosity, saved_root_level = absl_logging.get_verbosity(), root.level
+    # Libraries attach a stderr handler to the root logger on import; keep INFO noise off the console.
+    consoles = {h: h.level for h in root.handlers}
+    for handler in consoles:
+        handler.setLevel(max(handler.level, logging.WARNING))
+        handler.addFilter(_not_job_messages)
+    absl_logging.set_verbosity(absl_logging.INFO)
+    root.setLevel(logging.INFO)
+    root.addHandler(file_handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(file_handler)
+        file_handler.close()
+        for handler, level in consoles.items():
+            handler.setLevel(level)
+            handler.removeFilter(_not_job_messages)
+        absl_logging.set_verbosity(saved_verbosity)
+        root.setLevel(saved_root_level)
 
 
 class _Worth(logging.Filter):

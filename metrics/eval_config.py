@@ -3,12 +3,13 @@
 import tensorflow_model_analysis as tfma
 from tensorflow_model_analysis import constants
 
-from components import segmentation_metrics as sm
-from pipeline.config import EvalConfig
+from config import names
+from config.settings import EvalConfig
+from metrics import segmentation as sm
 from transform.features import LABEL_KEY, MASK_KEY, SPECIES_KEY
 
-SIGNATURE_NAME = "serving_examples"
-PREPROCESSING_FUNCTION = "transform_features"
+SIGNATURE_NAME = names.EXAMPLES_SIGNATURE
+PREPROCESSING_FUNCTION = names.TRANSFORM_SIGNATURE
 # The model's signatures are all TFMA calls, so it loads as a plain SavedModel. Without a type, TFMA
 # loads each model as a Keras model once just to learn its type, then again to use it.
 MODEL_TYPE = constants.TF_GENERIC

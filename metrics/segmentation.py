@@ -38,7 +38,7 @@ from tensorflow_model_analysis.metrics import metric_types
 from tensorflow_model_analysis.metrics import metric_util
 from tensorflow_model_analysis.proto import config_pb2
 
-from transform.features import CLASS_NAMES, MASK_KEY
+from transform.features import CLASS_NAMES, INVALID_CLASS, MASK_KEY
 
 CONFUSION_MATRIX_NAME = "_pixel_confusion_matrix"
 MEAN_IOU = "mean_iou"
@@ -46,8 +46,6 @@ MEAN_DICE = "mean_dice"
 PIXEL_ACCURACY = "pixel_accuracy"
 PIXEL_COUNT = "pixel_count"
 INVALID_PIXEL_COUNT = "invalid_pixel_count"
-# The predicted-mask value for "no class"; equals trainer.signatures.INVALID_CLASS (tested).
-INVALID_CLASS = 255
 IOU_PREFIX = "iou"
 DICE_PREFIX = "dice"
 

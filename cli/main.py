@@ -9,10 +9,11 @@ from typing import List, Optional
 
 from engine import flink
 from engine.install import InstallError
-from kubeflow import cli as kubeflow_cli
-from pipeline import console, interpreter
-from pipeline.config import ConfigError
-from pipeline.config_args import add_config_args, config_from_args
+from cli import kubeflow as kubeflow_cli
+from cli import console
+from pipeline import gc_tuning
+from config.settings import ConfigError
+from cli.config_args import add_config_args, config_from_args
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -106,19 +107,25 @@ def _run(args: argparse.Namespace) -> int:
         # Said before the imports, which take seconds.
         print(f"[petseg] profile {config.profile}; outputs under {config.output_dir}; full log {log_file}",
               file=stream, flush=True)
-        with interpreter.heavy_imports():
-            from pipeline import local_runner  # heavy imports only once the arguments are known good
+        with gc_tuning.heavy_imports():  # heavy imports only once the arguments are known good
+            from pipeline import local_runner
+            from pipeline.progress import ProgressTracker
+            from report import dashboard, summary
 
         try:
-            local_runner.run(config, stream, log_file)
-        except local_runner.PipelineFailed as exc:
-            print(f"petseg: {exc}", file=stream)
+            with console.full_log(log_file):
+                local_runner.run(config, ProgressTracker(stream))
+                summary.finish_run(config, stream)
+                path = dashboard.write_dashboard(str(config.output_dir), pipeline_name=config.name)
+        except (local_runner.PipelineFailed, local_runner.MetadataUnavailable) as exc:
+            print(f"petseg: {exc}\nfull log: {log_file}", file=stream)
             return 1
+        print(f"[petseg] dashboard: {path}", file=stream, flush=True)
     return 0
 
 
 def _report(args: argparse.Namespace) -> int:
-    with interpreter.heavy_imports():
+    with gc_tuning.heavy_imports():
         from report import dashboard  # imports TFMA; keep `petseg --help` fast
 
     try:
@@ -140,9 +147,9 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 def console_main() -> int:
-    """The `petseg` executable (and `python -m pipeline.cli`): `main`, then a quick interpreter exit."""
+    """The `petseg` executable (and `python -m cli.main`): `main`, then a quick interpreter exit."""
     code = main()
-    interpreter.skip_final_collection()
+    gc_tuning.skip_final_collection()
     return code
 
 

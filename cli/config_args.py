@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline.config import PROFILES, PipelineConfig, apply_values, load_config
+from config.settings import PipelineConfig
+
+from config.profiles import PROFILES, apply_values, load_config
 
 
 def add_config_args(parser: argparse.ArgumentParser) -> None:

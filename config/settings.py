@@ -1,22 +1,18 @@
-"""Typed pipeline configuration: named profiles, overridden by a config file and `key=value` pairs."""
+"""The typed pipeline configuration: one dataclass per section, each value checked with the key it came from."""
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import pathlib
 import typing
-from typing import Any, Dict, Iterable, Mapping, Optional
+from typing import List, Optional, Tuple
 
-# The trainer owns its hyper-parameters; re-exported because the pipeline configuration composes them.
-from trainer.config import ModelConfig, TrainConfig, problems as trainer_problems
-
+ENCODER_WEIGHTS = ("none", "imagenet")  # or a path to an .h5 file
+MIXED_PRECISION = ("none", "auto", "mixed_float16", "mixed_bfloat16")
 DATASETS = ("synthetic", "oxford_iiit_pet")
 BEAM_RUNNERS = ("direct", "flink", "spark", "dataflow")
 BEAM_ENVIRONMENTS = ("EXTERNAL", "PROCESS", "LOOPBACK")
-# Keys that moved; naming the new one beats a bare "unknown key".
-RENAMED_KEYS = {"beam_workers": "beam.direct_workers", "beam_args": "beam.args"}
 
 
 class ConfigError(ValueError):
@@ -97,6 +93,54 @@ class BeamConfig:
 
 
 @dataclasses.dataclass
+class ModelConfig:
+    """VGG16-FCN8 shape."""
+
+    # FCN-8's finest scores are at stride 8, so its outlines sharpen with the input size; the cost grows
+    # with its square (bench/README.md has the measured trade-off).
+    image_size: int = 160
+    # Scales every VGG16 channel width; 1.0 is the real VGG16 (needed for ImageNet weights).
+    width_multiplier: float = 0.25
+    # Width of the two FCN head convolutions (the seed's 7x7 and 1x1 convs, 4096 there).
+    head_width: int = 256
+    # After fc6 and fc7 as in the FCN paper; the narrow quick model learns faster without it.
+    dropout: float = 0.0
+    # "none", "imagenet" or a path to VGG16 no-top weights (.h5).
+    encoder_weights: str = "none"
+    # Train the encoder even when it starts from pretrained weights.
+    fine_tune_encoder: bool = False
+    mixed_precision: str = "none"
+    # Serving refuses larger images (width x height) before decoding them fully.
+    serving_max_pixels: int = 40_000_000
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Optimisation and distribution."""
+
+    # The quick model is still improving at 30 epochs; bench/README.md has the curve.
+    epochs: int = 40
+    batch_size: int = 16  # per replica; the global batch is this times the replica count
+    learning_rate: float = 1e-3
+    # Split the CPU into this many logical devices for MirroredStrategy when no GPU is present.
+    cpu_replicas: int = 1
+    # None: one full pass over the train split per epoch.
+    steps_per_epoch: Optional[int] = None
+    shuffle_buffer: int = 512
+    # A split whose transformed records take up to this many bytes is held in memory after the first
+    # epoch (uint8 pixels: about the same size decoded); a larger one streams from its files each epoch.
+    cache_max_bytes: int = 2 * 1024 ** 3
+    # Start from the latest blessed model's weights when there is one.
+    warm_start: bool = False
+    # XLA-compile the train step. Off by default: on a small CPU it is slower (bench/README.md); on a
+    # GPU it fuses the elementwise ops between convolutions and usually pays off.
+    jit_compile: bool = False
+    # Epochs without a better val_loss before the learning rate halves; 0 keeps it constant, which
+    # trains the quick model as well in fewer epochs.
+    lr_patience: int = 0
+
+
+@dataclasses.dataclass
 class PipelineConfig:
     """Everything one pipeline run needs."""
 
@@ -146,7 +190,7 @@ class PipelineConfig:
             _check(self.data.span >= 0, "data.span", "must be >= 0 or null (the latest span)")
             _check("{SPAN}" in (self.data.oxford_raw_dir or ""), "data.span",
                    "needs a data.oxford_raw_dir with {SPAN}, e.g. /data/pets/span-{SPAN}")
-        for key, why in trainer_problems(self.model, self.train):
+        for key, why in _model_and_train_problems(self.model, self.train):
             raise ConfigError(f"{key}: {why}")
         _check(0 <= self.eval.min_mean_iou <= 1, "eval.min_mean_iou", "must be in [0, 1]")
         _check(0 <= self.eval.max_regression <= 1, "eval.max_regression", "must be in [0, 1]")
@@ -199,141 +243,28 @@ def _check(ok: bool, key: str, why: str) -> None:
         raise ConfigError(f"{key}: {why}")
 
 
-PROFILES: Dict[str, Dict[str, Any]] = {
-    # Learns the embedded dataset in minutes on 2 CPU cores.
-    "quick": {},
-    # The seed tutorial's recipe: full VGG16 from ImageNet (frozen), 4096-wide head, 224x224.
-    "seed": {
-        "data.dataset": "oxford_iiit_pet",
-        "model.image_size": 224,
-        "model.width_multiplier": 1.0,
-        "model.head_width": 4096,
-        "model.encoder_weights": "imagenet",
-        "model.dropout": 0.5,
-        "train.epochs": 15,
-        "train.batch_size": 64,
-        "train.learning_rate": 1e-4,
-        "eval.min_mean_iou": 0.6,
-    },
-    # For tests: the smallest run that still exercises every component.
-    "tiny": {
-        "data.synthetic_train_images": 48,
-        "data.synthetic_test_images": 16,
-        "model.image_size": 64,
-        "model.width_multiplier": 0.125,
-        "model.head_width": 32,
-        "train.epochs": 2,
-        "train.batch_size": 8,
-        "eval.min_mean_iou": 0.0,
-        "eval.max_regression": 1.0,
-        "eval.report_images": 2,
-    },
-}
-
-
-def load_config(profile: str = "quick", config_file: Optional[str] = None,
-                overrides: Iterable[str] = ()) -> PipelineConfig:
-    """Profile, then the YAML config file, then `key=value` overrides; validated."""
-    if profile not in PROFILES:
-        raise ConfigError(f"profile: unknown profile {profile!r}; choose one of {sorted(PROFILES)}")
-    config = PipelineConfig(profile=profile)
-    apply_values(config, PROFILES[profile])
-    if config_file:
-        apply_values(config, _flatten(_read_file(config_file)))
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep:
-            raise ConfigError(f"{item}: overrides are key=value, e.g. train.epochs=5")
-        apply_values(config, {key.strip(): _parse_scalar(raw.strip())})
-    return config.validate()
-
-
-def apply_values(config: PipelineConfig, values: Mapping[str, Any]) -> PipelineConfig:
-    """Sets dotted keys (e.g. `train.epochs`) with type checks; unknown keys are errors."""
-    for key, value in values.items():
-        if key in RENAMED_KEYS:
-            raise ConfigError(f"{key}: renamed to {RENAMED_KEYS[key]}")
-        *parents, leaf = key.split(".")
-        target: Any = config
-        for part in parents:
-            sub = getattr(target, part, None) if _field_type(target, part) else None
-            if not dataclasses.is_dataclass(sub):
-                raise ConfigError(f"{key}: unknown key")
-            target = sub
-        field_type = _field_type(target, leaf)
-        if field_type is None or dataclasses.is_dataclass(getattr(target, leaf)):
-            raise ConfigError(f"{key}: unknown key")
-        setattr(target, leaf, _coerce(key, value, field_type))
-    return config
-
-
-def _field_type(obj: Any, name: str) -> Optional[Any]:
-    hints = typing.get_type_hints(type(obj))
-    return hints.get(name) if name in {f.name for f in dataclasses.fields(obj)} else None
-
-
-def _coerce(key: str, value: Any, field_type: Any) -> Any:
-    origin, args = typing.get_origin(field_type), typing.get_args(field_type)
-    if origin is typing.Union and type(None) in args:
-        if value is None:
-            return None
-        field_type = next(a for a in args if a is not type(None))
-        origin = typing.get_origin(field_type)
-    if origin in (list, typing.List):
-        if isinstance(value, str):
-            value = [v for v in value.split(",") if v]
-        if not isinstance(value, list):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
-        return [str(v) for v in value]
-    if field_type is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{key}: expected true or false, got {value!r}")
-    if field_type is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ConfigError(f"{key}: expected an integer, got {value!r}")
-    if field_type is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise ConfigError(f"{key}: expected a number, got {value!r}")
-    if field_type is str:
-        if isinstance(value, dict):  # e.g. beam.environment_config's JSON, parsed as YAML by --set
-            return json.dumps(value)
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise ConfigError(f"{key}: expected a string, got {value!r}")
-    raise ConfigError(f"{key}: unsupported type {field_type}")
-
-
-def _parse_scalar(raw: str) -> Any:
-    """`--set` values use YAML scalars: 5, 0.1, true, null, text."""
-    import yaml
-
-    try:
-        return yaml.safe_load(raw) if raw else ""
-    except yaml.YAMLError:
-        return raw
-
-
-def _read_file(path: str) -> Mapping[str, Any]:
-    import yaml
-
-    try:
-        data = yaml.safe_load(pathlib.Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{path}: cannot read config file: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a YAML mapping of sections to values")
-    return data
-
-
-def _flatten(data: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:
-    flat: Dict[str, Any] = {}
-    for key, value in data.items():
-        dotted = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(_flatten(value, dotted + "."))
-        else:
-            flat[dotted] = value
-    return flat
+def _model_and_train_problems(model: ModelConfig, train: TrainConfig) -> List[Tuple[str, str]]:
+    """(dotted key, why) for each invalid value, in field order; empty when all are valid."""
+    weights = model.encoder_weights
+    checks = [
+        (model.image_size >= 32 and model.image_size % 32 == 0, "model.image_size",
+         "must be a multiple of 32 (five 2x poolings), at least 32"),
+        (0 < model.width_multiplier <= 1, "model.width_multiplier", "must be in (0, 1]"),
+        (model.head_width >= 1, "model.head_width", "must be >= 1"),
+        (0 <= model.dropout < 1, "model.dropout", "must be in [0, 1)"),
+        (weights in ENCODER_WEIGHTS or weights.endswith(".h5"), "model.encoder_weights",
+         f"must be one of {ENCODER_WEIGHTS} or a path to an .h5 file"),
+        (weights == "none" or model.width_multiplier == 1, "model.encoder_weights",
+         "pretrained VGG16 weights need model.width_multiplier=1"),
+        (model.mixed_precision in MIXED_PRECISION, "model.mixed_precision", f"must be one of {MIXED_PRECISION}"),
+        (model.serving_max_pixels >= 1, "model.serving_max_pixels", "must be >= 1"),
+        (train.epochs >= 0, "train.epochs", "must be >= 0"),
+        (train.batch_size >= 1, "train.batch_size", "must be >= 1"),
+        (train.learning_rate > 0, "train.learning_rate", "must be > 0"),
+        (train.cpu_replicas >= 1, "train.cpu_replicas", "must be >= 1"),
+        (train.steps_per_epoch is None or train.steps_per_epoch >= 1, "train.steps_per_epoch", "must be >= 1 or null"),
+        (train.lr_patience >= 0, "train.lr_patience", "must be >= 0"),
+        (train.shuffle_buffer >= 1, "train.shuffle_buffer", "must be >= 1"),
+        (train.cache_max_bytes >= 0, "train.cache_max_bytes", "must be >= 0 (0 always streams)"),
+    ]
+    return [(key, why) for ok, key, why in checks if not ok]

@@ -1,0 +1,147 @@
+"""Builds `oxford_iiit_pet` with the real TFDS builder from synthetic, downloaded or extracted archives."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import pathlib
+import shutil
+from typing import Dict, List, Optional, Tuple, Union
+
+from components import internals
+from dataset import synthetic as synthetic_archive
+from dataset.archive import LIST_FILES
+from dataset.staging import stage
+
+log = logging.getLogger(__name__)
+
+NAME = "oxford_iiit_pet"
+SOURCES = ("synthetic", "download", "raw-dir")
+
+PathLike = Union[str, os.PathLike]
+
+
+@dataclasses.dataclass
+class PreparedDataset:
+    """A prepared TFDS dataset: where its tfrecord files are and what was left out."""
+
+    name: str
+    version: str  # concrete, e.g. "4.0.0"
+    data_dir: str  # TFDS data_dir root
+    dataset_dir: str  # <data_dir>/<name>/<version>
+    source: str
+    file_patterns: Dict[str, str]  # split -> glob of plain tf.Example tfrecord files
+    files: Dict[str, List[str]]
+    num_examples: Dict[str, int]
+    skipped: Dict[str, int]  # reason -> broken samples left out
+    repaired: Dict[str, int]  # reason -> samples kept after normalisation in staging
+    origin: Dict[str, object]  # what was prepared (source, raw dir, synthetic sizes)
+
+
+def source_for(dataset: str, raw_dir: Optional[str]) -> str:
+    """Maps `DataConfig.dataset` / `oxford_raw_dir` to a `prepare` source."""
+    if dataset == "synthetic":
+        return "synthetic"
+    return "raw-dir" if raw_dir else "download"
+
+
+def check_source(source: str, raw_dir: Optional[PathLike]) -> None:
+    """Raises ValueError unless `prepare` can use this source."""
+    if source not in SOURCES:
+        raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
+    if source == "raw-dir" and not raw_dir:
+        raise ValueError("source='raw-dir' needs raw_dir (the folder holding images/ and annotations/)")
+
+
+
+def prepare(data_dir: PathLike, source: str, raw_dir: Optional[PathLike] = None,
+            synthetic: Tuple[int, int, int] = (480, 120, 0), version: str = "4.*.*",
+            strict: bool = False) -> PreparedDataset:
+    """Builds `oxford_iiit_pet` into data_dir unless it is already there; returns where it is.
+
+    synthetic: (train images, test images, seed), used when source == "synthetic".
+    """
+    import tensorflow_datasets as tfds
+
+    check_source(source, raw_dir)
+    data_dir = pathlib.Path(data_dir).resolve()
+    work = data_dir / "petseg_sources"
+    origin: Dict[str, object] = {"source": source}
+    if source == "raw-dir":
+        origin["raw_dir"] = str(pathlib.Path(raw_dir).resolve())
+    elif source == "synthetic":
+        origin["synthetic"] = [int(v) for v in synthetic]
+        origin["generator"] = synthetic_archive.GENERATOR_VERSION
+
+    builder = tfds.builder(f"{NAME}:{version}", data_dir=str(data_dir))
+    record = work / f"{NAME}-{builder.version}.json"
+    if builder.is_prepared():
+        return _reuse(builder, data_dir, record, origin)
+
+    skipped: Dict[str, int] = {}
+    repaired: Dict[str, int] = {}
+    if source == "download":
+        log.info("Downloading and preparing %s %s into %s", NAME, builder.version, data_dir)
+        try:
+            builder.download_and_prepare()
+        except Exception as exc:
+            raise RuntimeError(f"downloading {NAME} failed ({exc}); without internet, extract the "
+                               "images and annotations archives and use source='raw-dir'") from exc
+    else:
+        if source == "synthetic":
+            train, test, seed = (int(v) for v in synthetic)
+            raw = synthetic_archive.write_archive(work / f"synthetic_raw-{train}-{test}-{seed}", train, test, seed)
+        else:
+            raw = pathlib.Path(raw_dir).resolve()
+        staging = work / "staging"
+        skipped, repaired = stage(raw, staging, strict=strict, reencoded_names=internals.tfds_reencoded_names())
+        _build_offline(builder, staging)
+        builder = tfds.builder(f"{NAME}:{builder.version}", data_dir=str(data_dir))  # plain TFDS reads it back
+        # The builder has read everything; the staging copy is symlinks and a few re-encodes.
+        shutil.rmtree(staging, ignore_errors=True)
+    prepared = _describe(builder, data_dir, origin, skipped, repaired)
+    work.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps(dataclasses.asdict(prepared), indent=2, sort_keys=True))
+    log.info("Prepared %s %s: %s examples, skipped %s, repaired %s", NAME, prepared.version,
+             prepared.num_examples, skipped or "none", repaired or "none")
+    return prepared
+
+
+def _reuse(builder, data_dir: pathlib.Path, record: pathlib.Path, origin: Dict[str, object]) -> PreparedDataset:
+    # Rebuilding would need a new TFDS version; a dataset from another source must not be mistaken
+    # for the one asked for, so a mismatch is an error rather than a silent reuse.
+    if record.exists():
+        previous = json.loads(record.read_text())
+        if previous["origin"] != origin:
+            raise ValueError(f"{builder.data_dir} already holds {NAME} prepared from {previous['origin']}, "
+                             f"not {origin}; use another data_dir or delete that one")
+        skipped, repaired = previous["skipped"], previous["repaired"]
+    elif origin["source"] == "download":
+        skipped, repaired = {}, {}  # prepared by plain TFDS elsewhere: the real dataset
+    else:
+        raise ValueError(f"{builder.data_dir} holds a {NAME} not prepared by this module (no {record}); "
+                         f"it cannot be the {origin['source']} data asked for; use another data_dir")
+    log.info("Reusing %s %s in %s (skipped %s)", NAME, builder.version, builder.data_dir, skipped or "none")
+    return _describe(builder, data_dir, origin, skipped, repaired)
+
+
+def _describe(builder, data_dir: pathlib.Path, origin, skipped, repaired) -> PreparedDataset:
+    splits = builder.info.splits
+    files = {s: sorted(os.fspath(p) for p in splits[s].filepaths) for s in LIST_FILES}
+    return PreparedDataset(
+        name=NAME, version=str(builder.version), data_dir=os.fspath(data_dir),
+        dataset_dir=os.fspath(builder.data_dir), source=str(origin["source"]),
+        file_patterns={s: os.path.join(builder.data_dir, f"{NAME}-{s}.{builder.info.file_format.value}*")
+                       for s in LIST_FILES},
+        files=files, num_examples={s: int(splits[s].num_examples) for s in LIST_FILES},
+        skipped=dict(skipped), repaired=dict(repaired), origin=dict(origin))
+
+
+def _build_offline(builder, archive_root: pathlib.Path) -> None:
+    """Runs the real builder's example generation and writers on an extracted archive folder."""
+    log.info("Building %s %s from %s", NAME, builder.version, archive_root)
+    extracted = internals.extracted_tfds_builder(NAME, tuple(LIST_FILES.items()))(
+        archive_root, data_dir=builder.data_dir_root, version=str(builder.version))
+    extracted.download_and_prepare()

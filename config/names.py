@@ -1,0 +1,18 @@
+"""Names that several layers must agree on: pipeline node ids and the exported model's signature names."""
+
+# Node ids: MLMD, the run summary, the dashboard, the Kubeflow spec and the bench look nodes up by these.
+EXAMPLE_GEN_ID = "TfdsExampleGen"
+SCHEMA_GEN_ID = "ImportSchemaGen"
+STATISTICS_GEN_ID = "StatisticsGen"
+EXAMPLE_VALIDATOR_ID = "ExampleValidator"
+VALIDATION_GATE_ID = "ValidationGate"
+TRANSFORM_ID = "Transform"
+LATEST_BLESSED_MODEL_ID = "latest_blessed_model"
+TRAINER_ID = "Trainer"
+EVALUATOR_ID = "Evaluator"
+PUSHER_ID = "Pusher"
+
+# Signatures of the exported model: TF Serving calls the first, TFMA the other two.
+SERVING_SIGNATURE = "serving_default"
+EXAMPLES_SIGNATURE = "serving_examples"
+TRANSFORM_SIGNATURE = "transform_features"

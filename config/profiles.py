@@ -1,0 +1,153 @@
+"""Named profiles, and the loading order: profile, then a YAML config file, then `key=value` overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+import typing
+from typing import Any, Dict, Iterable, Mapping, Optional
+
+from config.settings import ConfigError, PipelineConfig
+
+# Keys that moved; naming the new one beats a bare "unknown key".
+RENAMED_KEYS = {"beam_workers": "beam.direct_workers", "beam_args": "beam.args"}
+
+PROFILES: Dict[str, Dict[str, Any]] = {
+    # Learns the embedded dataset in minutes on 2 CPU cores.
+    "quick": {},
+    # The seed tutorial's recipe: full VGG16 from ImageNet (frozen), 4096-wide head, 224x224.
+    "seed": {
+        "data.dataset": "oxford_iiit_pet",
+        "model.image_size": 224,
+        "model.width_multiplier": 1.0,
+        "model.head_width": 4096,
+        "model.encoder_weights": "imagenet",
+        "model.dropout": 0.5,
+        "train.epochs": 15,
+        "train.batch_size": 64,
+        "train.learning_rate": 1e-4,
+        "eval.min_mean_iou": 0.6,
+    },
+    # For tests: the smallest run that still exercises every component.
+    "tiny": {
+        "data.synthetic_train_images": 48,
+        "data.synthetic_test_images": 16,
+        "model.image_size": 64,
+        "model.width_multiplier": 0.125,
+        "model.head_width": 32,
+        "train.epochs": 2,
+        "train.batch_size": 8,
+        "eval.min_mean_iou": 0.0,
+        "eval.max_regression": 1.0,
+        "eval.report_images": 2,
+    },
+}
+
+
+def load_config(profile: str = "quick", config_file: Optional[str] = None,
+                overrides: Iterable[str] = ()) -> PipelineConfig:
+    """Profile, then the YAML config file, then `key=value` overrides; validated."""
+    if profile not in PROFILES:
+        raise ConfigError(f"profile: unknown profile {profile!r}; choose one of {sorted(PROFILES)}")
+    config = PipelineConfig(profile=profile)
+    apply_values(config, PROFILES[profile])
+    if config_file:
+        apply_values(config, _flatten(_read_file(config_file)))
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ConfigError(f"{item}: overrides are key=value, e.g. train.epochs=5")
+        apply_values(config, {key.strip(): _parse_scalar(raw.strip())})
+    return config.validate()
+
+
+def apply_values(config: PipelineConfig, values: Mapping[str, Any]) -> PipelineConfig:
+    """Sets dotted keys (e.g. `train.epochs`) with type checks; unknown keys are errors."""
+    for key, value in values.items():
+        if key in RENAMED_KEYS:
+            raise ConfigError(f"{key}: renamed to {RENAMED_KEYS[key]}")
+        *parents, leaf = key.split(".")
+        target: Any = config
+        for part in parents:
+            sub = getattr(target, part, None) if _field_type(target, part) else None
+            if not dataclasses.is_dataclass(sub):
+                raise ConfigError(f"{key}: unknown key")
+            target = sub
+        field_type = _field_type(target, leaf)
+        if field_type is None or dataclasses.is_dataclass(getattr(target, leaf)):
+            raise ConfigError(f"{key}: unknown key")
+        setattr(target, leaf, _coerce(key, value, field_type))
+    return config
+
+
+def _field_type(obj: Any, name: str) -> Optional[Any]:
+    hints = typing.get_type_hints(type(obj))
+    return hints.get(name) if name in {f.name for f in dataclasses.fields(obj)} else None
+
+
+def _coerce(key: str, value: Any, field_type: Any) -> Any:
+    origin, args = typing.get_origin(field_type), typing.get_args(field_type)
+    if origin is typing.Union and type(None) in args:
+        if value is None:
+            return None
+        field_type = next(a for a in args if a is not type(None))
+        origin = typing.get_origin(field_type)
+    if origin in (list, typing.List):
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v]
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [str(v) for v in value]
+    if field_type is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if field_type is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if field_type is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if field_type is str:
+        if isinstance(value, dict):  # e.g. beam.environment_config's JSON, parsed as YAML by --set
+            return json.dumps(value)
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    raise ConfigError(f"{key}: unsupported type {field_type}")
+
+
+def _parse_scalar(raw: str) -> Any:
+    """`--set` values use YAML scalars: 5, 0.1, true, null, text."""
+    import yaml
+
+    try:
+        return yaml.safe_load(raw) if raw else ""
+    except yaml.YAMLError:
+        return raw
+
+
+def _read_file(path: str) -> Mapping[str, Any]:
+    import yaml
+
+    try:
+        data = yaml.safe_load(pathlib.Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot read config file: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a YAML mapping of sections to values")
+    return data
+
+
+def _flatten(data: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:
+    flat: Dict[str, Any] = {}
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, dotted + "."))
+        else:
+            flat[dotted] = value
+    return flat

@@ -1,0 +1,74 @@
+"""components.internals, one test per function: each fails when the library it reaches into behaves differently.
+
+End-to-end coverage of the same functions: test_trainer_data (Transform's plain records, from the real
+executor), test_evaluation (the Evaluator's fixed batches, through real tfx_bsl and Beam), test_tfds_data
+(the real builder offline) and test_kubeflow_offline (the Kubeflow task entrypoint).
+"""
+
+import inspect
+
+import pytest
+import tensorflow_datasets as tfds
+from tfx.components.evaluator import executor as evaluator_executor
+from tfx.components.transform import executor as transform_executor
+
+from components import internals
+from dataset import archive, synthetic
+
+
+def test_a_library_of_another_version_is_refused_by_name():
+    installed = {"tfx": "1.21.0", "tensorflow-datasets": "4.9.9", "tensorflow": "2.21.0"}
+    with pytest.raises(internals.IncompatibleLibraryError, match=r"tfx 1\.21\.0 \(written for 1\.16\.\*\), "
+                                                                  r"tensorflow 2\.21\.0 \(written for 2\.16\.\*\)"):
+        internals.check_versions(installed.__getitem__)
+    internals.check_versions()  # the installed stack is the one the module was written for
+
+
+def test_transform_builds_its_processor_by_the_name_the_block_replaces():
+    # TFX's executor calls `TransformProcessor()` by its module-level name; were it bound elsewhere, the
+    # block would change nothing and the records would be gzipped again.
+    assert "TransformProcessor" in transform_executor.Executor.Do.__code__.co_names
+    stock = transform_executor.TransformProcessor
+    with internals.transform_writes_plain_records():
+        processor = transform_executor.TransformProcessor
+        assert issubclass(processor, stock) and processor is not stock
+        # The sink it replaces is still the one TFX calls, with the arguments it is called with.
+        assert list(inspect.signature(stock._EncodeAndWrite).parameters)[:4] == list(
+            inspect.signature(processor._EncodeAndWrite).parameters)[:4]
+    assert transform_executor.TransformProcessor is stock
+
+
+def test_the_evaluator_reads_the_tfxio_factory_by_the_name_the_block_replaces():
+    assert "tfxio_utils" in evaluator_executor.Executor.Do.__code__.co_names
+    stock = evaluator_executor.tfxio_utils
+    with internals.evaluator_reads_batches_of(8):
+        assert evaluator_executor.tfxio_utils is not stock
+        assert evaluator_executor.tfxio_utils.get_tfxio_factory_from_artifact is not None
+    assert evaluator_executor.tfxio_utils is stock
+
+
+def test_kubeflow_executor_flags_split_into_tfx_flags_and_beam_args():
+    args, beam_args = internals.parse_kubeflow_v2_executor_flags([
+        "prog", "--executor_class_path", "components.pusher.Executor", "--json_serialized_invocation_args", "{}",
+        "--runner=DirectRunner", "--direct_num_workers=2"])
+    assert args.executor_class_path == "components.pusher.Executor"
+    assert args.json_serialized_invocation_args == "{}"
+    # TFX keeps argv[0] among the Beam args (Beam ignores what is not a flag); the split must be TFX's own.
+    assert beam_args == ["prog", "--runner=DirectRunner", "--direct_num_workers=2"]
+
+
+def test_the_builder_reencodes_the_samples_tfds_lists_as_corrupt():
+    names = internals.tfds_reencoded_names()
+    assert "beagle_116" in names and len(names) >= 5
+
+
+def test_the_extracted_builder_builds_the_real_dataset_quietly(tmp_path, capfd):
+    raw = synthetic.write_archive(tmp_path / "raw", 2, 1, seed=0)
+    builder_class = internals.extracted_tfds_builder("oxford_iiit_pet", tuple(archive.LIST_FILES.items()))
+    builder = builder_class(raw, data_dir=str(tmp_path / "tfds"), version="4.0.0")
+    capfd.readouterr()
+    builder.download_and_prepare()
+    # The real builder's download messages would go to stdout; here nothing is downloaded.
+    assert capfd.readouterr().out == ""
+    plain = tfds.builder("oxford_iiit_pet:4.0.0", data_dir=str(tmp_path / "tfds"))
+    assert plain.is_prepared() and plain.info.splits["train"].num_examples == 2
