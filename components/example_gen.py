@@ -40,12 +40,11 @@ class TfdsExampleGenSpec(types.ComponentSpec):
         "synthetic_seed": ExecutionParameter(type=int),
         # int, not bool: TFX stores execution properties as MLMD int/str/double values.
         "strict": ExecutionParameter(type=int),
-        # With `{SPAN}` in raw_dir: the span to read; -1 = the latest one when the executor runs.
+        # With `{SPAN}` in raw_dir: the span to read; -1 = the newest one when the executor runs. A
+        # runner that can list the spans when the run starts pins the number, so a cached execution
+        # means the same span; one that cannot (a compiled spec run on a schedule) leaves -1 and runs
+        # this component uncached.
         "span": ExecutionParameter(type=int, optional=True),
-        # Cache key only: the spans visible when the pipeline was built, so a local rerun after a
-        # new span arrived is not served from cache. Orchestrators that compile once (Kubeflow)
-        # must disable caching for this component instead (kubeflow/runner.py does).
-        "available_spans": ExecutionParameter(type=str, optional=True),
         # Cache key only: synthetic.GENERATOR_VERSION, so new drawings are not served from cache.
         "synthetic_generator": ExecutionParameter(type=int, optional=True),
     }
@@ -120,13 +119,10 @@ class TfdsExampleGen(base_component.BaseComponent):
         spanned = spans.has_span(raw_dir)
         if span is not None and not spanned:
             raise ValueError(f"span={span} needs a raw_dir with {spans.SPAN_TOKEN}, got {raw_dir!r}")
-        # Not visible here (e.g. compiling for a cluster): an empty key; the orchestrator handles caching.
-        available = ",".join(map(str, sorted(spans.find_spans(raw_dir)))) if spanned else ""
         super().__init__(spec=TfdsExampleGenSpec(
             source=source, data_dir=data_dir, raw_dir=raw_dir or "", version=version,
             synthetic_train_images=int(synthetic_train_images), synthetic_test_images=int(synthetic_test_images),
             synthetic_seed=int(synthetic_seed), strict=int(bool(strict)),
             span=(-1 if span is None else int(span)) if spanned else None,
-            available_spans=available if spanned else None,
             synthetic_generator=synthetic.GENERATOR_VERSION if source == "synthetic" else None,
             examples=types.Channel(type=standard_artifacts.Examples)))

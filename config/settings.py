@@ -48,6 +48,9 @@ class EvalConfig:
     max_regression: float = 0.01
     # Eval images drawn as input / truth / prediction PNGs in the report.
     report_images: int = 6
+    # The served version the candidate must beat and warm-starts from; None = the newest one when the
+    # run starts (or, for a compiled Kubeflow spec, when the task runs).
+    baseline_version: Optional[int] = None
     # Images per model call in the Evaluator. Beam's adaptive batching instead starts at one and grows,
     # and every new batch shape makes the model's call slower; 4..16 run equally fast on CPU (bench/README.md).
     batch_size: int = 16
@@ -196,6 +199,8 @@ class PipelineConfig:
         _check(0 <= self.eval.max_regression <= 1, "eval.max_regression", "must be in [0, 1]")
         _check(self.eval.report_images >= 0, "eval.report_images", "must be >= 0")
         _check(self.eval.batch_size >= 1, "eval.batch_size", "must be >= 1")
+        _check(self.eval.baseline_version is None or self.eval.baseline_version >= 0, "eval.baseline_version",
+               "must be a served version number or null (the newest)")
         _validate_beam(self.beam)
         _check(bool(self.name) and self.name.replace("-", "").replace("_", "").isalnum(), "name",
                "must be letters, digits, '-' or '_'")

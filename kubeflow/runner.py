@@ -9,7 +9,6 @@ import posixpath
 from typing import Any, Dict, Optional
 
 from config import names
-from dataset import spans
 from config.settings import PipelineConfig
 
 # Where kubeflow/Dockerfile copies the project; every path a task reads from the code lives here.
@@ -122,6 +121,8 @@ def compile_pipeline(config: PipelineConfig, settings: KubeflowSettings, output:
     import yaml
     from tfx.orchestration.kubeflow.v2 import kubeflow_v2_dag_runner as v2
 
+    from pipeline import freshness
+
     settings.validate()
     if not output.endswith((".yaml", ".yml", ".json")):
         raise SettingsError(f"--output: {output}: the file name must end in .yaml (PipelineSpec) or "
@@ -145,10 +146,8 @@ def compile_pipeline(config: PipelineConfig, settings: KubeflowSettings, output:
         if command[-2:] == ["-m", TFX_ENTRYPOINT]:
             command[-1] = ENTRYPOINT
     tasks = spec["root"]["dag"]["tasks"]
-    # Compiled once, run on a schedule: these read what changes between runs (the latest span, the
-    # latest pushed model) when they execute, so a cache hit would hand every run a stale answer.
-    uncached = [names.LATEST_BLESSED_MODEL_ID] + ([names.EXAMPLE_GEN_ID] if _reads_spans(config) else [])
-    for task in uncached:
+    # Compiled once, run on a schedule: nothing can pin the newest span or served model before each run.
+    for task in freshness.resolved_when_run(config):
         tasks[task]["cachingOptions"] = {}
     path = pathlib.Path(output)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -157,10 +156,6 @@ def compile_pipeline(config: PipelineConfig, settings: KubeflowSettings, output:
     else:
         path.write_text(yaml.safe_dump(spec, sort_keys=True))
     return job
-
-
-def _reads_spans(config: PipelineConfig) -> bool:
-    return spans.has_span(config.data.oxford_raw_dir) and config.data.span is None
 
 
 def load_spec(path: str) -> Dict[str, Any]:

@@ -10,6 +10,7 @@ from tfx.orchestration.local.local_dag_runner import LocalDagRunner
 
 from config.settings import PipelineConfig
 from engine import errors
+from pipeline import freshness
 from pipeline.metadata_lock import MetadataUnavailable, metadata_guard
 from pipeline.pipeline import create_pipeline
 from pipeline.progress import ProgressTracker
@@ -29,7 +30,8 @@ def run(config: PipelineConfig, progress: Optional[ProgressTracker] = None) -> N
     """
     progress = progress or ProgressTracker(None)
     pipeline = create_pipeline(
-        config, metadata_connection_config=metadata.sqlite_metadata_connection_config(config.metadata_path))
+        freshness.pin(config, config.serving_dir),
+        metadata_connection_config=metadata.sqlite_metadata_connection_config(config.metadata_path))
     absl_logger = logging.getLogger("absl")
     try:
         with metadata_guard(config.metadata_path):

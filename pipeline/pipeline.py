@@ -14,7 +14,7 @@ from tfx.proto import pusher_pb2
 
 from config import names
 from components import tfds_prepare
-from components.blessed_model import LatestBlessedModel
+from components.blessed_model import NEWEST, LatestBlessedModel
 from components.evaluator import Evaluator
 from components.example_gen import TfdsExampleGen
 from components.pusher import AtomicPusher
@@ -79,7 +79,9 @@ def create_pipeline(config: PipelineConfig, *, pipeline_root: Optional[str] = No
     serving = serving_dir or config.serving_dir
     # The model to beat and to warm-start from is the one being served: the newest version the
     # Pusher published. An ordinary task, so open-source KFP, Vertex and LocalDagRunner all run it.
-    latest_blessed_model = LatestBlessedModel(serving_dir=serving).with_id(names.LATEST_BLESSED_MODEL_ID)
+    latest_blessed_model = LatestBlessedModel(
+        serving_dir=serving, version=NEWEST if config.eval.baseline_version is None else config.eval.baseline_version,
+    ).with_id(names.LATEST_BLESSED_MODEL_ID)
 
     trainer = Trainer(
         run_fn=RUN_FN,

@@ -111,6 +111,13 @@ def test_latest_span_and_latest_pushed_model_are_read_every_run(spec):
             "producerTask": "latest_blessed_model", "outputArtifactKey": "model"}
 
 
+def test_a_pinned_baseline_keeps_latest_blessed_model_cached(tmp_path):
+    assert cli.main(compile_args(tmp_path / "p.yaml", "--set", "eval.baseline_version=1700000000")) == 0
+    spec = yaml.safe_load((tmp_path / "p.yaml").read_text())
+    assert spec["root"]["dag"]["tasks"]["latest_blessed_model"]["cachingOptions"] == {"enableCache": True}
+    assert constant(spec, "latest_blessed_model", "version") == 1700000000
+
+
 def test_pinned_span_keeps_example_gen_cached(tmp_path):
     # --set, not --oxford-raw-dir: the profile and --set values are validated before the flags apply.
     assert cli.main(compile_args(tmp_path / "p.yaml", "--set", "data.dataset=oxford_iiit_pet",

@@ -78,13 +78,16 @@ def test_worse_model_is_not_blessed_or_pushed(first_run):
 
 
 def test_unchanged_rerun_is_served_from_cache(first_run):
-    output, _ = first_run
+    output, first = first_run
     summary = petseg_run(output)
     cached = {name: c["cached"] for name, c in summary["components"].items()}
-    # The serving dir now holds the first run's model (it held none when the first run was built), so
-    # latest_blessed_model reads it again and the Evaluator and Pusher, whose baseline changed, rerun.
+    # The serving dir now holds the first run's model (it held none when the first run started), so
+    # latest_blessed_model reads it and the Evaluator and Pusher, whose baseline changed, rerun...
     rerun = {"latest_blessed_model", "Evaluator", "Pusher"}
     assert all(cached[name] for name in ALL_COMPONENTS if name not in rerun), cached
+    assert not any(cached[name] for name in rerun), cached
+    # ...and the Pusher, handed the model it already serves, publishes no second copy of it.
+    assert summary["serving_versions"] == [pathlib.Path(first["pushed_model"]).name]
 
     # Once more: now nothing at all runs, and the report PNGs (same model, same examples) are kept.
     mtimes = {p: pathlib.Path(p).stat().st_mtime_ns for p in summary["report_images"]}
