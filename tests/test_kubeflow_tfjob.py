@@ -1,10 +1,12 @@
-"""The TFJob manifest (kubeflow/tfjob.py) through the Training Operator's own code (kubeflow/tfjobcheck)."""
+"""The TFJob manifest (kubeflow/tfjob.py, `petseg kubeflow tfjob-manifest`) through the Training Operator's own code (kubeflow/tfjobcheck)."""
 
 import copy
 
 import pytest
+import yaml
 
 from kubeflow import tfjob
+from pipeline import cli
 from support import tfjob_check
 
 IMAGE = "registry.example.com/petseg:1.2.3"
@@ -105,3 +107,27 @@ def test_the_operator_refuses_known_bad_manifests_naming_the_problem(mutate, exp
         tfjob_check.check(_bad(mutate))
     for text in expected:
         assert text in str(rejected.value)
+
+
+def test_tfjob_manifest_writes_what_the_task_submits_and_the_operator_admits_it(tmp_path, capsys):
+    path = tmp_path / "tfjob.yaml"
+    assert cli.main(["kubeflow", "tfjob-manifest", "--output", str(path), "--image", IMAGE, "--workers", "3",
+                     "--gpus", "1", "--cpu", "8", "--memory", "32"]) == 0
+    assert f"wrote {path}" in capsys.readouterr().out
+    text = path.read_text()
+    written = yaml.safe_load(text)
+    assert tfjob.replica_counts(written) == {"Chief": 1, "Worker": 2}
+    for container in tfjob.containers(written):
+        assert container["resources"]["limits"] == {"cpu": "8", "memory": "32G", "nvidia.com/gpu": "1"}
+        assert any(arg.startswith("<EXECUTOR_INPUT") for arg in container["args"])
+    assert written["metadata"]["namespace"] == "kubeflow"
+    assert "&id" not in text and text.startswith("# The TFJob the Trainer task submits")
+    report = tfjob_check.check(path)
+    assert len(report["pods"]) == 3
+
+
+def test_tfjob_manifest_refuses_a_single_machine(tmp_path):
+    with pytest.raises(SystemExit, match="--workers: a TFJob needs 2 or more"):
+        cli.main(["kubeflow", "tfjob-manifest", "--output", str(tmp_path / "t.yaml"), "--image", IMAGE,
+                  "--workers", "1"])
+    assert not (tmp_path / "t.yaml").exists()
