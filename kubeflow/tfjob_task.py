@@ -57,6 +57,8 @@ from typing import Any, Dict, Iterator, List, Optional, TextIO, Tuple
 
 from kubeflow import entrypoint, tfjob
 
+# The compiled Trainer task's command with train.workers > 1 (see compile_into).
+TASK_COMMAND = ("python", "-m", "kubeflow.tfjob_task")
 STAGING = "tfjob-staging"
 STAGED_OUTPUT_FILE = "executor_output.json"
 # Schemes the replicas cannot open (see the module docstring).
@@ -362,6 +364,19 @@ def _parse(argv: List[str]) -> Tuple[argparse.Namespace, List[str]]:
 def task_args(settings: Dict[str, Any]) -> List[str]:
     """The flag the compiled Trainer task carries for this module, ahead of TFX's executor arguments."""
     return ["--tfjob", json.dumps(settings, sort_keys=True)]
+
+
+def compile_into(spec: Dict[str, Any], task: str, settings: Dict[str, Any]) -> Dict[str, Any]:
+    """Makes `task` of a compiled PipelineSpec run this module instead of the entrypoint; returns its container."""
+    tfjob.Resources(cpu=settings.get("cpu"), memory_gb=settings.get("memory_gb"), gpus=settings.get("gpus") or 0,
+                    gpu_type=settings.get("gpu_type") or tfjob.GPU_TYPE).requirements()  # refuses bad values now
+    label = spec["components"][spec["root"]["dag"]["tasks"][task]["componentRef"]["name"]]["executorLabel"]
+    container = spec["deploymentSpec"]["executors"][label]["container"]
+    if container["command"] != list(tfjob.ENTRYPOINT_COMMAND):
+        raise ValueError(f"task {task} runs {container['command']}, not {list(tfjob.ENTRYPOINT_COMMAND)}")
+    container["command"] = list(TASK_COMMAND)
+    container["args"] = task_args(settings) + container.get("args", [])
+    return container
 
 
 def manifest(argv: List[str], *, name: str, namespace: str, service_account: Optional[str],
