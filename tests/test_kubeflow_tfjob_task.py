@@ -49,6 +49,13 @@ def chief_input(job):
     return json.loads(args[args.index("--json_serialized_invocation_args") + 1])
 
 
+def earlier_job(payload):
+    """The job an earlier pod of the same task created."""
+    name = tfjob_task.job_name(payload)
+    return tfjob_task.manifest(argv(payload), name=name, namespace=NS, service_account=None,
+                               annotations={tfjob_task.TASK_ANNOTATION: name})
+
+
 def play_chief_writes_outputs(job):
     """What TFX's Trainer executor on the chief writes, where the job's arguments tell it to."""
     staged = chief_input(job)
@@ -94,8 +101,17 @@ class Operator(threading.Thread):
                 server.set_container(NS, chief, {"terminated": {"exitCode": 1, "reason": "Error"}})
                 server.set_condition(NS, name, "Failed", "TFJobFailed",
                                      f"TFJob {NS}/{name} has failed because 1 Chief replica(s) failed.")
-        except BaseException as exc:  # reported by the test
+        except BaseException as exc:  # reported when the test's block ends
             self.error = exc
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, exc_type, *rest):
+        self.join(30)
+        if exc_type is None:
+            assert self.error is None, self.error
 
 
 class Lines:
@@ -115,11 +131,8 @@ def test_the_task_creates_the_job_follows_the_chief_and_hands_its_outputs_to_the
     payload = executor_input(tmp_path / "bucket", tmp_path / "task" / "executor_output.json")
     out = Lines()
     with KubeApi() as server:
-        operator = Operator(server, "Succeeded")
-        operator.start()
-        output = tfjob_task.run(argv(payload), server.client(), NS, out=out)
-        operator.join(30)
-        assert operator.error is None, operator.error
+        with Operator(server, "Succeeded"):
+            output = tfjob_task.run(argv(payload), server.client(), NS, out=out)
 
     [create] = [r for r in server.requests if r["verb"] == "create"]
     job = create["body"]
@@ -167,12 +180,9 @@ def test_a_failed_job_fails_the_task_with_the_jobs_reason_and_message(tmp_path):
     payload = executor_input(tmp_path / "bucket", tmp_path / "task" / "executor_output.json")
     out = Lines()
     with KubeApi() as server:
-        operator = Operator(server, "Failed")
-        operator.start()
-        with pytest.raises(tfjob_task.TaskFailed) as failed:
-            tfjob_task.run(argv(payload), server.client(), NS, out=out)
-        operator.join(30)
-        assert operator.error is None, operator.error
+        with Operator(server, "Failed"):
+            with pytest.raises(tfjob_task.TaskFailed) as failed:
+                tfjob_task.run(argv(payload), server.client(), NS, out=out)
     name = tfjob_task.job_name(payload)
     assert str(failed.value) == (f"TFJob {NS}/{name} failed: TFJobFailed: "
                                  f"TFJob {NS}/{name} has failed because 1 Chief replica(s) failed.")
@@ -184,21 +194,18 @@ def test_a_failed_job_fails_the_task_with_the_jobs_reason_and_message(tmp_path):
 def test_a_cancelled_task_deletes_its_job(tmp_path):
     payload = executor_input(tmp_path / "bucket", tmp_path / "task" / "executor_output.json")
     with KubeApi() as server:
-        operator = Operator(server, "Running")
-        operator.start()
-        env = {**os.environ, "KUBECONFIG": server.kubeconfig(tmp_path / "kubeconfig", NS)}
-        proc = subprocess.Popen([sys.executable, "-m", "kubeflow.tfjob_task", *argv(payload)], cwd=REPO, env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        try:
-            # Running and followed: the task is waiting on its watch.
-            server.wait_for(lambda: any(r["resource"] == "pods/log" for r in server.requests)
-                            and any(r["verb"] == "watch" and r["resource"] == "tfjobs" for r in server.requests))
-            proc.send_signal(signal.SIGTERM)  # what a terminated run sends the task
-            stdout, stderr = proc.communicate(timeout=60)
-        finally:
-            proc.kill()
-        operator.join(30)
-        assert operator.error is None, operator.error
+        with Operator(server, "Running"):
+            env = {**os.environ, "KUBECONFIG": server.kubeconfig(tmp_path / "kubeconfig", NS)}
+            proc = subprocess.Popen([sys.executable, "-m", "kubeflow.tfjob_task", *argv(payload)], cwd=REPO, env=env,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            try:
+                # Running and followed: the task is waiting on its watch.
+                server.wait_for(lambda: any(r["resource"] == "pods/log" for r in server.requests)
+                                and any(r["verb"] == "watch" and r["resource"] == "tfjobs" for r in server.requests))
+                proc.send_signal(signal.SIGTERM)  # what a terminated run sends the task
+                stdout, stderr = proc.communicate(timeout=60)
+            finally:
+                proc.kill()
         name = tfjob_task.job_name(payload)
         [delete] = [r for r in server.requests if r["verb"] == "delete"]
         assert delete["path"].startswith(f"/apis/kubeflow.org/v1/namespaces/{NS}/tfjobs/{name}")
@@ -214,15 +221,9 @@ def test_a_retried_pod_follows_the_job_its_task_already_created(tmp_path):
     payload = executor_input(tmp_path / "bucket", tmp_path / "task" / "executor_output.json")
     out = Lines()
     with KubeApi() as server:
-        name = tfjob_task.job_name(payload)
-        earlier = tfjob_task.manifest(argv(payload), name=name, namespace=NS, service_account=None,
-                                      annotations={tfjob_task.TASK_ANNOTATION: name})
-        server.put("tfjobs", NS, earlier, "ADDED")
-        operator = Operator(server, "Succeeded")
-        operator.start()
-        tfjob_task.run(argv(payload), server.client(), NS, out=out)
-        operator.join(30)
-        assert operator.error is None, operator.error
+        server.put("tfjobs", NS, earlier_job(payload), "ADDED")
+        with Operator(server, "Succeeded"):
+            tfjob_task.run(argv(payload), server.client(), NS, out=out)
     assert [r["verb"] for r in server.requests if r["resource"] == "tfjobs"][:3] == ["create", "get", "list"]
     assert "created by an earlier attempt" in out.text
 
@@ -279,22 +280,16 @@ def test_the_task_needs_exactly_the_rights_in_kubeflow_rbac_yaml(tmp_path):
         with KubeApi() as server:
             name = tfjob_task.job_name(payload)
             if scenario == "adopted":
-                server.put("tfjobs", NS, tfjob_task.manifest(argv(payload), name=name, namespace=NS,
-                                                             service_account=None,
-                                                             annotations={tfjob_task.TASK_ANNOTATION: name}), "ADDED")
+                server.put("tfjobs", NS, earlier_job(payload), "ADDED")
             if scenario == "cancelled":
                 # A real SIGTERM to this process, handled in the main thread as in the task's own process.
-                operator = Operator(server, "Running",
-                                    before_end=lambda *_: os.kill(os.getpid(), signal.SIGTERM))
-                operator.start()
-                with pytest.raises(tfjob_task.Cancelled), tfjob_task.cancel_on_sigterm():
+                cancel = lambda *_: os.kill(os.getpid(), signal.SIGTERM)  # noqa: E731
+                with Operator(server, "Running", before_end=cancel), pytest.raises(tfjob_task.Cancelled), \
+                        tfjob_task.cancel_on_sigterm():
                     tfjob_task.run(argv(payload), server.client(), NS, out=Lines())
             else:
-                operator = Operator(server, "Succeeded")
-                operator.start()
-                tfjob_task.run(argv(payload), server.client(), NS, out=Lines())
-            operator.join(30)
-            assert operator.error is None, operator.error
+                with Operator(server, "Succeeded"):
+                    tfjob_task.run(argv(payload), server.client(), NS, out=Lines())
             used |= server.verbs()
     assert ("kubeflow.org", "tfjobs", "delete") in used and ("kubeflow.org", "tfjobs", "get") in used
 
