@@ -11,7 +11,8 @@ import pytest
 from markupsafe import escape
 
 from cli import main as cli
-from report import dashboard
+from report import dashboard, scores
+from report.run_view import RunView
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 needs_chromium = pytest.mark.skipif(
@@ -109,7 +110,7 @@ def test_undefined_scores_and_refusal_are_explained():
     overall = {"mean_iou": 0.41, "mean_dice": 0.5, "pixel_accuracy": 0.8, "pixels": 10, "examples": 2,
                "iou": {"pet": 0.6, "background": 0.22, "border": nan},
                "dice": {"pet": 0.7, "background": 0.3, "border": nan}}
-    view = dashboard.RunView(
+    view = RunView(
         run_dir="/runs/x", summary={"profile": "tiny", "pushed_model": None, "components": {}},
         evaluation_uri=None, metrics={"overall": overall, "slices": {"species:cat": dict(overall, mean_iou=nan)}},
         baseline={"overall": dict(overall, mean_iou=0.5), "slices": {}}, blessed=False,
@@ -119,8 +120,8 @@ def test_undefined_scores_and_refusal_are_explained():
     assert 'data-blessed="false"' in page and "NOT BLESSED" in page and "not pushed" in page
     assert html.escape("mean_iou: 0.41 is below the lower bound 0.5") in page
     assert "mean IoU ≥ 0.5" in page and "no more than 0.01 below the baseline" in page
-    assert f'title="{escape(dashboard.ABSENT_CLASS_HINT)}">{dashboard.NA}' in page
-    assert f'title="{escape(dashboard.NO_PIXELS_HINT)}">{dashboard.NA}' in page
+    assert f'title="{escape(scores.ABSENT_CLASS_HINT)}">{scores.NA}' in page
+    assert f'title="{escape(scores.NO_PIXELS_HINT)}">{scores.NA}' in page
     assert "-0.090 vs baseline" in page  # the headline shows the regression
     assert 'id="quality-warning"' not in page  # an undefined class is not a poor one
 
