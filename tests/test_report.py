@@ -7,8 +7,8 @@ import tensorflow as tf
 from ml_metadata.proto import metadata_store_pb2
 
 from config import names
-from report import images
 from report.artifacts import RunArtifacts
+from report.example_records import tfrecords
 from report.training_history import training_history
 
 NODES = {names.EXAMPLE_GEN_ID, names.SCHEMA_GEN_ID, names.STATISTICS_GEN_ID, names.EXAMPLE_VALIDATOR_ID,
@@ -54,10 +54,10 @@ def _write(path, records, compression=""):
 def test_tfrecords_reads_plain_and_gzip_files_as_tfx_names_them(tmp_path):
     _write(tmp_path / "plain-00000-of-00001", [b"a", b"b"])
     _write(tmp_path / "zipped-00000-of-00001.gz", [b"c"], "GZIP")
-    assert [r.numpy() for r in images.tfrecords([str(tmp_path / "plain-00000-of-00001")])] == [b"a", b"b"]
-    assert [r.numpy() for r in images.tfrecords([str(tmp_path / "zipped-00000-of-00001.gz")])] == [b"c"]
+    assert [r.numpy() for r in tfrecords([str(tmp_path / "plain-00000-of-00001")])] == [b"a", b"b"]
+    assert [r.numpy() for r in tfrecords([str(tmp_path / "zipped-00000-of-00001.gz")])] == [b"c"]
     with pytest.raises(ValueError, match="cannot read .gz and plain"):
-        images.tfrecords([str(tmp_path / "plain-00000-of-00001"), str(tmp_path / "zipped-00000-of-00001.gz")])
+        tfrecords([str(tmp_path / "plain-00000-of-00001"), str(tmp_path / "zipped-00000-of-00001.gz")])
 
 
 def _log(logdir, tag, steps_and_values):
