@@ -12,7 +12,7 @@ import tensorflow as tf
 from config import names
 from bench import measure
 from config.settings import PipelineConfig
-from report import images
+from report.example_records import tfrecords
 from report.artifacts import RunArtifacts
 from trainer import data
 from transform import features, preprocessing
@@ -26,7 +26,7 @@ def record_files(examples_uri: str, splits=("train", "eval")) -> List[str]:
 
 
 def _records(files: List[str]) -> tf.data.Dataset:
-    return images.tfrecords(files, parallel_reads=tf.data.AUTOTUNE)
+    return tfrecords(files, parallel_reads=tf.data.AUTOTUNE)
 
 
 def decoded(files: List[str], image_size: int, with_mask: bool = True) -> tf.data.Dataset:

@@ -11,6 +11,8 @@ from tfx.orchestration import metadata
 from tfx.orchestration.portable.mlmd import artifact_lib, execution_lib, store_ext
 from tfx.types import Artifact, standard_artifacts  # noqa: F401  (registers the types artifacts load as)
 
+from config.settings import PipelineConfig
+
 Execution = metadata_store_pb2.Execution
 # Outputs count only from executions that finished: a killed or failed attempt leaves none worth reading.
 _FINISHED = (Execution.COMPLETE, Execution.CACHED)
@@ -19,7 +21,7 @@ _FINISHED = (Execution.COMPLETE, Execution.CACHED)
 class RunArtifacts:
     """The MLMD store of one `petseg run --output` folder (`metadata.sqlite`), for one pipeline name."""
 
-    def __init__(self, metadata_path: str, pipeline_name: str = "petseg"):
+    def __init__(self, metadata_path: str, pipeline_name: str = PipelineConfig.name):
         if not pathlib.Path(metadata_path).exists():  # MLMD would create an empty store and find nothing
             raise FileNotFoundError(f"{metadata_path}: no metadata store (is this a `petseg run` output?)")
         self._handle = metadata.Metadata(metadata.sqlite_metadata_connection_config(metadata_path))

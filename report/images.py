@@ -1,27 +1,19 @@
-"""Input | true mask | predicted mask PNGs of the first eval images, and the reader of Examples tfrecords."""
+"""Input | true mask | predicted mask PNGs of the first eval images, drawn with the trained model."""
 
 from __future__ import annotations
 
 import pathlib
-from typing import List, Optional, Sequence
+from typing import List
 
 import numpy as np
 import tensorflow as tf
-from tfx_bsl.tfxio import dataset_util
 
+from config import names
+from report.example_records import tfrecords
 from transform import features, preprocessing
 
 # Colours of pet / background / border in the report's mask images.
 MASK_COLOURS = np.array([[230, 120, 40], [40, 40, 60], [250, 250, 250]], np.uint8)
-
-
-def tfrecords(files: Sequence[str], parallel_reads: Optional[int] = None) -> tf.data.Dataset:
-    """Serialized records of Examples files as TFX wrote them, plain or gzip (by file name)."""
-    # TFXIO's own rule (GZIP for *.gz names), so we read exactly what the Trainer reads.
-    compression = dataset_util.detect_compression_type(tf.constant(list(files))).numpy().decode()
-    if compression not in ("", "GZIP"):  # TFRecordDataset would read the odd ones out as corrupt records
-        raise ValueError(f"cannot read .gz and plain tfrecords as one dataset: {list(files)}")
-    return tf.data.TFRecordDataset(list(files), compression_type=compression, num_parallel_reads=parallel_reads)
 
 
 def _colour_mask(mask: np.ndarray) -> np.ndarray:
@@ -36,7 +28,7 @@ def write_report_images(model_dir: str, eval_examples_dir: str, report_dir: str,
     out.mkdir(parents=True, exist_ok=True)
     if count <= 0:
         return []
-    serve = tf.saved_model.load(model_dir).signatures["serving_default"]
+    serve = tf.saved_model.load(model_dir).signatures[names.SERVING_SIGNATURE]
     dataset = tfrecords(sorted(str(p) for p in pathlib.Path(eval_examples_dir).iterdir()))
     written = []
     for i, record in enumerate(dataset.take(count)):

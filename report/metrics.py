@@ -13,6 +13,13 @@ OVERALL = "overall"
 EXAMPLE_COUNT = "example_count"  # key of TFMA's ExampleCount metric
 
 
+def load_breed_names(data_dir: str) -> List[str]:
+    """The 37 breed names TFDS ships with the prepared dataset: `label` slice ids index this list."""
+    import tensorflow_datasets as tfds  # a second or two of imports, only once a run is read
+
+    return tfds.builder("oxford_iiit_pet", data_dir=data_dir).info.features["label"].names
+
+
 def load_metrics(evaluation_uri: str, breed_names: Sequence[str] = (),
                  baseline: bool = False) -> Dict[str, Any]:
     """Evaluator output as {"overall": {...}, "slices": {"species:cat": {...}, ...}}.
@@ -39,6 +46,14 @@ def load_baseline_metrics(evaluation_uri: str,
     if _baseline_spec_name(evaluation_uri) is None:
         return None
     return load_metrics(evaluation_uri, breed_names, baseline=True)
+
+
+def metric_value(m: Mapping[str, Any], key: str) -> Any:
+    """One slice's score by key: "mean_iou", "pixel_accuracy", ... or "<iou|dice>/<class>" (None if absent)."""
+    if "/" in key:
+        prefix, cls = key.split("/")
+        return (m.get(prefix) or {}).get(cls)
+    return m.get(key)
 
 
 def is_blessed(evaluation_uri: str) -> bool:

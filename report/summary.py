@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import pathlib
-from typing import Any, Dict, List, Optional, TextIO
+from typing import Any, Dict, Optional, TextIO
 
 import numpy as np
 
@@ -12,19 +12,15 @@ from config import names
 from config.settings import PipelineConfig
 from report import images, metrics
 from report.artifacts import RunArtifacts
+from report.scores import undefined
+from transform.features import CLASS_NAMES
 
 SUMMARY_FILE = "summary.json"
 
 
-def breed_names(data_dir: str) -> List[str]:
-    """The 37 breed names TFDS ships with the prepared dataset (label ids index this list)."""
-    import tensorflow_datasets as tfds  # a second or two of imports, only once a run is read
-
-    return tfds.builder("oxford_iiit_pet", data_dir=data_dir).info.features["label"].names
-
-
 def _prop(artifact, name: str) -> Any:
-    return artifact.get_custom_property(name) if artifact is not None and artifact.has_custom_property(name) else None
+    """The artifact's custom property, None when the artifact or the property is absent."""
+    return artifact.get_custom_property(name) if artifact is not None else None
 
 
 def build_summary(config: PipelineConfig, run: RunArtifacts) -> Dict[str, Any]:
@@ -35,7 +31,7 @@ def build_summary(config: PipelineConfig, run: RunArtifacts) -> Dict[str, Any]:
     pushed = run.one(names.PUSHER_ID, "pushed_model")
     model, model_run = run.one(names.TRAINER_ID, "model"), run.one(names.TRAINER_ID, "model_run")
 
-    found = metrics.load_metrics(evaluation.uri, breed_names(data_dir)) if evaluation else None
+    found = metrics.load_metrics(evaluation.uri, metrics.load_breed_names(data_dir)) if evaluation else None
     baseline = metrics.load_baseline_metrics(evaluation.uri) if evaluation else None
     pushed_dir = _prop(pushed, "pushed_destination") if _prop(pushed, "pushed") == 1 else None
     return {
@@ -64,18 +60,21 @@ def build_summary(config: PipelineConfig, run: RunArtifacts) -> Dict[str, Any]:
     }
 
 
+# Console table columns: (header, metric key as report.metrics.metric_value reads it).
+_TABLE = ([("mIoU", "mean_iou")] + [(c[:6], f"iou/{c}") for c in CLASS_NAMES]
+          + [("mDice", "mean_dice"), ("acc", "pixel_accuracy")])
+
+
 def _row(name: str, m: Dict[str, Any]) -> str:
-    def f(x):
-        return "   -  " if x is None or (isinstance(x, float) and np.isnan(x)) else f"{x:6.3f}"
-    return (f"{name:<34} {f(m.get('mean_iou'))} {f(m['iou'].get('pet'))} {f(m['iou'].get('background'))} "
-            f"{f(m['iou'].get('border'))} {f(m.get('mean_dice'))} {f(m.get('pixel_accuracy'))}")
+    values = (metrics.metric_value(m, key) for _, key in _TABLE)
+    return " ".join([f"{name:<34}"] + ["   -  " if undefined(v) else f"{v:6.3f}" for v in values])
 
 
 def print_summary(summary: Dict[str, Any], stream: TextIO) -> None:
     """A readable table of the overall and per-slice metrics and the verdict."""
     lines = []
     if summary["metrics"]:
-        lines.append(f"{'slice':<34} {'mIoU':>6} {'pet':>6} {'bg':>6} {'border':>6} {'mDice':>6} {'acc':>6}")
+        lines.append(" ".join([f"{'slice':<34}"] + [f"{header:>6}" for header, _ in _TABLE]))
         lines.append(_row(metrics.OVERALL, summary["metrics"][metrics.OVERALL]))
         for name, m in sorted(summary["metrics"]["slices"].items()):
             lines.append(_row(name, m))

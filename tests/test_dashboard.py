@@ -1,4 +1,4 @@
-"""The HTML dashboard of a real tiny run, opened in headless Chromium: slices, verdict, no network, no errors."""
+"""The HTML dashboard of a real tiny run, opened in headless Chromium: slices, verdict, charts, no network, no errors."""
 
 import html
 import json
@@ -6,12 +6,16 @@ import math
 import re
 import shutil
 import subprocess
+from html.parser import HTMLParser
 
 import pytest
 from markupsafe import escape
 
 from cli import main as cli
-from report import dashboard
+from config.profiles import load_config
+from report import dashboard, scores
+from report.run_view import RunView
+from transform.features import CLASS_NAMES
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 needs_chromium = pytest.mark.skipif(
@@ -32,6 +36,38 @@ def chromium(profile_dir, url, *args):
     page_requests = [u for u in requested if not u.startswith(("file:", "data:")) and not BROWSER_HOSTS.match(u)]
     console = [line for line in proc.stderr.splitlines() if ":CONSOLE" in line or "Uncaught" in line]
     return proc.stdout, page_requests, console
+
+
+class ChartMarks(HTMLParser):
+    """The marks of each SVG chart in a DOM: {chart title: [(tag, attributes), ...]}."""
+
+    def __init__(self, dom: str):
+        super().__init__()
+        self.charts, self._chart = {}, None
+        self.feed(dom)
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "svg":
+            self._chart = self.charts.setdefault(attrs["aria-label"], [])
+        elif self._chart is not None and "data-value" in attrs:
+            self._chart.append((tag, attrs))
+
+    def handle_startendtag(self, tag, attrs):
+        self.handle_starttag(tag, attrs)
+
+    def handle_endtag(self, tag):
+        if tag == "svg":
+            self._chart = None
+
+
+def keras_history(console: str) -> dict:
+    """{metric: [value per epoch]} from the lines Keras prints to stdout after each `Epoch N/M` (4 decimals)."""
+    history = {}
+    for line in re.findall(r"^Epoch \d+/\d+\n(.*)$", console, re.MULTILINE):
+        for name, value in re.findall(r"(\w+): (\d+\.\d+)", line):
+            history.setdefault(name, []).append(float(value))
+    return history
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +116,64 @@ def test_rendered_page_has_slices_verdict_and_no_errors_or_requests(page, tiny_r
 
 
 @needs_chromium
+def test_gated_metric_and_its_gate_are_shown(page, tiny_run):
+    _, dom, _, _ = page
+    summary = json.loads((tiny_run / "summary.json").read_text())
+    gate = load_config("tiny").eval.min_mean_iou
+    verdict = dom[dom.index('id="verdict"'):dom.index('class="cards"')]
+    assert f"mean IoU ≥ {gate:g}" in html.unescape(verdict)
+    shown = re.search(r'<div class="label">mean IoU</div><div class="big">([^<]+)<', dom).group(1)
+    assert float(shown) == pytest.approx(summary["metrics"]["overall"]["mean_iou"], abs=5e-4)
+    [(_, line)] = [m for m in ChartMarks(dom).charts["IoU per class"] if m[0] == "line"]
+    assert "gate" in line["class"] and float(line["data-value"]) == gate
+
+
+@needs_chromium
+def test_bar_charts_plot_each_slices_scores_to_scale(page, tiny_run):
+    _, dom, _, _ = page
+    summary = json.loads((tiny_run / "summary.json").read_text())
+    charts = ChartMarks(dom).charts
+    groups = {"overall": summary["metrics"]["overall"],
+              **{n: m for n, m in summary["metrics"]["slices"].items() if n.startswith("species:")}}
+    for title, prefix in (("IoU per class", "iou"), ("Dice per class", "dice")):
+        bars = [attrs for tag, attrs in charts[title] if tag in ("rect", "text")]
+        plotted = {(b["data-series"], b["data-category"]): b for b in bars}
+        assert len(plotted) == len(bars) == len(groups) * (len(CLASS_NAMES) + 1)
+        for (series, category), bar in plotted.items():
+            m = groups[series]
+            expected = m[f"mean_{prefix}"] if category == "mean" else m[prefix][category]
+            if expected is None:  # undefined (NaN, null in summary.json): a "—" mark, no bar
+                assert bar["data-value"] == "" and "height" not in bar
+            else:
+                assert float(bar["data-value"]) == pytest.approx(expected, abs=1e-9), (title, series, category)
+        # Bars are drawn to one scale: height / value is the same for every bar not clamped to the minimum.
+        scale = [float(b["height"]) / float(b["data-value"]) for b in bars
+                 if b["data-value"] and float(b["data-value"]) >= 0.05]
+        assert scale and max(scale) / min(scale) < 1.02, (title, scale)
+        assert all(float(b["height"]) > 0 for b in bars if b.get("data-value") == "0.0"), "a 0 must stay visible"
+
+
+@needs_chromium
+def test_training_curves_plot_what_keras_printed(page, tiny_run):
+    _, dom, _, _ = page
+    printed = keras_history((tiny_run / "run.stdout").read_text())
+    epochs = load_config("tiny").train.epochs
+    assert printed and all(len(v) == epochs for v in printed.values()), printed
+    charts = ChartMarks(dom).charts
+    plotted = {}
+    for metric in ("loss", "mean_iou"):
+        points = [attrs for tag, attrs in charts[metric] if tag == "circle"]
+        for p in points:
+            plotted.setdefault(p["data-series"], []).append((int(p["data-epoch"]), float(p["data-value"])))
+        # A higher value sits higher on the chart (smaller y).
+        by_value = sorted(points, key=lambda p: float(p["data-value"]))
+        assert [float(p["cy"]) for p in by_value] == sorted((float(p["cy"]) for p in points), reverse=True)
+    for series in ("loss", "val_loss", "mean_iou", "val_mean_iou"):
+        assert [e for e, _ in plotted[series]] == list(range(1, epochs + 1))
+        assert [v for _, v in plotted[series]] == pytest.approx(printed[series], abs=5e-5), series
+
+
+@needs_chromium
 def test_screenshot_is_drawn(page, tmp_path):
     from PIL import Image
 
@@ -88,9 +182,10 @@ def test_screenshot_is_drawn(page, tmp_path):
     chromium(tmp_path / "profile", out.as_uri(), f"--screenshot={shot}", "--window-size=1400,2400")
     image = Image.open(shot).convert("RGB")
     assert image.size == (1400, 2400)
-    # The verdict banner (green when blessed) is painted near the top left.
-    colours = {image.getpixel((x, y)) for x in range(60, 400, 20) for y in range(100, 220, 10)}
-    assert (46, 125, 79) in colours
+    # Painted, not blank: no colour fills most of the page, and text, charts and mask images add thousands.
+    colours = image.getcolors(maxcolors=1 << 24)
+    assert max(n for n, _ in colours) < 0.9 * image.size[0] * image.size[1]
+    assert len(colours) > 1000, len(colours)
 
 
 @needs_chromium
@@ -104,25 +199,45 @@ def test_error_and_request_detection_work(tmp_path):
     assert any("boom" in line for line in console) and any("Uncaught" in line for line in console)
 
 
-def test_undefined_scores_and_refusal_are_explained():
+@needs_chromium
+def test_page_error_hook_reports_a_script_error(page, tmp_path):
+    """Negative control: the dashboard's own hook records an error, so its absence above means something."""
+    out, *_ = page
+    broken = tmp_path / "broken.html"
+    broken.write_text(out.read_text().replace("</body>", "<script>notDefined()</script></body>"))
+    dom, _, _ = chromium(tmp_path / "profile", broken.as_uri(), "--dump-dom")
+    errors = re.search(r'<html[^>]*data-errors="([^"]*)"', dom)
+    assert errors and "notDefined" in html.unescape(errors.group(1))
+    assert re.search(r'<div id="page-errors">[^<]*notDefined', dom), "the error is shown on the page too"
+
+
+def test_undefined_scores_refusal_and_gaps_in_history_are_explained():
     nan = math.nan
     overall = {"mean_iou": 0.41, "mean_dice": 0.5, "pixel_accuracy": 0.8, "pixels": 10, "examples": 2,
                "iou": {"pet": 0.6, "background": 0.22, "border": nan},
                "dice": {"pet": 0.7, "background": 0.3, "border": nan}}
-    view = dashboard.RunView(
+    view = RunView(
         run_dir="/runs/x", summary={"profile": "tiny", "pushed_model": None, "components": {}},
         evaluation_uri=None, metrics={"overall": overall, "slices": {"species:cat": dict(overall, mean_iou=nan)}},
         baseline={"overall": dict(overall, mean_iou=0.5), "slices": {}}, blessed=False,
         thresholds={"min_mean_iou": 0.5, "max_regression": 0.01},
-        failures=["mean_iou: 0.41 is below the lower bound 0.5"], history={}, images=[])
+        failures=["mean_iou: 0.41 is below the lower bound 0.5"],
+        history={"loss": [0.9, nan, 0.5], "val_loss": [1.0, 0.8, 0.7]}, images=[])
     page = dashboard.render_html(view)
     assert 'data-blessed="false"' in page and "NOT BLESSED" in page and "not pushed" in page
     assert html.escape("mean_iou: 0.41 is below the lower bound 0.5") in page
     assert "mean IoU ≥ 0.5" in page and "no more than 0.01 below the baseline" in page
-    assert f'title="{escape(dashboard.ABSENT_CLASS_HINT)}">{dashboard.NA}' in page
-    assert f'title="{escape(dashboard.NO_PIXELS_HINT)}">{dashboard.NA}' in page
+    assert f'title="{escape(scores.ABSENT_CLASS_HINT)}">{scores.NA}' in page
+    assert f'title="{escape(scores.NO_PIXELS_HINT)}">{scores.NA}' in page
     assert "-0.090 vs baseline" in page  # the headline shows the regression
     assert 'id="quality-warning"' not in page  # an undefined class is not a poor one
+    # An undefined class gets a "—" mark in the bar chart instead of a bar.
+    border = [(tag, a) for tag, a in ChartMarks(page).charts["IoU per class"] if a.get("data-category") == "border"]
+    assert border and all(tag == "text" and a["data-value"] == "" for tag, a in border)
+    # A NaN epoch (diverged) is left out, and the epochs after it keep their own numbers and values.
+    loss = [a for tag, a in ChartMarks(page).charts["loss"] if tag == "circle" and a["data-series"] == "loss"]
+    assert [(a["data-epoch"], float(a["data-value"])) for a in loss] == [("1", 0.9), ("3", 0.5)]
+    assert "loss epoch 3: 0.5000" in page
 
     overall["iou"]["background"] = 0.05
     assert re.search(r'id="quality-warning"[^>]*>⚠ background: IoU below 0.1', dashboard.render_html(view))

@@ -7,11 +7,13 @@ import tensorflow as tf
 from ml_metadata.proto import metadata_store_pb2
 
 from config import names
-from report import dashboard, images
 from report.artifacts import RunArtifacts
+from report.example_records import tfrecords
+from report.training_history import training_history
 
-NODES = {"TfdsExampleGen", "ImportSchemaGen", "StatisticsGen", "ExampleValidator", "ValidationGate", "Transform",
-         "latest_blessed_model", "Trainer", "Evaluator", "Pusher"}
+NODES = {names.EXAMPLE_GEN_ID, names.SCHEMA_GEN_ID, names.STATISTICS_GEN_ID, names.EXAMPLE_VALIDATOR_ID,
+         names.VALIDATION_GATE_ID, names.TRANSFORM_ID, names.LATEST_BLESSED_MODEL_ID, names.TRAINER_ID,
+         names.EVALUATOR_ID, names.PUSHER_ID}
 
 
 def test_run_artifacts_of_a_real_run(tiny_run):
@@ -32,7 +34,8 @@ def test_run_artifacts_of_a_real_run(tiny_run):
     # Times come from MLMD's execution stamps, in the order the components started.
     assert set(times) == NODES and not any(t["cached"] for t in times.values())
     assert all(t["seconds"] >= 0 for t in times.values())
-    assert list(times).index("Trainer") > list(times).index("Transform") > list(times).index("TfdsExampleGen")
+    order = list(times).index
+    assert order(names.TRAINER_ID) > order(names.TRANSFORM_ID) > order(names.EXAMPLE_GEN_ID)
     assert summary["components"] == times
 
 
@@ -51,10 +54,10 @@ def _write(path, records, compression=""):
 def test_tfrecords_reads_plain_and_gzip_files_as_tfx_names_them(tmp_path):
     _write(tmp_path / "plain-00000-of-00001", [b"a", b"b"])
     _write(tmp_path / "zipped-00000-of-00001.gz", [b"c"], "GZIP")
-    assert [r.numpy() for r in images.tfrecords([str(tmp_path / "plain-00000-of-00001")])] == [b"a", b"b"]
-    assert [r.numpy() for r in images.tfrecords([str(tmp_path / "zipped-00000-of-00001.gz")])] == [b"c"]
+    assert [r.numpy() for r in tfrecords([str(tmp_path / "plain-00000-of-00001")])] == [b"a", b"b"]
+    assert [r.numpy() for r in tfrecords([str(tmp_path / "zipped-00000-of-00001.gz")])] == [b"c"]
     with pytest.raises(ValueError, match="cannot read .gz and plain"):
-        images.tfrecords([str(tmp_path / "plain-00000-of-00001"), str(tmp_path / "zipped-00000-of-00001.gz")])
+        tfrecords([str(tmp_path / "plain-00000-of-00001"), str(tmp_path / "zipped-00000-of-00001.gz")])
 
 
 def _log(logdir, tag, steps_and_values):
@@ -71,6 +74,6 @@ def test_training_history_from_tensorboard_logs_of_a_resumed_training(tmp_path):
     _log(tmp_path / "train", "epoch_loss", [(1, 0.6), (2, 0.5), (3, 0.4)])
     _log(tmp_path / "validation", "epoch_loss", [(0, 1.0), (1, 0.95)])
     _log(tmp_path / "validation", "evaluation_loss_vs_iterations", [(0, 1.0)])
-    history = dashboard.training_history(str(tmp_path))
+    history = training_history(str(tmp_path))
     assert history == {"loss": pytest.approx([0.9, 0.6, 0.5, 0.4]), "val_loss": pytest.approx([1.0, 0.95])}
-    assert dashboard.training_history(None) == {} and dashboard.training_history(str(tmp_path / "none")) == {}
+    assert training_history(None) == {} and training_history(str(tmp_path / "none")) == {}

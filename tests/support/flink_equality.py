@@ -14,7 +14,7 @@ from bench import stages
 from config.profiles import load_config
 from report import metrics
 from report.artifacts import RunArtifacts
-from report.images import tfrecords
+from report.example_records import tfrecords
 
 
 def _canonical(files: List[str]) -> List[tuple]:

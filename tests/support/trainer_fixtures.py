@@ -118,11 +118,11 @@ def fn_args(metadata_path: str, execution_id: int, config, base_model: Optional[
 
 def split_records(examples_artifact, split: str):
     """Serialized tf.Examples of one split (gzip or plain tfrecords, as written)."""
-    from report import images  # TensorFlow-heavy; the killed-trainer worker script never needs it
+    from report.example_records import tfrecords  # TensorFlow-heavy; the killed-trainer worker script never needs it
 
     [uri] = artifact_utils.get_split_uris([examples_artifact], split)
 
-    return [r.numpy() for r in images.tfrecords(sorted(tf.io.gfile.glob(os.path.join(uri, "*"))))]
+    return [r.numpy() for r in tfrecords(sorted(tf.io.gfile.glob(os.path.join(uri, "*"))))]
 
 
 # Execution ids of the shared trainings (tests pick others for their own runs).
