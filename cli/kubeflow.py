@@ -7,8 +7,9 @@ import os
 import sys
 import tempfile
 
-from kubeflow import runner
 from cli.config_args import add_config_args, config_from_args
+from config.settings import DATASETS
+from kubeflow import runner
 
 # Beam's runner class names as `--beam-arg=--runner=...` gives them, to beam.runner values.
 BEAM_RUNNER_NAMES = {"DirectRunner": "direct", "FlinkRunner": "flink",
@@ -66,7 +67,7 @@ def _add_compile_args(parser: argparse.ArgumentParser) -> None:
                              f"{runner.DEFAULT_DATA_DIR}; a mounted volume keeps downloads)")
     parser.add_argument("--app-dir", default=runner.APP_DIR,
                         help=f"where the image holds the project (default: {runner.APP_DIR})")
-    parser.add_argument("--dataset", choices=["synthetic", "oxford_iiit_pet"])
+    parser.add_argument("--dataset", choices=DATASETS)
     parser.add_argument("--oxford-raw-dir", metavar="DIR",
                         help="extracted archives as seen inside the container; may hold {SPAN}, "
                              "e.g. /mnt/pets/span-{SPAN} (the latest span is read each run)")
@@ -91,8 +92,8 @@ def _settings(args: argparse.Namespace) -> runner.KubeflowSettings:
 
 
 def _config(args: argparse.Namespace):
-    from config.settings import ConfigError
     from config.profiles import apply_values
+    from config.settings import ConfigError
 
     config = config_from_args(args)
     # `--beam-arg=--runner=X` (the documented Dataflow form) picks beam.runner; the rest pass through.

@@ -16,6 +16,7 @@ import urllib.error
 import urllib.request
 from typing import Dict, List, Optional
 
+import config
 from engine import install
 
 HOST = "127.0.0.1"
@@ -201,7 +202,7 @@ def _worker_env() -> Dict[str, str]:
     """The SDK workers the pool spawns run `python` from PATH: ours first, with Keras 2 for TFT/TFMA."""
     env = dict(os.environ)
     env["PATH"] = os.pathsep.join([str(pathlib.Path(sys.executable).parent), env.get("PATH", "")])
-    env["TF_USE_LEGACY_KERAS"] = "1"
+    env[config.KERAS_SWITCH] = "1"
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(install.PROJECT_DIR), env.get("PYTHONPATH", "")) if p)
     return env

@@ -14,9 +14,8 @@ from typing import List
 
 import grpc
 from apache_beam.portability.api import beam_fn_api_pb2, beam_fn_api_pb2_grpc
-from apache_beam.runners.worker.worker_pool_main import BeamFnExternalWorkerPoolServicer
+from apache_beam.runners.worker.worker_pool_main import BeamFnExternalWorkerPoolServicer, kill_process_gracefully
 from apache_beam.utils import thread_pool_executor
-from apache_beam.runners.worker.worker_pool_main import kill_process_gracefully
 
 WORKER = [sys.executable, "-m", "engine.sdk_worker"]
 

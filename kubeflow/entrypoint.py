@@ -144,8 +144,9 @@ def _main(parsed: Tuple[argparse.Namespace, List[str]]) -> None:
 
 def _parse(argv: List[str]):
     with gc_tuning.heavy_imports():
-        from components import internals
         from tfx.orchestration.kubeflow.v2.container import kubeflow_v2_run_executor  # noqa: F401
+
+        from components import internals
 
     tfx_argv, mirror, executor_input = prepare(argv[1:])
     # Given argv as absl gives it, so Beam args split as in TFX.

@@ -12,7 +12,6 @@ from tfx.components.schema_gen.import_schema_gen.component import ImportSchemaGe
 from tfx.orchestration import pipeline as tfx_pipeline
 from tfx.proto import pusher_pb2
 
-from config import names
 from components import tfds_prepare
 from components.blessed_model import NEWEST, LatestBlessedModel
 from components.evaluator import Evaluator
@@ -20,9 +19,10 @@ from components.example_gen import TfdsExampleGen
 from components.pusher import AtomicPusher
 from components.transform import Transform
 from components.validation_gate import ValidationGate
+from config import names
+from config.settings import PipelineConfig
 from engine.beam_args import beam_pipeline_args
 from metrics import eval_config as evaluation
-from config.settings import PipelineConfig
 
 # Installed next to the code, so local runs, Beam workers and the Kubeflow image all find it.
 SCHEMA_FILE = str(pathlib.Path(__file__).resolve().parent.parent / "transform" / "schema.pbtxt")

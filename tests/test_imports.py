@@ -8,6 +8,8 @@ from typing import Dict, List, Set
 
 from support import petseg
 
+import config
+
 REPO = pathlib.Path(__file__).resolve().parent.parent
 # Bottom to top: a package imports only itself and the packages before it.
 LAYERS = ("config", "dataset", "transform", "trainer", "metrics", "engine", "components", "pipeline", "report",
@@ -149,7 +151,7 @@ def test_every_package_sets_the_keras_switch_before_anything_else():
         body = [n for n in ast.parse((REPO / package / "__init__.py").read_text()).body if not isinstance(n, ast.Expr)]
         assert isinstance(body[0], ast.Import) and body[0].names[0].name == "config", package
     # A fresh interpreter without the variable, importing TensorFlow right after one of our packages.
-    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
+    env = {k: v for k, v in os.environ.items() if k != config.KERAS_SWITCH}
     code = "import kubeflow, tensorflow as tf; print(tf.keras.Model.__module__)"
     last_line = petseg.python(code, env=env)
     assert last_line.startswith("tf_keras."), last_line
