@@ -11,7 +11,7 @@ BENCH_ARGS ?=
 # uv from PATH, else the Python package `make setup` installs with pip (run as `python3 -m uv`).
 UV := $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 
-.PHONY: help setup browser kfpcheck run test test-flink bench clean
+.PHONY: help setup browser kfpcheck tfjobcheck run test test-flink bench clean
 
 help:
 	@echo "make run [ARGS='--profile quick ...']  install, then run the whole pipeline (petseg run)"
@@ -46,7 +46,13 @@ browser:
 kfpcheck: setup
 	cd kubeflow/kfpcheck && go build -buildvcs=false -o $(CURDIR)/$(VENV)/bin/kfp-backend-check .
 
-test: setup browser kfpcheck
+# The Training Operator's own TFJob checks (kubeflow/tfjobcheck, Go) for the TFJob tests; `go generate`
+# copies the operator's CRD out of Go's module cache into the build, which embeds it.
+tfjobcheck: setup
+	cd kubeflow/tfjobcheck && go mod download github.com/kubeflow/training-operator && go generate . \
+	  && go build -buildvcs=false -o $(CURDIR)/$(VENV)/bin/tfjob-check .
+
+test: setup browser kfpcheck tfjobcheck
 	$(VENV)/bin/python -m pytest $(TEST_ARGS)
 
 # Only the Flink cluster tests (part of `make test` too): they start and stop their own local cluster,

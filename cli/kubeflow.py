@@ -47,6 +47,7 @@ def add_parser(subparsers) -> None:
     compile_.set_defaults(func=_compile)
     submit.set_defaults(func=_submit)
     schedule.set_defaults(func=_schedule)
+    add_tfjob_manifest_parser(commands)
 
 
 def _add_compile_args(parser: argparse.ArgumentParser) -> None:
@@ -157,3 +158,43 @@ def _schedule(args: argparse.Namespace) -> int:
         print(f"petseg: scheduled recurring run {job_id} ({args.cron})")
         return 0
     return _with_package(args, action)
+
+
+def add_tfjob_manifest_parser(commands) -> None:
+    """`petseg kubeflow tfjob-manifest`: the TFJob the Trainer task submits with train.workers > 1, for review."""
+    parser = commands.add_parser(
+        "tfjob-manifest", help="write the TFJob the Trainer task submits with train.workers > 1, with placeholders "
+                               "for its run-time values (review, kubectl apply --dry-run=server)")
+    parser.add_argument("--output", dest="manifest_output", metavar="FILE", required=True, help="tfjob.yaml")
+    parser.add_argument("--image", required=True, help="image built from kubeflow/Dockerfile")
+    parser.add_argument("--workers", type=int, required=True, help="machines: 1 chief + N-1 workers (N >= 2)")
+    parser.add_argument("--gpus", type=int, default=0, help="GPUs per replica (default 0)")
+    parser.add_argument("--gpu-type", default=runner.GPU_TYPE, help=f"accelerator type (default {runner.GPU_TYPE})")
+    parser.add_argument("--cpu", type=float, help="vCPU limit per replica")
+    parser.add_argument("--memory", type=float, metavar="GB", help="memory limit per replica in GB")
+    parser.add_argument("--namespace", default="kubeflow", help="where the pipeline's tasks run (default kubeflow)")
+    parser.add_argument("--service-account", default="pipeline-runner",
+                        help="the tasks' service account, which the task passes on to the replicas "
+                             "(default pipeline-runner)")
+
+    def handler(args: argparse.Namespace) -> int:
+        import yaml
+
+        from kubeflow import tfjob, tfjob_task
+
+        try:
+            job = tfjob_task.review_manifest(
+                image=args.image, workers=args.workers, namespace=args.namespace,
+                service_account=args.service_account,
+                resources=tfjob.Resources(cpu=args.cpu, memory_gb=args.memory, gpus=args.gpus, gpu_type=args.gpu_type))
+        except tfjob.TFJobError as exc:
+            raise SystemExit(f"petseg: --{exc}") from None
+        header = ("# The TFJob the Trainer task submits (kubeflow/tfjob_task.py), written by petseg kubeflow "
+                  "tfjob-manifest.\n# At run time the <...> values are filled in and the name (in its annotation too) is "
+                  f"{tfjob_task.NAME_PREFIX}<12 hex digits of the task's output URIs>;\n# the rest is as submitted.\n")
+        with open(args.manifest_output, "w") as stream:
+            stream.write(header + yaml.safe_dump(job, sort_keys=False))
+        print(f"petseg: wrote {args.manifest_output}")
+        return 0
+
+    parser.set_defaults(func=handler)

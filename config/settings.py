@@ -141,6 +141,9 @@ class TrainConfig:
     # Epochs without a better val_loss before the learning rate halves; 0 keeps it constant, which
     # trains the quick model as well in fewer epochs.
     lr_patience: int = 0
+    # Machines the Trainer runs on: 1 is one pod; N > 1 is a chief and N - 1 workers under
+    # MultiWorkerMirroredStrategy (a TFJob on open-source Kubeflow).
+    workers: int = 1
 
 
 @dataclasses.dataclass
@@ -271,5 +274,6 @@ def _model_and_train_problems(model: ModelConfig, train: TrainConfig) -> List[Tu
         (train.lr_patience >= 0, "train.lr_patience", "must be >= 0"),
         (train.shuffle_buffer >= 1, "train.shuffle_buffer", "must be >= 1"),
         (train.cache_max_bytes >= 0, "train.cache_max_bytes", "must be >= 0 (0 always streams)"),
+        (train.workers >= 1, "train.workers", "must be >= 1"),
     ]
     return [(key, why) for ok, key, why in checks if not ok]

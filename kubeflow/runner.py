@@ -104,7 +104,8 @@ def build_pipeline(config: PipelineConfig, settings: KubeflowSettings):
     if settings.trainer_gpus:
         resources.accelerator.CopyFrom(resource_spec.AcceleratorConfig(
             type=settings.gpu_type, count=settings.trainer_gpus))
-    if resources.ByteSize():
+    # With a TFJob the replicas get these (kubeflow/tfjob_task.py); the task's own pod only waits.
+    if resources.ByteSize() and not _trainer_is_a_tfjob(config, settings):
         component(pipeline, names.TRAINER_ID).with_platform_config(resources)
     return pipeline
 
@@ -145,6 +146,8 @@ def compile_pipeline(config: PipelineConfig, settings: KubeflowSettings, output:
         command = executor.get("container", {}).get("command", [])
         if command[-2:] == ["-m", TFX_ENTRYPOINT]:
             command[-1] = ENTRYPOINT
+    if _trainer_is_a_tfjob(config, settings):
+        _run_trainer_as_tfjob(spec, config, settings)
     tasks = spec["root"]["dag"]["tasks"]
     # Compiled once, run on a schedule: nothing can pin the newest span or served model before each run.
     for task in freshness.resolved_when_run(config):
@@ -156,6 +159,26 @@ def compile_pipeline(config: PipelineConfig, settings: KubeflowSettings, output:
     else:
         path.write_text(yaml.safe_dump(spec, sort_keys=True))
     return job
+
+
+def _trainer_is_a_tfjob(config: PipelineConfig, settings: KubeflowSettings) -> bool:
+    return config.train.workers > 1 and settings.target == "kfp"
+
+
+def _run_trainer_as_tfjob(spec: Dict[str, Any], config: PipelineConfig, settings: KubeflowSettings) -> None:
+    """Makes the Trainer task submit a TFJob of train.workers replicas, with the Trainer's resources each."""
+    from kubeflow import tfjob_task
+
+    root = settings.pipeline_root or ""
+    if not root.startswith("gs://"):
+        raise SettingsError(
+            f"--pipeline-root: train.workers={config.train.workers} runs the Trainer as a TFJob whose replicas read "
+            f"and write artifacts themselves, so it needs a gs:// root, got {root or 'the cluster default (MinIO)'}: "
+            "TensorFlow cannot open minio:// or s3:// (that needs tensorflow-io's S3 filesystem in the image and "
+            "credentials in every replica)")
+    tfjob_task.compile_into(spec, names.TRAINER_ID, {
+        "image": settings.image, "workers": config.train.workers, "cpu": settings.trainer_cpu,
+        "memory_gb": settings.trainer_memory_gb, "gpus": settings.trainer_gpus, "gpu_type": settings.gpu_type})
 
 
 def load_spec(path: str) -> Dict[str, Any]:

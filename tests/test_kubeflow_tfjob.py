@@ -1,0 +1,133 @@
+"""The TFJob manifest (kubeflow/tfjob.py, `petseg kubeflow tfjob-manifest`) through the Training Operator's own code (kubeflow/tfjobcheck)."""
+
+import copy
+
+import pytest
+import yaml
+
+from kubeflow import tfjob
+from cli import main as cli
+from support import tfjob_check
+
+IMAGE = "registry.example.com/petseg:1.2.3"
+ARGS = ["--json_serialized_invocation_args", "{}", "--runner=DirectRunner"]
+
+
+def job(workers=3, **overrides):
+    kwargs = dict(name="petseg-trainer-0123456789ab", namespace="team-a", image=IMAGE, workers=workers, args=ARGS,
+                  resources=tfjob.Resources(cpu=8, memory_gb=32, gpus=1), service_account="pipeline-runner")
+    return tfjob.build(**{**kwargs, **overrides})
+
+
+def test_a_chief_and_workers_each_running_the_trainer_executor_with_their_own_resources():
+    built = job(workers=3)
+    assert built["apiVersion"] == "kubeflow.org/v1" and built["kind"] == "TFJob"
+    assert tfjob.replica_counts(built) == {"Chief": 1, "Worker": 2}
+    for kind, spec in built["spec"]["tfReplicaSpecs"].items():
+        assert spec["restartPolicy"] == "OnFailure", kind
+        assert spec["template"]["metadata"]["annotations"] == {"sidecar.istio.io/inject": "false"}, kind
+        [container] = spec["template"]["spec"]["containers"]
+        assert container == {"name": "tensorflow", "image": IMAGE, "command": ["python", "-m", "kubeflow.entrypoint"],
+                             "args": ARGS,
+                             "resources": {"limits": {"cpu": "8", "memory": "32G", "nvidia.com/gpu": "1"}}}, kind
+        assert spec["template"]["spec"]["serviceAccountName"] == "pipeline-runner"
+    # Run policy only where the operator reads it.
+    assert set(built["spec"]) == {"runPolicy", "tfReplicaSpecs"}
+    assert built["spec"]["runPolicy"] == {"cleanPodPolicy": "Running", "ttlSecondsAfterFinished": 86400,
+                                          "backoffLimit": 3}
+    # Replicas do not share one pod spec object (a YAML dump would write anchors).
+    specs = [s["template"]["spec"] for s in built["spec"]["tfReplicaSpecs"].values()]
+    assert specs[0] is not specs[1]
+
+
+def test_no_resources_means_none_asked_and_a_gpu_type_is_kept():
+    assert "resources" not in tfjob.containers(job(resources=tfjob.Resources()))[0]
+    limits = tfjob.containers(job(resources=tfjob.Resources(gpus=2, gpu_type="amd.com/gpu")))[0]["resources"]["limits"]
+    assert limits == {"amd.com/gpu": "2"}
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"workers": 1}, "workers: a TFJob needs 2 or more"),
+    ({"name": "Petseg_Trainer"}, "a DNS-1035 label"),
+    ({"name": "p" * 60}, "would exceed 63 characters"),
+    ({"image": ""}, "image: required"),
+    ({"resources": tfjob.Resources(gpus=-1)}, "gpus: must be >= 0"),
+    ({"resources": tfjob.Resources(memory_gb=-4)}, "memory: must be > 0"),
+])
+def test_bad_arguments_are_refused_naming_the_argument(overrides, message):
+    with pytest.raises(tfjob.TFJobError, match=message):
+        job(**overrides)
+
+
+def test_the_operator_admits_it_and_gives_each_pod_its_tf_config():
+    report = tfjob_check.check(job(workers=3))
+    assert report["replicas"] == {"Chief": 1, "Worker": 2}
+    name, hosts = report["name"], lambda kind, n: [f"petseg-trainer-0123456789ab-{kind}-{i}.team-a.svc:2222"
+                                                   for i in range(n)]
+    assert [p["name"] for p in report["pods"]] == [f"{name}-chief-0", f"{name}-worker-0", f"{name}-worker-1"]
+    for pod in report["pods"]:
+        # As the operator's controller builds it: every replica, this one's type and index.
+        assert pod["tfConfig"] == {"cluster": {"chief": hosts("chief", 1), "worker": hosts("worker", 2)},
+                                   "task": {"type": pod["type"], "index": pod["index"]}, "environment": "cloud"}
+    defaulted = report["defaulted"]["spec"]
+    # The operator's defaults fill in the port and the success policy, and keep our choices.
+    [container] = defaulted["tfReplicaSpecs"]["Worker"]["template"]["spec"]["containers"]
+    assert container["ports"] == [{"name": "tfjob-port", "containerPort": 2222}]
+    assert defaulted["tfReplicaSpecs"]["Chief"]["restartPolicy"] == "OnFailure"
+    assert defaulted["runPolicy"]["cleanPodPolicy"] == "Running"
+    assert defaulted["runPolicy"]["backoffLimit"] == 3
+
+
+def _bad(mutate):
+    broken = copy.deepcopy(job())
+    mutate(broken)
+    return broken
+
+
+@pytest.mark.parametrize("mutate, expected", [
+    # The old KFP launch_tfjob.py placed run policy at spec's top level, where the API server drops it.
+    (lambda j: j["spec"].update(cleanPodPolicy="All", backoffLimit=2),
+     ['API server: unknown field "spec.backoffLimit"', 'API server: unknown field "spec.cleanPodPolicy"',
+      'TFJob Go type: unknown field "spec.backoffLimit"']),
+    (lambda j: j["spec"]["tfReplicaSpecs"].update(Master=copy.deepcopy(j["spec"]["tfReplicaSpecs"]["Chief"])),
+     ["admission webhook: spec.tfReplicaSpecs: Forbidden: must not have more than 1 Chief or Master role"]),
+    (lambda j: j["spec"]["tfReplicaSpecs"]["Worker"]["template"]["spec"]["containers"][0].update(name="main"),
+     ["admission webhook: spec.tfReplicaSpecs[Worker].template.spec.containers: Required value: must have at least "
+      "one container with name tensorflow"]),
+    (lambda j: j["spec"]["tfReplicaSpecs"]["Chief"]["template"]["spec"]["containers"][0].pop("image"),
+     ["spec.tfReplicaSpecs[Chief].template.spec.containers[0].image: Required value"]),
+    (lambda j: j["spec"]["tfReplicaSpecs"]["Worker"].update(replicas="two"),
+     ['spec.tfReplicaSpecs.Worker.replicas: Invalid value: "string": spec.tfReplicaSpecs.Worker.replicas in body '
+      'must be of type integer']),
+    (lambda j: j["metadata"].update(name="Petseg.Trainer"),
+     ["admission webhook: metadata.name: Invalid value"]),
+])
+def test_the_operator_refuses_known_bad_manifests_naming_the_problem(mutate, expected):
+    with pytest.raises(tfjob_check.Rejected) as rejected:
+        tfjob_check.check(_bad(mutate))
+    for text in expected:
+        assert text in str(rejected.value)
+
+
+def test_tfjob_manifest_writes_what_the_task_submits_and_the_operator_admits_it(tmp_path, capsys):
+    path = tmp_path / "tfjob.yaml"
+    assert cli.main(["kubeflow", "tfjob-manifest", "--output", str(path), "--image", IMAGE, "--workers", "3",
+                     "--gpus", "1", "--cpu", "8", "--memory", "32"]) == 0
+    assert f"wrote {path}" in capsys.readouterr().out
+    text = path.read_text()
+    written = yaml.safe_load(text)
+    assert tfjob.replica_counts(written) == {"Chief": 1, "Worker": 2}
+    for container in tfjob.containers(written):
+        assert container["resources"]["limits"] == {"cpu": "8", "memory": "32G", "nvidia.com/gpu": "1"}
+        assert any(arg.startswith("<EXECUTOR_INPUT") for arg in container["args"])
+    assert written["metadata"]["namespace"] == "kubeflow"
+    assert "&id" not in text and text.startswith("# The TFJob the Trainer task submits")
+    report = tfjob_check.check(path)
+    assert len(report["pods"]) == 3
+
+
+def test_tfjob_manifest_refuses_a_single_machine(tmp_path):
+    with pytest.raises(SystemExit, match="--workers: a TFJob needs 2 or more"):
+        cli.main(["kubeflow", "tfjob-manifest", "--output", str(tmp_path / "t.yaml"), "--image", IMAGE,
+                  "--workers", "1"])
+    assert not (tmp_path / "t.yaml").exists()
