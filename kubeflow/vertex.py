@@ -20,9 +20,9 @@ import config
 
 # The Vertex AI SDK's own default (aiplatform.CustomJob.from_local_script, machine_type="n1-standard-4").
 DEFAULT_MACHINE_TYPE = "n1-standard-4"
-# N1 machines Vertex training offers, as (name, vCPUs, GB). Only N1 takes any vCPU/memory size with any
-# count of these GPUs; A100, L4 and H100 come with their own machine types (a2-*, g2-*, a3-*), whose
-# name fixes the GPU count.
+# N1 machines Vertex training offers, as (name, vCPUs, GB): the family --cpu/--memory choose from, to which
+# T4, V100, P100 and P4 GPUs attach. A100, L4 and H100 come with their own machine types (a2-*, g2-*, a3-*)
+# whose name fixes the GPU count. Vertex itself checks how many GPUs a machine takes.
 _N1_MACHINES = sorted(
     [(f"n1-standard-{n}", n, 3.75 * n) for n in (4, 8, 16, 32, 64, 96)]
     + [(f"n1-highmem-{n}", n, 6.5 * n) for n in (2, 4, 8, 16, 32, 64, 96)],
