@@ -58,10 +58,11 @@ def check_source(source: str, raw_dir: Optional[PathLike]) -> None:
 
 def prepare(data_dir: PathLike, source: str, raw_dir: Optional[PathLike] = None,
             synthetic: Tuple[int, int, int] = (480, 120, 0), version: str = "4.*.*",
-            strict: bool = False) -> PreparedDataset:
+            strict: bool = False, synthetic_like_oxford: bool = False) -> PreparedDataset:
     """Builds `oxford_iiit_pet` into data_dir unless it is already there; returns where it is.
 
-    synthetic: (train images, test images, seed), used when source == "synthetic".
+    synthetic: (train images, test images, seed), used when source == "synthetic";
+    synthetic_like_oxford: draw them like the real set (dataset.synthetic.write_archive's like_oxford).
     """
     import tensorflow_datasets as tfds
 
@@ -74,6 +75,7 @@ def prepare(data_dir: PathLike, source: str, raw_dir: Optional[PathLike] = None,
     elif source == "synthetic":
         origin["synthetic"] = [int(v) for v in synthetic]
         origin["generator"] = synthetic_archive.GENERATOR_VERSION
+        origin["like_oxford"] = bool(synthetic_like_oxford)
 
     builder = tfds.builder(f"{NAME}:{version}", data_dir=str(data_dir))
     record = work / f"{NAME}-{builder.version}.json"
@@ -92,7 +94,9 @@ def prepare(data_dir: PathLike, source: str, raw_dir: Optional[PathLike] = None,
     else:
         if source == "synthetic":
             train, test, seed = (int(v) for v in synthetic)
-            raw = synthetic_archive.write_archive(work / f"synthetic_raw-{train}-{test}-{seed}", train, test, seed)
+            style = "-like-oxford" if synthetic_like_oxford else ""
+            raw = synthetic_archive.write_archive(work / f"synthetic_raw-{train}-{test}-{seed}{style}", train, test,
+                                                  seed, like_oxford=synthetic_like_oxford)
         else:
             raw = pathlib.Path(raw_dir).resolve()
         staging = work / "staging"
