@@ -1,11 +1,17 @@
 """The real oxford_iiit_pet builder, offline, on synthetic and on broken raw folders."""
 
+import functools
+import http.server
 import io
 import os
+import socket
+import tarfile
+import threading
 
 import numpy as np
 import pytest
 import tensorflow as tf
+import tensorflow_datasets as tfds
 from PIL import Image
 
 from components import internals, tfds_prepare
@@ -175,3 +181,60 @@ def test_bad_head_box_xml_is_dropped_or_strict_error(tmp_path):
     assert not (tmp_path / "staging" / "annotations" / "xmls" / f"{name}.xml").exists()
     with pytest.raises(staging.BrokenSampleError, match=f"{name}.xml: bad_xml"):
         staging.stage(raw, tmp_path / "strict", strict=True)
+
+
+def _unreachable_urls():
+    with socket.socket() as sock:  # a loopback port that nothing listens on once this socket is closed
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return {part: f"http://127.0.0.1:{port}/data/{part}.tar.gz" for part in ("images", "annotations")}
+
+
+def test_download_from_an_unreachable_host_fails_at_once_saying_what_to_do(tmp_path):
+    urls = _unreachable_urls()
+    with pytest.raises(tfds_prepare.DownloadUnreachableError) as error:
+        tfds_prepare.prepare(tmp_path / "tfds", "download", download_urls=urls)
+    message = str(error.value)
+    for needed in ("--oxford-raw-dir", "data.oxford_raw_dir", urls["images"], urls["annotations"],
+                   "tar -xf images.tar.gz", "tar -xf annotations.tar.gz", "images/ and annotations/"):
+        assert needed in message, needed
+    assert not (tmp_path / "tfds" / "downloads").exists(), "failed before any download started"
+
+
+def test_the_archive_urls_are_the_builders():
+    builder = tfds.builder("oxford_iiit_pet:4.0.0")
+    urls = tfds_prepare.archive_urls(builder)
+    assert set(urls) == {"images", "annotations"} and set(urls.values()) == set(builder.url_infos)
+    assert urls["images"].endswith("/images.tar.gz") and urls["annotations"].endswith("/annotations.tar.gz")
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+def test_downloaded_archives_are_staged_like_extracted_ones(tmp_path):
+    raw = synthetic_archive.write_archive(tmp_path / "raw", 30, 6, seed=0)
+    # A GIF under a name the builder re-encodes, as six real files are: the builder alone fails on it.
+    gif = raw / "images" / "Abyssinian_5.jpg"
+    Image.open(gif).convert("P").save(gif, "GIF")
+    served = tmp_path / "served" / "data"
+    served.mkdir(parents=True)
+    for part in ("images", "annotations"):
+        with tarfile.open(served / f"{part}.tar.gz", "w:gz") as tar:
+            tar.add(raw / part, arcname=part)
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(tmp_path / "served")))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        urls = {part: f"http://127.0.0.1:{server.server_port}/data/{part}.tar.gz" for part in ("images", "annotations")}
+        prepared = tfds_prepare.prepare(tmp_path / "tfds", "download", download_urls=urls)
+    finally:
+        server.shutdown()
+        thread.join()
+    assert prepared.source == "download" and prepared.num_examples == {"train": 30, "test": 6}
+    assert prepared.repaired == {"image_gif_to_jpeg": 1} and prepared.skipped == {}
+    stored = {ex["file_name"].bytes_list.value[0].decode(): ex for ex in _read(prepared.files["train"])}
+    image, mask = _decoded(stored["Abyssinian_5.jpg"])
+    assert image.shape == mask.shape[:2] + (3,)
