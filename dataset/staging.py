@@ -104,7 +104,7 @@ def _parse_line(line: str, list_path: pathlib.Path, number: int) -> str:
     elif not all(f.isdigit() for f in fields[1:]):
         bad = f"ids must be integers: {line.strip()!r}"
     elif not (1 <= int(fields[1]) <= NUM_BREEDS and 1 <= int(fields[2]) <= NUM_SPECIES):
-        bad = f"class id must be 1..{NUM_BREEDS} and species id 1..{NUM_SPECIES}: {line.strip()!r}"
+        bad = f"CLASS_ID (the breed) must be 1..{NUM_BREEDS} and SPECIES_ID 1..{NUM_SPECIES}: {line.strip()!r}"
     elif "/" in fields[0] or fields[0] in (".", ".."):
         bad = f"not a file name: {fields[0]!r}"
     if bad:

@@ -302,8 +302,9 @@ def encode_image(image: np.ndarray, kind: str = "jpeg", rng: np.random.Generator
     data = buffer.getvalue()
     if kind == "corrupt_jpeg":
         # Stray bytes before the end-of-image marker: readers warn and decode the picture all the same.
+        # No 0xFF among them: that would start a marker, which libjpeg rejects instead of skipping.
         rng = rng or np.random.default_rng(0)
-        data = data[:-2] + rng.integers(0, 256, int(rng.integers(60, 300)), dtype=np.uint8).tobytes() + data[-2:]
+        data = data[:-2] + rng.integers(0, 255, int(rng.integers(60, 300)), dtype=np.uint8).tobytes() + data[-2:]
     return data
 
 
