@@ -326,8 +326,8 @@ def write_archive(root: Union[str, pathlib.Path], train_images: int, test_images
         _draw_in_processes(root, train_images, test_images, seed, like_oxford, processes)
     else:
         _write_samples(root, train_images, test_images, seed, like_oxford)
-    for list_name, rows in (("trainval.txt", train_rows), ("test.txt", test_rows)):
-        (root / "annotations" / list_name).write_text("".join(f"{' '.join(map(str, r))}\n" for r in rows))
+    for split, rows in (("train", train_rows), ("test", test_rows)):
+        archive.list_path(root, split).write_text("".join(f"{' '.join(map(str, r))}\n" for r in rows))
     log.info("Wrote %d train + %d test synthetic pets (seed %d%s) to %s", train_images, test_images, seed,
              ", like the Oxford set" if like_oxford else "", root)
     return root
@@ -363,11 +363,11 @@ def _write_samples(root: pathlib.Path, train_images: int, test_images: int, seed
         rng = np.random.default_rng([seed, index])
         pet = render(rng, species, like_oxford)
         kind = ODD_IMAGES.get(name, "jpeg") if like_oxford else "jpeg"
-        (root / "images" / f"{name}.jpg").write_bytes(encode_image(pet.image, kind, rng))
-        Image.fromarray(pet.trimap).save(root / "annotations" / "trimaps" / f"{name}.png")
+        archive.image_path(root, name).write_bytes(encode_image(pet.image, kind, rng))
+        Image.fromarray(pet.trimap).save(archive.trimap_path(root, name))
         # Like the real dataset, only trainval images have head-box XMLs (and not quite all of them).
         if index < train_images and not (like_oxford and name in MISSING_XMLS):
-            (root / "annotations" / "xmls" / f"{name}.xml").write_text(_xml(name, pet, species))
+            archive.xml_path(root, name).write_text(_xml(name, pet, species))
 
 
 if __name__ == "__main__":  # one of write_archive's drawing processes
