@@ -35,6 +35,9 @@ class DataConfig:
     synthetic_train_images: int = 800
     synthetic_test_images: int = 200
     synthetic_seed: int = 0
+    # Synthetic pets like the real set (37 breeds, its photo sizes, its odd PNG/GIF/grayscale files, CMYK
+    # ones) instead of six breeds of small photos: a rehearsal of a real run without the data.
+    synthetic_like_oxford: bool = False
     # Fail on the first broken image/trimap pair instead of skipping and counting it.
     strict: bool = False
 

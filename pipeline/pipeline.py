@@ -52,6 +52,7 @@ def create_pipeline(config: PipelineConfig, *, pipeline_root: Optional[str] = No
         synthetic_train_images=data.synthetic_train_images,
         synthetic_test_images=data.synthetic_test_images,
         synthetic_seed=data.synthetic_seed,
+        synthetic_like_oxford=data.synthetic_like_oxford,
         strict=data.strict,
         span=data.span,
     ).with_id(names.EXAMPLE_GEN_ID)
