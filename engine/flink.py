@@ -238,10 +238,10 @@ def _write_conf(spec: ClusterSpec, home: pathlib.Path) -> pathlib.Path:
         "restart-strategy.fixed-delay.delay": "2 s",
         # A killed TaskManager is noticed within seconds all the same: heartbeats to it fail at once, and
         # two failed ones (heartbeat.rpc-failure-threshold) mark it lost. The timeout is for a live one
-        # that is slow to answer: 15 s failed jobs on 2 cores at load 15, with both TaskManagers alive.
+        # that is slow to answer, as a TaskManager on a loaded small machine is for many seconds.
         "heartbeat.timeout": 120000, "heartbeat.interval": 3000,
-        # One restart of the whole job per failure: per-region failover counted each of the regions a
-        # lost TaskManager held as an attempt and failed the job at once.
+        # One restart of the whole job per failure: per-region failover counts each of the regions a
+        # lost TaskManager held as an attempt and fails the job at once.
         "jobmanager.execution.failover-strategy": "full",
         # Beam's classes from the classpath above, not from each job's copy of the same jars (see _commands).
         "classloader.resolve-order": "parent-first",

@@ -6,7 +6,7 @@ import dataclasses
 import pathlib
 from typing import List, Optional
 
-# Not `tfx.v1`: it imports the Google Cloud extensions too, ~13 s of every `petseg` start on 2 cores.
+# Not `tfx.v1`: it imports the Google Cloud extensions too, seconds of every `petseg` start.
 from tfx.components import ExampleValidator, StatisticsGen, Trainer
 from tfx.components.schema_gen.import_schema_gen.component import ImportSchemaGen
 from tfx.orchestration import pipeline as tfx_pipeline
@@ -71,7 +71,7 @@ def create_pipeline(config: PipelineConfig, *, pipeline_root: Optional[str] = No
         preprocessing_fn=PREPROCESSING_FN,
         custom_config={"image_size": config.model.image_size},
         # StatisticsGen already profiles the raw data. Pre/post-transform statistics over every
-        # pixel of every image took 60 % of the Transform's time (bench/README.md) and nothing reads them.
+        # pixel of every image cost more than the transform itself, and nothing reads them.
         disable_statistics=True,
     ).with_id(names.TRANSFORM_ID)
     # Anomalies must stop the run before any compute is spent on bad data.
