@@ -15,7 +15,7 @@ import pytest
 from engine import errors, flink
 from support import flink_equality
 
-pytestmark = pytest.mark.cluster
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 BEAM_COMPONENTS = ("StatisticsGen", "Transform", "Evaluator")

@@ -6,11 +6,11 @@ import re
 
 import pytest
 import yaml
+from apache_beam.options import pipeline_options as beam_options
 from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
 
-from apache_beam.options import pipeline_options as beam_options
-
+from config import names
 from kubeflow import entrypoint, runner
 from cli import main as cli
 from support.beam_options import parse as parse_beam_args
@@ -243,7 +243,7 @@ def test_flink_settings_reach_every_beam_task_of_the_compiled_spec(tmp_path):
                      "--set", f"beam.sdk_image={IMAGE}", "--beam-arg=--max_parallelism=16",
                      "--beam-arg=--parallelism=6"]) == 0
     spec = yaml.safe_load(out.read_text())
-    for task in ("StatisticsGen", "Transform", "Evaluator"):
+    for task in (names.STATISTICS_GEN_ID, names.TRANSFORM_ID, names.EVALUATOR_ID):
         options = task_beam_options(spec, task)
         portable = options.view_as(beam_options.PortableOptions)
         assert options.view_as(beam_options.StandardOptions).runner == "PortableRunner", task

@@ -22,6 +22,8 @@ from support.images import BROKEN, ODD_VALID, damage
 from report.artifacts import RunArtifacts
 from transform import preprocessing
 
+pytestmark = pytest.mark.slow  # whole pipeline runs
+
 EPOCHS = 3
 UPSTREAM = ["TfdsExampleGen", "ImportSchemaGen", "StatisticsGen", "ExampleValidator", "ValidationGate", "Transform"]
 # What _damage breaks, plus the malformed and the duplicate list line it appends.

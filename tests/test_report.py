@@ -32,7 +32,8 @@ def test_run_artifacts_of_a_real_run(tiny_run):
     # Times come from MLMD's execution stamps, in the order the components started.
     assert set(times) == NODES and not any(t["cached"] for t in times.values())
     assert all(t["seconds"] >= 0 for t in times.values())
-    assert list(times).index("Trainer") > list(times).index("Transform") > list(times).index("TfdsExampleGen")
+    assert list(times).index(names.TRAINER_ID) > list(times).index(names.TRANSFORM_ID) > list(times).index(
+        names.EXAMPLE_GEN_ID)
     assert summary["components"] == times
 
 

@@ -60,6 +60,7 @@ def two_spans(tmp_path_factory):
     return raw, output, first, second
 
 
+@pytest.mark.slow
 def test_each_run_reads_the_latest_span(two_spans):
     raw, output, first, second = two_spans
     store = RunArtifacts(str(output / "metadata.sqlite"))
@@ -73,6 +74,7 @@ def test_each_run_reads_the_latest_span(two_spans):
     assert second["dataset"]["data_dir"].endswith("span-2")
 
 
+@pytest.mark.slow
 def test_second_run_warm_starts_from_and_is_compared_with_the_first_blessed_model(two_spans):
     _, output, first, second = two_spans
     store = RunArtifacts(str(output / "metadata.sqlite"))
