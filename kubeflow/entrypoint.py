@@ -32,10 +32,9 @@ OPEN_SOURCE_OUTPUT_FILE = "/tmp/kfp_outputs/output_metadata.json"
 MIRRORS = {"gs://": "gcs", "minio://": "minio", "s3://": "s3"}
 
 
-def from_open_source_launcher(executor_input: Dict[str, Any], local_root: str = "/") -> bool:
-    """Whether the output file is the open-source launcher's, under the pod root `local_root`."""
-    expected = os.path.join(local_root, OPEN_SOURCE_OUTPUT_FILE.lstrip("/"))
-    return executor_input.get("outputs", {}).get("outputFile") == expected
+def from_open_source_launcher(executor_input: Dict[str, Any]) -> bool:
+    """Whether the output file is the open-source launcher's: its path in a pod, or under an emulated pod root."""
+    return str(executor_input.get("outputs", {}).get("outputFile", "")).endswith(OPEN_SOURCE_OUTPUT_FILE)
 
 
 def fill_types(executor_input: Dict[str, Any], inputs_spec: Dict[str, Any]) -> List[str]:
@@ -123,7 +122,7 @@ def prepare(argv: List[str]) -> Tuple[List[str], "Mirror | None", Dict[str, Any]
     ours, rest = _split_flags(argv)
     executor_input = json.loads(ours.json_serialized_invocation_args)
     mirror = None
-    if from_open_source_launcher(executor_input, ours.kfp_local_root):
+    if from_open_source_launcher(executor_input):
         fill_types(executor_input, json.loads(ours.json_serialized_inputs_spec_args or "{}"))
         drop_launcher_outputs(executor_input)
         mirror = Mirror(ours.kfp_local_root)

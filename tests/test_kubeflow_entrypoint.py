@@ -46,19 +46,19 @@ def test_open_source_input_is_typed_mirrored_and_left_without_the_launchers_outp
     assert mirror.remote(model["uri"]) == uri
 
 
-def test_the_launchers_output_file_under_the_pod_root_marks_open_source_input(tmp_path):
+def test_the_launchers_output_file_marks_open_source_input_in_a_pod_and_under_a_pod_root(tmp_path):
     uri = "minio://mlpipeline/v2/artifacts/petseg/run-1/Trainer/uuid/model"
     # In a pod: the launcher's fixed path, and no --kfp_local_root.
     in_pod = executor_input("/tmp/kfp_outputs/output_metadata.json", uri, {"instanceSchema": ""})
     _, mirror, adapted = entrypoint.prepare(argv(in_pod))
     assert mirror.root == "/" and adapted["inputs"]["artifacts"]["model"]["artifacts"][0]["uri"] == (
         "/minio/mlpipeline/v2/artifacts/petseg/run-1/Trainer/uuid/model")
-    # Under an emulated pod root only that root's own file counts, never the machine-wide one.
+    # The same file under an emulated pod root (a test's own folder, never the machine-wide one) counts too.
     assert entrypoint.from_open_source_launcher(
-        executor_input(f"{tmp_path}/tmp/kfp_outputs/output_metadata.json", uri, {}), str(tmp_path))
-    assert not entrypoint.from_open_source_launcher(in_pod, str(tmp_path))
-    assert not entrypoint.from_open_source_launcher(
-        executor_input("/gcs/bucket/root/123/Evaluator_456/executor_output.json", uri, MODEL_TYPE))
+        executor_input(f"{tmp_path}/tmp/kfp_outputs/output_metadata.json", uri, {}))
+    for other in ("/gcs/bucket/root/123/Evaluator_456/executor_output.json", "/tmp/kfp_outputs/executor_output.json",
+                  f"{tmp_path}/output_metadata.json"):
+        assert not entrypoint.from_open_source_launcher(executor_input(other, uri, MODEL_TYPE)), other
 
 
 def test_vertex_input_passes_unchanged():
