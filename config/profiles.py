@@ -121,6 +121,11 @@ def _coerce(key: str, value: Any, field_type: Any) -> Any:
     if field_type is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         raise ConfigError(f"{key}: expected a number, got {value!r}")
     if field_type is str:
         if isinstance(value, dict):  # e.g. beam.environment_config's JSON, parsed as YAML by --set

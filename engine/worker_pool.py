@@ -108,7 +108,7 @@ def _stop(process: subprocess.Popen, timeout: float = 10) -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--port", type=int, required=True, help="0: any free port, named in the log")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--spares", type=int, default=1,
                         help="workers kept ready with TF imported: the TaskManagers (slots) this pool serves")
@@ -116,14 +116,14 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     server = grpc.server(thread_pool_executor.shared_unbounded_instance(),
                          options=[("grpc.http2.max_pings_without_data", 0), ("grpc.http2.max_ping_strikes", 0)])
-    server.add_insecure_port(f"{args.host}:{args.port}")
+    port = server.add_insecure_port(f"{args.host}:{args.port}")
     # One worker process per StartWorker: one per TaskManager and job.
     pool = WorkerPool(spares=args.spares)
     beam_fn_api_pb2_grpc.add_BeamFnExternalWorkerPoolServicer_to_server(pool, server)
     server.start()
     atexit.register(pool.stop_workers)
     atexit.register(pool.stop_spares)
-    logging.info("SDK worker pool listening on %s:%d, %d spare workers", args.host, args.port, args.spares)
+    logging.info("SDK worker pool listening on %s:%d, %d spare workers", args.host, port, args.spares)
     try:
         while True:
             time.sleep(3600)

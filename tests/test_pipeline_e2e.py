@@ -9,6 +9,8 @@ from report.artifacts import RunArtifacts
 
 from support import petseg
 
+pytestmark = pytest.mark.slow  # whole pipeline runs
+
 ALL_COMPONENTS = ["TfdsExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator", "ValidationGate",
                   "Transform", "latest_blessed_model", "Trainer", "Evaluator", "Pusher"]
 # Enough training that the tiny model clearly beats an untrained one.
