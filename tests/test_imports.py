@@ -126,7 +126,11 @@ def test_the_layer_check_finds_an_upward_import():
 
 def test_packages_import_only_the_layers_below_them():
     graph = import_graph()
-    assert set(package_graph(graph)) == set(LAYERS)  # every layer exists and was parsed
+    packages = package_graph(graph)
+    # `pytest -s -k layers_below` prints the graph, top layer first.
+    for package in reversed(LAYERS):
+        print(f"{package:>10} -> {', '.join(p for p in LAYERS if p in packages.get(package, ())) or '(nothing)'}")
+    assert set(packages) == set(LAYERS)  # every layer exists and was parsed
     assert upward_imports(graph) == []
 
 
