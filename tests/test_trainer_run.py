@@ -59,6 +59,24 @@ def test_run_fn_trains_logs_and_exports(trained):
     assert not tf.io.gfile.exists(run.backup_dir(trained))
 
 
+def _variables_bytes(model_dir: str) -> int:
+    folder = pathlib.Path(model_dir, "variables")
+    return sum(path.stat().st_size for path in folder.iterdir())
+
+
+def test_export_holds_the_weights_alone(trained):
+    """No optimizer state in what is served, evaluated and warm-started from: Adam's slots triple it."""
+    export = trained.serving_model_dir
+    stored = dict(tf.train.list_variables(os.path.join(export, "variables", "variables")))
+    optimizer_keys = [key for key in stored if "optimizer" in key.lower()]
+    assert optimizer_keys == []
+    parameters = model_lib.build_model(trainer_fixtures.tiny_config().model).count_params()
+    values = sum(int(np.prod(shape)) for shape in stored.values())
+    # The weights, and a few dozen values of the metrics' running totals besides.
+    assert parameters <= values <= parameters + 100, (parameters, values)
+    assert 4 * parameters <= _variables_bytes(export) <= 1.05 * 4 * parameters
+
+
 def test_killed_training_resumes_at_the_next_epoch(transform_run):
     # Its own epoch count also gives it its own backup folder, apart from `trained`'s.
     overrides = {"train.epochs": EPOCHS}

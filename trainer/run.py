@@ -61,6 +61,21 @@ def _lr_schedule(train_config: TrainConfig) -> list:
                                                  min_lr=train_config.learning_rate / 64, verbose=1)]
 
 
+def export_model(model: tf.keras.Model, export_dir: str, tf_transform_output: tft.TFTransformOutput,
+                 model_config: ModelConfig) -> None:
+    """Saves the servable model: weights, the three signatures and the Keras config, no optimizer state.
+
+    Everything that loads the export (TF Serving, the Evaluator, warm start, the Pusher's copies) needs
+    the weights only; Adam's two slots per weight would triple its size. Resuming reads the backup
+    checkpoints instead, which keep them. Without Keras's per-layer traces the export saves and loads
+    in about a third of the time: consumers call the signatures, and warm start rebuilds the Keras
+    model from its layers' configs.
+    """
+    model.save(export_dir, save_format="tf", include_optimizer=False, save_traces=False,
+               signatures=signatures.make_signatures(model, tf_transform_output, model_config.image_size,
+                                                     model_config.serving_max_pixels))
+
+
 def run_fn(fn_args, extra_callbacks: Sequence[tf.keras.callbacks.Callback] = ()) -> None:
     """Trains VGG16-FCN8 on the transformed examples and exports it with its serving signatures.
 
@@ -111,11 +126,7 @@ def run_fn(fn_args, extra_callbacks: Sequence[tf.keras.callbacks.Callback] = ())
 
     # Non-chief workers of a multi-worker run must still take part in saving, but not in the real place.
     export_dir = fn_args.serving_model_dir if _is_chief() else tempfile.mkdtemp()
-    # Without Keras's per-layer traces the export saves and loads in about a third of the time
-    # (bench/README.md, finding 21): consumers call the signatures, and warm start rebuilds the
-    # Keras model from its layers' configs.
-    model.save(export_dir, save_format="tf", save_traces=False, signatures=signatures.make_signatures(
-        model, tf_transform_output, model_config.image_size, model_config.serving_max_pixels))
+    export_model(model, export_dir, tf_transform_output, model_config)
     if _is_chief():
         tf.io.gfile.makedirs(fn_args.model_run_dir)
         with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, "history.json"), "w") as f:
