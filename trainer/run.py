@@ -94,8 +94,13 @@ def run_fn(fn_args, extra_callbacks: Sequence[tf.keras.callbacks.Callback] = ())
     train_ds = data.input_fn(fn_args.train_files, fn_args.data_accessor, tf_transform_output, global_batch, size,
                              training=True, shuffle_buffer=train_config.shuffle_buffer, repeat=repeat,
                              cache=data.fits_cache(fn_args.train_files, train_config.cache_max_bytes))
+    # Keras validates on a fixed subset, so each epoch's validation costs a bounded share of the epoch
+    # whatever the eval split's size; the Evaluator scores the whole split once. The subset's decoded
+    # size is known exactly, compressed records or not.
+    validation_images = train_config.validation_images
     eval_ds = data.input_fn(fn_args.eval_files, fn_args.data_accessor, tf_transform_output, global_batch, size,
-                            training=False, cache=data.fits_cache(fn_args.eval_files, train_config.cache_max_bytes))
+                            training=False, limit=validation_images,
+                            cache=data.decoded_bytes(validation_images, size) <= train_config.cache_max_bytes)
 
     with strategy.scope():
         model = model_lib.build_model(model_config)
