@@ -140,23 +140,45 @@ def test_tf_config_worker_count():
     assert strategy_lib._tf_config_workers(json.dumps(two)) == 2
 
 
-def test_mixed_precision_resolution(tmp_path, monkeypatch):
-    bf16 = tmp_path / "bf16"
-    bf16.write_text("processor\t: 0\nflags\t\t: fpu sse avx512f avx512_bf16\n")
+def test_cpu_bf16_flags_come_from_cpuinfo(tmp_path):
+    for flag in ("avx512_bf16", "amx_bf16"):
+        (tmp_path / flag).write_text(f"processor\t: 0\nflags\t\t: fpu sse avx512f {flag}\n")
+        assert strategy_lib.cpu_supports_bf16(str(tmp_path / flag))
     plain = tmp_path / "plain"
-    plain.write_text("processor\t: 0\nflags\t\t: fpu sse avx2\n")
-    assert strategy_lib.cpu_supports_bf16(str(bf16))
+    plain.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512_vnni\n")
     assert not strategy_lib.cpu_supports_bf16(str(plain))
     assert not strategy_lib.cpu_supports_bf16(str(tmp_path / "missing"))
 
-    assert strategy_lib.resolve_mixed_precision("none") == "float32"
-    assert strategy_lib.resolve_mixed_precision("mixed_bfloat16") == "mixed_bfloat16"
-    # A CPU with bf16 instructions gets bf16 only where a measured convolution step is faster in it.
-    monkeypatch.setattr(strategy_lib, "cpu_supports_bf16", lambda: True)
-    faster = strategy_lib.bf16_faster_on_cpu()
-    assert strategy_lib.resolve_mixed_precision("auto") == ("mixed_bfloat16" if faster else "float32")  # no GPU
-    monkeypatch.setattr(strategy_lib, "cpu_supports_bf16", lambda: False)
-    assert strategy_lib.resolve_mixed_precision("auto") == "float32"
+
+FASTER_BF16 = {"float32": 0.0107, "bfloat16": 0.0058}
+SLOWER_BF16 = {"float32": 0.14, "bfloat16": 4.9}
+
+
+@pytest.mark.parametrize("gpu, cpu_bf16, seconds, policy", [
+    ((8, 0), False, None, "mixed_float16"),
+    ((7, 0), False, None, "mixed_float16"),
+    ((7, 5), True, None, "mixed_float16"),  # a GPU decides, whatever the host CPU has
+    ((6, 1), False, None, "float32"),  # no tensor cores
+    ((0, 0), False, None, "float32"),  # a GPU that reports no capability
+    (None, True, FASTER_BF16, "mixed_bfloat16"),
+    (None, True, SLOWER_BF16, "float32"),
+    (None, False, FASTER_BF16, "float32"),  # without the instructions bf16 is emulated
+    (None, False, None, "float32"),
+], ids=["ampere", "volta", "gpu-over-cpu", "pascal", "unknown-gpu", "cpu-bf16-faster", "cpu-bf16-slower",
+        "cpu-no-bf16-flags", "plain-cpu"])
+def test_auto_policy(gpu, cpu_bf16, seconds, policy):
+    assert strategy_lib.auto_policy(gpu, cpu_bf16, seconds) == policy
+
+
+def test_auto_policy_on_a_bf16_cpu_needs_the_timing():
+    with pytest.raises(ValueError, match="conv_step_seconds"):
+        strategy_lib.auto_policy(None, True, None)
+
+
+@pytest.mark.parametrize("name, policy", [("none", "float32"), ("mixed_bfloat16", "mixed_bfloat16"),
+                                          ("mixed_float16", "mixed_float16")])
+def test_named_policies_pass_through(name, policy):
+    assert strategy_lib.resolve_mixed_precision(name) == policy
 
 
 def test_conv_step_is_timed_in_both_precisions():
