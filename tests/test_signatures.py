@@ -1,8 +1,6 @@
-"""The export as TF Serving uses it: signatures, image requests, REST body, Transform parity, errors, precision."""
+"""The export as TF Serving uses it: signatures, image requests, Transform parity, errors, precision."""
 
-import base64
 import io
-import json
 import pathlib
 import subprocess
 import sys
@@ -90,25 +88,6 @@ def test_serving_default_batches_mixed_formats_and_sizes(served):
     # Each image is predicted on its own: batching does not change its result.
     alone = serve(image_bytes=tf.constant(batch[1:]))
     np.testing.assert_array_equal(outputs["mask"].numpy()[1:], alone["mask"].numpy())
-
-
-def _rest_request(body: str, signature) -> dict:
-    """Request tensors as TF Serving builds them from a REST "instances" (row format) body.
-
-    A signature with one input takes each instance as that input's value; {"b64": ...} is binary
-    data, base64-decoded, which TF Serving expects for inputs named `*_bytes`.
-    """
-    [name] = signature.structured_input_signature[1]
-    assert name.endswith("_bytes")
-    instances = json.loads(body)["instances"]
-    return {name: tf.constant([base64.b64decode(i["b64"]) if isinstance(i, dict) else i for i in instances])}
-
-
-def test_rest_b64_body_gives_the_direct_result(served):
-    jpeg = _encode(PHOTO, "JPEG")
-    body = json.dumps({"instances": [{"b64": base64.b64encode(jpeg).decode("ascii")}]})
-    serve = served.signatures[signatures.SERVING_SIGNATURE]
-    _assert_same(serve(**_rest_request(body, serve)), serve(image_bytes=tf.constant([jpeg])))
 
 
 def _feature(example: tf.train.Example, key: str):
