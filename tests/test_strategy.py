@@ -3,13 +3,13 @@
 import json
 import os
 import pathlib
-import socket
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
+from support import tfjob
 from trainer import strategy as strategy_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -26,11 +26,11 @@ def _env(**extra):
     return env
 
 
-def _start(out, *args, env=None):
+def _start(out, *args, env=None, network=None):
     # Each run is its own process: logical devices and cluster membership can be set once per process.
-    return subprocess.Popen([sys.executable, str(WORKER), "--out", str(out), *map(str, args)],
-                            cwd=REPO, env=env or _env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+    argv = [sys.executable, str(WORKER), "--out", str(out), *map(str, args)]
+    return subprocess.Popen(network.command(argv) if network else argv, cwd=REPO, env=env or _env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def _finish(proc, expect_rc=0):
@@ -61,7 +61,9 @@ def _max_abs_diff(a, b):
 def runs(tmp_path_factory):
     """Starts every independent worker at once: on 2 cores, mostly TF import time, which overlaps."""
     root = tmp_path_factory.mktemp("strategy")
-    cluster = {"worker": [f"localhost:{p}" for p in _free_ports(2)]}
+    # Its own network namespace: nothing else can hold these ports.
+    network = tfjob.PrivateNetwork()
+    cluster = {"worker": [f"127.0.0.1:{tfjob.DEFAULT_PORT + i}" for i in range(2)]}
     started = {
         "single": _start(root / "single", "--cpu-replicas", 1, "--then-split-cpu"),
         "mirrored": _start(root / "mirrored", "--cpu-replicas", 2),
@@ -70,12 +72,13 @@ def runs(tmp_path_factory):
     }
     for i in range(2):
         tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})
-        started[f"mwms{i}"] = _start(root / "mwms", env=_env(TF_CONFIG=tf_config))
+        started[f"mwms{i}"] = _start(root / "mwms", env=_env(TF_CONFIG=tf_config), network=network)
     yield root, started
     for proc in started.values():
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
+    network.close()
 
 
 def test_mirrored_on_two_logical_cpus_matches_one_device(runs, record_property):
@@ -186,13 +189,3 @@ def test_conv_step_is_timed_in_both_precisions():
     assert set(seconds) == {"float32", "bfloat16"}
     assert all(0 < s < 60 for s in seconds.values()), seconds
 
-
-def _free_ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("localhost", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
