@@ -129,10 +129,6 @@ def run_fn(fn_args, extra_callbacks: Sequence[tf.keras.callbacks.Callback] = ())
         ],
         verbose=2,
     )
-    # Keras deletes its checkpoint files when fit completes but leaves their folder behind.
-    if chief and tf.io.gfile.isdir(backup) and not tf.io.gfile.listdir(backup):
-        tf.io.gfile.rmtree(backup)
-
     if chief:
         export_model(model, fn_args.serving_model_dir, tf_transform_output, model_config)
         tf.io.gfile.makedirs(fn_args.model_run_dir)
@@ -152,6 +148,10 @@ def run_fn(fn_args, extra_callbacks: Sequence[tf.keras.callbacks.Callback] = ())
         if not tf.saved_model.contains_saved_model(fn_args.serving_model_dir):
             raise RuntimeError(f"The chief's export {fn_args.serving_model_dir} is missing after every replica "
                                "finished: replicas must share the Trainer's output storage (e.g. gs://)")
+    # Keras deletes its checkpoint files when fit completes but leaves their folder behind; in a cluster
+    # the other replicas' temporary files in it are gone only once they have all finished (above).
+    if chief and tf.io.gfile.isdir(backup) and not tf.io.gfile.listdir(backup):
+        tf.io.gfile.rmtree(backup)
 
 
 def _wait_for_every_replica(strategy: tf.distribute.Strategy) -> None:
