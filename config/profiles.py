@@ -49,6 +49,7 @@ PROFILES: Dict[str, Dict[str, Any]] = {
         "model.head_width": 32,
         "train.epochs": 2,
         "train.batch_size": 8,
+        "train.validation_images": 8,
         "eval.min_mean_iou": 0.0,
         "eval.max_regression": 1.0,
         "eval.report_images": 2,
