@@ -6,8 +6,10 @@ import os
 import pathlib
 import subprocess
 import sys
+import types
 
 import numpy as np
+import pytest
 import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 
@@ -167,3 +169,27 @@ def test_warm_start_skips_a_base_model_of_another_architecture(trained, caplog):
     assert "different architecture" in caplog.text
     for old, new in zip(before, model.get_weights()):
         np.testing.assert_array_equal(new, old)
+
+
+def test_the_backup_sits_beside_the_trainers_outputs_on_an_object_store_too():
+    fn_args = types.SimpleNamespace(
+        train_files=["gs://b/root/Transform/x/Split-train/*"], eval_files=["gs://b/root/Transform/x/Split-eval/*"],
+        transform_output="gs://b/root/Transform/graph/3", base_model=None, custom_config={"model": {}},
+        serving_model_dir="gs://b/root/Trainer/model/7/Format-Serving")
+    assert run.backup_dir(fn_args).startswith("gs://b/root/Trainer/backup/")
+
+
+@pytest.mark.parametrize("tf_config, chief", [
+    (None, True),
+    ({"cluster": {"chief": ["c:2222"], "worker": ["w:2222"]}, "task": {"type": "chief", "index": 0}}, True),
+    ({"cluster": {"chief": ["c:2222"], "worker": ["w:2222"]}, "task": {"type": "worker", "index": 0}}, False),
+    ({"cluster": {"worker": ["w0:2222", "w1:2222"]}, "task": {"type": "worker", "index": 0}}, True),
+    ({"cluster": {"master": ["m:2222"], "worker": ["w:2222"]}, "task": {"type": "master", "index": 0}}, True),
+    ({"cluster": {"master": ["m:2222"], "worker": ["w:2222"]}, "task": {"type": "worker", "index": 0}}, False),
+])
+def test_exactly_one_replica_is_the_chief(monkeypatch, tf_config, chief):
+    if tf_config is None:
+        monkeypatch.delenv("TF_CONFIG", raising=False)
+    else:
+        monkeypatch.setenv("TF_CONFIG", json.dumps(tf_config))
+    assert run._is_chief() is chief

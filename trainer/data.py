@@ -57,7 +57,7 @@ def input_fn(file_pattern: List[str], data_accessor, tf_transform_output: tft.TF
     """(image uint8 [B, S, S, 3], mask uint8 [B, S, S]) batches of the global batch size.
 
     Training batches are shuffled every epoch and randomly flipped; evaluation batches are neither,
-    so evaluation data never sees the training map (a seed defect). With `cache`, decoded examples
+    so evaluation data never sees the training map. With `cache`, decoded examples
     stay in memory after the first pass (uint8, S^2 x 4 bytes each), so later epochs cost no reading;
     without it every epoch streams the files (`fits_cache` decides which). `limit` keeps the first
     `limit` examples in the files' deterministic read order, the same ones every epoch.
@@ -89,6 +89,6 @@ def input_fn(file_pattern: List[str], data_accessor, tf_transform_output: tft.TF
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     # No autotuning thread: destroying an iterator can wait out that thread's sleep (up to a minute),
     # and Keras drops one every epoch and at the end of fit. AUTOTUNE settings keep tf.data's starting
-    # values, and epochs train as fast (bench/README.md, finding 22).
+    # values, and epochs train as fast.
     options.autotune.enabled = False
     return dataset.with_options(options)

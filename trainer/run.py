@@ -6,7 +6,7 @@ import hashlib
 import json
 import logging
 import os
-import pathlib
+import posixpath
 import tempfile
 from typing import Sequence
 
@@ -29,18 +29,19 @@ def backup_dir(fn_args) -> str:
     key = json.dumps({"train": sorted(fn_args.train_files), "eval": sorted(fn_args.eval_files),
                       "transform": fn_args.transform_output, "base": fn_args.base_model or "",
                       "config": fn_args.custom_config}, sort_keys=True)
-    # serving_model_dir is <pipeline_root>/<trainer id>/model/<execution id>/Format-Serving.
-    trainer_root = pathlib.Path(fn_args.serving_model_dir).parents[2]
-    return str(trainer_root / "backup" / hashlib.sha256(key.encode()).hexdigest()[:16])
+    # serving_model_dir is <pipeline_root>/<trainer id>/model/<execution id>/Format-Serving, a local
+    # path or a URI (gs://...): split as a string, since pathlib turns "gs://b" into "gs:/b".
+    trainer_root = fn_args.serving_model_dir.rstrip("/").rsplit("/", 3)[0]
+    return posixpath.join(trainer_root, "backup", hashlib.sha256(key.encode()).hexdigest()[:16])
 
 
 def _is_chief() -> bool:
-    """Single-process training, the `chief` task, or worker 0 of a cluster without a chief."""
+    """Single-process training, the `chief` (or legacy `master`) task, or worker 0 of a cluster without one."""
     tf_config = json.loads(os.environ.get("TF_CONFIG") or "{}")
     task = tf_config.get("task")
-    if not task or task.get("type") == "chief":
+    if not task or task.get("type") in ("chief", "master"):
         return True
-    return task.get("type") == "worker" and task.get("index", 0) == 0 and "chief" not in tf_config.get("cluster", {})
+    return task.get("type") == "worker" and task.get("index", 0) == 0 and not {"chief", "master"} & set(tf_config.get("cluster", {}))
 
 
 def _warm_start(model: tf.keras.Model, base_model_dir: str) -> None:
