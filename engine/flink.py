@@ -203,11 +203,6 @@ def rest_get(rest_url: str, path: str, timeout: float = 5) -> Dict[str, object]:
         raise ClusterError(f"Flink REST {rest_url}{path}: {exc}") from exc
 
 
-def taskmanager_pids(state_dir: pathlib.Path) -> List[int]:
-    state = read_state(state_dir) or {"processes": []}
-    return [p["pid"] for p in state["processes"] if p["name"].startswith("taskmanager")]
-
-
 def _worker_env() -> Dict[str, str]:
     """The SDK workers the pool spawns run `python` from PATH: ours first, with Keras 2 for TFT/TFMA."""
     env = dict(os.environ)

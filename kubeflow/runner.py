@@ -222,9 +222,3 @@ def load_spec(path: str) -> Dict[str, Any]:
     if path.endswith(".json"):
         return json.loads(text)["pipelineSpec"]
     return yaml.safe_load(text)
-
-
-def executor_images(spec: Dict[str, Any]) -> Dict[str, str]:
-    """Executor label -> container image, for every container executor."""
-    return {label: executor["container"]["image"]
-            for label, executor in spec["deploymentSpec"]["executors"].items() if "container" in executor}

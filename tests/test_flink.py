@@ -93,7 +93,7 @@ def flink_run(cluster, tmp_path_factory):
         wait_for_path(output, TRANSFORM_SINK_OPENED, proc, timeout=3000)
         running = [j for j in flink.rest_get(cluster.rest_url, "/jobs/overview")["jobs"] if j["state"] == "RUNNING"]
         assert len(running) == 1, running
-        victim = flink.taskmanager_pids(cluster.dir)[0]
+        victim = _taskmanagers(cluster)[0]
         _kill_and_wait(victim)
         # What Kubernetes or a supervisor would do: bring the TaskManager back (`up` starts what is missing).
         flink.up(cluster, timeout=600)
@@ -148,10 +148,15 @@ def test_transformed_examples_and_metrics_equal_a_direct_runner_run(flink_run, t
     assert report["metrics"]["keys"] and report["metrics"]["max_abs_diff"] <= METRIC_TOLERANCE, report["metrics"]
 
 
+def _taskmanagers(cluster) -> list:
+    """Pids of the TaskManagers `petseg flink status` reports alive."""
+    return [p["pid"] for p in flink.status(cluster)["processes"] if p["name"].startswith("taskmanager") and p["alive"]]
+
+
 def test_flink_restarts_the_transform_job_when_a_taskmanager_dies(cluster, flink_run):
     """Flink's own failover: the job that lost a TaskManager ran again as new attempts and finished; petseg ran once."""
-    assert flink_run.victim not in flink.taskmanager_pids(cluster.dir)
-    assert len(flink.taskmanager_pids(cluster.dir)) == cluster.taskmanagers
+    assert flink_run.victim not in _taskmanagers(cluster)
+    assert len(_taskmanagers(cluster)) == cluster.taskmanagers
     job = flink.rest_get(cluster.rest_url, f"/jobs/{flink_run.transform_job}")
     assert job["state"] == "FINISHED", job["state"]
     # Each restart of the whole job ("full" failover) starts every subtask as a new attempt (0 is the first).
