@@ -198,7 +198,7 @@ def measure_scale(args: argparse.Namespace) -> Dict[str, object]:
     with stage(f"scale: {profile} at {args.scale_sizes} images"):
         results.update(scale.scale_figures(
             profile, overrides + args.set, args.scale_sizes, work, evaluator_model=args.scale_evaluator_model,
-            train_batch=args.scale_train_batch, train_steps=args.train_steps,
+            train_batch=args.scale_train_batch, train_steps=args.scale_train_steps,
             validation_profile=args.validation_profile, user_overrides=args.set, matmul_size=args.matmul_size))
     results["machine_at_end"] = measure.machine()
     results["bench_seconds"] = round(time.perf_counter() - started, 1)
@@ -256,6 +256,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                              "image, not the model's), or the profile's own")
     parser.add_argument("--scale-train-batch", type=int, default=8,
                         help="batch of --scale's full-model train step and of its one-step Trainer runs")
+    parser.add_argument("--scale-train-steps", type=int, default=3,
+                        help="timed steps of --scale's full-model train step figures (several seconds each on CPU)")
     parser.add_argument("--validation-profile", default="seed",
                         help="the recipe whose validation share --scale reports (with the --set overrides)")
     parser.add_argument("--matmul-size", type=int, default=2048,

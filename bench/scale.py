@@ -44,14 +44,28 @@ def split(total: int) -> Tuple[int, int]:
     return train, total - train
 
 
-def has_setting(section: str, key: str) -> bool:
-    """Whether the config has `section.key` (settings other rooms add may not have landed)."""
-    import dataclasses
+def short_eval(transformed, images: int, folder: pathlib.Path):
+    """`transformed` (an Examples artifact) with its train split as is and only `images` eval records.
 
-    from config.settings import PipelineConfig
+    The one-step Trainer runs exist for their export; Keras would otherwise validate the full model
+    on the whole eval split, minutes of forward passes that no figure here reads.
+    """
+    import copy
 
-    sub = getattr(PipelineConfig(), section)
-    return key in {f.name for f in dataclasses.fields(sub)}
+    import tensorflow as tf
+
+    clone = copy.deepcopy(transformed)
+    clone.uri = str(folder)
+    train = folder / "Split-train"
+    train.mkdir(parents=True, exist_ok=True)
+    for path in pathlib.Path(transformed.uri, "Split-train").iterdir():
+        (train / path.name).symlink_to(path)
+    eval_files = sorted(str(p) for p in pathlib.Path(transformed.uri, "Split-eval").iterdir())
+    (folder / "Split-eval").mkdir(exist_ok=True)
+    with tf.io.TFRecordWriter(str(folder / "Split-eval" / "first-records")) as writer:
+        for record in tf.data.TFRecordDataset(eval_files).take(images):
+            writer.write(record.numpy())
+    return clone
 
 
 class Stage:
@@ -93,7 +107,7 @@ def scale_figures(profile: str, overrides: Sequence[str], sizes: Sequence[int], 
     """Every figure of `--scale`; `overrides` shape the scale profile, `user_overrides` also the validation one."""
     from tfx.types import standard_artifacts
 
-    from bench import model_bytes, stages
+    from bench import stages
     from config.profiles import load_config
 
     sizes = sorted(sizes)
@@ -126,11 +140,11 @@ def scale_figures(profile: str, overrides: Sequence[str], sizes: Sequence[int], 
             results["scale_imports_only_peak_rss_mb"] = run(IMPORTS_ONLY, {}, IMPORTS_ONLY)[1]["peak_rss_mb"]
         if model is None:
             # One model for every size: the Evaluator's per-image cost must not change with the model.
-            trainer_inputs = {"examples": transformed["transformed_examples"],
+            examples_for_trainer = short_eval(transformed["transformed_examples"][0], train_batch,
+                                              folder / "transformed_short_eval")
+            trainer_inputs = {"examples": [examples_for_trainer],
                               "transform_graph": transformed["transform_graph"], "schema": schema["schema"]}
             short = ["train.epochs=1", "train.steps_per_epoch=1", f"train.batch_size={train_batch}"]
-            if has_setting("train", "validation_images"):
-                short.append(f"train.validation_images={train_batch}")
             full, trained = run(names.TRAINER_ID, trainer_inputs, "Trainer-profile-model", short)
             _progress(f"scale: the profile's model trained one step and exported in {trained['seconds']} s")
             blessing = standard_artifacts.ModelBlessing()
@@ -138,7 +152,10 @@ def scale_figures(profile: str, overrides: Sequence[str], sizes: Sequence[int], 
             blessing.set_int_custom_property("blessed", 1)
             stages.execute(by_id[names.PUSHER_ID], {"model": full["model"], "model_blessing": [blessing]},
                            str(folder / names.PUSHER_ID), beam_args)
-            results.update(model_bytes.served_model_figures(config.serving_dir))
+            # Loading the full model to count its weights takes GBs: not in this process, which launches the rest.
+            served = folder / "served.json"
+            _child(["--served", config.serving_dir, str(served)], folder / "served.log")
+            results.update(json.loads(served.read_text()))
             _progress(f"scale: served_model_bytes_ratio {results['served_model_bytes_ratio']}")
             model = full["model"]
             if evaluator_model == "small":
@@ -198,11 +215,16 @@ def growth(per_size: Dict[int, Dict[str, Dict[str, float]]], counts: Dict[int, D
 
 
 def _peak_rss_mb() -> Dict[str, float]:
-    """This process's peak RSS, and the largest of its waited-for children's (Beam or drawing workers)."""
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """This process's peak RSS since it started, and the largest of its waited-for children's.
+
+    VmHWM, not getrusage: Linux carries the launching process's peak into a child's ru_maxrss across
+    fork and exec, so every child would report at least the bench's own peak. Children (Beam or
+    drawing workers, if any) only have ru_maxrss, which starts at this process's RSS when they fork.
+    """
+    with open("/proc/self/status") as f:
+        own = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    return {"peak_rss_mb": round(max(own, children)), "peak_rss_mb_own": round(own),
-            "peak_rss_mb_children": round(children)}
+    return {"peak_rss_mb": round(own), "largest_child_peak_rss_mb": round(children)}
 
 
 def _run_stage(spec_file: str) -> None:
@@ -240,15 +262,21 @@ def _main(argv: Optional[List[str]] = None) -> None:
     import argparse
     import warnings
 
-    parser = argparse.ArgumentParser(description="One --scale child: a stage's executor, or the full model's step.")
+    parser = argparse.ArgumentParser(description="One --scale child: a stage's executor, the full model's step, "
+                                                 "or the served model's bytes.")
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--stage", metavar="SPEC_JSON")
     mode.add_argument("--full-model", metavar="SPEC_JSON")
+    mode.add_argument("--served", nargs=2, metavar=("SERVING_DIR", "RESULT_JSON"))
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
     start = time.perf_counter()
     if args.stage:
         _run_stage(args.stage)
+    elif args.served:
+        from bench import model_bytes
+
+        pathlib.Path(args.served[1]).write_text(json.dumps(model_bytes.served_model_figures(args.served[0])))
     else:
         _run_full_model(args.full_model)
     print(f"[bench.scale] done in {time.perf_counter() - start:.1f} s", flush=True)

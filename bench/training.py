@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from typing import Dict, List, Optional, Sequence
 
@@ -166,14 +167,24 @@ def precision_figures(config: PipelineConfig, held: Sequence[tuple], batch: int,
 
 
 def step_figures(model: tf.keras.Model, batches: Sequence[tuple], batch: int, steps: int,
-                 peak_flops: float) -> Dict[str, float]:
-    """Train step time, img/s and MFU of `model` on in-memory batches (one warm-up step traces it)."""
+                 matmul_size: int = 2048) -> Dict[str, float]:
+    """Train step time, img/s and MFU of `model` on in-memory batches (one warm-up step traces it).
+
+    The MFU's limit is the matmul peak in the model's compute dtype measured just before and just
+    after the timed steps, the better of the two: load on a shared machine moves both alike.
+    """
+    dtype = tf.as_dtype(compute_dtype(model))
     model.fit(in_memory(batches), epochs=1, steps_per_epoch=1, verbose=0)
+    before = measure.matmul_flops_per_second(dtype, size=matmul_size)
     ips = images_per_second(model, lambda: in_memory(batches), batch, steps, repeats=1)
+    peak = max(before, measure.matmul_flops_per_second(dtype, size=matmul_size))
     flops = measure.training_flops_per_image(model)
-    return {"ms_per_step": round(1e3 * batch / ips, 1), "images_per_second": round(ips, 3),
-            "train_gflop_per_image": round(flops / 1e9, 2), "mfu": measure.ratio(ips * flops, peak_flops),
-            "compute_dtype": compute_dtype(model), "batch": batch, "timed_steps": steps}
+    figures = {"ms_per_step": round(1e3 * batch / ips, 1), "images_per_second": round(ips, 3),
+               "train_gflop_per_image": round(flops / 1e9, 2), "mfu": measure.ratio(ips * flops, peak),
+               "matmul_gflops": round(peak / 1e9, 1), "compute_dtype": dtype.name, "batch": batch,
+               "timed_steps": steps}
+    print(f"[bench] train step of {model.count_params():,} parameters: {figures}", file=sys.stderr, flush=True)
+    return figures
 
 
 def forward_seconds_per_image(model: tf.keras.Model, batches: Sequence[tuple], batch: int, steps: int) -> float:
@@ -186,23 +197,19 @@ def full_model_figures(config: PipelineConfig, validation: PipelineConfig, batch
                        real_train_images: int, real_eval_images: int, matmul_size: int = 2048) -> Dict[str, object]:
     """The `config` model's train step in float32 and mixed bfloat16 with MFU, and `validation`'s validation share.
 
-    Against the matmul peaks measured first in this process. `validation_epoch_share`: seconds of one
-    epoch's Keras validation on `train.validation_images` images (the whole eval split when unset) over
-    seconds of one epoch's training on `real_train_images`, from per-image times at batch `batch`.
+    `validation_epoch_share`: seconds of one epoch's Keras validation on `train.validation_images`
+    images (the whole eval split when unset) over seconds of one epoch's training on
+    `real_train_images`, from per-image times at batch `batch`.
     """
     import dataclasses
 
     from trainer.strategy import cpu_supports_bf16, resolve_mixed_precision
 
-    peak = {"float32": measure.matmul_flops_per_second(tf.float32, size=matmul_size),
-            "bfloat16": measure.matmul_flops_per_second(tf.bfloat16, size=matmul_size)}
     batches = synthetic_batches(config.model.image_size, batch, 2)
     by_precision = {}
     for name, policy in (("float32", "none"), ("bfloat16", "mixed_bfloat16")):
         model = build(dataclasses.replace(config, model=dataclasses.replace(config.model, mixed_precision=policy)))
-        # Emulated bf16 is several times slower: fewer timed steps keep it within minutes.
-        by_precision[name] = step_figures(model, batches, batch, steps if name == "float32" else max(1, steps // 2),
-                                          peak[name])
+        by_precision[name] = step_figures(model, batches, batch, steps, matmul_size)
         parameters = model.count_params()
         del model
         tf.keras.backend.clear_session()
@@ -210,7 +217,7 @@ def full_model_figures(config: PipelineConfig, validation: PipelineConfig, batch
     policy = resolve_mixed_precision(validation.model.mixed_precision)
     model = build(validation)
     val_batches = synthetic_batches(validation.model.image_size, batch, 2)
-    train = step_figures(model, val_batches, batch, steps, peak["bfloat16" if "bfloat16" in policy else "float32"])
+    train = step_figures(model, val_batches, batch, steps, matmul_size)
     forward = forward_seconds_per_image(model, val_batches, batch, steps)
     del model
     tf.keras.backend.clear_session()
@@ -223,7 +230,6 @@ def full_model_figures(config: PipelineConfig, validation: PipelineConfig, batch
         "full_model_bf16_speedup": measure.ratio(by_precision["bfloat16"]["images_per_second"],
                                                  by_precision["float32"]["images_per_second"]),
         "full_model_parameters": parameters,
-        "matmul_gflops": {k: round(v / 1e9, 1) for k, v in peak.items()},
         "matmul_size": matmul_size,
         "cpu_bf16_instructions": cpu_supports_bf16(),
         "validation_epoch_share": round(epoch_validation / epoch_train, 3),

@@ -131,7 +131,7 @@ def test_scale_runs_at_tiny_sizes(tmp_path):
 
     output = tmp_path / "scale.json"
     assert run.main(["--scale", "--scale-profile", "tiny", "--validation-profile", "tiny", "--scale-sizes", "40,80",
-                     "--scale-evaluator-model", "profile", "--scale-train-batch", "2", "--train-steps", "1",
+                     "--scale-evaluator-model", "profile", "--scale-train-batch", "2", "--scale-train-steps", "1",
                      "--matmul-size", "256", "--work", str(tmp_path / "work"), "--output", str(output)]) == 0
     results = json.loads(output.read_text())
     for key in run.SCALE_HEADLINE:
@@ -148,6 +148,6 @@ def test_scale_runs_at_tiny_sizes(tmp_path):
     assert served["stored_values"]["model"]["values"] == served["parameters"] == results["full_model_parameters"]
     assert set(results["full_model_train_step"]) == {"float32", "bfloat16"}
     assert results["full_model_train_step"]["bfloat16"]["compute_dtype"] == "bfloat16"
-    assert all(0 < step["mfu"] for step in results["full_model_train_step"].values())
+    assert all(step["mfu"] > 0 and step["matmul_gflops"] > 0 for step in results["full_model_train_step"].values())
     assert results["validation"]["validation_images"] > 0
     assert results["machine_at_start"]["cpu_flags"].keys() >= {"avx512f", "avx512_bf16", "amx_bf16"}
