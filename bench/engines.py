@@ -17,10 +17,8 @@ from report.artifacts import RunArtifacts
 
 
 def local_cluster(work: str) -> flink.ClusterSpec:
-    """A cluster of our own on free loopback ports, so a developer's `petseg flink up` is left alone."""
-    rest, rpc, job, artifact, expansion, pool = flink.free_ports(6)
-    return flink.ClusterSpec(state_dir=os.path.join(work, "flink"), rest_port=rest, rpc_port=rpc, job_port=job,
-                             artifact_port=artifact, expansion_port=expansion, worker_pool_port=pool)
+    """A cluster of our own on ports its processes pick, so a developer's `petseg flink up` is left alone."""
+    return flink.ClusterSpec(state_dir=os.path.join(work, "flink"), **dict.fromkeys(flink.PORT_FIELDS, 0))
 
 
 def flink_args(config: PipelineConfig, spec: flink.ClusterSpec, parallelism: int) -> List[str]:

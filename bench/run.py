@@ -116,7 +116,7 @@ def measure_all(args: argparse.Namespace) -> Dict[str, object]:
 
         spec = engines.local_cluster(str(work))
         with stage("engines: Flink (parallelism 2) vs DirectRunner, Transform and Evaluator"):
-            flink.up(spec, timeout=900)
+            spec = flink.ClusterSpec(**flink.up(spec, timeout=900)["spec"])  # with the ports bound
             try:
                 run = RunArtifacts(config.metadata_path, config.name)
                 results.update(engines.engine_figures(config, run, str(work), spec))
@@ -154,7 +154,7 @@ def measure_all(args: argparse.Namespace) -> Dict[str, object]:
 
         spec = engines.local_cluster(str(work))
         with stage("engines: Flink (parallelism 2) vs DirectRunner, Transform and Evaluator"):
-            flink.up(spec, timeout=900)
+            spec = flink.ClusterSpec(**flink.up(spec, timeout=900)["spec"])  # with the ports bound
             try:
                 results.update(engines.engine_figures(config, run, str(work), spec))
             finally:

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from config.settings import PipelineConfig
-
 from config.profiles import PROFILES, apply_values, load_config
+from config.settings import PipelineConfig
 
 
 def add_config_args(parser: argparse.ArgumentParser) -> None:

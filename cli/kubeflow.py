@@ -7,8 +7,9 @@ import os
 import sys
 import tempfile
 
-from kubeflow import runner
 from cli.config_args import add_config_args, config_from_args
+from config.settings import DATASETS
+from kubeflow import runner, vertex
 
 # Beam's runner class names as `--beam-arg=--runner=...` gives them, to beam.runner values.
 BEAM_RUNNER_NAMES = {"DirectRunner": "direct", "FlinkRunner": "flink",
@@ -66,7 +67,7 @@ def _add_compile_args(parser: argparse.ArgumentParser) -> None:
                              f"{runner.DEFAULT_DATA_DIR}; a mounted volume keeps downloads)")
     parser.add_argument("--app-dir", default=runner.APP_DIR,
                         help=f"where the image holds the project (default: {runner.APP_DIR})")
-    parser.add_argument("--dataset", choices=["synthetic", "oxford_iiit_pet"])
+    parser.add_argument("--dataset", choices=DATASETS)
     parser.add_argument("--oxford-raw-dir", metavar="DIR",
                         help="extracted archives as seen inside the container; may hold {SPAN}, "
                              "e.g. /mnt/pets/span-{SPAN} (the latest span is read each run)")
@@ -74,6 +75,14 @@ def _add_compile_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gpu-type", default=runner.GPU_TYPE, help=f"accelerator type (default {runner.GPU_TYPE})")
     parser.add_argument("--cpu", type=float, help="vCPU limit of the Trainer")
     parser.add_argument("--memory", type=float, metavar="GB", help="memory limit of the Trainer in GB")
+    parser.add_argument("--project", help="vertex with train.workers > 1: the Google Cloud project of the Trainer's "
+                                          "CustomJob")
+    parser.add_argument("--region", help="vertex with train.workers > 1: the Vertex AI region of the Trainer's "
+                                         "CustomJob, e.g. us-central1")
+    parser.add_argument("--machine-type", help="vertex with train.workers > 1: each replica's machine, e.g. "
+                                               "n1-standard-8 (default: the smallest N1 machine with --cpu/--memory, "
+                                               f"else {vertex.DEFAULT_MACHINE_TYPE}); --gpu-type then names a "
+                                               "Vertex accelerator, e.g. NVIDIA_TESLA_T4")
     parser.add_argument("--beam-arg", action="append", default=[], metavar="ARG",
                         help="extra Beam arg for every task (appended to beam.args), e.g. --beam-arg=--project=P; "
                              "--beam-arg=--runner=DataflowRunner sets beam.runner (repeatable)")
@@ -83,7 +92,8 @@ def _settings(args: argparse.Namespace) -> runner.KubeflowSettings:
     settings = runner.KubeflowSettings(
         target=args.target, image=args.image, pipeline_root=args.pipeline_root, serving_dir=args.serving_dir,
         data_dir=args.container_data_dir, app_dir=args.app_dir, trainer_cpu=args.cpu,
-        trainer_memory_gb=args.memory, trainer_gpus=args.gpus, gpu_type=args.gpu_type)
+        trainer_memory_gb=args.memory, trainer_gpus=args.gpus, gpu_type=args.gpu_type, project=args.project,
+        region=args.region, machine_type=args.machine_type)
     try:
         return settings.validate()
     except runner.SettingsError as exc:
@@ -91,8 +101,8 @@ def _settings(args: argparse.Namespace) -> runner.KubeflowSettings:
 
 
 def _config(args: argparse.Namespace):
-    from config.settings import ConfigError
     from config.profiles import apply_values
+    from config.settings import ConfigError
 
     config = config_from_args(args)
     # `--beam-arg=--runner=X` (the documented Dataflow form) picks beam.runner; the rest pass through.

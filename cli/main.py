@@ -7,13 +7,12 @@ import dataclasses
 import sys
 from typing import List, Optional
 
+from cli import console, kubeflow as kubeflow_cli
+from cli.config_args import add_config_args, config_from_args
+from config.settings import DATASETS, ConfigError
 from engine import flink
 from engine.install import InstallError
-from cli import kubeflow as kubeflow_cli
-from cli import console
 from pipeline import gc_tuning
-from config.settings import ConfigError
-from cli.config_args import add_config_args, config_from_args
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_args(run)
     run.add_argument("--output", metavar="DIR",
                      help="folder for everything the run writes (default: runs/default)")
-    run.add_argument("--dataset", choices=["synthetic", "oxford_iiit_pet"],
+    run.add_argument("--dataset", choices=DATASETS,
                      help="embedded synthetic pets (default) or the real Oxford-IIIT Pet")
     run.add_argument("--oxford-raw-dir", metavar="DIR",
                      help="extracted Oxford-IIIT Pet archives (images/, annotations/), built offline")

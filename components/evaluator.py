@@ -8,8 +8,7 @@ from typing import Any, Dict, List, Optional
 import tensorflow_model_analysis as tfma
 from absl import logging
 from tfx import types
-from tfx.components.evaluator import component as evaluator_component
-from tfx.components.evaluator import executor as evaluator_executor
+from tfx.components.evaluator import component as evaluator_component, executor as evaluator_executor
 from tfx.dsl.components.base import executor_spec
 from tfx.types import standard_component_specs
 from tfx.utils import proto_utils

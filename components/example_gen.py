@@ -38,6 +38,7 @@ class TfdsExampleGenSpec(types.ComponentSpec):
         "synthetic_train_images": ExecutionParameter(type=int),
         "synthetic_test_images": ExecutionParameter(type=int),
         "synthetic_seed": ExecutionParameter(type=int),
+        "synthetic_like_oxford": ExecutionParameter(type=int, optional=True),  # 0/1, as `strict`
         # int, not bool: TFX stores execution properties as MLMD int/str/double values.
         "strict": ExecutionParameter(type=int),
         # With `{SPAN}` in raw_dir: the span to read; -1 = the newest one when the executor runs. A
@@ -70,6 +71,7 @@ class Executor(base_executor.BaseExecutor):
             synthetic=(int(exec_properties["synthetic_train_images"]),
                        int(exec_properties["synthetic_test_images"]),
                        int(exec_properties["synthetic_seed"])),
+            synthetic_like_oxford=bool(exec_properties.get("synthetic_like_oxford") or 0),
             version=exec_properties["version"],
             strict=bool(exec_properties["strict"]),
         )
@@ -113,7 +115,8 @@ class TfdsExampleGen(base_component.BaseComponent):
 
     def __init__(self, data_dir: str, source: str = "synthetic", raw_dir: Optional[str] = None,
                  version: str = "4.*.*", synthetic_train_images: int = 480, synthetic_test_images: int = 120,
-                 synthetic_seed: int = 0, strict: bool = False, span: Optional[int] = None):
+                 synthetic_seed: int = 0, strict: bool = False, span: Optional[int] = None,
+                 synthetic_like_oxford: bool = False):
         """raw_dir may hold `{SPAN}` (e.g. /data/pets/span-{SPAN}); span None reads the latest span."""
         tfds_prepare.check_source(source, raw_dir)
         spanned = spans.has_span(raw_dir)
@@ -123,6 +126,7 @@ class TfdsExampleGen(base_component.BaseComponent):
             source=source, data_dir=data_dir, raw_dir=raw_dir or "", version=version,
             synthetic_train_images=int(synthetic_train_images), synthetic_test_images=int(synthetic_test_images),
             synthetic_seed=int(synthetic_seed), strict=int(bool(strict)),
+            synthetic_like_oxford=int(bool(synthetic_like_oxford)) if source == "synthetic" else None,
             span=(-1 if span is None else int(span)) if spanned else None,
             synthetic_generator=synthetic.GENERATOR_VERSION if source == "synthetic" else None,
             examples=types.Channel(type=standard_artifacts.Examples)))

@@ -14,8 +14,7 @@ from typing import Any, Dict, List, Optional
 
 from absl import logging
 from tfx import types
-from tfx.components.pusher import component as pusher_component
-from tfx.components.pusher import executor as pusher_executor
+from tfx.components.pusher import component as pusher_component, executor as pusher_executor
 from tfx.dsl.components.base import executor_spec
 from tfx.dsl.io import fileio
 from tfx.proto import pusher_pb2

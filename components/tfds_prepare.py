@@ -8,7 +8,10 @@ import logging
 import os
 import pathlib
 import shutil
-from typing import Dict, List, Optional, Tuple, Union
+import socket
+import threading
+import urllib.parse
+from typing import Dict, List, Mapping, Optional, Tuple, Union
 
 from components import internals
 from dataset import synthetic as synthetic_archive
@@ -21,6 +24,14 @@ NAME = "oxford_iiit_pet"
 SOURCES = ("synthetic", "download", "raw-dir")
 
 PathLike = Union[str, os.PathLike]
+
+# Resolving and connecting to a reachable archive host takes well under this; without a network the
+# download would otherwise retry for minutes before failing.
+REACH_TIMEOUT_S = 10.0
+
+
+class DownloadUnreachableError(RuntimeError):
+    """The archives must be downloaded and their host cannot be reached; the message says what to do instead."""
 
 
 @dataclasses.dataclass
@@ -56,12 +67,68 @@ def check_source(source: str, raw_dir: Optional[PathLike]) -> None:
 
 
 
+def archive_urls(builder) -> Dict[str, str]:
+    """{"images": URL, "annotations": URL}: the two archives the builder downloads, from its checksums file."""
+    urls = {pathlib.PurePosixPath(urllib.parse.urlparse(url).path).name.split(".")[0]: url
+            for url in builder.url_infos or {}}
+    if set(urls) != {"images", "annotations"}:
+        raise RuntimeError(f"the {NAME} builder no longer downloads images and annotations archives: {urls}")
+    return urls
+
+
+def check_reachable(urls: Mapping[str, str], timeout: float = REACH_TIMEOUT_S) -> None:
+    """Raises DownloadUnreachableError within about `timeout` seconds unless every URL's host accepts a connection."""
+    for host, port in sorted({_host_port(url) for url in urls.values()}):
+        try:
+            addresses = _resolve(host, port, timeout)
+            with socket.create_connection(addresses[0][4][:2], timeout=timeout):
+                pass
+        except OSError as exc:
+            raise DownloadUnreachableError(_offline_help(urls, f"{host}:{port} cannot be reached ({exc})")) from None
+
+
+def _host_port(url: str) -> Tuple[str, int]:
+    parts = urllib.parse.urlparse(url)
+    return parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
+
+
+def _resolve(host: str, port: int, timeout: float) -> list:
+    # getaddrinfo has no timeout of its own, and a resolver that does not answer holds it for tens of
+    # seconds; a daemon thread lets the check give up on time.
+    result: Dict[str, object] = {}
+
+    def lookup() -> None:
+        try:
+            result["addresses"] = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except OSError as exc:
+            result["error"] = exc
+
+    thread = threading.Thread(target=lookup, name="resolve-archive-host", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if "addresses" in result:
+        return result["addresses"]  # type: ignore[return-value]
+    raise result.get("error") or socket.timeout(f"resolving {host} took over {timeout:g} s")  # type: ignore
+
+
+def _offline_help(urls: Mapping[str, str], problem: str) -> str:
+    return (f"{NAME} must be downloaded, but {problem}. On a machine without internet, fetch the two "
+            f"archives elsewhere:\n  {urls['images']}\n  {urls['annotations']}\n"
+            "extract both into one folder (tar -xf images.tar.gz -C DIR; tar -xf annotations.tar.gz -C DIR; "
+            "DIR then holds images/ and annotations/) and run with --oxford-raw-dir DIR "
+            "(data.oxford_raw_dir: DIR in a config file).")
+
+
 def prepare(data_dir: PathLike, source: str, raw_dir: Optional[PathLike] = None,
             synthetic: Tuple[int, int, int] = (480, 120, 0), version: str = "4.*.*",
-            strict: bool = False) -> PreparedDataset:
+            strict: bool = False, synthetic_like_oxford: bool = False,
+            download_urls: Optional[Mapping[str, str]] = None) -> PreparedDataset:
     """Builds `oxford_iiit_pet` into data_dir unless it is already there; returns where it is.
 
-    synthetic: (train images, test images, seed), used when source == "synthetic".
+    synthetic: (train images, test images, seed), used when source == "synthetic";
+    synthetic_like_oxford: draw them like the real set (dataset.synthetic.write_archive's like_oxford).
+    download_urls: {"images": URL, "annotations": URL} for source == "download"; None = the builder's own
+    (archive_urls), checked against its checksums.
     """
     import tensorflow_datasets as tfds
 
@@ -74,6 +141,7 @@ def prepare(data_dir: PathLike, source: str, raw_dir: Optional[PathLike] = None,
     elif source == "synthetic":
         origin["synthetic"] = [int(v) for v in synthetic]
         origin["generator"] = synthetic_archive.GENERATOR_VERSION
+        origin["like_oxford"] = bool(synthetic_like_oxford)
 
     builder = tfds.builder(f"{NAME}:{version}", data_dir=str(data_dir))
     record = work / f"{NAME}-{builder.version}.json"
@@ -83,30 +151,52 @@ def prepare(data_dir: PathLike, source: str, raw_dir: Optional[PathLike] = None,
     skipped: Dict[str, int] = {}
     repaired: Dict[str, int] = {}
     if source == "download":
-        log.info("Downloading and preparing %s %s into %s", NAME, builder.version, data_dir)
-        try:
-            builder.download_and_prepare()
-        except Exception as exc:
-            raise RuntimeError(f"downloading {NAME} failed ({exc}); without internet, extract the "
-                               "images and annotations archives and use source='raw-dir'") from exc
+        raw = _download(builder, data_dir, work, download_urls)
+    elif source == "synthetic":
+        train, test, seed = (int(v) for v in synthetic)
+        style = "-like-oxford" if synthetic_like_oxford else ""
+        raw = synthetic_archive.write_archive(work / f"synthetic_raw-{train}-{test}-{seed}{style}", train, test,
+                                              seed, like_oxford=synthetic_like_oxford)
     else:
-        if source == "synthetic":
-            train, test, seed = (int(v) for v in synthetic)
-            raw = synthetic_archive.write_archive(work / f"synthetic_raw-{train}-{test}-{seed}", train, test, seed)
-        else:
-            raw = pathlib.Path(raw_dir).resolve()
-        staging = work / "staging"
-        skipped, repaired = stage(raw, staging, strict=strict, reencoded_names=internals.tfds_reencoded_names())
-        _build_offline(builder, staging)
-        builder = tfds.builder(f"{NAME}:{builder.version}", data_dir=str(data_dir))  # plain TFDS reads it back
-        # The builder has read everything; the staging copy is symlinks and a few re-encodes.
-        shutil.rmtree(staging, ignore_errors=True)
+        raw = pathlib.Path(raw_dir).resolve()
+    staging = work / "staging"
+    skipped, repaired = stage(raw, staging, strict=strict, reencoded_names=internals.tfds_reencoded_names())
+    _build_offline(builder, staging)
+    builder = tfds.builder(f"{NAME}:{builder.version}", data_dir=str(data_dir))  # plain TFDS reads it back
+    # The builder has read everything; the staging copy is symlinks and a few re-encodes.
+    shutil.rmtree(staging, ignore_errors=True)
     prepared = _describe(builder, data_dir, origin, skipped, repaired)
     work.mkdir(parents=True, exist_ok=True)
     record.write_text(json.dumps(dataclasses.asdict(prepared), indent=2, sort_keys=True))
     log.info("Prepared %s %s: %s examples, skipped %s, repaired %s", NAME, prepared.version,
              prepared.num_examples, skipped or "none", repaired or "none")
     return prepared
+
+
+def _download(builder, data_dir: pathlib.Path, work: pathlib.Path,
+              download_urls: Optional[Mapping[str, str]]) -> pathlib.Path:
+    """Downloads and extracts the two archives with TFDS's download manager; returns a folder of both.
+
+    The builder's own download_and_prepare would hand the real archive straight to the builder, which
+    fails on its GIF files (tf.io.encode_jpeg rejects the 4-D frames decode_image gives for a GIF); the
+    downloaded archive goes through staging like any extracted one instead.
+    """
+    import tensorflow_datasets as tfds
+
+    urls = dict(download_urls) if download_urls is not None else archive_urls(builder)
+    check_reachable(urls)
+    log.info("Downloading %s into %s", ", ".join(urls.values()), data_dir / "downloads")
+    manager = tfds.download.DownloadManager(
+        download_dir=data_dir / "downloads", dataset_name=NAME,
+        url_infos=builder.url_infos if download_urls is None else None)
+    extracted = manager.download_and_extract(urls)
+    # Each archive extracts to a folder holding images/ or annotations/; staging wants both side by side.
+    raw = work / "downloaded"
+    shutil.rmtree(raw, ignore_errors=True)
+    raw.mkdir(parents=True)
+    for part in ("images", "annotations"):
+        (raw / part).symlink_to(pathlib.Path(os.fspath(extracted[part])) / part)
+    return raw
 
 
 def _reuse(builder, data_dir: pathlib.Path, record: pathlib.Path, origin: Dict[str, object]) -> PreparedDataset:

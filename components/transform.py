@@ -8,8 +8,7 @@ from typing import Any, Dict, List
 import tensorflow as tf
 from absl import logging
 from tfx import types
-from tfx.components.transform import component as transform_component
-from tfx.components.transform import executor as transform_executor
+from tfx.components.transform import component as transform_component, executor as transform_executor
 from tfx.dsl.components.base import executor_spec
 
 from components import internals

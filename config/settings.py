@@ -35,6 +35,9 @@ class DataConfig:
     synthetic_train_images: int = 800
     synthetic_test_images: int = 200
     synthetic_seed: int = 0
+    # Synthetic pets like the real set (37 breeds, its photo sizes, its odd PNG/GIF/grayscale files, CMYK
+    # ones) instead of six breeds of small photos: a rehearsal of a real run without the data.
+    synthetic_like_oxford: bool = False
     # Fail on the first broken image/trimap pair instead of skipping and counting it.
     strict: bool = False
 
@@ -52,7 +55,7 @@ class EvalConfig:
     # run starts (or, for a compiled Kubeflow spec, when the task runs).
     baseline_version: Optional[int] = None
     # Images per model call in the Evaluator. Beam's adaptive batching instead starts at one and grows,
-    # and every new batch shape makes the model's call slower; 4..16 run equally fast on CPU (bench/README.md).
+    # and every new batch shape makes the model's call slower; on a CPU, 4 to 16 run equally fast.
     batch_size: int = 16
 
 
@@ -64,9 +67,8 @@ class BeamConfig:
     # Beam's portable runner against a job server; dataflow: Google Cloud Dataflow.
     runner: str = "direct"
     # DirectRunner worker processes. 1 runs Beam in this process: each extra worker process imports
-    # TF/TFX anew for every Beam pipeline (StatisticsGen, Transform, Evaluator), measured at 60-100 s
-    # per pipeline on 2 cores against ~20 s of actual work (bench/README.md). Raise it only for data
-    # far larger than the synthetic or Oxford sets on a many-core machine.
+    # TF/TFX anew for every Beam pipeline (StatisticsGen, Transform, Evaluator), which costs more than
+    # the work itself at the Oxford set's size. Raise it only for far larger data on a many-core machine.
     direct_workers: int = 1
     # flink/spark: Beam's job server, host:port (`petseg flink up` serves 127.0.0.1:8099).
     job_endpoint: str = "127.0.0.1:8099"
@@ -84,9 +86,9 @@ class BeamConfig:
     # A TaskManager keeps a job's SDK worker this long after the last stage that used it, so the job's
     # next stage finds it with TF/TFX imported (0: released at once). Beam honours it only when its
     # runner classes come from the cluster's own classpath (`petseg flink up` puts them there). It must
-    # outlast the longest pause between two stages on one TaskManager: a release in the middle of a job
-    # raced the next stage's new worker and failed the job (60 s did, at load 16). The job's end does
-    # not release the workers, so they stay idle (~600-800 MB each) this long after it.
+    # outlast the longest pause between two stages on one TaskManager, since a worker released in the
+    # middle of a job races the next stage's new one and fails the job. The job's end does not release
+    # the workers, so they stay idle (~600-800 MB each) this long after it.
     environment_cache_millis: int = 600_000
     # flink/spark: the image the SDK harness runs in (the Kubeflow image for sidecars). It also tells
     # TFX that the workers hold the code, so it builds no sdist of itself per component.
@@ -100,7 +102,7 @@ class ModelConfig:
     """VGG16-FCN8 shape."""
 
     # FCN-8's finest scores are at stride 8, so its outlines sharpen with the input size; the cost grows
-    # with its square (bench/README.md has the measured trade-off).
+    # with its square.
     image_size: int = 160
     # Scales every VGG16 channel width; 1.0 is the real VGG16 (needed for ImageNet weights).
     width_multiplier: float = 0.25
@@ -112,7 +114,9 @@ class ModelConfig:
     encoder_weights: str = "none"
     # Train the encoder even when it starts from pretrained weights.
     fine_tune_encoder: bool = False
-    mixed_precision: str = "none"
+    # "auto": mixed_float16 on GPUs with tensor cores, mixed_bfloat16 on CPUs where bf16 measures faster,
+    # float32 elsewhere; "none" is float32.
+    mixed_precision: str = "auto"
     # Serving refuses larger images (width x height) before decoding them fully.
     serving_max_pixels: int = 40_000_000
 
@@ -121,7 +125,7 @@ class ModelConfig:
 class TrainConfig:
     """Optimisation and distribution."""
 
-    # The quick model is still improving at 30 epochs; bench/README.md has the curve.
+    # The quick model is still improving at 30 epochs.
     epochs: int = 40
     batch_size: int = 16  # per replica; the global batch is this times the replica count
     learning_rate: float = 1e-3
@@ -135,9 +139,13 @@ class TrainConfig:
     cache_max_bytes: int = 2 * 1024 ** 3
     # Start from the latest blessed model's weights when there is one.
     warm_start: bool = False
-    # XLA-compile the train step. Off by default: on a small CPU it is slower (bench/README.md); on a
+    # XLA-compile the train step. Off by default: on a small CPU it is slower; on a
     # GPU it fuses the elementwise ops between convolutions and usually pays off.
     jit_compile: bool = False
+    # Keras validates each epoch on the first this-many examples of the eval split, the same ones every
+    # epoch; the Evaluator still scores the whole split. 960 is 15 of the seed recipe's batches of 64
+    # and keeps its validation under 15 % of an epoch; a smaller split is validated whole.
+    validation_images: int = 960
     # Epochs without a better val_loss before the learning rate halves; 0 keeps it constant, which
     # trains the quick model as well in fewer epochs.
     lr_patience: int = 0
@@ -272,6 +280,7 @@ def _model_and_train_problems(model: ModelConfig, train: TrainConfig) -> List[Tu
         (train.cpu_replicas >= 1, "train.cpu_replicas", "must be >= 1"),
         (train.steps_per_epoch is None or train.steps_per_epoch >= 1, "train.steps_per_epoch", "must be >= 1 or null"),
         (train.lr_patience >= 0, "train.lr_patience", "must be >= 0"),
+        (train.validation_images >= 1, "train.validation_images", "must be >= 1"),
         (train.shuffle_buffer >= 1, "train.shuffle_buffer", "must be >= 1"),
         (train.cache_max_bytes >= 0, "train.cache_max_bytes", "must be >= 0 (0 always streams)"),
         (train.workers >= 1, "train.workers", "must be >= 1"),

@@ -12,6 +12,7 @@ from typing import Collection, Dict, List, Tuple
 import numpy as np
 from PIL import Image
 
+from dataset import archive
 from dataset.archive import LIST_FILES, NUM_BREEDS, NUM_SPECIES, PathLike
 
 log = logging.getLogger(__name__)
@@ -104,7 +105,7 @@ def _parse_line(line: str, list_path: pathlib.Path, number: int) -> str:
     elif not all(f.isdigit() for f in fields[1:]):
         bad = f"ids must be integers: {line.strip()!r}"
     elif not (1 <= int(fields[1]) <= NUM_BREEDS and 1 <= int(fields[2]) <= NUM_SPECIES):
-        bad = f"class id must be 1..{NUM_BREEDS} and species id 1..{NUM_SPECIES}: {line.strip()!r}"
+        bad = f"CLASS_ID (the breed) must be 1..{NUM_BREEDS} and SPECIES_ID 1..{NUM_SPECIES}: {line.strip()!r}"
     elif "/" in fields[0] or fields[0] in (".", ".."):
         bad = f"not a file name: {fields[0]!r}"
     if bad:
@@ -114,9 +115,8 @@ def _parse_line(line: str, list_path: pathlib.Path, number: int) -> str:
 
 def _stage_sample(raw: pathlib.Path, staging: pathlib.Path, name: str, corrupt_names, strict: bool) -> List[str]:
     """Validates one sample and puts it into staging; returns repair reasons; raises _Skip."""
-    image_path = raw / "images" / f"{name}.jpg"
-    trimap_path = raw / "annotations" / "trimaps" / f"{name}.png"
-    xml_path = raw / "annotations" / "xmls" / f"{name}.xml"
+    image_path, trimap_path, xml_path = (archive.image_path(raw, name), archive.trimap_path(raw, name),
+                                         archive.xml_path(raw, name))
     repairs: List[str] = []
 
     image = _open(image_path, "image")
@@ -130,7 +130,7 @@ def _stage_sample(raw: pathlib.Path, staging: pathlib.Path, name: str, corrupt_n
     if unexpected:
         raise _Skip("bad_trimap_values", trimap_path, f"values {unexpected[:5]} outside {{1, 2, 3}}")
 
-    image_out = staging / "images" / f"{name}.jpg"
+    image_out = archive.image_path(staging, name)
     if image.format not in KEPT_IMAGE_FORMATS:
         image.convert("RGB").save(image_out, "JPEG", quality=95)
         repairs.append(f"image_{image.format or 'unknown'}_to_jpeg".lower())
@@ -142,7 +142,7 @@ def _stage_sample(raw: pathlib.Path, staging: pathlib.Path, name: str, corrupt_n
     else:
         image_out.symlink_to(image_path.resolve())
 
-    trimap_out = staging / "annotations" / "trimaps" / f"{name}.png"
+    trimap_out = archive.trimap_path(staging, name)
     if trimap.format == "PNG" and trimap.mode == "L":
         trimap_out.symlink_to(trimap_path.resolve())
     else:
@@ -154,7 +154,7 @@ def _stage_sample(raw: pathlib.Path, staging: pathlib.Path, name: str, corrupt_n
     if xml_path.exists():
         try:
             _check_xml(xml_path)
-            (staging / "annotations" / "xmls" / f"{name}.xml").symlink_to(xml_path.resolve())
+            archive.xml_path(staging, name).symlink_to(xml_path.resolve())
         except Exception as exc:  # any parse failure would abort the whole builder run
             if strict:
                 raise _Skip("bad_xml", xml_path, str(exc)) from None

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import os
 import pathlib
+import re
 import shutil
 import signal
 import socket
@@ -16,6 +17,7 @@ import urllib.error
 import urllib.request
 from typing import Dict, List, Optional
 
+import config
 from engine import install
 
 HOST = "127.0.0.1"
@@ -27,7 +29,11 @@ class ClusterError(RuntimeError):
 
 @dataclasses.dataclass
 class ClusterSpec:
-    """Where the cluster keeps its state and logs, and the loopback ports it listens on."""
+    """Where the cluster keeps its state and logs, and the loopback ports it listens on.
+
+    A port of 0 lets its process bind any free one; `up` reads back the port bound and records it in
+    the cluster's state, so nothing else can take a port between its choice and its use.
+    """
 
     state_dir: str = ""
     rest_port: int = 8081
@@ -61,6 +67,18 @@ class ClusterSpec:
 
 
 STATE_FILE = "cluster.json"
+PORT_FIELDS = ("rest_port", "rpc_port", "job_port", "artifact_port", "expansion_port", "worker_pool_port")
+# Where each process that may be given port 0 logs the ports it bound (the job server logs to its own file).
+_PORT_LOGS = {"jobmanager": "jobmanager.out", "job-server": "job-server.log", "worker-pool": "worker-pool.out"}
+# Port field -> (process, the line of its log naming the port it bound), for ports given as 0.
+_BOUND_PORT_LINES = {
+    "rpc_port": ("jobmanager", re.compile(r"Actor system started at pekko\.tcp://flink@[^:]+:(\d+)")),
+    "rest_port": ("jobmanager", re.compile(r"Rest endpoint listening at [^:]+:(\d+)")),
+    "job_port": ("job-server", re.compile(r"JobService started on [^:]+:(\d+)")),
+    "artifact_port": ("job-server", re.compile(r"ArtifactStagingService started on [^:]+:(\d+)")),
+    "expansion_port": ("job-server", re.compile(r"ExpansionService started on [^:]+:(\d+)")),
+    "worker_pool_port": ("worker-pool", re.compile(r"SDK worker pool listening on [^:]+:(\d+)")),
+}
 
 
 def up(spec: ClusterSpec, stream=sys.stderr, timeout: float = 300) -> Dict[str, object]:
@@ -81,23 +99,27 @@ def up(spec: ClusterSpec, stream=sys.stderr, timeout: float = 300) -> Dict[str, 
     logs.mkdir(parents=True, exist_ok=True)
     home = install.ensure_flink(logs / "install.log")
     jars = install.ensure_job_server(logs / "install.log")
-    commands = _commands(spec, home, jars, _write_conf(spec, home), logs)
     if state:
         state["processes"] = [p for p in state["processes"] if p["name"] not in dead]
         names = dead
     else:
-        for port in (spec.rest_port, spec.rpc_port, spec.job_port, spec.artifact_port, spec.expansion_port,
-                     spec.worker_pool_port):
-            if _port_open(port):
-                raise ClusterError(f"port {HOST}:{port} is already in use; choose other ports "
-                                   "(petseg flink up --help)")
+        for port in (getattr(spec, field) for field in PORT_FIELDS):
+            if port and _port_open(port):
+                raise ClusterError(f"port {HOST}:{port} is already in use; choose other ports, or 0 for any "
+                                   "free one (petseg flink up --help)")
         state = {"spec": dataclasses.asdict(spec), "flink_home": str(home), "processes": []}
-        names = list(commands)
+        names = list(_commands(spec, home, jars, spec.dir / "conf", logs))
+    deadline = time.monotonic() + timeout
     try:
-        for name in names:
-            command, env = commands[name]
-            _start(state, spec, name, command, env, logs)
-        _wait_ready(spec, state, timeout)
+        # The JobManager and the worker pool first: the TaskManagers and the job server need their ports.
+        first = [n for n in names if n in ("jobmanager", "worker-pool")]
+        for batch in (first, [n for n in names if n not in first]):
+            commands = _commands(spec, home, jars, _write_conf(spec, home), logs)
+            for name in batch:
+                command, env = commands[name]
+                _start(state, spec, name, command, env, logs)
+            spec = _read_bound_ports(spec, state, deadline)
+        _wait_ready(spec, state, deadline - time.monotonic())
     except BaseException:
         _stop_all(state)
         (spec.dir / STATE_FILE).unlink(missing_ok=True)
@@ -168,17 +190,6 @@ def down(spec: ClusterSpec, stream=sys.stderr) -> List[int]:
     return pids
 
 
-def free_ports(count: int) -> List[int]:
-    """Loopback ports free right now, for a cluster that must not collide with a developer's own."""
-    socks = [socket.socket() for _ in range(count)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 def read_state(state_dir: pathlib.Path) -> Optional[Dict[str, object]]:
     path = pathlib.Path(state_dir) / STATE_FILE
     return json.loads(path.read_text()) if path.exists() else None
@@ -201,7 +212,7 @@ def _worker_env() -> Dict[str, str]:
     """The SDK workers the pool spawns run `python` from PATH: ours first, with Keras 2 for TFT/TFMA."""
     env = dict(os.environ)
     env["PATH"] = os.pathsep.join([str(pathlib.Path(sys.executable).parent), env.get("PATH", "")])
-    env["TF_USE_LEGACY_KERAS"] = "1"
+    env[config.KERAS_SWITCH] = "1"
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(install.PROJECT_DIR), env.get("PYTHONPATH", "")) if p)
     return env
@@ -237,10 +248,10 @@ def _write_conf(spec: ClusterSpec, home: pathlib.Path) -> pathlib.Path:
         "restart-strategy.fixed-delay.delay": "2 s",
         # A killed TaskManager is noticed within seconds all the same: heartbeats to it fail at once, and
         # two failed ones (heartbeat.rpc-failure-threshold) mark it lost. The timeout is for a live one
-        # that is slow to answer: 15 s failed jobs on 2 cores at load 15, with both TaskManagers alive.
+        # that is slow to answer, as a TaskManager on a loaded small machine is for many seconds.
         "heartbeat.timeout": 120000, "heartbeat.interval": 3000,
-        # One restart of the whole job per failure: per-region failover counted each of the regions a
-        # lost TaskManager held as an attempt and failed the job at once.
+        # One restart of the whole job per failure: per-region failover counts each of the regions a
+        # lost TaskManager held as an attempt and fails the job at once.
         "jobmanager.execution.failover-strategy": "full",
         # Beam's classes from the classpath above, not from each job's copy of the same jars (see _commands).
         "classloader.resolve-order": "parent-first",
@@ -260,12 +271,49 @@ def _java_opts(home: pathlib.Path) -> str:
 def _start(state: Dict[str, object], spec: ClusterSpec, name: str, command: List[str], env: Dict[str, str],
            logs: pathlib.Path) -> None:
     log = logs / f"{name}.out"
+    entry: Dict[str, object] = {"name": name, "log": str(log)}
+    if name in _PORT_LOGS:
+        # This start's own lines begin here: a restart appends to the same log.
+        port_log = logs / _PORT_LOGS[name]
+        entry.update(port_log=str(port_log), port_log_offset=port_log.stat().st_size if port_log.exists() else 0)
     with open(log, "ab") as out:
         # Own session: `down` stops the process group, including the SDK workers a pool spawns.
         proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 env=env, cwd=str(install.PROJECT_DIR), start_new_session=True)
-    state["processes"].append({"name": name, "pid": proc.pid, "log": str(log)})
+    state["processes"].append(dict(entry, pid=proc.pid))
     (spec.dir / STATE_FILE).write_text(json.dumps(state, indent=1) + "\n")
+
+
+def _read_bound_ports(spec: ClusterSpec, state: Dict[str, object], deadline: float) -> ClusterSpec:
+    """`spec` with each port given as 0 replaced by the one its started process bound; recorded in the state."""
+    started = {p["name"]: p for p in state["processes"]}
+    found = {}
+    for field, (name, line) in _BOUND_PORT_LINES.items():
+        if getattr(spec, field) or name not in started:
+            continue
+        proc = started[name]
+        while True:
+            try:
+                with open(proc["port_log"], "rb") as log:
+                    log.seek(proc["port_log_offset"])
+                    match = line.search(log.read().decode(errors="replace"))
+            except FileNotFoundError:  # not opened yet
+                match = None
+            if match:
+                found[field] = int(match.group(1))
+                break
+            if not _alive(proc["pid"]):
+                raise ClusterError(f"{name} exited during start-up; see {proc['log']}")
+            if time.monotonic() > deadline:
+                raise ClusterError(f"timed out waiting for {name} to name its {field.replace('_', ' ')}; "
+                                   f"see {proc['log']}")
+            time.sleep(0.5)
+    if not found:
+        return spec
+    spec = dataclasses.replace(spec, **found)
+    state["spec"] = dataclasses.asdict(spec)
+    (spec.dir / STATE_FILE).write_text(json.dumps(state, indent=1) + "\n")
+    return spec
 
 
 def _wait_ready(spec: ClusterSpec, state: Dict[str, object], timeout: float) -> None:

@@ -1,4 +1,4 @@
-"""Beam's Python SDK worker pool (`worker_pool_main`) on loopback, handing jobs workers that imported TF ahead."""
+"""A Python SDK worker pool for Beam's portable runners, handing jobs workers that imported TF ahead."""
 
 from __future__ import annotations
 
@@ -10,25 +10,24 @@ import sys
 import threading
 import time
 import traceback
-from typing import List
+from typing import Dict, List
 
 import grpc
 from apache_beam.portability.api import beam_fn_api_pb2, beam_fn_api_pb2_grpc
-from apache_beam.runners.worker.worker_pool_main import BeamFnExternalWorkerPoolServicer
 from apache_beam.utils import thread_pool_executor
-from apache_beam.runners.worker.worker_pool_main import kill_process_gracefully
 
 WORKER = [sys.executable, "-m", "engine.sdk_worker"]
 
 
-class WorkerPool(BeamFnExternalWorkerPoolServicer):
-    """Beam's pool, but each worker is `engine.sdk_worker` from this interpreter, its output in our log.
+class WorkerPool(beam_fn_api_pb2_grpc.BeamFnExternalWorkerPoolServicer):
+    """The Fn API's external worker pool service, each worker `engine.sdk_worker` from this interpreter.
 
-    Beam's own pool starts `python` from PATH with stdout piped and never read (a chatty worker blocks),
-    and keys workers by worker id alone. One pool serving several TaskManagers sees the same id ("1-1")
-    from each, so a StopWorker from the TaskManager that finished first killed another one's busy worker
-    and failed its tasks. Here StopWorker stops nothing: a worker exits by itself once its TaskManager
-    closes the control channel, and `petseg flink down` ends the pool's whole process group.
+    It serves the same gRPC service as Beam's `worker_pool_main`, whose pool starts `python` from PATH
+    with stdout piped and never read (a chatty worker blocks) and keys workers by worker id alone: one
+    pool serving several TaskManagers sees the same id ("1-1") from each, so a StopWorker from the
+    TaskManager that finished first would kill another one's busy worker and fail its tasks. Here
+    StopWorker stops nothing: a worker exits by itself once its TaskManager closes the control
+    channel, and `petseg flink down` ends the pool's whole process group.
 
     `spares` workers wait with TensorFlow and the TFX libraries already imported (tens of seconds of
     CPU each); a job's StartWorker takes one and a new one starts importing in the background, so a
@@ -36,7 +35,7 @@ class WorkerPool(BeamFnExternalWorkerPoolServicer):
     """
 
     def __init__(self, spares: int = 0):
-        super().__init__(use_process=True)
+        self._worker_processes: Dict[str, subprocess.Popen] = {}
         self._spare_count = spares
         self._spares: List[subprocess.Popen] = []
         self._lock = threading.Lock()
@@ -71,7 +70,7 @@ class WorkerPool(BeamFnExternalWorkerPoolServicer):
         with self._lock:
             spares, self._spares = self._spares, []
         for process in spares:
-            kill_process_gracefully(process)
+            _stop(process)
 
     def _take_spare(self):
         with self._lock:
@@ -92,10 +91,24 @@ class WorkerPool(BeamFnExternalWorkerPoolServicer):
             if process.poll() is not None:
                 del self._worker_processes[key]
 
+    def stop_workers(self) -> None:
+        for process in list(self._worker_processes.values()):
+            _stop(process)
+
+
+def _stop(process: subprocess.Popen, timeout: float = 10) -> None:
+    """SIGTERM, then SIGKILL after `timeout` seconds; waited for, so no zombie is left."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--port", type=int, required=True, help="0: any free port, named in the log")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--spares", type=int, default=1,
                         help="workers kept ready with TF imported: the TaskManagers (slots) this pool serves")
@@ -103,14 +116,14 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     server = grpc.server(thread_pool_executor.shared_unbounded_instance(),
                          options=[("grpc.http2.max_pings_without_data", 0), ("grpc.http2.max_ping_strikes", 0)])
-    server.add_insecure_port(f"{args.host}:{args.port}")
+    port = server.add_insecure_port(f"{args.host}:{args.port}")
     # One worker process per StartWorker: one per TaskManager and job.
     pool = WorkerPool(spares=args.spares)
     beam_fn_api_pb2_grpc.add_BeamFnExternalWorkerPoolServicer_to_server(pool, server)
     server.start()
-    atexit.register(lambda: [kill_process_gracefully(p) for p in pool._worker_processes.values()])
+    atexit.register(pool.stop_workers)
     atexit.register(pool.stop_spares)
-    logging.info("SDK worker pool listening on %s:%d, %d spare workers", args.host, args.port, args.spares)
+    logging.info("SDK worker pool listening on %s:%d, %d spare workers", args.host, port, args.spares)
     try:
         while True:
             time.sleep(3600)

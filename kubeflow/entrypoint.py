@@ -25,15 +25,16 @@ from typing import Any, Dict, List, Tuple
 
 from pipeline import gc_tuning
 
-# Open-source KFP's launcher always asks for the executor output here (launcher_v2.go,
-# OutputMetadataFilepath); Vertex names a file under the pipeline root.
+# Open-source KFP's launcher always asks for the executor output here, under the pod's root
+# (launcher_v2.go, OutputMetadataFilepath); Vertex names a file under the pipeline root.
 OPEN_SOURCE_OUTPUT_FILE = "/tmp/kfp_outputs/output_metadata.json"
 # Remote scheme -> the launcher's local mirror folder for it (launcher_v2.go, LocalPathForURI).
 MIRRORS = {"gs://": "gcs", "minio://": "minio", "s3://": "s3"}
 
 
 def from_open_source_launcher(executor_input: Dict[str, Any]) -> bool:
-    return executor_input.get("outputs", {}).get("outputFile") == OPEN_SOURCE_OUTPUT_FILE
+    """Whether the output file is the open-source launcher's: its path in a pod, or under an emulated pod root."""
+    return str(executor_input.get("outputs", {}).get("outputFile", "")).endswith(OPEN_SOURCE_OUTPUT_FILE)
 
 
 def fill_types(executor_input: Dict[str, Any], inputs_spec: Dict[str, Any]) -> List[str]:
@@ -108,8 +109,8 @@ class Mirror:
 
 def _split_flags(argv: List[str]) -> Tuple[argparse.Namespace, List[str]]:
     parser = argparse.ArgumentParser(add_help=False)
-    # Where the launcher's mirror folders live: "/" in a pod; a test emulating the launcher
-    # points it at a temporary folder.
+    # The pod's root, where the launcher's mirror folders and its output file live: "/" in a pod;
+    # a test emulating the launcher points it at a temporary folder per task.
     parser.add_argument("--kfp_local_root", default="/")
     parser.add_argument("--json_serialized_invocation_args", required=True)
     parser.add_argument("--json_serialized_inputs_spec_args", default="")
@@ -144,8 +145,9 @@ def _main(parsed: Tuple[argparse.Namespace, List[str]]) -> None:
 
 def _parse(argv: List[str]):
     with gc_tuning.heavy_imports():
-        from components import internals
         from tfx.orchestration.kubeflow.v2.container import kubeflow_v2_run_executor  # noqa: F401
+
+        from components import internals
 
     tfx_argv, mirror, executor_input = prepare(argv[1:])
     # Given argv as absl gives it, so Beam args split as in TFX.

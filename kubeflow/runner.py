@@ -51,6 +51,11 @@ class KubeflowSettings:
     trainer_memory_gb: Optional[float] = None
     trainer_gpus: int = 0
     gpu_type: str = GPU_TYPE
+    # Vertex with train.workers > 1: the Trainer's CustomJob runs in this project and region, each
+    # replica on this machine type (None: the smallest N1 machine with trainer_cpu/trainer_memory_gb).
+    project: Optional[str] = None
+    region: Optional[str] = None
+    machine_type: Optional[str] = None
 
     def validate(self) -> "KubeflowSettings":
         """Raises SettingsError for a target, root or serving dir the target cannot use."""
@@ -104,9 +109,18 @@ def build_pipeline(config: PipelineConfig, settings: KubeflowSettings):
     if settings.trainer_gpus:
         resources.accelerator.CopyFrom(resource_spec.AcceleratorConfig(
             type=settings.gpu_type, count=settings.trainer_gpus))
-    # With a TFJob the replicas get these (kubeflow/tfjob_task.py); the task's own pod only waits.
-    if resources.ByteSize() and not _trainer_is_a_tfjob(config, settings):
+    # With train.workers > 1 the replicas of a TFJob or CustomJob get these; the task itself only waits.
+    if resources.ByteSize() and config.train.workers == 1:
         component(pipeline, names.TRAINER_ID).with_platform_config(resources)
+    if _trainer_is_a_custom_job(config, settings):
+        _run_trainer_as_custom_job(component(pipeline, names.TRAINER_ID), config, settings)
+    else:
+        unused = [flag for flag, value in (("--project", settings.project), ("--region", settings.region),
+                                           ("--machine-type", settings.machine_type)) if value]
+        if unused:
+            raise SettingsError(f"{'/'.join(unused)}: only used by --target vertex with train.workers > 1 (the "
+                                f"Trainer's CustomJob); this is --target {settings.target} with "
+                                f"train.workers={config.train.workers}")
     return pipeline
 
 
@@ -163,6 +177,25 @@ def compile_pipeline(config: PipelineConfig, settings: KubeflowSettings, output:
 
 def _trainer_is_a_tfjob(config: PipelineConfig, settings: KubeflowSettings) -> bool:
     return config.train.workers > 1 and settings.target == "kfp"
+
+
+def _trainer_is_a_custom_job(config: PipelineConfig, settings: KubeflowSettings) -> bool:
+    return config.train.workers > 1 and settings.target == "vertex"
+
+
+def _run_trainer_as_custom_job(trainer, config: PipelineConfig, settings: KubeflowSettings) -> None:
+    """Makes the Trainer task start a Vertex CustomJob of train.workers replicas (TFX's extension) and wait."""
+    from kubeflow import vertex
+
+    try:
+        vertex.run_on_worker_pools(
+            trainer, project=settings.project, region=settings.region, image=settings.image,
+            workers=config.train.workers, display_name=f"{config.name}-trainer",
+            replica=vertex.Replica(machine_type=settings.machine_type, cpu=settings.trainer_cpu,
+                                   memory_gb=settings.trainer_memory_gb, gpus=settings.trainer_gpus,
+                                   gpu_type=settings.gpu_type))
+    except vertex.VertexError as exc:
+        raise SettingsError(str(exc)) from None
 
 
 def _run_trainer_as_tfjob(spec: Dict[str, Any], config: PipelineConfig, settings: KubeflowSettings) -> None:

@@ -332,9 +332,18 @@ class Cluster:
             response.release_conn()
 
     def stop_following(self) -> None:
+        """Ends a log stream the follower thread may be blocked reading.
+
+        Not `response.close()`: closing the buffered socket file waits for the reader's lock, which the
+        blocked read holds until the server sends more. Shutting the socket down ends that read at once.
+        """
         response = getattr(self, "_log_response", None)
-        if response is not None:
-            response.close()
+        sock = getattr(response.connection, "sock", None) if response is not None else None
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # already closed by the reader
 
 
 def _container_status(pod) -> Any:

@@ -34,8 +34,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
 
 import apache_beam as beam
 import numpy as np
-from tensorflow_model_analysis.metrics import metric_types
-from tensorflow_model_analysis.metrics import metric_util
+from tensorflow_model_analysis.metrics import metric_types, metric_util
 from tensorflow_model_analysis.proto import config_pb2
 
 from transform.features import CLASS_NAMES, INVALID_CLASS, MASK_KEY

@@ -6,13 +6,12 @@ import dataclasses
 import pathlib
 from typing import List, Optional
 
-# Not `tfx.v1`: it imports the Google Cloud extensions too, ~13 s of every `petseg` start on 2 cores.
+# Not `tfx.v1`: it imports the Google Cloud extensions too, seconds of every `petseg` start.
 from tfx.components import ExampleValidator, StatisticsGen, Trainer
 from tfx.components.schema_gen.import_schema_gen.component import ImportSchemaGen
 from tfx.orchestration import pipeline as tfx_pipeline
 from tfx.proto import pusher_pb2
 
-from config import names
 from components import tfds_prepare
 from components.blessed_model import NEWEST, LatestBlessedModel
 from components.evaluator import Evaluator
@@ -20,9 +19,10 @@ from components.example_gen import TfdsExampleGen
 from components.pusher import AtomicPusher
 from components.transform import Transform
 from components.validation_gate import ValidationGate
+from config import names
+from config.settings import PipelineConfig
 from engine.beam_args import beam_pipeline_args
 from metrics import eval_config as evaluation
-from config.settings import PipelineConfig
 
 # Installed next to the code, so local runs, Beam workers and the Kubeflow image all find it.
 SCHEMA_FILE = str(pathlib.Path(__file__).resolve().parent.parent / "transform" / "schema.pbtxt")
@@ -52,6 +52,7 @@ def create_pipeline(config: PipelineConfig, *, pipeline_root: Optional[str] = No
         synthetic_train_images=data.synthetic_train_images,
         synthetic_test_images=data.synthetic_test_images,
         synthetic_seed=data.synthetic_seed,
+        synthetic_like_oxford=data.synthetic_like_oxford,
         strict=data.strict,
         span=data.span,
     ).with_id(names.EXAMPLE_GEN_ID)
@@ -70,7 +71,7 @@ def create_pipeline(config: PipelineConfig, *, pipeline_root: Optional[str] = No
         preprocessing_fn=PREPROCESSING_FN,
         custom_config={"image_size": config.model.image_size},
         # StatisticsGen already profiles the raw data. Pre/post-transform statistics over every
-        # pixel of every image took 60 % of the Transform's time (bench/README.md) and nothing reads them.
+        # pixel of every image cost more than the transform itself, and nothing reads them.
         disable_statistics=True,
     ).with_id(names.TRANSFORM_ID)
     # Anomalies must stop the run before any compute is spent on bad data.

@@ -10,6 +10,12 @@ import pytest
 from support import petseg
 
 
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "tiny_run" in getattr(item, "fixturenames", ()):  # a whole pipeline run, shared by its users
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> pathlib.Path:
     """One real `petseg run --profile tiny` output, shared by the dashboard and notebook tests.

@@ -32,7 +32,7 @@ def test_local_dag_runner_example_gen_then_statistics_gen(tmp_path):
         components=[example_gen, statistics_gen], metadata_connection_config=metadata_config))
 
     run = RunArtifacts(str(tmp_path / "mlmd.sqlite"), "tfds_example_gen_test")
-    [examples] = run.outputs("TfdsExampleGen", "examples")
+    [examples] = run.outputs(example_gen.id, "examples")
     assert artifact_utils.decode_split_names(examples.split_names) == ["train", "eval"]
     assert examples_utils.get_payload_format_string(examples) == "FORMAT_TF_EXAMPLE"
     props = {k: examples.get_custom_property(k) for k in
@@ -51,7 +51,7 @@ def test_local_dag_runner_example_gen_then_statistics_gen(tmp_path):
         assert sum(b.num_rows for b in batches) == count
         assert {"image", "segmentation_mask", "label", "species"} <= set(batches[0].schema.names)
 
-    [stats_artifact] = run.outputs("StatisticsGen", "statistics")
+    [stats_artifact] = run.outputs(statistics_gen.id, "statistics")
     for split, count in (("train", 12), ("eval", 6)):
         stats = tfdv.load_stats_binary(os.path.join(stats_artifact.uri, f"Split-{split}", "FeatureStats.pb"))
         assert stats.datasets[0].num_examples == count

@@ -4,37 +4,40 @@ import dataclasses
 import json
 import os
 import pathlib
+import select
 import signal
-import subprocess
-import sys
-import time
-from typing import List, Optional
+from typing import Dict, List
 
 import pytest
 
+from config import names
 from engine import errors, flink
-from support import flink_equality
+from report.artifacts import RunArtifacts
+from support import flink_equality, petseg
+from support.events import wait_for_path
 
-pytestmark = pytest.mark.cluster
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
-BEAM_COMPONENTS = ("StatisticsGen", "Transform", "Evaluator")
+BEAM_COMPONENTS = (names.STATISTICS_GEN_ID, names.TRANSFORM_ID, names.EVALUATOR_ID)
 # Smaller than the tiny profile: these tests are about the engine, and every image is work for both
 # the cluster and the DirectRunner rerun it is compared with.
 SMALL = ("model.image_size=32", "data.synthetic_train_images=16", "data.synthetic_test_images=8", "train.epochs=1")
 # Metrics of the same model on the same eval split, DirectRunner vs Flink: only float summation order
 # differs (per-worker partial confusion matrices merged in another order).
 METRIC_TOLERANCE = 1e-6
+# The folder Beam's file sink opens when Transform's job starts writing its examples (a Beam task on a
+# TaskManager makes it): the job is running on the cluster then.
+TRANSFORM_SINK_OPENED = f"pipeline_root/{names.TRANSFORM_ID}/transformed_examples/*/Split-*/beam-temp-*"
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    """A real cluster on free loopback ports (a developer's own `petseg flink up` may hold the defaults)."""
-    rest, rpc, job, artifact, expansion, pool = flink.free_ports(6)
-    spec = flink.ClusterSpec(state_dir=str(tmp_path_factory.mktemp("flink")), rest_port=rest, rpc_port=rpc,
-                             job_port=job, artifact_port=artifact, expansion_port=expansion,
-                             worker_pool_port=pool)
-    flink.up(spec, timeout=600)
+    """A real cluster whose processes bind free loopback ports themselves (a developer's `petseg flink up` may
+    hold the defaults); `up` reads back the ports they bound."""
+    spec = flink.ClusterSpec(state_dir=str(tmp_path_factory.mktemp("flink")), **dict.fromkeys(flink.PORT_FIELDS, 0))
+    spec = flink.ClusterSpec(**flink.up(spec, timeout=600)["spec"])
+    ports = [getattr(spec, field) for field in flink.PORT_FIELDS]
+    assert all(ports) and len(set(ports)) == len(ports), ports
     started = {p["pid"] for p in flink.read_state(spec.dir)["processes"]}
     try:
         yield spec
@@ -45,7 +48,7 @@ def cluster(tmp_path_factory):
         # line names the cluster's folder, no port open.
         assert not [pid for pid in started if flink._group_alive(pid)]
         assert not _processes_naming(str(spec.dir))
-        assert not [p for p in (rest, rpc, job, artifact, expansion, pool) if flink._port_open(p)]
+        assert not [p for p in ports if flink._port_open(p)]
 
 
 def _processes_naming(text):
@@ -65,66 +68,65 @@ def _beam_sets(spec):
             "--set", f"beam.flink_master=127.0.0.1:{spec.rest_port}"]
 
 
-def _command(output, spec):
-    small = [a for s in SMALL for a in ("--set", s)]
-    return [sys.executable, "-m", "cli.main", "run", "--profile", "tiny", "--output", str(output),
-            *small, *_beam_sets(spec)]
-
-
 @dataclasses.dataclass
 class FlinkRun:
     output: pathlib.Path
-    console: str  # stderr of the run whose TaskManager was killed
+    console: str  # the console of the one `petseg run`, whose TaskManager was killed
+    returncode: int
     victim: int
-    rerun_console: Optional[str]  # stderr of the same command again, when the first run failed
-    jobs: List[dict]
-
-    @property
-    def recovered(self) -> bool:
-        return self.rerun_console is None
+    transform_job: str  # the Flink job id that was running when the TaskManager died
+    jobs: List[dict]  # every job of the run, from Flink's REST API
 
 
 @pytest.fixture(scope="module")
 def flink_run(cluster, tmp_path_factory):
-    """One small `petseg run` on the cluster; a TaskManager is SIGKILLed while Transform's job runs.
+    """One small `petseg run` on the cluster; a TaskManager is SIGKILLed once Transform's job writes.
 
-    One run serves every check: the job list, the equality with DirectRunner and the recovery. Killing
-    inside it costs one Transform job more, not a second pipeline run.
+    One run serves every check: the job list, the equality with DirectRunner and Flink's recovery.
+    Killing inside it costs one Transform job attempt more, not a second pipeline run.
     """
     output = tmp_path_factory.mktemp("flink_run")
-    started = time.time() * 1000
-    proc = subprocess.Popen(_command(output, cluster), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=REPO)
+    before = {j["jid"] for j in flink.rest_get(cluster.rest_url, "/jobs/overview")["jobs"]}
+    small = [a for s in SMALL for a in ("--set", s)]
+    proc = petseg.start(output, "--profile", "tiny", *small, *_beam_sets(cluster))
     try:
-        seen, victim = _kill_a_taskmanager_once_transform_runs(cluster, proc)
+        wait_for_path(output, TRANSFORM_SINK_OPENED, proc, timeout=3000)
+        running = [j for j in flink.rest_get(cluster.rest_url, "/jobs/overview")["jobs"] if j["state"] == "RUNNING"]
+        assert len(running) == 1, running
+        victim = flink.taskmanager_pids(cluster.dir)[0]
+        _kill_and_wait(victim)
         # What Kubernetes or a supervisor would do: bring the TaskManager back (`up` starts what is missing).
         flink.up(cluster, timeout=600)
-        console = (seen + proc.stderr.read()).decode(errors="replace")
         proc.wait(timeout=3600)
     finally:
         if proc.poll() is None:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    rerun = None
-    if proc.returncode != 0:
-        again = subprocess.run(_command(output, cluster), capture_output=True, text=True, timeout=3600, cwd=REPO)
-        assert again.returncode == 0, again.stderr[-6000:]
-        rerun = again.stderr
-    jobs = [j for j in flink.rest_get(cluster.rest_url, "/jobs/overview")["jobs"] if j["start-time"] >= started]
-    return FlinkRun(output, console, victim, rerun, jobs)
+    jobs = [j for j in flink.rest_get(cluster.rest_url, "/jobs/overview")["jobs"] if j["jid"] not in before]
+    return FlinkRun(output, proc.console_path.read_text(errors="replace"), proc.returncode, victim,
+                    running[0]["jid"], jobs)
+
+
+def _kill_and_wait(pid: int) -> None:
+    """SIGKILLs `pid` and returns once it has died (its pidfd turns readable), so `up` sees it dead."""
+    pidfd = os.pidfd_open(pid)
+    try:
+        os.kill(pid, signal.SIGKILL)
+        readable, _, _ = select.select([pidfd], [], [], 60)
+        assert readable, f"TaskManager {pid} outlived SIGKILL by a minute"
+    finally:
+        os.close(pidfd)
 
 
 def test_beam_components_run_on_flink_with_parallelism_2(cluster, flink_run):
     print(flink_run.console)  # the console of `petseg run`, shown with `pytest -s`
+    assert flink_run.returncode == 0, flink_run.console[-4000:]
     summary = json.loads((flink_run.output / "summary.json").read_text())
     assert set(BEAM_COMPONENTS) <= set(summary["components"])
-    # One finished Flink job per Beam component; the only other one allowed is the Transform job that
-    # lost its TaskManager, when Flink could not restart it.
-    finished = [j for j in flink_run.jobs if j["state"] == "FINISHED"]
-    others = [j for j in flink_run.jobs if j["state"] != "FINISHED"]
-    assert len(finished) >= len(BEAM_COMPONENTS), flink_run.jobs
-    assert len(others) <= (0 if flink_run.recovered else 1), others
+    # One finished Flink job per Beam component: Flink restarts a job in place, under the same id.
+    assert sorted(j["state"] for j in flink_run.jobs) == ["FINISHED"] * len(BEAM_COMPONENTS), flink_run.jobs
     hosts = set()
-    for job in finished:
+    for job in flink_run.jobs:
         detail = flink.rest_get(cluster.rest_url, f"/jobs/{job['jid']}")
         print(job["name"], job["state"], f"{job['duration'] / 1000:.0f} s", len(detail["vertices"]), "vertices,",
               "parallelism", sorted({v["parallelism"] for v in detail["vertices"]}))
@@ -135,8 +137,7 @@ def test_beam_components_run_on_flink_with_parallelism_2(cluster, flink_run):
     # Both TaskManagers did work: each ran subtasks of the jobs.
     assert len(hosts) >= 2, hosts
     # The console keeps to petseg's own lines: no Java or Flink output.
-    for console in (flink_run.console, flink_run.rerun_console or ""):
-        assert "org.apache" not in console and "log4j" not in console
+    assert "org.apache" not in flink_run.console and "log4j" not in flink_run.console
 
 
 def test_transformed_examples_and_metrics_equal_a_direct_runner_run(flink_run, tmp_path):
@@ -147,21 +148,27 @@ def test_transformed_examples_and_metrics_equal_a_direct_runner_run(flink_run, t
     assert report["metrics"]["keys"] and report["metrics"]["max_abs_diff"] <= METRIC_TOLERANCE, report["metrics"]
 
 
-def test_a_taskmanager_killed_during_transform(cluster, flink_run):
-    """Flink restarts the job once the TaskManager is back, or the component fails clearly and a rerun resumes."""
+def test_flink_restarts_the_transform_job_when_a_taskmanager_dies(cluster, flink_run):
+    """Flink's own failover: the job that lost a TaskManager ran again as new attempts and finished; petseg ran once."""
     assert flink_run.victim not in flink.taskmanager_pids(cluster.dir)
     assert len(flink.taskmanager_pids(cluster.dir)) == cluster.taskmanagers
-    print(f"recovered by Flink's restart strategy: {flink_run.recovered}")
-    if flink_run.recovered:
-        assert "[petseg] Transform done" in flink_run.console
-    else:
-        assert "petseg: Transform failed:" in flink_run.console, flink_run.console[-4000:]
-        assert "[petseg] StatisticsGen from cache" in flink_run.rerun_console
-        assert "[petseg] Transform done" in flink_run.rerun_console
-    summary = json.loads((flink_run.output / "summary.json").read_text())
-    assert summary["components"]["Transform"]["cached"] is False
-    # The killed attempt's sink folder, if it had opened one, is gone: the Trainer globs `Split-*/*`.
-    splits = flink_run.output / "pipeline_root" / "Transform" / "transformed_examples"
+    job = flink.rest_get(cluster.rest_url, f"/jobs/{flink_run.transform_job}")
+    assert job["state"] == "FINISHED", job["state"]
+    # Each restart of the whole job ("full" failover) starts every subtask as a new attempt (0 is the first).
+    attempts: Dict[str, List[int]] = {}
+    for vertex in job["vertices"]:
+        subtasks = flink.rest_get(cluster.rest_url, f"/jobs/{flink_run.transform_job}/vertices/{vertex['id']}")
+        attempts[vertex["name"][:60]] = [s["attempt"] for s in subtasks["subtasks"]]
+    assert all(min(a) >= 1 for a in attempts.values()), attempts
+    history = flink.rest_get(cluster.rest_url, f"/jobs/{flink_run.transform_job}/exceptions")
+    assert history["exceptionHistory"]["entries"], history
+    # One petseg run, one Transform execution: the recovery was Flink's, not a rerun of the component.
+    assert flink_run.returncode == 0, flink_run.console[-4000:]
+    assert "[petseg] Transform done" in flink_run.console and "Transform failed" not in flink_run.console
+    with RunArtifacts(str(flink_run.output / "metadata.sqlite")) as run:
+        assert len(run.executions(names.TRANSFORM_ID)) == 1
+    # The killed attempt's sink folder (it was open: the kill waited for it) is gone: the Trainer globs `Split-*/*`.
+    splits = flink_run.output / "pipeline_root" / names.TRANSFORM_ID / "transformed_examples"
     assert not list(splits.rglob("beam-temp-*")), sorted(splits.rglob("*"))
 
 
@@ -184,27 +191,3 @@ def test_a_python_error_in_a_flink_task_reaches_the_caller_as_its_traceback(clus
     assert "Traceback (most recent call last):" in shown
     assert "ValueError: invalid literal for int() with base 10: 'two'" in shown
     assert "\tat org.apache" not in shown and "at org.apache.flink" not in shown
-
-
-def _kill_a_taskmanager_once_transform_runs(cluster, proc, timeout=3000):
-    """SIGKILLs a TaskManager while Transform's job runs; returns the stderr read so far and the pid."""
-    deadline = time.monotonic() + timeout
-    seen = b""
-    os.set_blocking(proc.stderr.fileno(), False)
-    while time.monotonic() < deadline:
-        chunk = proc.stderr.read()
-        seen += chunk or b""
-        if b"[petseg] Transform running" in seen:
-            running = [j for j in flink.rest_get(cluster.rest_url, "/jobs/overview")["jobs"]
-                       if j["state"] == "RUNNING" and j["tasks"]["running"] > 0]
-            if running:
-                victim = flink.taskmanager_pids(cluster.dir)[0]
-                os.kill(victim, signal.SIGKILL)
-                # SIGKILL lands a moment later; `up` must see it dead, or it finds the cluster complete.
-                while flink._alive(victim):
-                    time.sleep(0.1)
-                os.set_blocking(proc.stderr.fileno(), True)
-                return seen, victim
-        assert proc.poll() is None, seen.decode(errors="replace")[-4000:]
-        time.sleep(0.5)
-    raise AssertionError("Transform never ran on the cluster")

@@ -8,6 +8,8 @@ from typing import Dict, List, Set
 
 from support import petseg
 
+import config
+
 REPO = pathlib.Path(__file__).resolve().parent.parent
 # Bottom to top: a package imports only itself and the packages before it.
 LAYERS = ("config", "dataset", "transform", "trainer", "metrics", "engine", "components", "pipeline", "report",
@@ -124,7 +126,11 @@ def test_the_layer_check_finds_an_upward_import():
 
 def test_packages_import_only_the_layers_below_them():
     graph = import_graph()
-    assert set(package_graph(graph)) == set(LAYERS)  # every layer exists and was parsed
+    packages = package_graph(graph)
+    # `pytest -s -k layers_below` prints the graph, top layer first.
+    for package in reversed(LAYERS):
+        print(f"{package:>10} -> {', '.join(p for p in LAYERS if p in packages.get(package, ())) or '(nothing)'}")
+    assert set(packages) == set(LAYERS)  # every layer exists and was parsed
     assert upward_imports(graph) == []
 
 
@@ -149,7 +155,7 @@ def test_every_package_sets_the_keras_switch_before_anything_else():
         body = [n for n in ast.parse((REPO / package / "__init__.py").read_text()).body if not isinstance(n, ast.Expr)]
         assert isinstance(body[0], ast.Import) and body[0].names[0].name == "config", package
     # A fresh interpreter without the variable, importing TensorFlow right after one of our packages.
-    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
+    env = {k: v for k, v in os.environ.items() if k != config.KERAS_SWITCH}
     code = "import kubeflow, tensorflow as tf; print(tf.keras.Model.__module__)"
     last_line = petseg.python(code, env=env)
     assert last_line.startswith("tf_keras."), last_line

@@ -94,5 +94,5 @@ def test_backend_compiler_accepts_the_petseg_pipeline(tmp_path):
         assert task["images"] == [IMAGE], name
     assert _effective_requests(tasks[names.TRAINER_ID]) == {"cpu": "4", "memory": "16G", "nvidia.com/gpu": "2"}
     for name, task in tasks.items():
-        if name != "Trainer":
+        if name != names.TRAINER_ID:
             assert _effective_requests(task) == {}, name

@@ -6,11 +6,14 @@ import re
 
 import pytest
 import yaml
+from apache_beam.options import pipeline_options as beam_options
 from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
 
-from kubeflow import runner
+from config import names
+from kubeflow import entrypoint, runner
 from cli import main as cli
+from support.beam_options import parse as parse_beam_args
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 IMAGE = "registry.example.com/team/petseg:1.2.3"
@@ -47,6 +50,15 @@ def container(spec, task):
     return spec["deploymentSpec"]["executors"][label]["container"]
 
 
+def task_beam_options(spec, task):
+    """What the task's entrypoint hands Beam: its container args split as the entrypoint splits them."""
+    args = ["{}" if a == "{{$}}" else a for a in container(spec, task)["args"]]
+    _, beam_args, _, _ = entrypoint._parse(["entrypoint", *args])
+    # TFX's split leaves the program name first; Beam discards it as a stray positional.
+    assert beam_args[0] == "entrypoint"
+    return parse_beam_args(beam_args[1:])
+
+
 def constant(spec, task, parameter):
     return spec["root"]["dag"]["tasks"][task]["inputs"]["parameters"][parameter]["runtimeValue"]["constant"]
 
@@ -74,7 +86,12 @@ def test_every_task_is_a_container_running_our_entrypoint_in_the_image_with_the_
         assert set(executor) == {"container"}, label
         assert "lifecycle" not in executor["container"], label
         assert executor["container"]["command"] == RUN_EXECUTOR
-        assert executor["container"]["args"][-len(BEAM_ARGS):] == BEAM_ARGS, label
+    for task in TASKS:
+        options = task_beam_options(spec, task)
+        cloud = options.view_as(beam_options.GoogleCloudOptions)
+        assert options.view_as(beam_options.StandardOptions).runner == "DataflowRunner", task
+        assert (cloud.project, cloud.region, cloud.temp_location) == (
+            "demo-project", "europe-west4", "gs://petseg-bucket/tmp"), task
 
 
 def test_only_the_trainer_asks_for_gpus_cpu_and_memory(spec):
@@ -230,14 +247,19 @@ def test_flink_settings_reach_every_beam_task_of_the_compiled_spec(tmp_path):
     assert cli.main(["kubeflow", "compile", "--output", str(out), "--profile", "tiny", "--image", IMAGE,
                      "--pipeline-root", ROOT, "--set", "beam.runner=flink",
                      "--set", "beam.job_endpoint=flink-jobserver:8099", "--set", "beam.parallelism=4",
-                     "--set", f"beam.sdk_image={IMAGE}", "--beam-arg=--max_num_records=100"]) == 0
+                     "--set", f"beam.sdk_image={IMAGE}", "--beam-arg=--max_parallelism=16",
+                     "--beam-arg=--parallelism=6"]) == 0
     spec = yaml.safe_load(out.read_text())
-    expected = ["--runner=PortableRunner", "--job_endpoint=flink-jobserver:8099", "--environment_type=EXTERNAL",
-                "--environment_cache_millis=600000", f"--sdk_container_image={IMAGE}",
-                "--experiments=disable_logging_submission_environment", "--environment_config=127.0.0.1:50000",
-                "--parallelism=4", "--max_num_records=100"]
-    for task in ("StatisticsGen", "Transform", "Evaluator"):
-        assert container(spec, task)["args"][-len(expected):] == expected, task
+    for task in (names.STATISTICS_GEN_ID, names.TRANSFORM_ID, names.EVALUATOR_ID):
+        options = task_beam_options(spec, task)
+        portable = options.view_as(beam_options.PortableOptions)
+        assert options.view_as(beam_options.StandardOptions).runner == "PortableRunner", task
+        assert (portable.job_endpoint, portable.environment_type, portable.environment_config) == (
+            "flink-jobserver:8099", "EXTERNAL", "127.0.0.1:50000"), task
+        assert options.view_as(beam_options.WorkerOptions).sdk_container_image == IMAGE, task
+        # The user's --beam-arg values come last and win over the `beam` section's.
+        flink_options = options.view_as(beam_options.FlinkRunnerOptions)
+        assert (flink_options.parallelism, flink_options.max_parallelism) == (6, 16), task
 
 
 def test_a_beam_runner_flag_in_beam_args_is_a_config_error_naming_the_key(tmp_path):

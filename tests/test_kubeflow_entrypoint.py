@@ -32,7 +32,7 @@ def argv(payload):
 
 def test_open_source_input_is_typed_mirrored_and_left_without_the_launchers_outputs(tmp_path):
     uri = "minio://mlpipeline/v2/artifacts/petseg/run-1/Trainer/uuid/model"
-    payload = executor_input(entrypoint.OPEN_SOURCE_OUTPUT_FILE, uri, {"instanceSchema": ""})
+    payload = executor_input(f"{tmp_path}/tmp/kfp_outputs/output_metadata.json", uri, {"instanceSchema": ""})
     tfx_argv, mirror, adapted = entrypoint.prepare(argv(payload) + [f"--kfp_local_root={tmp_path}"])
     [model] = adapted["inputs"]["artifacts"]["model"]["artifacts"]
     assert model["type"] == MODEL_TYPE
@@ -44,6 +44,21 @@ def test_open_source_input_is_typed_mirrored_and_left_without_the_launchers_outp
     assert tfx_argv[tfx_argv.index("--json_serialized_invocation_args") + 1] == json.dumps(adapted)
     assert tfx_argv[-1] == "--runner=DirectRunner" and not any("kfp_local_root" in a for a in tfx_argv)
     assert mirror.remote(model["uri"]) == uri
+
+
+def test_the_launchers_output_file_marks_open_source_input_in_a_pod_and_under_a_pod_root(tmp_path):
+    uri = "minio://mlpipeline/v2/artifacts/petseg/run-1/Trainer/uuid/model"
+    # In a pod: the launcher's fixed path, and no --kfp_local_root.
+    in_pod = executor_input("/tmp/kfp_outputs/output_metadata.json", uri, {"instanceSchema": ""})
+    _, mirror, adapted = entrypoint.prepare(argv(in_pod))
+    assert mirror.root == "/" and adapted["inputs"]["artifacts"]["model"]["artifacts"][0]["uri"] == (
+        "/minio/mlpipeline/v2/artifacts/petseg/run-1/Trainer/uuid/model")
+    # The same file under an emulated pod root (a test's own folder, never the machine-wide one) counts too.
+    assert entrypoint.from_open_source_launcher(
+        executor_input(f"{tmp_path}/tmp/kfp_outputs/output_metadata.json", uri, {}))
+    for other in ("/gcs/bucket/root/123/Evaluator_456/executor_output.json", "/tmp/kfp_outputs/executor_output.json",
+                  f"{tmp_path}/output_metadata.json"):
+        assert not entrypoint.from_open_source_launcher(executor_input(other, uri, MODEL_TYPE)), other
 
 
 def test_vertex_input_passes_unchanged():

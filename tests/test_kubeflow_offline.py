@@ -11,6 +11,8 @@ from kubeflow import runner
 from cli import main as cli
 from support import kfp_launcher
 
+pytestmark = pytest.mark.slow  # whole pipeline runs
+
 REPO = pathlib.Path(__file__).resolve().parent.parent
 TFX_ENTRYPOINT = "tfx.orchestration.kubeflow.v2.container.kubeflow_v2_run_executor"
 # What KFP's cache serves on the second run: everything upstream of the model (same data, same code).
@@ -79,7 +81,7 @@ def test_first_run_has_no_baseline_trains_blesses_and_pushes(runs):
     pushed = single(first, names.PUSHER_ID, "pushed_model")["metadata"]
     assert pushed["pushed"] == 1
     assert (tmp / "serving" / str(int(pushed["pushed_version"])) / "saved_model.pb").is_file()
-    assert "No blessed baseline yet" in task_log(tmp, "run-1", "Evaluator")
+    assert "No blessed baseline yet" in task_log(tmp, "run-1", names.EVALUATOR_ID)
 
 
 def test_every_output_is_uploaded_and_recorded_under_its_original_uri(runs):
@@ -104,7 +106,7 @@ def test_second_run_warm_starts_from_and_is_judged_against_the_first_runs_pushed
     assert baseline["metadata"]["found"] == 1
     assert baseline["metadata"]["pushed_version"] == version
     assert baseline["metadata"]["pushed_destination"] == str(tmp / "serving" / str(version))
-    assert "Warm-started from" in task_log(tmp, "run-2", "Trainer")
+    assert "Warm-started from" in task_log(tmp, "run-2", names.TRAINER_ID)
     blessing = single(second, names.EVALUATOR_ID, "blessing")["metadata"]
     assert (blessing["baseline_model"], blessing["baseline_model_id"]) == (baseline["uri"], baseline["name"])
     assert blessing["current_model"] == single(second, names.TRAINER_ID, "model")["uri"]
@@ -122,7 +124,7 @@ def test_vertex_shaped_input_runs_the_same_spec_unchanged(runs, tmp_path):
     baseline = single(run, names.LATEST_BLESSED_MODEL_ID, "model")
     assert baseline["metadata"]["found"] == 1 and baseline["metadata"]["pushed_version"] == latest
     assert single(run, names.EVALUATOR_ID, "blessing")["metadata"]["baseline_model"] == baseline["uri"]
-    assert "Warm-started from" in (tmp_path / "vertex-1" / "Trainer" / "task.log").read_text()
+    assert "Warm-started from" in (tmp_path / "vertex-1" / names.TRAINER_ID / "task.log").read_text()
 
 
 def test_tfx_entrypoint_alone_fails_on_open_source_input(runs, tmp_path):

@@ -86,11 +86,6 @@ def test_pretrained_file_without_vgg_layers_is_refused(tmp_path):
                                           encoder_weights=path))
 
 
-def test_imagenet_weights_use_the_keras_download():
-    assert model_lib.IMAGENET_WEIGHTS_URL.endswith(model_lib.IMAGENET_WEIGHTS_FILE)
-    assert model_lib.IMAGENET_WEIGHTS_MD5 == "6d6bbae143d832006294945121d1f1fc"
-
-
 def test_mixed_bfloat16_computes_in_bf16_but_returns_float32_logits():
     model = model_lib.build_model(dataclasses.replace(TINY, mixed_precision="mixed_bfloat16"))
     assert model.get_layer("block1_conv1").compute_dtype == "bfloat16"

@@ -8,7 +8,6 @@ import pathlib
 import re
 import signal
 import subprocess
-import time
 
 import pytest
 import tensorflow as tf
@@ -18,9 +17,12 @@ from dataset import synthetic
 from config.profiles import load_config
 from support import petseg as petseg_process
 from support.credentials import find_credentials
+from support.events import wait_for_path
 from support.images import BROKEN, ODD_VALID, damage
 from report.artifacts import RunArtifacts
 from transform import preprocessing
+
+pytestmark = pytest.mark.slow  # whole pipeline runs
 
 EPOCHS = 3
 UPSTREAM = ["TfdsExampleGen", "ImportSchemaGen", "StatisticsGen", "ExampleValidator", "ValidationGate", "Transform"]
@@ -43,9 +45,12 @@ def finish(proc: subprocess.Popen) -> str:
     return console(proc)
 
 
+# The Trainer's BackupAndRestore checkpoint index, written at the end of each epoch.
+BACKUP = f"pipeline_root/{names.TRAINER_ID}/backup/*/chief/checkpoint"
+
+
 def first_backup(output: pathlib.Path) -> str:
-    """The Trainer's BackupAndRestore checkpoint index, written at the end of each epoch."""
-    found = glob.glob(str(output / "pipeline_root" / "Trainer" / "backup" / "*" / "chief" / "checkpoint"))
+    found = glob.glob(str(output / BACKUP))
     return found[0] if found else ""
 
 
@@ -73,14 +78,13 @@ def runs(raw, all_broken_test_split, tmp_path_factory):
     root, _ = raw
     base = tmp_path_factory.mktemp("runs")
     output = base / "damaged"
-    started = time.monotonic()
     killed = petseg(output, root)
     strict = petseg(base / "strict", root, "--strict")
     empty = petseg(base / "empty", all_broken_test_split)
-    while not first_backup(output):
-        assert killed.poll() is None, "run ended before the Trainer wrote a backup:\n" + console(killed)[-5000:]
-        assert time.monotonic() - started < TIMEOUT, "no Trainer backup appeared"
-        time.sleep(0.2)
+    try:
+        wait_for_path(output, BACKUP, killed, timeout=TIMEOUT)
+    except (AssertionError, TimeoutError) as exc:
+        raise AssertionError(f"{exc}; its console:\n{console(killed)[-5000:]}") from None
     os.killpg(killed.pid, signal.SIGKILL)  # as a node losing the pod: no cleanup runs
     killed_console = finish(killed)
     resumed = petseg(output, root)

@@ -10,8 +10,7 @@ from unittest import mock
 
 import pytest
 from tfx import types
-from tfx.components.pusher import component as tfx_component
-from tfx.components.pusher import executor as tfx_executor
+from tfx.components.pusher import component as tfx_component, executor as tfx_executor
 from tfx.dsl.io import fileio
 from tfx.proto import pusher_pb2
 from tfx.types import standard_artifacts

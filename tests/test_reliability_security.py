@@ -7,6 +7,7 @@ import subprocess
 
 import pytest
 
+from config import names
 from support.credentials import find_credentials
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -45,7 +46,7 @@ def test_compiled_kubeflow_spec_holds_no_credentials(tmp_path):
     assert cli.main(["kubeflow", "compile", "--output", str(package), "--profile", "tiny",
                      "--pipeline-root", "gs://petseg-bucket/pipeline_root"]) == 0
     text = package.read_text()
-    assert "TfdsExampleGen" in text and find_credentials(text) == []
+    assert names.EXAMPLE_GEN_ID in text and find_credentials(text) == []
 
 
 def _shell_calls(tree: ast.AST) -> list:

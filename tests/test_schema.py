@@ -1,28 +1,53 @@
-"""The curated raw schema accepts good TFDS-layout examples, and bad ones stop the run at the ValidationGate."""
+"""The curated raw schema on records the real TFDS builder writes: they pass, broken ones stop the run at the ValidationGate."""
 
 import json
 import os
 import shutil
 
 import pytest
+import tensorflow as tf
 import tensorflow_data_validation as tfdv
 from tensorflow_data_validation.statistics import stats_impl
 from tensorflow_data_validation.utils import schema_util
 from tensorflow_metadata.proto.v0 import anomalies_pb2, schema_pb2
+from tensorflow_transform.tf_metadata import schema_utils
 from tfx_bsl.coders import example_coder
 
 from tfx.components.example_validator import executor as example_validator
 from tfx.types import standard_artifacts, standard_component_specs
 
-from components import validation_gate
+from components import tfds_prepare, validation_gate
 from pipeline.pipeline import SCHEMA_FILE as SCHEMA_PATH
-from support.images import raw_example
 from transform import features
 
 
 @pytest.fixture(scope="module")
 def schema() -> schema_pb2.Schema:
     return schema_util.load_schema_text(str(SCHEMA_PATH))
+
+
+@pytest.fixture(scope="module")
+def tfds_records(tmp_path_factory):
+    """Serialized tf.Examples of both splits, as the real oxford_iiit_pet builder writes them."""
+    prepared = tfds_prepare.prepare(tmp_path_factory.mktemp("tfds"), "synthetic", synthetic=(6, 3, 0))
+    return {split: [r.numpy() for r in tf.data.TFRecordDataset(files)] for split, files in prepared.files.items()}
+
+
+def good(tfds_records):
+    return tfds_records["train"]
+
+
+def broken(record: bytes, drop=(), **values) -> bytes:
+    """`record` with features removed or replaced: key -> list of ints, floats or bytes."""
+    example = tf.train.Example.FromString(record)
+    feature = example.features.feature
+    for key in drop:
+        del feature[key]
+    for key, value in values.items():
+        kind = {int: "int64_list", float: "float_list", bytes: "bytes_list"}[type(value[0])]
+        feature[key].Clear()
+        getattr(feature[key], kind).value.extend(value)
+    return example.SerializeToString()
 
 
 def statistics_for(schema, examples):
@@ -38,43 +63,42 @@ def anomalies_for(schema, examples):
             for name, info in tfdv.validate_statistics(stats, schema).anomaly_info.items()}
 
 
-def test_schema_covers_every_raw_feature_as_required_and_shaped(schema):
-    by_name = {feature.name: feature for feature in schema.feature}
-    assert set(by_name) == {features.RAW_IMAGE_KEY, features.RAW_MASK_KEY, features.LABEL_KEY,
-                            features.SPECIES_KEY, features.FILE_NAME_KEY, features.HEAD_BBOX_KEY}
-    for feature in by_name.values():
-        assert feature.presence.min_fraction == 1.0 and feature.presence.min_count == 1, feature.name
-    shapes = {name: [d.size for d in f.shape.dim] for name, f in by_name.items()}
-    assert shapes == {"image": [1], "segmentation_mask": [1], "file_name": [1], "label": [1],
-                      "species": [1], "head_bbox": [4]}
-    assert by_name["image"].HasField("image_domain") and by_name["segmentation_mask"].HasField("image_domain")
-    assert (by_name["label"].int_domain.min, by_name["label"].int_domain.max) == (0, 36)
-    assert (by_name["species"].int_domain.min, by_name["species"].int_domain.max) == (0, 1)
+def test_tfds_records_of_both_splits_have_no_anomalies(schema, tfds_records):
+    assert anomalies_for(schema, tfds_records["train"]) == {}
+    assert anomalies_for(schema, tfds_records["test"]) == {}
 
 
-def good_examples():
-    return [raw_example(label=label, species=label % 2, file_name=f"pet_{label}.jpg".encode())
-            for label in (0, 17, 36)]
+def test_transform_gets_every_feature_as_a_dense_tensor(schema, tfds_records):
+    # Transform parses with the feature spec derived from the schema: fixed shapes give dense tensors.
+    spec = schema_utils.schema_as_feature_spec(schema).feature_spec
+    assert all(isinstance(s, tf.io.FixedLenFeature) for s in spec.values()), spec
+    parsed = tf.io.parse_example(tfds_records["test"], spec)
+    assert all(isinstance(t, tf.Tensor) and t.shape[0] == len(tfds_records["test"]) for t in parsed.values())
 
 
-def test_good_examples_have_no_anomalies(schema):
-    assert anomalies_for(schema, good_examples()) == {}
+def test_statistics_of_the_image_bytes_are_byte_sizes_not_categories(schema, tfds_records):
+    def kinds(stats):
+        return {f.path.step[0]: f.WhichOneof("stats") for f in stats.datasets[0].features}
+
+    with_schema = kinds(statistics_for(schema, good(tfds_records)))
+    assert with_schema[features.RAW_IMAGE_KEY] == with_schema[features.RAW_MASK_KEY] == "bytes_stats"
+    # Without it, every encoded image would be counted as a category of its own.
+    batch = example_coder.ExamplesToRecordBatchDecoder().DecodeBatch(good(tfds_records))
+    without = kinds(stats_impl.generate_statistics_in_memory(batch, tfdv.StatsOptions()))
+    assert without[features.RAW_IMAGE_KEY] == "string_stats"
 
 
-def test_image_domain_keeps_encoded_images_out_of_categorical_stats(schema):
-    stats = statistics_for(schema, good_examples())
-    kinds = {f.path.step[0]: f.WhichOneof("stats") for f in stats.datasets[0].features}
-    assert kinds[features.RAW_IMAGE_KEY] == kinds[features.RAW_MASK_KEY] == "bytes_stats"
-
-
-@pytest.mark.parametrize("bad,feature", [
-    (dict(species=2), features.SPECIES_KEY),
-    (dict(label=37), features.LABEL_KEY),
+@pytest.mark.parametrize("change,feature", [
+    (dict(species=[2]), features.SPECIES_KEY),
+    (dict(label=[37]), features.LABEL_KEY),
     (dict(drop=(features.RAW_MASK_KEY,)), features.RAW_MASK_KEY),
-    (dict(head_bbox=(0.1, 0.2)), features.HEAD_BBOX_KEY),
-], ids=["species_2", "label_37", "missing_mask", "short_bbox"])
-def test_bad_examples_raise_anomalies_on_the_right_feature(schema, bad, feature):
-    found = anomalies_for(schema, good_examples() + [raw_example(**bad)])
+    (dict(head_bbox=[0.1, 0.2]), features.HEAD_BBOX_KEY),
+    (dict(head_bbox=[0.1, 0.2, 1.5, 0.6]), features.HEAD_BBOX_KEY),
+    (dict(image=[b"a", b"b"]), features.RAW_IMAGE_KEY),
+], ids=["species_2", "label_37", "missing_mask", "short_bbox", "bbox_out_of_range", "two_images"])
+def test_a_broken_record_raises_an_anomaly_on_its_feature(schema, tfds_records, change, feature):
+    records = good(tfds_records)
+    found = anomalies_for(schema, records[1:] + [broken(records[0], **change)])
     assert feature in found, found
 
 
@@ -100,16 +124,18 @@ def run_example_validator(tmp_path, schema_file, examples_by_split):
     return anomalies
 
 
-def test_gate_passes_clean_splits(tmp_path):
-    anomalies = run_example_validator(tmp_path, SCHEMA_PATH, {"train": good_examples(), "eval": good_examples()})
+def test_gate_passes_the_tfds_splits(tmp_path, tfds_records):
+    anomalies = run_example_validator(tmp_path, SCHEMA_PATH,
+                                      {"train": tfds_records["train"], "eval": tfds_records["test"]})
     assert set(validation_gate.load_anomalies(anomalies)) == {"train", "eval"}
     validation_gate.ValidationGate.test_call(anomalies=anomalies)
 
 
-def test_gate_stops_the_run_naming_split_feature_and_reason(tmp_path):
+def test_gate_stops_the_run_naming_split_feature_and_reason(tmp_path, tfds_records):
+    train, test = tfds_records["train"], tfds_records["test"]
     anomalies = run_example_validator(tmp_path, SCHEMA_PATH, {
-        "train": good_examples() + [raw_example(species=2)],
-        "eval": good_examples() + [raw_example(drop=(features.RAW_MASK_KEY,))],
+        "train": train[1:] + [broken(train[0], species=[2])],
+        "eval": test[1:] + [broken(test[0], drop=(features.RAW_MASK_KEY,))],
     })
     with pytest.raises(validation_gate.AnomaliesFoundError) as error:
         validation_gate.ValidationGate.test_call(anomalies=anomalies)

@@ -1,8 +1,6 @@
-"""The exported model as TF Serving uses it: signatures, image requests, REST body, Transform parity, errors."""
+"""The export as TF Serving uses it: signatures, image requests, Transform parity, errors, precision."""
 
-import base64
 import io
-import json
 import pathlib
 import subprocess
 import sys
@@ -10,11 +8,14 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
+import tensorflow_transform as tft
 from PIL import Image
+from tfx.types import standard_artifacts
 
 from support import trainer_fixtures
 from support.trainer_fixtures import limited, trained, transform_run  # noqa: F401 (pytest fixtures)
-from trainer import signatures
+from config import names
+from trainer import model as model_lib, run, signatures, strategy
 from transform import features
 
 SIZE = trainer_fixtures.tiny_config().model.image_size
@@ -89,25 +90,6 @@ def test_serving_default_batches_mixed_formats_and_sizes(served):
     np.testing.assert_array_equal(outputs["mask"].numpy()[1:], alone["mask"].numpy())
 
 
-def _rest_request(body: str, signature) -> dict:
-    """Request tensors as TF Serving builds them from a REST "instances" (row format) body.
-
-    A signature with one input takes each instance as that input's value; {"b64": ...} is binary
-    data, base64-decoded, which TF Serving expects for inputs named `*_bytes`.
-    """
-    [name] = signature.structured_input_signature[1]
-    assert name.endswith("_bytes")
-    instances = json.loads(body)["instances"]
-    return {name: tf.constant([base64.b64decode(i["b64"]) if isinstance(i, dict) else i for i in instances])}
-
-
-def test_rest_b64_body_gives_the_direct_result(served):
-    jpeg = _encode(PHOTO, "JPEG")
-    body = json.dumps({"instances": [{"b64": base64.b64encode(jpeg).decode("ascii")}]})
-    serve = served.signatures[signatures.SERVING_SIGNATURE]
-    _assert_same(serve(**_rest_request(body, serve)), serve(image_bytes=tf.constant([jpeg])))
-
-
 def _feature(example: tf.train.Example, key: str):
     return example.features.feature[key]
 
@@ -151,3 +133,35 @@ def test_bad_requests_fail_cleanly_and_serving_goes_on(limited_serving, payload,
         serve(image_bytes=tf.constant([payload]))
     # Exactly at the pixel limit is allowed, and the same loaded model still answers.
     _check_prediction(serve(image_bytes=tf.constant([_encode(_pixels(100, 100), "PNG")])))
+
+
+@pytest.mark.parametrize("policy, compute_dtype", [("mixed_bfloat16", "bfloat16"), ("mixed_float16", "float16")])
+def test_a_mixed_precision_export_takes_and_returns_what_a_float32_one_does(transform_run, tmp_path, policy,
+                                                                              compute_dtype):
+    config = trainer_fixtures.tiny_config(**{"model.mixed_precision": policy})
+    graph = tft.TFTransformOutput(
+        trainer_fixtures.output(transform_run, standard_artifacts.TransformGraph, names.TRANSFORM_ID).uri)
+    # As run_fn builds and exports it, under the global policy it sets.
+    strategy.set_mixed_precision(config.model.mixed_precision)
+    try:
+        model = model_lib.build_model(config.model)
+        assert model.get_layer("block1_conv1").compute_dtype == compute_dtype
+        run.export_model(model, str(tmp_path), graph, config.model)
+    finally:
+        tf.keras.mixed_precision.set_global_policy("float32")
+        tf.keras.backend.clear_session()
+
+    loaded = tf.saved_model.load(str(tmp_path))
+    raw = trainer_fixtures.split_records(trainer_fixtures.raw_examples(transform_run), "eval")[:2]
+    requests = {
+        signatures.SERVING_SIGNATURE: {features.SERVING_INPUT_KEY: tf.constant([_encode(PHOTO, "JPEG")] * 2)},
+        signatures.EXAMPLES_SIGNATURE: {"examples": tf.constant(raw)},
+    }
+    for name, request in requests.items():
+        signature = loaded.signatures[name]
+        assert {key: spec.dtype for key, spec in signature.structured_input_signature[1].items()} == {
+            key: tf.string for key in request}
+        outputs = signature(**request)
+        assert (outputs["mask"].dtype, outputs["probabilities"].dtype) == (tf.uint8, tf.float32), name
+        _check_prediction(outputs, count=2)
+        assert np.isfinite(outputs["probabilities"].numpy()).all()

@@ -6,6 +6,7 @@ from dataset import spans, synthetic
 from config.settings import ConfigError
 from config.profiles import load_config
 from support import petseg
+from report import metrics
 from report.artifacts import RunArtifacts
 
 
@@ -59,6 +60,7 @@ def two_spans(tmp_path_factory):
     return raw, output, first, second
 
 
+@pytest.mark.slow
 def test_each_run_reads_the_latest_span(two_spans):
     raw, output, first, second = two_spans
     store = RunArtifacts(str(output / "metadata.sqlite"))
@@ -72,6 +74,7 @@ def test_each_run_reads_the_latest_span(two_spans):
     assert second["dataset"]["data_dir"].endswith("span-2")
 
 
+@pytest.mark.slow
 def test_second_run_warm_starts_from_and_is_compared_with_the_first_blessed_model(two_spans):
     _, output, first, second = two_spans
     store = RunArtifacts(str(output / "metadata.sqlite"))
@@ -84,9 +87,13 @@ def test_second_run_warm_starts_from_and_is_compared_with_the_first_blessed_mode
     # The first run's pushed version, copied: the model the Trainer starts from and the Evaluator beats.
     assert base_model.get_int_custom_property("found") == 1
     assert base_model.get_string_custom_property("pushed_destination") == first["pushed_model"]
-    [baseline] = store.inputs_of(store.executions(names.EVALUATOR_ID)[1], "baseline_model")
+    evaluator_runs = store.executions(names.EVALUATOR_ID)
+    [baseline] = store.inputs_of(evaluator_runs[1], "baseline_model")
     assert baseline.id == base_model.id
-    # Scored on span 2's eval data, so not run 1's own number (which was on span 1).
+    # The baseline is scored on span 2's eval data, so its number is not run 1's own (on span 1).
+    [examples] = store.inputs_of(evaluator_runs[1], "examples")
+    assert examples.get_int_custom_property("span") == 2
     assert 0 <= second["baseline"]["mean_iou"] <= 1
+    assert second["baseline"]["mean_iou"] != first["metrics"][metrics.OVERALL]["mean_iou"]
     logs = "\n".join(p.read_text() for p in (output / "logs").glob("*.log"))
     assert f"Warm-started from {base_model.uri}/Format-Serving" in logs

@@ -3,13 +3,13 @@
 import json
 import os
 import pathlib
-import socket
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
+from support import tfjob
 from trainer import strategy as strategy_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -26,11 +26,11 @@ def _env(**extra):
     return env
 
 
-def _start(out, *args, env=None):
+def _start(out, *args, env=None, network=None):
     # Each run is its own process: logical devices and cluster membership can be set once per process.
-    return subprocess.Popen([sys.executable, str(WORKER), "--out", str(out), *map(str, args)],
-                            cwd=REPO, env=env or _env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+    argv = [sys.executable, str(WORKER), "--out", str(out), *map(str, args)]
+    return subprocess.Popen(network.command(argv) if network else argv, cwd=REPO, env=env or _env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def _finish(proc, expect_rc=0):
@@ -61,7 +61,9 @@ def _max_abs_diff(a, b):
 def runs(tmp_path_factory):
     """Starts every independent worker at once: on 2 cores, mostly TF import time, which overlaps."""
     root = tmp_path_factory.mktemp("strategy")
-    cluster = {"worker": [f"localhost:{p}" for p in _free_ports(2)]}
+    # Its own network namespace: nothing else can hold these ports.
+    network = tfjob.PrivateNetwork()
+    cluster = {"worker": [f"127.0.0.1:{tfjob.DEFAULT_PORT + i}" for i in range(2)]}
     started = {
         "single": _start(root / "single", "--cpu-replicas", 1, "--then-split-cpu"),
         "mirrored": _start(root / "mirrored", "--cpu-replicas", 2),
@@ -70,12 +72,13 @@ def runs(tmp_path_factory):
     }
     for i in range(2):
         tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})
-        started[f"mwms{i}"] = _start(root / "mwms", env=_env(TF_CONFIG=tf_config))
+        started[f"mwms{i}"] = _start(root / "mwms", env=_env(TF_CONFIG=tf_config), network=network)
     yield root, started
     for proc in started.values():
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
+    network.close()
 
 
 def test_mirrored_on_two_logical_cpus_matches_one_device(runs, record_property):
@@ -140,23 +143,45 @@ def test_tf_config_worker_count():
     assert strategy_lib._tf_config_workers(json.dumps(two)) == 2
 
 
-def test_mixed_precision_resolution(tmp_path, monkeypatch):
-    bf16 = tmp_path / "bf16"
-    bf16.write_text("processor\t: 0\nflags\t\t: fpu sse avx512f avx512_bf16\n")
+def test_cpu_bf16_flags_come_from_cpuinfo(tmp_path):
+    for flag in ("avx512_bf16", "amx_bf16"):
+        (tmp_path / flag).write_text(f"processor\t: 0\nflags\t\t: fpu sse avx512f {flag}\n")
+        assert strategy_lib.cpu_supports_bf16(str(tmp_path / flag))
     plain = tmp_path / "plain"
-    plain.write_text("processor\t: 0\nflags\t\t: fpu sse avx2\n")
-    assert strategy_lib.cpu_supports_bf16(str(bf16))
+    plain.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512_vnni\n")
     assert not strategy_lib.cpu_supports_bf16(str(plain))
     assert not strategy_lib.cpu_supports_bf16(str(tmp_path / "missing"))
 
-    assert strategy_lib.resolve_mixed_precision("none") == "float32"
-    assert strategy_lib.resolve_mixed_precision("mixed_bfloat16") == "mixed_bfloat16"
-    # A CPU with bf16 instructions gets bf16 only where a measured convolution step is faster in it.
-    monkeypatch.setattr(strategy_lib, "cpu_supports_bf16", lambda: True)
-    faster = strategy_lib.bf16_faster_on_cpu()
-    assert strategy_lib.resolve_mixed_precision("auto") == ("mixed_bfloat16" if faster else "float32")  # no GPU
-    monkeypatch.setattr(strategy_lib, "cpu_supports_bf16", lambda: False)
-    assert strategy_lib.resolve_mixed_precision("auto") == "float32"
+
+FASTER_BF16 = {"float32": 0.0107, "bfloat16": 0.0058}
+SLOWER_BF16 = {"float32": 0.14, "bfloat16": 4.9}
+
+
+@pytest.mark.parametrize("gpu, cpu_bf16, seconds, policy", [
+    ((8, 0), False, None, "mixed_float16"),
+    ((7, 0), False, None, "mixed_float16"),
+    ((7, 5), True, None, "mixed_float16"),  # a GPU decides, whatever the host CPU has
+    ((6, 1), False, None, "float32"),  # no tensor cores
+    ((0, 0), False, None, "float32"),  # a GPU that reports no capability
+    (None, True, FASTER_BF16, "mixed_bfloat16"),
+    (None, True, SLOWER_BF16, "float32"),
+    (None, False, FASTER_BF16, "float32"),  # without the instructions bf16 is emulated
+    (None, False, None, "float32"),
+], ids=["ampere", "volta", "gpu-over-cpu", "pascal", "unknown-gpu", "cpu-bf16-faster", "cpu-bf16-slower",
+        "cpu-no-bf16-flags", "plain-cpu"])
+def test_auto_policy(gpu, cpu_bf16, seconds, policy):
+    assert strategy_lib.auto_policy(gpu, cpu_bf16, seconds) == policy
+
+
+def test_auto_policy_on_a_bf16_cpu_needs_the_timing():
+    with pytest.raises(ValueError, match="conv_step_seconds"):
+        strategy_lib.auto_policy(None, True, None)
+
+
+@pytest.mark.parametrize("name, policy", [("none", "float32"), ("mixed_bfloat16", "mixed_bfloat16"),
+                                          ("mixed_float16", "mixed_float16")])
+def test_named_policies_pass_through(name, policy):
+    assert strategy_lib.resolve_mixed_precision(name) == policy
 
 
 def test_conv_step_is_timed_in_both_precisions():
@@ -164,13 +189,3 @@ def test_conv_step_is_timed_in_both_precisions():
     assert set(seconds) == {"float32", "bfloat16"}
     assert all(0 < s < 60 for s in seconds.values()), seconds
 
-
-def _free_ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("localhost", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()

@@ -1,13 +1,22 @@
-"""Synthetic pets: deterministic, in the real archive layout, and not solvable by colour alone."""
+"""Synthetic pets: deterministic, in the real archive layout, like the real set on demand, not solvable by colour alone."""
 
+import collections
 import hashlib
+import io
 import xml.etree.ElementTree as ET
 
 import numpy as np
 import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
 from PIL import Image
 
-from dataset import synthetic
+from components import internals
+from dataset import archive as oxford, synthetic
+
+# Enough pets, drawn round-robin over the 37 breeds, to reach Abyssinian_34, the highest-numbered odd file
+# of the real set below 1,300 samples.
+LIKE_OXFORD = (1000, 230)
 
 
 def _digest(root):
@@ -30,14 +39,101 @@ def test_same_seed_same_bytes_other_seed_differs(archive, tmp_path):
     assert _digest(other) != _digest(archive)
 
 
-def test_breeds_match_the_real_builder():
-    from tensorflow_datasets.datasets.oxford_iiit_pet import oxford_iiit_pet_dataset_builder as b
+@pytest.fixture(scope="module")
+def like_oxford(tmp_path_factory):
+    return synthetic.write_archive(tmp_path_factory.mktemp("like_oxford"), *LIKE_OXFORD, seed=0, like_oxford=True)
 
-    for breed, class_id, species in synthetic.BREEDS:
-        assert b._LABEL_CLASSES[class_id - 1] == breed
-        # The real dataset capitalises cat breeds only.
-        assert (species == 1) == breed[0].isupper()
-    assert {s for _, _, s in synthetic.BREEDS} == {1, 2}
+
+def _rows(root, list_name):
+    return [line.split() for line in (root / "annotations" / list_name).read_text().splitlines()]
+
+
+def test_drawing_in_processes_writes_the_same_bytes(tmp_path):
+    serial = synthetic.write_archive(tmp_path / "serial", 300, 20, seed=2, processes=1)
+    parallel = synthetic.write_archive(tmp_path / "parallel", 300, 20, seed=2, processes=2)
+    assert _digest(parallel) == _digest(serial)
+
+
+def test_like_oxford_is_deterministic_per_seed(tmp_path):
+    first, again, other = (synthetic.write_archive(tmp_path / name, 40, 20, seed=seed, like_oxford=True)
+                           for name, seed in (("first", 1), ("again", 1), ("other", 2)))
+    assert _digest(again) == _digest(first)
+    assert _digest(other) != _digest(first)
+
+
+def test_breeds_and_ids_are_the_real_builders(tmp_path):
+    # The installed builder's label names, in label order (label = CLASS_ID - 1).
+    labels = tfds.builder("oxford_iiit_pet", data_dir=str(tmp_path)).info.features["label"].names
+    assert [b.name for b in oxford.BREEDS] == labels
+    assert [b.class_id for b in oxford.BREEDS] == list(range(1, len(labels) + 1))
+    # The real archive's README: cat breeds are capitalised, dogs are not; 12 cats, 25 dogs, and
+    # BREED_ID counts within a species in CLASS_ID order.
+    for species, count in ((oxford.CAT, 12), (oxford.DOG, 25)):
+        members = [b for b in oxford.BREEDS if b.species_id == species]
+        assert len(members) == count
+        assert all(b.name[0].isupper() == (species == oxford.CAT) for b in members)
+        assert [b.breed_id for b in members] == list(range(1, count + 1))
+    assert set(synthetic.QUICK_BREEDS) < set(oxford.BREEDS)
+    assert {b.species_id for b in synthetic.QUICK_BREEDS} == {oxford.CAT, oxford.DOG}
+
+
+def test_like_oxford_lists_all_37_breeds_with_their_ids(like_oxford):
+    train, test = _rows(like_oxford, "trainval.txt"), _rows(like_oxford, "test.txt")
+    assert (len(train), len(test)) == LIKE_OXFORD
+    seen = set()
+    for name, class_id, species, breed_id in train + test:
+        breed = oxford.breed(name.rpartition("_")[0])
+        assert (int(class_id), int(species), int(breed_id)) == (breed.class_id, breed.species_id, breed.breed_id)
+        seen.add(breed.name)
+    assert seen == {b.name for b in oxford.BREEDS}
+
+
+def test_like_oxford_sizes_spread_like_the_real_photos(like_oxford):
+    sizes = []
+    for path in (like_oxford / "images").iterdir():
+        with Image.open(path) as img:
+            sizes.append(img.size)
+    short = np.array([min(s) for s in sizes])
+    aspects = collections.Counter(round(max(s) / min(s), 1) for s in sizes)
+    assert short.min() <= 120 and short.max() >= 450, (short.min(), short.max())
+    assert np.mean((short >= 100) & (short <= 500)) >= 0.98
+    assert len({(s // 50) for s in short}) >= 6, "short sides spread over the range, not a few values"
+    assert sum(1 for _, n in aspects.items() if n >= 0.03 * len(sizes)) >= 4, aspects
+    assert 0.2 < np.mean([w > h for w, h in sizes]) < 0.9, "both orientations"
+
+
+def test_like_oxford_stores_the_real_odd_files(like_oxford):
+    names = {row[0] for row in _rows(like_oxford, "trainval.txt") + _rows(like_oxford, "test.txt")}
+    expected = {"rgba_png": ("PNG", "RGBA"), "png": ("PNG", "RGB"), "gif": ("GIF", "P"),
+                "grayscale_jpeg": ("JPEG", "L"), "cmyk_jpeg": ("JPEG", "CMYK"), "corrupt_jpeg": ("JPEG", "RGB")}
+    present = {name: kind for name, kind in synthetic.ODD_IMAGES.items() if name in names}
+    assert {"rgba_png", "gif", "grayscale_jpeg", "cmyk_jpeg"} <= set(present.values())
+    for name in names:
+        with Image.open(like_oxford / "images" / f"{name}.jpg") as img:
+            assert (img.format, img.mode) == expected.get(present.get(name), ("JPEG", "RGB")), name
+    # Re-encoded by the builder itself, exactly as the real files of these names are.
+    reencoded = internals.tfds_reencoded_names()
+    assert all(name in reencoded for name, kind in synthetic.ODD_IMAGES.items()
+               if kind in ("rgba_png", "png", "gif", "corrupt_jpeg"))
+    # Trainval samples the real set has no head-box XML for have none here either.
+    train = {row[0] for row in _rows(like_oxford, "trainval.txt")}
+    xmls = {p.stem for p in (like_oxford / "annotations" / "xmls").iterdir()}
+    assert xmls == train - synthetic.MISSING_XMLS and train & synthetic.MISSING_XMLS
+
+
+@pytest.mark.parametrize("kind", sorted(set(synthetic.ODD_IMAGES.values())))
+def test_every_odd_kind_decodes_with_three_channels(kind):
+    image = np.random.default_rng(0).integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    for seed in range(20):  # the stray bytes differ per sample
+        data = synthetic.encode_image(image, kind, np.random.default_rng(seed))
+        decoded = tf.io.decode_image(data, channels=3, expand_animations=False)
+        assert decoded.shape == (37, 53, 3)
+        if kind == "corrupt_jpeg":
+            clean = synthetic.encode_image(image, "jpeg")
+            assert len(data) > len(clean) and data.endswith(b"\xff\xd9")
+            assert np.array_equal(decoded.numpy(), tf.io.decode_jpeg(clean, channels=3).numpy())
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()  # as staging reads it: a failure here would drop the sample as unreadable
 
 
 def test_archive_layout_like_the_real_one(archive):
@@ -49,8 +145,9 @@ def test_archive_layout_like_the_real_one(archive):
     sizes = set()
     for name, class_id, species, breed_id in train + test:
         breed, _, number = name.rpartition("_")
-        assert number.isdigit() and (breed, int(class_id), int(species)) in synthetic.BREEDS
-        assert int(breed_id) >= 1
+        assert number.isdigit() and oxford.breed(breed) in synthetic.QUICK_BREEDS
+        assert (int(class_id), int(species), int(breed_id)) == (
+            oxford.breed(breed).class_id, oxford.breed(breed).species_id, oxford.breed(breed).breed_id)
         with Image.open(archive / "images" / f"{name}.jpg") as img:
             assert img.format == "JPEG" and img.mode == "RGB"
             size = img.size

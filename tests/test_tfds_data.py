@@ -1,15 +1,21 @@
 """The real oxford_iiit_pet builder, offline, on synthetic and on broken raw folders."""
 
+import functools
+import http.server
 import io
 import os
+import socket
+import tarfile
+import threading
 
 import numpy as np
 import pytest
 import tensorflow as tf
+import tensorflow_datasets as tfds
 from PIL import Image
 
-from components import tfds_prepare
-from dataset import staging, synthetic as synthetic_archive
+from components import internals, tfds_prepare
+from dataset import archive as oxford, staging, synthetic as synthetic_archive
 from support.images import BROKEN, ODD_VALID, damage
 
 
@@ -45,11 +51,10 @@ def test_synthetic_built_by_the_real_builder(synthetic):
             image, mask = _decoded(ex)
             assert image.shape[:2] == mask.shape[:2]
             assert set(np.unique(mask).tolist()) <= {1, 2, 3}
-            breed, class_id, species = next(b for b in synthetic_archive.BREEDS
-                                            if ex["file_name"].bytes_list.value[0].decode().startswith(b[0] + "_"))
+            breed = oxford.breed(ex["file_name"].bytes_list.value[0].decode().rpartition("_")[0])
             # The builder stores 0-based ids.
-            assert ex["label"].int64_list.value[0] == class_id - 1
-            assert ex["species"].int64_list.value[0] == species - 1
+            assert ex["label"].int64_list.value[0] == breed.class_id - 1
+            assert ex["species"].int64_list.value[0] == breed.species_id - 1
             bbox = list(ex["head_bbox"].float_list.value)
             assert (any(bbox) if split == "train" else not any(bbox)), "head boxes come from trainval XMLs only"
 
@@ -71,6 +76,57 @@ def test_data_drawn_by_another_generator_version_is_an_error(synthetic, monkeypa
     monkeypatch.setattr(synthetic_archive, "GENERATOR_VERSION", synthetic_archive.GENERATOR_VERSION + 1)
     with pytest.raises(ValueError, match="already holds"):
         tfds_prepare.prepare(synthetic.data_dir, "synthetic", synthetic=(12, 6, 0))
+
+
+def test_like_oxford_prepares_all_37_breeds(tmp_path):
+    prepared = tfds_prepare.prepare(tmp_path / "tfds", "synthetic", synthetic=(37, 10, 0), synthetic_like_oxford=True)
+    assert prepared.num_examples == {"train": 37, "test": 10} and prepared.origin["like_oxford"] is True
+    labels = {ex["label"].int64_list.value[0] for ex in _read(prepared.files["train"])}
+    assert labels == set(range(oxford.NUM_BREEDS))
+
+
+def test_like_oxford_odd_files_survive_staging_and_the_real_builder(tmp_path):
+    # Enough pets to reach Abyssinian_34 (a GIF), the highest-numbered odd file below 1,300; the lists are
+    # then cut to the odd files and one pet per breed, so only those go through staging and the builder.
+    raw = synthetic_archive.write_archive(tmp_path / "raw", 1000, 230, seed=0, like_oxford=True)
+    rows = {}
+    for list_name in oxford.LIST_FILES.values():
+        lines = (raw / "annotations" / list_name).read_text().splitlines()
+        kept = [line for number, line in enumerate(lines)
+                if number < oxford.NUM_BREEDS or line.split()[0] in synthetic_archive.ODD_IMAGES]
+        (raw / "annotations" / list_name).write_text("\n".join(kept) + "\n")
+        rows[list_name] = [line.split()[0] for line in kept]
+    prepared = tfds_prepare.prepare(tmp_path / "tfds", "raw-dir", raw_dir=raw)
+    assert prepared.skipped == {}
+    assert prepared.num_examples == {"train": len(rows["trainval.txt"]), "test": len(rows["test.txt"])}
+    odd = {name: synthetic_archive.ODD_IMAGES[name] for names in rows.values() for name in names
+           if name in synthetic_archive.ODD_IMAGES}
+    assert {"rgba_png", "gif", "grayscale_jpeg", "cmyk_jpeg"} <= set(odd.values())
+    # Staging turns GIFs into JPEGs (TF cannot re-encode them), and hands the builder RGB for the RGBA
+    # files it re-encodes itself.
+    reencoded = internals.tfds_reencoded_names()
+    assert prepared.repaired == {
+        "image_gif_to_jpeg": sum(kind == "gif" for kind in odd.values()),
+        "image_mode_to_rgb": sum(kind == "rgba_png" and name in reencoded for name, kind in odd.items())}
+    stored = {}
+    for split in ("train", "test"):
+        for ex in _read(prepared.files[split]):
+            name = ex["file_name"].bytes_list.value[0].decode()[:-4]
+            image, mask = _decoded(ex)
+            assert image.shape == mask.shape[:2] + (3,) and image.shape[0] >= 100 and image.shape[1] >= 100
+            breed = oxford.breed(name.rpartition("_")[0])
+            assert (ex["label"].int64_list.value[0], ex["species"].int64_list.value[0]) == (
+                breed.class_id - 1, breed.species_id - 1)
+            stored[name] = ex
+    assert len({name.rpartition("_")[0] for name in stored}) == oxford.NUM_BREEDS
+    for name, kind in odd.items():
+        with Image.open(io.BytesIO(stored[name]["image"].bytes_list.value[0])) as img:
+            # What the builder keeps: re-encoded names become RGB JPEG; others keep their file's bytes.
+            want = ("JPEG", "RGB") if name in reencoded else {"grayscale_jpeg": ("JPEG", "L"),
+                                                             "cmyk_jpeg": ("JPEG", "CMYK")}[kind]
+            assert (img.format, img.mode) == want, name
+    missing = synthetic_archive.MISSING_XMLS & set(rows["trainval.txt"])
+    assert missing and all(not any(stored[n]["head_bbox"].float_list.value) for n in missing)
 
 
 @pytest.fixture(scope="module")
@@ -125,3 +181,60 @@ def test_bad_head_box_xml_is_dropped_or_strict_error(tmp_path):
     assert not (tmp_path / "staging" / "annotations" / "xmls" / f"{name}.xml").exists()
     with pytest.raises(staging.BrokenSampleError, match=f"{name}.xml: bad_xml"):
         staging.stage(raw, tmp_path / "strict", strict=True)
+
+
+def _unreachable_urls():
+    with socket.socket() as sock:  # a loopback port that nothing listens on once this socket is closed
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return {part: f"http://127.0.0.1:{port}/data/{part}.tar.gz" for part in ("images", "annotations")}
+
+
+def test_download_from_an_unreachable_host_fails_at_once_saying_what_to_do(tmp_path):
+    urls = _unreachable_urls()
+    with pytest.raises(tfds_prepare.DownloadUnreachableError) as error:
+        tfds_prepare.prepare(tmp_path / "tfds", "download", download_urls=urls)
+    message = str(error.value)
+    for needed in ("--oxford-raw-dir", "data.oxford_raw_dir", urls["images"], urls["annotations"],
+                   "tar -xf images.tar.gz", "tar -xf annotations.tar.gz", "images/ and annotations/"):
+        assert needed in message, needed
+    assert not (tmp_path / "tfds" / "downloads").exists(), "failed before any download started"
+
+
+def test_the_archive_urls_are_the_builders():
+    builder = tfds.builder("oxford_iiit_pet:4.0.0")
+    urls = tfds_prepare.archive_urls(builder)
+    assert set(urls) == {"images", "annotations"} and set(urls.values()) == set(builder.url_infos)
+    assert urls["images"].endswith("/images.tar.gz") and urls["annotations"].endswith("/annotations.tar.gz")
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+def test_downloaded_archives_are_staged_like_extracted_ones(tmp_path):
+    raw = synthetic_archive.write_archive(tmp_path / "raw", 30, 6, seed=0)
+    # A GIF under a name the builder re-encodes, as six real files are: the builder alone fails on it.
+    gif = raw / "images" / "Abyssinian_5.jpg"
+    Image.open(gif).convert("P").save(gif, "GIF")
+    served = tmp_path / "served" / "data"
+    served.mkdir(parents=True)
+    for part in ("images", "annotations"):
+        with tarfile.open(served / f"{part}.tar.gz", "w:gz") as tar:
+            tar.add(raw / part, arcname=part)
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(tmp_path / "served")))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        urls = {part: f"http://127.0.0.1:{server.server_port}/data/{part}.tar.gz" for part in ("images", "annotations")}
+        prepared = tfds_prepare.prepare(tmp_path / "tfds", "download", download_urls=urls)
+    finally:
+        server.shutdown()
+        thread.join()
+    assert prepared.source == "download" and prepared.num_examples == {"train": 30, "test": 6}
+    assert prepared.repaired == {"image_gif_to_jpeg": 1} and prepared.skipped == {}
+    stored = {ex["file_name"].bytes_list.value[0].decode(): ex for ex in _read(prepared.files["train"])}
+    image, mask = _decoded(stored["Abyssinian_5.jpg"])
+    assert image.shape == mask.shape[:2] + (3,)

@@ -52,17 +52,6 @@ def test_cached_and_streamed_input_yield_the_same_batches(transform_run):
         np.testing.assert_array_equal(mask_a, mask_b)
 
 
-def test_input_runs_without_the_autotuning_thread(transform_run):
-    # The stall this prevents (`input_fn` says why) comes and goes, so the option is what is checked.
-    fn_args = trainer_fixtures.fn_args(transform_run, 33, trainer_fixtures.tiny_config())
-    graph = tft.TFTransformOutput(fn_args.transform_output)
-    size = trainer_fixtures.tiny_config().model.image_size
-    for training, cache in ((True, True), (True, False), (False, True)):
-        dataset = data.input_fn(fn_args.train_files, fn_args.data_accessor, graph, 3, size, training=training,
-                                cache=cache)
-        assert dataset.options().autotune.enabled is False
-
-
 def test_a_split_is_cached_only_within_the_budget(transform_run, tmp_path):
     fn_args = trainer_fixtures.fn_args(transform_run, 32, trainer_fixtures.tiny_config())
     size = data.split_bytes(fn_args.eval_files)

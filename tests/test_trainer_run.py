@@ -6,14 +6,17 @@ import os
 import pathlib
 import subprocess
 import sys
+import types
 
 import numpy as np
+import pytest
 import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 
 from support import trainer_fixtures
 from support.trainer_fixtures import limited, trained, transform_run  # noqa: F401 (pytest fixtures)
 from trainer import model as model_lib, run
+from transform import features
 
 # The worker is killed after this epoch of EPOCHS; its retry must train only the rest.
 KILL_AFTER, EPOCHS = 1, 3
@@ -59,6 +62,24 @@ def test_run_fn_trains_logs_and_exports(trained):
     assert not tf.io.gfile.exists(run.backup_dir(trained))
 
 
+def _variables_bytes(model_dir: str) -> int:
+    folder = pathlib.Path(model_dir, "variables")
+    return sum(path.stat().st_size for path in folder.iterdir())
+
+
+def test_export_holds_the_weights_alone(trained):
+    """No optimizer state in what is served, evaluated and warm-started from: Adam's slots triple it."""
+    export = trained.serving_model_dir
+    stored = dict(tf.train.list_variables(os.path.join(export, "variables", "variables")))
+    optimizer_keys = [key for key in stored if "optimizer" in key.lower()]
+    assert optimizer_keys == []
+    parameters = model_lib.build_model(trainer_fixtures.tiny_config().model).count_params()
+    values = sum(int(np.prod(shape)) for shape in stored.values())
+    # The weights, and a few dozen values of the metrics' running totals besides.
+    assert parameters <= values <= parameters + 100, (parameters, values)
+    assert 4 * parameters <= _variables_bytes(export) <= 1.05 * 4 * parameters
+
+
 def test_killed_training_resumes_at_the_next_epoch(transform_run):
     # Its own epoch count also gives it its own backup folder, apart from `trained`'s.
     overrides = {"train.epochs": EPOCHS}
@@ -85,6 +106,51 @@ def test_killed_training_resumes_at_the_next_epoch(transform_run):
     assert not tf.io.gfile.exists(run.backup_dir(retry))
 
 
+class _ValidationBatches(tf.keras.callbacks.Callback):
+    """Batches of each validation pass."""
+
+    def __init__(self):
+        super().__init__()
+        self.per_epoch = []
+
+    def on_test_begin(self, logs=None):
+        self.per_epoch.append(0)
+
+    def on_test_batch_end(self, batch, logs=None):
+        self.per_epoch[-1] += 1
+
+
+def test_validation_sees_the_first_n_eval_examples_every_epoch_and_drives_the_lr_schedule(transform_run):
+    n, batch = 5, 2
+    # A learning rate too small to move val_loss by ReduceLROnPlateau's min_delta: a plateau by construction.
+    config = trainer_fixtures.tiny_config(**{"train.validation_images": n, "train.batch_size": batch,
+                                             "train.epochs": 3, "train.lr_patience": 1})
+    config.train.learning_rate = 1e-11  # `--set` reads 1e-11 as text (YAML 1.1 floats need a dot)
+    args = trainer_fixtures.fn_args(transform_run, 41, config)
+    counted = _ValidationBatches()
+    run.run_fn(args, extra_callbacks=[counted])
+    assert n < trainer_fixtures.EVAL_IMAGES
+    assert counted.per_epoch == [-(-n // batch)] * 3  # 3 batches of at most 2, not the split's 4
+
+    history = _history(args)
+    # The same examples each epoch: with weights that barely move, val_loss barely moves.
+    assert max(history["val_loss"]) - min(history["val_loss"]) < 1e-5, history["val_loss"]
+    # ReduceLROnPlateau halved the rate after patience 1 (logs carry the rate before its change).
+    np.testing.assert_allclose(history["lr"], [1e-11, 1e-11, 5e-12], rtol=1e-5)
+
+    # The last val_loss is the exported weights' loss on exactly the split's first n records.
+    size = config.model.image_size
+    records = trainer_fixtures.split_records(trainer_fixtures.transformed_examples(transform_run), "eval")[:n]
+    parsed = [tf.train.Example.FromString(r).features.feature for r in records]
+    images = np.stack([np.frombuffer(f[features.IMAGE_KEY].bytes_list.value[0], np.uint8).reshape(size, size, 3)
+                       for f in parsed])
+    masks = np.stack([np.frombuffer(f[features.MASK_KEY].bytes_list.value[0], np.uint8).reshape(size, size)
+                      for f in parsed])
+    logits = tf.keras.models.load_model(args.serving_model_dir, compile=False)(images)
+    loss = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)(masks, logits)
+    np.testing.assert_allclose(history["val_loss"][-1], float(loss), rtol=1e-5)
+
+
 def test_warm_start_begins_from_the_base_model_weights(trained, limited):
     # The Trainer executor resolves the base Model artifact to its Format-Serving folder.
     assert limited.base_model == trained.serving_model_dir
@@ -103,3 +169,27 @@ def test_warm_start_skips_a_base_model_of_another_architecture(trained, caplog):
     assert "different architecture" in caplog.text
     for old, new in zip(before, model.get_weights()):
         np.testing.assert_array_equal(new, old)
+
+
+def test_the_backup_sits_beside_the_trainers_outputs_on_an_object_store_too():
+    fn_args = types.SimpleNamespace(
+        train_files=["gs://b/root/Transform/x/Split-train/*"], eval_files=["gs://b/root/Transform/x/Split-eval/*"],
+        transform_output="gs://b/root/Transform/graph/3", base_model=None, custom_config={"model": {}},
+        serving_model_dir="gs://b/root/Trainer/model/7/Format-Serving")
+    assert run.backup_dir(fn_args).startswith("gs://b/root/Trainer/backup/")
+
+
+@pytest.mark.parametrize("tf_config, chief", [
+    (None, True),
+    ({"cluster": {"chief": ["c:2222"], "worker": ["w:2222"]}, "task": {"type": "chief", "index": 0}}, True),
+    ({"cluster": {"chief": ["c:2222"], "worker": ["w:2222"]}, "task": {"type": "worker", "index": 0}}, False),
+    ({"cluster": {"worker": ["w0:2222", "w1:2222"]}, "task": {"type": "worker", "index": 0}}, True),
+    ({"cluster": {"master": ["m:2222"], "worker": ["w:2222"]}, "task": {"type": "master", "index": 0}}, True),
+    ({"cluster": {"master": ["m:2222"], "worker": ["w:2222"]}, "task": {"type": "worker", "index": 0}}, False),
+])
+def test_exactly_one_replica_is_the_chief(monkeypatch, tf_config, chief):
+    if tf_config is None:
+        monkeypatch.delenv("TF_CONFIG", raising=False)
+    else:
+        monkeypatch.setenv("TF_CONFIG", json.dumps(tf_config))
+    assert run._is_chief() is chief

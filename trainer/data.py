@@ -45,15 +45,22 @@ def fits_cache(file_patterns: List[str], max_bytes: int) -> bool:
     return _total_bytes(files) <= max_bytes
 
 
+def decoded_bytes(examples: int, image_size: int) -> int:
+    """Memory that `examples` decoded examples take: uint8 pixels (3 per pixel) and class ids (1)."""
+    return examples * image_size * image_size * 4
+
+
 def input_fn(file_pattern: List[str], data_accessor, tf_transform_output: tft.TFTransformOutput,
              global_batch_size: int, image_size: int, *, training: bool, shuffle_buffer: int = 512,
-             repeat: bool = False, cache: bool = True, seed: Optional[int] = None) -> tf.data.Dataset:
+             repeat: bool = False, cache: bool = True, seed: Optional[int] = None,
+             limit: Optional[int] = None) -> tf.data.Dataset:
     """(image uint8 [B, S, S, 3], mask uint8 [B, S, S]) batches of the global batch size.
 
     Training batches are shuffled every epoch and randomly flipped; evaluation batches are neither,
-    so evaluation data never sees the training map (a seed defect). With `cache`, decoded examples
+    so evaluation data never sees the training map. With `cache`, decoded examples
     stay in memory after the first pass (uint8, S^2 x 4 bytes each), so later epochs cost no reading;
-    without it every epoch streams the files (`fits_cache` decides which).
+    without it every epoch streams the files (`fits_cache` decides which). `limit` keeps the first
+    `limit` examples in the files' deterministic read order, the same ones every epoch.
     """
     # The factory reads files in parallel (interleaved, AUTOTUNE threads) whatever the cache does.
     dataset = data_accessor.tf_dataset_factory(
@@ -65,6 +72,8 @@ def input_fn(file_pattern: List[str], data_accessor, tf_transform_output: tft.TF
     dataset = dataset.map(lambda f: (preprocessing.image_from_raw(f[features.IMAGE_KEY], image_size),
                                      preprocessing.mask_from_raw(f[features.MASK_KEY], image_size)),
                           num_parallel_calls=tf.data.AUTOTUNE).unbatch()
+    if limit is not None:
+        dataset = dataset.take(limit)
     if cache:
         dataset = dataset.cache()
     if training:
@@ -80,6 +89,6 @@ def input_fn(file_pattern: List[str], data_accessor, tf_transform_output: tft.TF
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     # No autotuning thread: destroying an iterator can wait out that thread's sleep (up to a minute),
     # and Keras drops one every epoch and at the end of fit. AUTOTUNE settings keep tf.data's starting
-    # values, and epochs train as fast (bench/README.md, finding 22).
+    # values, and epochs train as fast.
     options.autotune.enabled = False
     return dataset.with_options(options)

@@ -17,22 +17,6 @@ from transform.features import IMAGE_KEY, NUM_CLASSES
 log = logging.getLogger(__name__)
 
 
-def _skip_autograph_for_tf_keras() -> None:
-    """Stops AutoGraph from transpiling tf_keras internals on every first fit/predict/evaluate.
-
-    TF 2.16 exempts the `keras` package from AutoGraph but not its Keras 2 copy `tf_keras`, so the first
-    train_function trace converts ~2,800 Keras functions, most of a short run's start-up (bench/README.md
-    has the figures). tf_keras is the same code that always ran unconverted as `keras`.
-    """
-    from tensorflow.python.autograph.core import config as autograph_config
-
-    rule = autograph_config.DoNotConvert("tf_keras")
-    if not any(getattr(r, "_prefix", None) == "tf_keras" for r in autograph_config.CONVERSION_RULES):
-        autograph_config.CONVERSION_RULES = (rule,) + tuple(autograph_config.CONVERSION_RULES)
-
-
-_skip_autograph_for_tf_keras()
-
 IMAGENET_WEIGHTS_FILE = "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"
 IMAGENET_WEIGHTS_URL = ("https://storage.googleapis.com/tensorflow/keras-applications/vgg16/"
                         + IMAGENET_WEIGHTS_FILE)
@@ -118,7 +102,20 @@ def compile_model(model: tf.keras.Model, train_config: TrainConfig) -> tf.keras.
                  tf.keras.metrics.MeanIoU(NUM_CLASSES, name="mean_iou", sparse_y_pred=False)],
         jit_compile=train_config.jit_compile,
     )
+    _run_steps_unconverted(model)
     return model
+
+
+def _run_steps_unconverted(model: tf.keras.Model) -> None:
+    """Keeps AutoGraph out of Keras' train/test/predict steps.
+
+    TF exempts the `keras` package from AutoGraph but not its Keras 2 copy `tf_keras`, so the first
+    fit, evaluate or predict would convert the loss, metric and optimizer code behind each step (about
+    2,800 functions) before tracing it. That code is written for graph mode and always ran unconverted
+    as `keras`; a step run under `do_not_convert` also turns conversion off for every layer it calls.
+    """
+    for name in ("train_step", "test_step", "predict_step"):
+        setattr(model, name, tf.autograph.experimental.do_not_convert(getattr(model, name)))
 
 
 def count_parameters(model_config: ModelConfig) -> "collections.OrderedDict[str, int]":

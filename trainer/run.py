@@ -6,7 +6,7 @@ import hashlib
 import json
 import logging
 import os
-import pathlib
+import posixpath
 import tempfile
 from typing import Sequence
 
@@ -29,18 +29,19 @@ def backup_dir(fn_args) -> str:
     key = json.dumps({"train": sorted(fn_args.train_files), "eval": sorted(fn_args.eval_files),
                       "transform": fn_args.transform_output, "base": fn_args.base_model or "",
                       "config": fn_args.custom_config}, sort_keys=True)
-    # serving_model_dir is <pipeline_root>/<trainer id>/model/<execution id>/Format-Serving.
-    trainer_root = pathlib.Path(fn_args.serving_model_dir).parents[2]
-    return str(trainer_root / "backup" / hashlib.sha256(key.encode()).hexdigest()[:16])
+    # serving_model_dir is <pipeline_root>/<trainer id>/model/<execution id>/Format-Serving, a local
+    # path or a URI (gs://...): split as a string, since pathlib turns "gs://b" into "gs:/b".
+    trainer_root = fn_args.serving_model_dir.rstrip("/").rsplit("/", 3)[0]
+    return posixpath.join(trainer_root, "backup", hashlib.sha256(key.encode()).hexdigest()[:16])
 
 
 def _is_chief() -> bool:
-    """Single-process training, the `chief` task, or worker 0 of a cluster without a chief."""
+    """Single-process training, the `chief` (or legacy `master`) task, or worker 0 of a cluster without one."""
     tf_config = json.loads(os.environ.get("TF_CONFIG") or "{}")
     task = tf_config.get("task")
-    if not task or task.get("type") == "chief":
+    if not task or task.get("type") in ("chief", "master"):
         return True
-    return task.get("type") == "worker" and task.get("index", 0) == 0 and "chief" not in tf_config.get("cluster", {})
+    return task.get("type") == "worker" and task.get("index", 0) == 0 and not {"chief", "master"} & set(tf_config.get("cluster", {}))
 
 
 def _warm_start(model: tf.keras.Model, base_model_dir: str) -> None:
@@ -61,11 +62,28 @@ def _lr_schedule(train_config: TrainConfig) -> list:
                                                  min_lr=train_config.learning_rate / 64, verbose=1)]
 
 
+def export_model(model: tf.keras.Model, export_dir: str, tf_transform_output: tft.TFTransformOutput,
+                 model_config: ModelConfig) -> None:
+    """Saves the servable model: weights, the three signatures and the Keras config, no optimizer state.
+
+    Everything that loads the export (TF Serving, the Evaluator, warm start, the Pusher's copies) needs
+    the weights only; Adam's two slots per weight would triple its size. Resuming reads the backup
+    checkpoints instead, which keep them. Without Keras's per-layer traces the export saves and loads
+    in about a third of the time: consumers call the signatures, and warm start rebuilds the Keras
+    model from its layers' configs.
+    """
+    model.save(export_dir, save_format="tf", include_optimizer=False, save_traces=False,
+               signatures=signatures.make_signatures(model, tf_transform_output, model_config.image_size,
+                                                     model_config.serving_max_pixels))
+
+
 def run_fn(fn_args, extra_callbacks: Sequence[tf.keras.callbacks.Callback] = ()) -> None:
     """Trains VGG16-FCN8 on the transformed examples and exports it with its serving signatures.
 
     TFX calls `run_fn(fn_args)`; `extra_callbacks` run after the backup is written each epoch, so a
-    caller can observe (or interrupt) training at a point it will resume from.
+    caller can observe (or interrupt) training at a point it will resume from. On a multi-worker
+    cluster every replica runs it with the same arguments: the chief exports and writes the run's logs,
+    the others return once the chief's export is complete (TFX checks `serving_model_dir` on each).
     """
     model_config = ModelConfig(**fn_args.custom_config["model"])
     train_config = TrainConfig(**fn_args.custom_config["train"])
@@ -79,18 +97,24 @@ def run_fn(fn_args, extra_callbacks: Sequence[tf.keras.callbacks.Callback] = ())
     train_ds = data.input_fn(fn_args.train_files, fn_args.data_accessor, tf_transform_output, global_batch, size,
                              training=True, shuffle_buffer=train_config.shuffle_buffer, repeat=repeat,
                              cache=data.fits_cache(fn_args.train_files, train_config.cache_max_bytes))
+    # Keras validates on a fixed subset, so each epoch's validation costs a bounded share of the epoch
+    # whatever the eval split's size; the Evaluator scores the whole split once. The subset's decoded
+    # size is known exactly, compressed records or not.
+    validation_images = train_config.validation_images
     eval_ds = data.input_fn(fn_args.eval_files, fn_args.data_accessor, tf_transform_output, global_batch, size,
-                            training=False, cache=data.fits_cache(fn_args.eval_files, train_config.cache_max_bytes))
+                            training=False, limit=validation_images,
+                            cache=data.decoded_bytes(validation_images, size) <= train_config.cache_max_bytes)
 
     with strategy.scope():
         model = model_lib.build_model(model_config)
         # Before the first push the base model is an empty placeholder: train from scratch.
-        if fn_args.base_model and tf.io.gfile.exists(os.path.join(fn_args.base_model, "saved_model.pb")):
+        if fn_args.base_model and tf.saved_model.contains_saved_model(fn_args.base_model):
             _warm_start(model, fn_args.base_model)
         model_lib.compile_model(model, train_config)
     log.info("Training %s parameters, global batch %d over %d replica(s)",
              f"{model.count_params():,}", global_batch, strategy.num_replicas_in_sync)
 
+    chief = _is_chief()
     backup = backup_dir(fn_args)
     history = model.fit(
         train_ds,
@@ -98,27 +122,44 @@ def run_fn(fn_args, extra_callbacks: Sequence[tf.keras.callbacks.Callback] = ())
         epochs=train_config.epochs,
         steps_per_epoch=train_config.steps_per_epoch,
         callbacks=[
-            tf.keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir, update_freq="epoch"),
+            # Every replica of a cluster runs run_fn with the same model_run_dir: one writer, the chief.
+            *([tf.keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir, update_freq="epoch")] if chief else []),
             tf.keras.callbacks.BackupAndRestore(backup),
             *_lr_schedule(train_config),
             *extra_callbacks,
         ],
         verbose=2,
     )
-    # Keras deletes its checkpoint files when fit completes but leaves their folder behind.
-    if _is_chief() and tf.io.gfile.isdir(backup) and not tf.io.gfile.listdir(backup):
-        tf.io.gfile.rmtree(backup)
-
-    # Non-chief workers of a multi-worker run must still take part in saving, but not in the real place.
-    export_dir = fn_args.serving_model_dir if _is_chief() else tempfile.mkdtemp()
-    # Without Keras's per-layer traces the export saves and loads in about a third of the time
-    # (bench/README.md, finding 21): consumers call the signatures, and warm start rebuilds the
-    # Keras model from its layers' configs.
-    model.save(export_dir, save_format="tf", save_traces=False, signatures=signatures.make_signatures(
-        model, tf_transform_output, model_config.image_size, model_config.serving_max_pixels))
-    if _is_chief():
+    if chief:
+        export_model(model, fn_args.serving_model_dir, tf_transform_output, model_config)
         tf.io.gfile.makedirs(fn_args.model_run_dir)
         with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, "history.json"), "w") as f:
             # `epoch` holds the 0-based epochs this run trained: a resumed run starts after the backup's.
             json.dump({"epoch": list(history.epoch),
                        **{key: [float(v) for v in values] for key, values in history.history.items()}}, f)
+    else:
+        # Saving may run collectives (reading the metrics' sync-on-read variables) that every replica
+        # must join, so the other replicas save the same model, to scratch.
+        scratch = tempfile.mkdtemp(prefix="petseg-replica-export-")
+        export_model(model, scratch, tf_transform_output, model_config)
+        tf.io.gfile.rmtree(scratch)
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        _wait_for_every_replica(strategy)
+        # TFX fails a replica whose serving_model_dir is missing after run_fn; the chief's is there now.
+        if not tf.saved_model.contains_saved_model(fn_args.serving_model_dir):
+            raise RuntimeError(f"The chief's export {fn_args.serving_model_dir} is missing after every replica "
+                               "finished: replicas must share the Trainer's output storage (e.g. gs://)")
+    # Keras deletes its checkpoint files when fit completes but leaves their folder behind; in a cluster
+    # the other replicas' temporary files in it are gone only once they have all finished (above).
+    if chief and tf.io.gfile.isdir(backup) and not tf.io.gfile.listdir(backup):
+        tf.io.gfile.rmtree(backup)
+
+
+def _wait_for_every_replica(strategy: tf.distribute.Strategy) -> None:
+    """Returns once every replica of the cluster has called it.
+
+    An all-reduce completes only when all replicas have contributed, so no replica leaves before the
+    chief, which enters only after its export is complete.
+    """
+    replicas = strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(lambda: tf.constant(1.0)), axis=None)
+    log.info("All %d replicas finished; the chief's export is complete", int(replicas))

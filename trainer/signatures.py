@@ -77,17 +77,20 @@ def make_signatures(model: tf.keras.Model, tf_transform_output: tft.TFTransformO
                 features.MASK_KEY: tf.cast(preprocessing.mask_from_raw(transformed[features.MASK_KEY], image_size),
                                            tf.int64)}
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=features.SERVING_INPUT_KEY)])
+    # autograph=False: these bodies are graph code already, and converting them would also transpile the
+    # tf_keras code behind every model call (TF exempts only the `keras` package from AutoGraph).
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=features.SERVING_INPUT_KEY)],
+                 autograph=False)
     def serve_images(image_bytes):
         images = tf.map_fn(lambda b: checked_decode(b, image_size, max_pixels), image_bytes,
                            fn_output_signature=tf.TensorSpec([image_size, image_size, 3], tf.uint8))
         return _outputs(model(images, training=False))
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")], autograph=False)
     def transform_features(examples):
         return decoded(model.tft_layer(tf.io.parse_example(examples, raw_spec)))
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")], autograph=False)
     def serve_examples(examples):
         # The image only: this runs per eval batch in TFMA, where the mask would be decoded for nothing.
         transformed = model.tft_layer(tf.io.parse_example(examples, raw_spec))

@@ -7,7 +7,7 @@ import json
 import logging
 import os
 import time
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import tensorflow as tf
 
@@ -53,22 +53,45 @@ def resolve_mixed_precision(name: str) -> str:
         return "float32"
     if name != "auto":
         return name
-    gpus = tf.config.list_physical_devices("GPU")
-    if gpus:
+    capability = _gpu_capability()
+    cpu_bf16 = capability is None and cpu_supports_bf16()
+    return auto_policy(capability, cpu_bf16, measured_conv_step() if cpu_bf16 else None)
+
+
+def auto_policy(gpu_capability: Optional[Tuple[int, int]], cpu_bf16: bool,
+                conv_seconds: Optional[Dict[str, float]]) -> str:
+    """The policy "auto" stands for, given the machine.
+
+    `gpu_capability` is the first GPU's compute capability (None without a GPU), `cpu_bf16` whether
+    the CPU has bfloat16 instructions (AVX512_BF16 or AMX), `conv_seconds` a measured convolution step
+    per compute dtype (`conv_step_seconds`), needed only for such a CPU.
+    """
+    if gpu_capability is not None:
         # float16 tensor cores start at compute capability 7.0; older GPUs get slower, not faster.
-        capability = tf.config.experimental.get_device_details(gpus[0]).get("compute_capability", (0, 0))
-        return "mixed_float16" if capability >= (7, 0) else "float32"
-    # bf16 instructions alone do not make bf16 faster (small layers, oneDNN build): measure it.
-    return "mixed_bfloat16" if cpu_supports_bf16() and bf16_faster_on_cpu() else "float32"
+        return "mixed_float16" if tuple(gpu_capability) >= (7, 0) else "float32"
+    if not cpu_bf16:
+        return "float32"  # bf16 is emulated there, several times slower
+    if conv_seconds is None:
+        raise ValueError("a CPU with bfloat16 instructions needs a measured convolution step (conv_step_seconds)")
+    # bf16 instructions alone do not make bf16 faster (small layers, oneDNN build): the timing decides.
+    return "mixed_bfloat16" if conv_seconds["bfloat16"] < conv_seconds["float32"] else "float32"
+
+
+def _gpu_capability() -> Optional[Tuple[int, int]]:
+    gpus = tf.config.list_physical_devices("GPU")
+    if not gpus:
+        return None
+    # A GPU that does not report it is treated as one without tensor cores.
+    return tuple(tf.config.experimental.get_device_details(gpus[0]).get("compute_capability", (0, 0)))
 
 
 @functools.lru_cache(maxsize=None)
-def bf16_faster_on_cpu() -> bool:
-    """Whether a convolution training step runs faster in bfloat16 than in float32 on this CPU."""
+def measured_conv_step() -> Dict[str, float]:
+    """`conv_step_seconds()` once per process, logged."""
     seconds = conv_step_seconds()
     log.info("Convolution step on this CPU: float32 %.1f ms, bfloat16 %.1f ms",
              1e3 * seconds["float32"], 1e3 * seconds["bfloat16"])
-    return seconds["bfloat16"] < seconds["float32"]
+    return seconds
 
 
 def conv_step_seconds(repeats: int = 5) -> Dict[str, float]:
@@ -123,7 +146,7 @@ def cpu_supports_bf16(cpuinfo_path: str = "/proc/cpuinfo") -> bool:
 
 
 def _tf_config_workers(tf_config: Optional[str] = None) -> int:
-    """Chief plus workers named in TF_CONFIG (0 when unset)."""
+    """Chief (or legacy master) plus workers named in TF_CONFIG (0 when unset)."""
     raw = os.environ.get("TF_CONFIG", "") if tf_config is None else tf_config
     if not raw:
         return 0
@@ -131,7 +154,7 @@ def _tf_config_workers(tf_config: Optional[str] = None) -> int:
         cluster = json.loads(raw).get("cluster", {})
     except ValueError as exc:
         raise ValueError(f"TF_CONFIG is not valid JSON: {exc}") from exc
-    return len(cluster.get("chief", [])) + len(cluster.get("worker", []))
+    return sum(len(cluster.get(role, [])) for role in ("chief", "master", "worker"))
 
 
 def _split_cpu(replicas: int) -> list:

@@ -10,10 +10,11 @@
 #    `{"instanceSchema": ""}` (the store keeps no schema);
 #  - every input downloaded from the object store to the local mirror (/minio/..., /s3/..., /gcs/...)
 #    before the command, every output uploaded from there after it, with the URI and metadata the
-#    executor wrote to /tmp/kfp_outputs/output_metadata.json merged in;
+#    executor wrote to the pod's /tmp/kfp_outputs/output_metadata.json merged in;
 #  - the container's command and args, `{{$}}` replaced by the ExecutorInput JSON.
 # The object store is a folder; a pod's filesystem root is a fresh folder per task, named to the
-# entrypoint with --kfp_local_root (the one deviation: a pod's root is "/"). Vertex-shaped input has
+# entrypoint with --kfp_local_root (the one deviation: a pod's root is "/"), so the mirror and the
+# output file of every task, and of every test run, are its own. Vertex-shaped input has
 # typed artifacts, resource names and plain paths for URIs, which TFX reads directly.
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ import uuid
 from typing import Any, Dict, List, Optional
 
 EXECUTOR_INPUT_PLACEHOLDER = "{{$}}"
-OUTPUT_FILE = "/tmp/kfp_outputs/output_metadata.json"
+# The launcher's output file, relative to the pod's root.
+OUTPUT_FILE = "tmp/kfp_outputs/output_metadata.json"
 DEFAULT_ROOT = "minio://mlpipeline/v2/artifacts"
 LOG_OUTPUT = "executor-logs"
 ENTRYPOINT = "kubeflow.entrypoint"
@@ -180,9 +182,9 @@ class Run:
         if self.shape == "kfp":
             output_types[LOG_OUTPUT] = {"artifactType": {"schemaTitle": "system.Artifact"}}
         salt = str(uuid.uuid4())  # one per execution, shared by its outputs
-        output_file = pathlib.Path(OUTPUT_FILE if self.shape == "kfp" else task_dir / "executor_output.json")
+        output_file = pod / OUTPUT_FILE if self.shape == "kfp" else task_dir / "executor_output.json"
         if output_file.exists():
-            output_file.unlink()  # each pod starts without one
+            output_file.unlink()  # each task starts without one
         executor_input = {
             "inputs": {
                 "parameterValues": {key: _constant(name, key, ref)
@@ -214,8 +216,6 @@ class Run:
         if proc.returncode != 0:
             raise TaskFailed(f"task {name} exited with {proc.returncode}; log {log}:\n{log.read_text()[-4000:]}")
         written = json.loads(output_file.read_text()).get("artifacts", {}) if output_file.exists() else {}
-        if self.shape == "kfp" and output_file.exists():
-            shutil.move(str(output_file), task_dir / "output_metadata.json")  # kept for reading, as in a pod
         outputs = {}
         for key, artifact_list in executor_input["outputs"]["artifacts"].items():
             artifact = dict(artifact_list["artifacts"][0])

@@ -5,6 +5,7 @@ import atexit
 import dataclasses
 import functools
 import json
+import logging
 import os
 import pathlib
 import shutil
@@ -13,10 +14,11 @@ import tempfile
 from typing import Any, Optional
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
-# Run as a script (the killed-trainer worker), the repo's packages must be importable too.
-sys.path.insert(0, str(REPO))
+# Run as a script (a killed trainer, a cluster replica), the repo's packages and `support` must be importable too.
+sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
 import config  # noqa: E402,F401  the Keras switch, before TensorFlow
+from absl import logging as absl_logging  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from ml_metadata.metadata_store import metadata_store  # noqa: E402
@@ -33,7 +35,7 @@ from config import names
 from components.example_gen import TfdsExampleGen  # noqa: E402
 from components.transform import Transform  # noqa: E402
 from config.profiles import load_config  # noqa: E402
-from pipeline.pipeline import PREPROCESSING_FN  # noqa: E402
+from pipeline.pipeline import PREPROCESSING_FN, RUN_FN  # noqa: E402
 from trainer import run  # noqa: E402
 
 SCHEMA_FILE = str(REPO / "transform" / "schema.pbtxt")
@@ -86,11 +88,12 @@ raw_examples = functools.partial(output, artifact_type=standard_artifacts.Exampl
 transformed_examples = functools.partial(output, artifact_type=standard_artifacts.Examples, producer=names.TRANSFORM_ID)
 
 
-def fn_args(metadata_path: str, execution_id: int, config, base_model: Optional[str] = None):
-    """FnArgs from the real Trainer executor for `config`, outputs under the Transform run's pipeline root.
+def executor_args(metadata_path: str, execution_id: int, config, base_model: Optional[str] = None):
+    """(input_dict, output_dict, exec_properties) of the Trainer executor for `config`, as TFX passes them.
 
-    `execution_id` plays the TFX execution: each (a retry too) gets fresh output URIs, laid out as
-    `<pipeline_root>/Trainer/model/<id>` like the launcher's. `base_model` is a Model artifact URI.
+    Outputs go under the Transform run's pipeline root. `execution_id` plays the TFX execution: each
+    (a retry too) gets fresh output URIs, laid out as `<pipeline_root>/Trainer/model/<id>` like the
+    launcher's. `base_model` is a Model artifact URI.
     """
     input_dict = {
         "examples": [transformed_examples(metadata_path)],
@@ -108,12 +111,19 @@ def fn_args(metadata_path: str, execution_id: int, config, base_model: Optional[
         out.uri = str(trainer_root / key / str(execution_id))
         output_dict[key] = [out]
     exec_properties = {
+        "run_fn": RUN_FN,
         "train_args": proto_utils.proto_to_json(trainer_pb2.TrainArgs(num_steps=config.train.steps_per_epoch or 0)),
         "eval_args": proto_utils.proto_to_json(trainer_pb2.EvalArgs(num_steps=0)),
         "custom_config": json_utils.dumps({"model": dataclasses.asdict(config.model),
                                            "train": dataclasses.asdict(config.train)}),
     }
-    return trainer_executor.GenericExecutor()._GetFnArgs(input_dict, output_dict, exec_properties)
+    return input_dict, output_dict, exec_properties
+
+
+def fn_args(metadata_path: str, execution_id: int, config, base_model: Optional[str] = None):
+    """FnArgs from the real Trainer executor for `executor_args(...)`."""
+    return trainer_executor.GenericExecutor()._GetFnArgs(*executor_args(metadata_path, execution_id, config,
+                                                                       base_model))
 
 
 def split_records(examples_artifact, split: str):
@@ -176,31 +186,66 @@ def limited(transform_run):
     return _limited(transform_run)
 
 
-class ExitAfterEpoch(tf.keras.callbacks.Callback):
-    """Ends the process abruptly (no cleanup, like a preempted VM) after an epoch's backup is written."""
+class AfterEpoch(tf.keras.callbacks.Callback):
+    """Calls `action` once epoch number `epoch` (1-based) ends, after its backup is written."""
 
-    def __init__(self, epoch: int, code: int):
+    def __init__(self, epoch: int, action):
         super().__init__()
-        self.epoch, self.code = epoch, code
+        self.epoch, self.action = epoch, action
 
     def on_epoch_end(self, epoch, logs=None):
         if epoch + 1 == self.epoch:
-            sys.stdout.flush()
-            os._exit(self.code)
+            self.action()
+
+
+def _exit_abruptly(code: int) -> None:
+    # No cleanup, like a preempted VM.
+    sys.stdout.flush()
+    os._exit(code)
+
+
+# Callbacks for `signalling_run_fn`, set by `_main` (this file run as a script) before it runs the executor.
+EXTRA_CALLBACKS: list = []
+
+
+def signalling_run_fn(fn_args_) -> None:
+    """`run.run_fn` with the script's EXTRA_CALLBACKS: what the executor runs when a test must see an epoch end.
+
+    TFX reloads the module it imports a run_fn from, which resets this module's globals: the callbacks
+    are read from the script's own module, `__main__`.
+    """
+    run.run_fn(fn_args_, extra_callbacks=sys.modules["__main__"].EXTRA_CALLBACKS)
 
 
 def _main() -> None:
-    # Worker for the interrupted-training test: run_fn in its own process, killed after an epoch.
+    # A Trainer in its own process: run_fn killed after an epoch, or TFX's Trainer executor (a replica).
     parser = argparse.ArgumentParser()
     parser.add_argument("--metadata", required=True)
     parser.add_argument("--execution-id", type=int, required=True)
     parser.add_argument("--overrides", default="{}", help="JSON dict for tiny_config")
     parser.add_argument("--exit-after-epoch", type=int, default=0)
     parser.add_argument("--exit-code", type=int, default=17)
+    parser.add_argument("--executor", action="store_true", help="run TFX's Trainer executor, not run_fn alone")
+    parser.add_argument("--signal-after-epoch", type=int, default=0)
+    parser.add_argument("--signal-fd", type=int, help="a pipe's write end inherited from the test")
     args = parser.parse_args()
     config = tiny_config(**json.loads(args.overrides))
-    callbacks = [ExitAfterEpoch(args.exit_after_epoch, args.exit_code)] if args.exit_after_epoch else []
-    run.run_fn(fn_args(args.metadata, args.execution_id, config), extra_callbacks=callbacks)
+    if not args.executor:
+        callbacks = ([AfterEpoch(args.exit_after_epoch, functools.partial(_exit_abruptly, args.exit_code))]
+                     if args.exit_after_epoch else [])
+        run.run_fn(fn_args(args.metadata, args.execution_id, config), extra_callbacks=callbacks)
+        return
+    # The replica's log, as a pod's would show it: ours and TFX's (absl) INFO lines, timestamped.
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", force=True)
+    absl_logging.set_verbosity(absl_logging.INFO)
+    input_dict, output_dict, exec_properties = executor_args(args.metadata, args.execution_id, config)
+    if args.signal_after_epoch:
+        # One byte down the pipe, and training goes on.
+        signal = functools.partial(os.write, args.signal_fd, b"1")
+        EXTRA_CALLBACKS.append(AfterEpoch(args.signal_after_epoch, signal))
+        # The executor imports run_fn by module path: this module under its importable name.
+        exec_properties["run_fn"] = f"support.trainer_fixtures.{signalling_run_fn.__name__}"
+    trainer_executor.GenericExecutor().Do(input_dict, output_dict, exec_properties)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,148 @@
+"""The Vertex AI CustomJob that runs the Trainer on several machines, started by TFX's Google Cloud extension."""
+
+# TFX 1.16's extension (tfx/extensions/google_cloud_ai_platform/trainer/executor.py and
+# training_clients.py) runs in the Trainer task: it reads the keys below from the Trainer's
+# custom_config, creates a CustomJob from `ai_platform_training_args` (a CustomJob dict whose
+# `project` it takes out) and polls it until it ends. In every worker pool it keeps our image and
+# environment and replaces the command with `python -m tfx.scripts.run_executor
+# --executor_class_path tfx.components.trainer.executor.GenericExecutor --inputs ... --outputs ...
+# --exec-properties ...`: each replica runs TFX's own Trainer executor on the task's artifacts,
+# which it reads and writes on gs:// itself, and that executor imports `run_fn` (trainer.run.run_fn)
+# from the image's PYTHONPATH (/app). Vertex gives each replica TF_CONFIG (and CLUSTER_SPEC); the
+# first pool is the chief.
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Dict, List, Optional
+
+import config
+
+# The Vertex AI SDK's own default (aiplatform.CustomJob.from_local_script, machine_type="n1-standard-4").
+DEFAULT_MACHINE_TYPE = "n1-standard-4"
+# N1 machines Vertex training offers, as (name, vCPUs, GB): the family --cpu/--memory choose from, to which
+# T4, V100, P100 and P4 GPUs attach. A100, L4 and H100 come with their own machine types (a2-*, g2-*, a3-*)
+# whose name fixes the GPU count. Vertex itself checks how many GPUs a machine takes.
+_N1_MACHINES = sorted(
+    [(f"n1-standard-{n}", n, 3.75 * n) for n in (4, 8, 16, 32, 64, 96)]
+    + [(f"n1-highmem-{n}", n, 6.5 * n) for n in (2, 4, 8, 16, 32, 64, 96)],
+    key=lambda machine: (machine[1], machine[2]))
+N1_GPUS = ("NVIDIA_TESLA_T4", "NVIDIA_TESLA_V100", "NVIDIA_TESLA_P100", "NVIDIA_TESLA_P4")
+# The replicas run tfx.scripts.run_executor, which imports TensorFlow before our `config` package
+# could set the Keras switch (config/__init__.py), so the container gets it from its environment.
+ENV = ({"name": config.KERAS_SWITCH, "value": "1"},)
+
+
+class VertexError(ValueError):
+    """Worker pools that cannot be built from these settings; the message names the flag."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Replica:
+    """One replica's machine, given as `petseg kubeflow compile --machine-type/--cpu/--memory/--gpus/--gpu-type`."""
+
+    machine_type: Optional[str] = None
+    cpu: Optional[float] = None  # vCPUs
+    memory_gb: Optional[float] = None
+    gpus: int = 0
+    gpu_type: Optional[str] = None
+
+    def machine_spec(self) -> Dict[str, Any]:
+        """Vertex's MachineSpec: the machine type (given, or the smallest N1 that fits) and its GPUs."""
+        if self.gpus < 0:
+            raise VertexError(f"--gpus: must be >= 0, got {self.gpus}")
+        for flag, value in (("--cpu", self.cpu), ("--memory", self.memory_gb)):
+            if value is not None and value <= 0:
+                raise VertexError(f"{flag}: must be > 0, got {value}")
+        spec: Dict[str, Any] = {"machine_type": self._machine_type()}
+        if self.gpus:
+            spec["accelerator_type"] = self._accelerator()
+            spec["accelerator_count"] = self.gpus
+        return spec
+
+    def _accelerator(self) -> str:
+        from google.cloud.aiplatform_v1.types import AcceleratorType
+
+        # MultiWorkerMirroredStrategy uses GPUs; TPU pools would need TPUStrategy.
+        known = [name for name in AcceleratorType.__members__ if name.startswith("NVIDIA_")]
+        if self.gpu_type not in known:
+            raise VertexError(f"--gpu-type: Vertex names GPUs by type ({', '.join(known)}), got {self.gpu_type!r}")
+        return self.gpu_type
+
+    def _machine_type(self) -> str:
+        if self.machine_type:
+            if self.cpu or self.memory_gb:
+                raise VertexError("--cpu/--memory: Vertex sizes each replica by its machine type; give either "
+                                  f"--machine-type ({self.machine_type!r}) or --cpu/--memory, not both")
+            return self.machine_type
+        if self.gpus and self.gpu_type not in N1_GPUS:
+            self._accelerator()  # an unknown type is the first thing to fix
+            raise VertexError(f"--machine-type: {self.gpu_type} GPUs come with their own machine types (e.g. "
+                              "a2-highgpu-1g for one NVIDIA_TESLA_A100, g2-standard-8 for one NVIDIA_L4); "
+                              f"--cpu/--memory choose among N1 machines, which take {', '.join(N1_GPUS)}")
+        if not (self.cpu or self.memory_gb):
+            return DEFAULT_MACHINE_TYPE
+        for name, vcpus, memory in _N1_MACHINES:
+            if vcpus >= (self.cpu or 0) and memory >= (self.memory_gb or 0):
+                return name
+        raise VertexError(f"--cpu/--memory: no N1 machine has {self.cpu or 0:g} vCPUs and {self.memory_gb or 0:g} GB "
+                          f"(the largest is {_N1_MACHINES[-1][0]}); give --machine-type")
+
+
+def worker_pool_specs(*, image: str, workers: int, replica: Replica) -> List[Dict[str, Any]]:
+    """[chief x1, workers x N-1], each running in `image` on `replica`'s machine (the command is TFX's)."""
+    if workers < 2:
+        raise VertexError(f"train.workers: Vertex worker pools need 2 or more (a chief and workers), got {workers}; "
+                          "1 runs the Trainer in its own task")
+    if not image:
+        raise VertexError("--image: required")
+    machine = replica.machine_spec()
+
+    def pool(count: int) -> Dict[str, Any]:
+        return {"replica_count": count, "machine_spec": dict(machine),
+                "container_spec": {"image_uri": image, "env": [dict(e) for e in ENV]}}
+
+    return [pool(1), pool(workers - 1)]
+
+
+def custom_config(*, project: str, region: str, image: str, workers: int, replica: Replica,
+                  display_name: Optional[str] = None) -> Dict[str, Any]:
+    """The Trainer custom_config keys TFX's extension reads to create and follow the CustomJob."""
+    from tfx.extensions.google_cloud_ai_platform import constants
+    from tfx.extensions.google_cloud_ai_platform.trainer import executor
+
+    if not project:
+        raise VertexError(f"--project: required for --target vertex with train.workers={workers} (the Google Cloud "
+                          "project the Trainer's CustomJob runs in)")
+    if not region:
+        raise VertexError(f"--region: required for --target vertex with train.workers={workers} (the Vertex AI "
+                          "region of the Trainer's CustomJob, e.g. us-central1)")
+    job: Dict[str, Any] = {"project": project,
+                           "job_spec": {"worker_pool_specs": worker_pool_specs(
+                               image=image, workers=workers, replica=replica)}}
+    if display_name:
+        job["display_name"] = display_name
+    return {executor.TRAINING_ARGS_KEY: job, constants.ENABLE_VERTEX_KEY: True,
+            constants.VERTEX_REGION_KEY: region}
+
+
+def run_on_worker_pools(trainer, **kwargs: Any) -> None:
+    """Makes an already-built Trainer run as a CustomJob: TFX's extension executor, its custom_config keys.
+
+    `kwargs` are `custom_config`'s.
+    """
+    from tfx.dsl.components.base import executor_spec
+    from tfx.extensions.google_cloud_ai_platform.trainer import executor
+    from tfx.types import standard_component_specs
+    from tfx.utils import json_utils
+
+    added = custom_config(**kwargs)
+    key = standard_component_specs.CUSTOM_CONFIG_KEY
+    current = json_utils.loads(trainer.exec_properties.get(key) or "null") or {}
+    clashes = sorted(set(current) & set(added))
+    if clashes:
+        raise VertexError(f"the Trainer's custom_config already has {clashes}")
+    # The Trainer keeps its spec, inputs and run_fn; only who runs run_fn changes.
+    trainer.executor_spec = executor_spec.ExecutorClassSpec(executor.GenericExecutor)
+    trainer.exec_properties[key] = json_utils.dumps({**current, **added})
+
