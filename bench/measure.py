@@ -90,11 +90,32 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
+# /proc/cpuinfo flags that decide the dense and bf16 limits: AVX-512 FMA, int8 VNNI, native bf16, AMX tiles.
+CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16")
+
+
+def cpu() -> Dict[str, object]:
+    """The CPU's model name and which of CPU_FLAGS it reports."""
+    model, flags = "unknown", set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    model = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+                    break
+    except OSError:
+        pass
+    return {"cpu_model": model, "cpu_flags": {flag: flag in flags for flag in CPU_FLAGS}}
+
+
 def machine() -> Dict[str, object]:
     """What the figures were measured on, including how busy the machine was."""
     from trainer.strategy import cpu_supports_bf16
 
-    return {"cpus": os.cpu_count(), "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()],
+    return {"cpus": os.cpu_count(), "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()], **cpu(),
             "avx512_bf16": cpu_supports_bf16(), "gpus": [d.name for d in tf.config.list_physical_devices("GPU")],
             "tensorflow": tf.__version__,
             "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default (on for x86 Linux)")}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import pathlib
 import time
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import tensorflow as tf
 
@@ -58,6 +58,11 @@ def _serialize_property(value):
 
 def run_executor(component, inputs: Dict[str, list], out_dir: str, beam_args: List[str]) -> float:
     """Runs `component`'s real executor in this process on `inputs`; returns wall seconds."""
+    return execute(component, inputs, out_dir, beam_args)[0]
+
+
+def execute(component, inputs: Dict[str, list], out_dir: str, beam_args: List[str]) -> Tuple[float, Dict[str, list]]:
+    """Runs `component`'s real executor in this process on `inputs`; returns wall seconds and its output artifacts."""
     from tfx.dsl.components.base import base_beam_executor
 
     outputs = {}
@@ -73,7 +78,7 @@ def run_executor(component, inputs: Dict[str, list], out_dir: str, beam_args: Li
     executor = component.executor_spec.executor_class(context)
     start = time.perf_counter()
     executor.Do(inputs, outputs, properties)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, outputs
 
 
 def components(config: PipelineConfig):

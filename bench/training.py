@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from typing import Dict, List, Optional, Sequence
 
@@ -35,11 +36,21 @@ def data_accessor(examples_uri: str):
 
 
 def build(config: PipelineConfig) -> tf.keras.Model:
-    """The Trainer's model and compile recipe for `config` (call inside a strategy scope if any)."""
+    """The Trainer's model and compile recipe for `config` (call inside a strategy scope if any).
+
+    Pretrained encoder weights are not loaded (their values do not change a step's cost, and loading
+    them may need a download); the encoder is frozen as the Trainer freezes it over those weights.
+    """
+    import dataclasses
+
     from trainer.strategy import set_mixed_precision
 
     set_mixed_precision(config.model.mixed_precision)
-    return model_lib.compile_model(model_lib.build_model(config.model), config.train)
+    model = model_lib.build_model(dataclasses.replace(config.model, encoder_weights="none"))
+    if config.model.encoder_weights != "none" and not config.model.fine_tune_encoder:
+        for name in model_lib.ENCODER_CONV_NAMES:
+            model.get_layer(name).trainable = False
+    return model_lib.compile_model(model, config.train)
 
 
 def images_per_second(model: tf.keras.Model, make_dataset, batch: int, steps: int,
@@ -153,6 +164,87 @@ def precision_figures(config: PipelineConfig, held: Sequence[tuple], batch: int,
     return {"train_images_per_second_by_precision": speeds,
             "bf16_speedup": measure.ratio(speeds["bfloat16"], speeds["float32"]),
             "mixed_precision_auto_picks": resolve_mixed_precision("auto")}
+
+
+def step_figures(model: tf.keras.Model, batches: Sequence[tuple], batch: int, steps: int,
+                 matmul_size: int = 2048) -> Dict[str, float]:
+    """Train step time, img/s and MFU of `model` on in-memory batches (one warm-up step traces it).
+
+    The MFU's limit is the matmul peak in the model's compute dtype measured just before and just
+    after the timed steps, the better of the two: load on a shared machine moves both alike.
+    """
+    dtype = tf.as_dtype(compute_dtype(model))
+    model.fit(in_memory(batches), epochs=1, steps_per_epoch=1, verbose=0)
+    before = measure.matmul_flops_per_second(dtype, size=matmul_size)
+    ips = images_per_second(model, lambda: in_memory(batches), batch, steps, repeats=1)
+    peak = max(before, measure.matmul_flops_per_second(dtype, size=matmul_size))
+    flops = measure.training_flops_per_image(model)
+    figures = {"ms_per_step": round(1e3 * batch / ips, 1), "images_per_second": round(ips, 3),
+               "train_gflop_per_image": round(flops / 1e9, 2), "mfu": measure.ratio(ips * flops, peak),
+               "matmul_gflops": round(peak / 1e9, 1), "compute_dtype": dtype.name, "batch": batch,
+               "timed_steps": steps}
+    print(f"[bench] train step of {model.count_params():,} parameters: {figures}", file=sys.stderr, flush=True)
+    return figures
+
+
+def forward_seconds_per_image(model: tf.keras.Model, batches: Sequence[tuple], batch: int, steps: int) -> float:
+    """Seconds per image of Keras validation (`evaluate`: forward, loss and metrics) on in-memory batches."""
+    model.evaluate(in_memory(batches), steps=1, verbose=0)  # trace
+    return measure.best_seconds(lambda: model.evaluate(in_memory(batches), steps=steps, verbose=0), 2) / (batch * steps)
+
+
+def full_model_figures(config: PipelineConfig, validation: PipelineConfig, batch: int, steps: int,
+                       real_train_images: int, real_eval_images: int, matmul_size: int = 2048) -> Dict[str, object]:
+    """The `config` model's train step in float32 and mixed bfloat16 with MFU, and `validation`'s validation share.
+
+    `validation_epoch_share`: seconds of one epoch's Keras validation on `train.validation_images`
+    images (the whole eval split when unset) over seconds of one epoch's training on
+    `real_train_images`, from per-image times at batch `batch`.
+    """
+    import dataclasses
+
+    from trainer.strategy import cpu_supports_bf16, resolve_mixed_precision
+
+    batches = synthetic_batches(config.model.image_size, batch, 2)
+    by_precision = {}
+    for name, policy in (("float32", "none"), ("bfloat16", "mixed_bfloat16")):
+        model = build(dataclasses.replace(config, model=dataclasses.replace(config.model, mixed_precision=policy)))
+        by_precision[name] = step_figures(model, batches, batch, steps, matmul_size)
+        parameters = model.count_params()
+        del model
+        tf.keras.backend.clear_session()
+
+    policy = resolve_mixed_precision(validation.model.mixed_precision)
+    model = build(validation)
+    val_batches = synthetic_batches(validation.model.image_size, batch, 2)
+    train = step_figures(model, val_batches, batch, steps, matmul_size)
+    forward = forward_seconds_per_image(model, val_batches, batch, steps)
+    del model
+    tf.keras.backend.clear_session()
+    tf.keras.mixed_precision.set_global_policy("float32")
+    validation_images = getattr(validation.train, "validation_images", None) or real_eval_images
+    epoch_train = real_train_images / train["images_per_second"]
+    epoch_validation = validation_images * forward
+    return {
+        "full_model_train_step": by_precision,
+        "full_model_bf16_speedup": measure.ratio(by_precision["bfloat16"]["images_per_second"],
+                                                 by_precision["float32"]["images_per_second"]),
+        "full_model_parameters": parameters,
+        "matmul_size": matmul_size,
+        "cpu_bf16_instructions": cpu_supports_bf16(),
+        "validation_epoch_share": round(epoch_validation / epoch_train, 3),
+        "validation": {"profile": validation.profile, "compute_dtype": policy,
+                       "encoder_frozen": validation.model.encoder_weights != "none"
+                       and not validation.model.fine_tune_encoder,
+                       "train_step": train, "forward_ms_per_image": round(1e3 * forward, 1),
+                       "validation_images": validation_images,
+                       "validation_images_setting": "train.validation_images"
+                       if hasattr(validation.train, "validation_images") else "absent: the whole eval split",
+                       "epoch_train_images": real_train_images, "profile_batch": validation.train.batch_size,
+                       "epoch_train_seconds": round(epoch_train, 1), "epoch_validation_seconds": round(epoch_validation, 1),
+                       # The most images one epoch can validate on within the 0.15 goal.
+                       "validation_images_within_goal": int(0.15 * epoch_train / forward)},
+    }
 
 
 def replica_images_per_second(config: PipelineConfig, replicas: int, steps: int) -> Dict[str, float]:

@@ -70,3 +70,84 @@ def test_float32_and_bfloat16_training_are_both_timed():
     speeds = figures["train_images_per_second_by_precision"]
     assert set(speeds) == {"float32", "bfloat16"} and all(v > 0 for v in speeds.values())
     assert figures["mixed_precision_auto_picks"] in ("float32", "mixed_bfloat16")
+
+
+def _saved_model(path):
+    """A real (small) SavedModel: saved_model.pb, variables/ and a fingerprint."""
+    module = tf.Module()
+    module.weights = tf.Variable(tf.zeros([1000]))
+    tf.saved_model.save(module, str(path))
+    return path
+
+
+def test_model_copies_count_each_inode_once(tmp_path):
+    import shutil
+
+    from bench import model_bytes
+    from components import serving_dir
+
+    trainer = _saved_model(tmp_path / "pipeline_root" / "Trainer" / "model" / "7" / "Format-Serving")
+    one_model = sum(p.stat().st_size for p in trainer.rglob("*") if p.is_file())
+    serving_dir.place(str(trainer), str(tmp_path / "serving" / "100"))  # hard links on one filesystem
+    first = model_bytes.model_files(str(tmp_path))
+    shutil.copytree(tmp_path / "serving" / "100",
+                    tmp_path / "pipeline_root" / "latest_blessed_model" / "model" / "9" / "Format-Serving")
+    second = model_bytes.model_files(str(tmp_path))
+
+    figures = model_bytes.model_copies_figures([first, second], one_model, ["first", "second"])
+    run1, run2 = figures["model_bytes_by_place"]["first"], figures["model_bytes_by_place"]["second"]
+    assert run1["Trainer"]["bytes_written"] == one_model
+    assert run1["serving"]["bytes_named"] == one_model and run1["serving"]["bytes_written"] == 0
+    assert run2["Trainer"]["bytes_written"] == 0 and run2["serving"]["bytes_written"] == 0
+    assert run2["latest_blessed_model"]["bytes_written"] == one_model  # a copy is written anew
+    assert figures["model_copies_per_run"] == 2.0 and figures["trainer_exports"] == 1
+
+
+def test_served_model_bytes_ratio_sees_optimizer_slots(tmp_path):
+    from bench import model_bytes
+
+    model = training.build(TINY)
+    batches = training.synthetic_batches(TINY.model.image_size, 2, 1)
+    model.fit(training.in_memory(batches), epochs=1, steps_per_epoch=1, verbose=0)  # creates Adam's two slots
+    weights = model.count_params() * 4  # float32
+    model.save(str(tmp_path / "1"), save_format="tf", save_traces=False)
+    with_slots = model_bytes.served_model_figures(str(tmp_path))
+    assert with_slots["served_model"]["version"] == 1 and with_slots["served_model"]["weight_bytes"] == weights
+    assert with_slots["served_model_bytes_ratio"] > 2.9
+    assert with_slots["served_model"]["stored_values"]["optimizer"]["values"] >= 2 * model.count_params()
+
+    model.save(str(tmp_path / "2"), save_format="tf", save_traces=False, include_optimizer=False)
+    weights_only = model_bytes.served_model_figures(str(tmp_path))
+    assert weights_only["served_model"]["version"] == 2
+    assert 1.0 <= weights_only["served_model_bytes_ratio"] <= 1.05
+    assert weights_only["served_model"]["stored_values"]["optimizer"]["values"] == 0
+
+
+def test_scale_runs_at_tiny_sizes(tmp_path):
+    """`--scale` end to end at 40 and 80 images: every key and its structure, no timing goals."""
+    import json
+
+    from bench import run, scale
+
+    output = tmp_path / "scale.json"
+    assert run.main(["--scale", "--scale-profile", "tiny", "--validation-profile", "tiny", "--scale-sizes", "40,80",
+                     "--scale-evaluator-model", "profile", "--scale-train-batch", "2", "--scale-train-steps", "1",
+                     "--matmul-size", "256", "--work", str(tmp_path / "work"), "--output", str(output)]) == 0
+    results = json.loads(output.read_text())
+    for key in run.SCALE_HEADLINE:
+        assert isinstance(results[key], float) and results[key] > 0, key
+    assert results["scale_images"] == {"40": {"train": 20, "eval": 20}, "80": {"train": 40, "eval": 40}}
+    for key in ("scale_time_per_image_ratio_by_stage", "scale_peak_rss_ratio_by_stage"):
+        assert set(results[key]) == set(scale.STAGES)
+    assert results["scale_time_per_image_ratio"] == max(results["scale_time_per_image_ratio_by_stage"].values())
+    for stage, rows in results["scale_stages"].items():
+        assert set(rows) == {"40", "80"}
+        assert rows["80"]["images"] == (40 if stage == "Evaluator" else 80)
+        assert all(row["seconds"] > 0 and row["peak_rss_mb"] > 0 for row in rows.values())
+    served = results["served_model"]
+    assert served["stored_values"]["model"]["values"] == served["parameters"] == results["full_model_parameters"]
+    assert set(results["full_model_train_step"]) == {"float32", "bfloat16"}
+    assert results["full_model_train_step"]["bfloat16"]["compute_dtype"] == "bfloat16"
+    assert all(step["mfu"] > 0 and step["matmul_gflops"] > 0 for step in results["full_model_train_step"].values())
+    assert results["validation"]["validation_images"] > 0
+    assert results["machine_at_start"]["cpu_flags"].keys() >= {"avx512f", "avx512_bf16", "amx_bf16"}
