@@ -192,12 +192,12 @@ def measure_scale(args: argparse.Namespace) -> Dict[str, object]:
     from bench import measure
 
     work = pathlib.Path(args.work or tempfile.mkdtemp(prefix="petseg-bench-scale-"))
-    profile, overrides = (args.scale_profile, []) if args.scale_profile else scale.default_profile()
+    profile = args.scale_profile
     results: Dict[str, object] = {"machine_at_start": measure.machine()}
     started = time.perf_counter()
     with stage(f"scale: {profile} at {args.scale_sizes} images"):
         results.update(scale.scale_figures(
-            profile, overrides + args.set, args.scale_sizes, work, evaluator_model=args.scale_evaluator_model,
+            profile, args.set, args.scale_sizes, work, evaluator_model=args.scale_evaluator_model,
             train_batch=args.scale_train_batch, train_steps=args.scale_train_steps,
             validation_profile=args.validation_profile, user_overrides=args.set, matmul_size=args.matmul_size))
     results["machine_at_end"] = measure.machine()
@@ -246,9 +246,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--scale", action="store_true",
                         help="only the cost growth: data stages at --scale-sizes images, each executor in its own "
                              "process, and the full model's train step (not part of `make bench`)")
-    parser.add_argument("--scale-profile",
-                        help="profile --scale runs (default: rehearsal if it exists, else seed on synthetic data "
-                             "without pretrained weights)")
+    parser.add_argument("--scale-profile", default="rehearsal",
+                        help="profile --scale runs: the seed recipe on offline data like the real set's")
     parser.add_argument("--scale-sizes", type=_ints, default=list(scale.SIZES), metavar="N,N,...",
                         help="images (train + test, split as the Oxford set) per --scale round")
     parser.add_argument("--scale-evaluator-model", choices=("small", "profile"), default="small",

@@ -22,20 +22,11 @@ OXFORD_SPLIT = (3680, 3669)
 IMPORTS_ONLY = "imports-only"
 STAGES = (names.EXAMPLE_GEN_ID, names.STATISTICS_GEN_ID, names.TRANSFORM_ID, names.EVALUATOR_ID)
 # The seed recipe offline, until a profile made for rehearsing it exists.
-FALLBACK_PROFILE = ("seed", ("data.dataset=synthetic", "model.encoder_weights=none"))
 # The Evaluator's stand-in model: the tiny profile's shape (at the scale profile's image size, so
 # decoding, resizing and the metrics cost per image what they cost in the real run), about 1/50 of
 # the full model's FLOPs, with the same signatures because the real Trainer exports it.
 SMALL_MODEL = tuple(f"{k}={v}" for k, v in PROFILES["tiny"].items()
                     if k.startswith("model.") and k != "model.image_size") + ("model.encoder_weights=none",)
-
-
-def default_profile() -> Tuple[str, List[str]]:
-    """The profile `--scale` rehearses the real run with, and the overrides it needs offline."""
-    if "rehearsal" in PROFILES:
-        return "rehearsal", []
-    name, overrides = FALLBACK_PROFILE
-    return name, list(overrides)
 
 
 def split(total: int) -> Tuple[int, int]:

@@ -198,7 +198,7 @@ def full_model_figures(config: PipelineConfig, validation: PipelineConfig, batch
     """The `config` model's train step in float32 and mixed bfloat16 with MFU, and `validation`'s validation share.
 
     `validation_epoch_share`: seconds of one epoch's Keras validation on `train.validation_images`
-    images (the whole eval split when unset) over seconds of one epoch's training on
+    images (at most the eval split) over seconds of one epoch's training on
     `real_train_images`, from per-image times at batch `batch`.
     """
     import dataclasses
@@ -222,7 +222,7 @@ def full_model_figures(config: PipelineConfig, validation: PipelineConfig, batch
     del model
     tf.keras.backend.clear_session()
     tf.keras.mixed_precision.set_global_policy("float32")
-    validation_images = getattr(validation.train, "validation_images", None) or real_eval_images
+    validation_images = min(validation.train.validation_images, real_eval_images)
     epoch_train = real_train_images / train["images_per_second"]
     epoch_validation = validation_images * forward
     return {
@@ -238,8 +238,6 @@ def full_model_figures(config: PipelineConfig, validation: PipelineConfig, batch
                        and not validation.model.fine_tune_encoder,
                        "train_step": train, "forward_ms_per_image": round(1e3 * forward, 1),
                        "validation_images": validation_images,
-                       "validation_images_setting": "train.validation_images"
-                       if hasattr(validation.train, "validation_images") else "absent: the whole eval split",
                        "epoch_train_images": real_train_images, "profile_batch": validation.train.batch_size,
                        "epoch_train_seconds": round(epoch_train, 1), "epoch_validation_seconds": round(epoch_validation, 1),
                        # The most images one epoch can validate on within the 0.15 goal.
