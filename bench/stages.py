@@ -14,7 +14,6 @@ from bench import measure
 from config.settings import PipelineConfig
 from report.example_records import tfrecords
 from report.artifacts import RunArtifacts
-from trainer import data
 from transform import features, preprocessing
 
 # Serving latency is sampled over this many single-image requests per variant.
@@ -130,7 +129,8 @@ def transform_figures(config: PipelineConfig, run: RunArtifacts, work: str, copi
 
 def transformed_bytes_per_example(examples_uri: str, examples: int) -> float:
     """Bytes on disk of a Transform output's splits per example they hold."""
-    return data.split_bytes([os.path.join(examples_uri, "Split-*", "*")]) / examples
+    files = tf.io.gfile.glob(os.path.join(examples_uri, "Split-*", "*"))
+    return sum(tf.io.gfile.stat(path).length for path in files) / examples
 
 
 def _marginal(once: float, many: float, extra_images: int) -> Optional[float]:

@@ -25,15 +25,6 @@ def split_files(file_patterns: List[str]) -> List[str]:
     return sorted(path for pattern in file_patterns for path in tf.io.gfile.glob(pattern))
 
 
-def split_bytes(file_patterns: List[str]) -> int:
-    """Bytes on disk of every file the patterns match."""
-    return _total_bytes(split_files(file_patterns))
-
-
-def _total_bytes(files: List[str]) -> int:
-    return sum(tf.io.gfile.stat(path).length for path in files)
-
-
 def fits_cache(file_patterns: List[str], max_bytes: int) -> bool:
     """Whether a split may be cached in memory: plain records hold its uint8 pixels byte for byte.
 
@@ -42,7 +33,7 @@ def fits_cache(file_patterns: List[str], max_bytes: int) -> bool:
     files = split_files(file_patterns)  # one listing: on GCS every glob is a request
     if any(path.endswith(".gz") for path in files):
         return False
-    return _total_bytes(files) <= max_bytes
+    return sum(tf.io.gfile.stat(path).length for path in files) <= max_bytes
 
 
 def decoded_bytes(examples: int, image_size: int) -> int:

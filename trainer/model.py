@@ -1,9 +1,7 @@
-"""VGG16 encoder + FCN-8s decoder returning per-pixel logits, its compile recipe and parameter counts."""
+"""VGG16 encoder + FCN-8s decoder returning per-pixel logits and its compile recipe."""
 
 from __future__ import annotations
 
-import collections
-import dataclasses
 import logging
 from typing import Optional
 
@@ -116,22 +114,6 @@ def _run_steps_unconverted(model: tf.keras.Model) -> None:
     """
     for name in ("train_step", "test_step", "predict_step"):
         setattr(model, name, tf.autograph.experimental.do_not_convert(getattr(model, name)))
-
-
-def count_parameters(model_config: ModelConfig) -> "collections.OrderedDict[str, int]":
-    """Parameters per layer group (block1..block5, fc6, fc7, scores+upsampling) and `total`."""
-    # Counting needs only the shapes: never download or load weights for it.
-    model = build_model(dataclasses.replace(model_config, encoder_weights="none"))
-    counts: "collections.OrderedDict[str, int]" = collections.OrderedDict()
-    for layer in model.layers:
-        n = layer.count_params()
-        if n:
-            group = layer.name.split("_")[0] if layer.name.startswith("block") else layer.name
-            group = group if group.startswith(("block", "fc")) else "scores+upsampling"
-            counts[group] = counts.get(group, 0) + n
-    counts["total"] = model.count_params()
-    tf.keras.backend.clear_session()
-    return counts
 
 
 @tf.keras.utils.register_keras_serializable(package="petseg")
