@@ -1,4 +1,4 @@
-"""The README's "What happens when ..." table covers every case of the reliability issue, each with real tests."""
+"""The README names tests that exist, and its "What happens when ..." table covers every reliability case with them."""
 
 import ast
 import pathlib
@@ -54,3 +54,9 @@ def test_every_reliability_test_is_in_the_table():
         if path.name != this_file:
             missing = {f"tests/{path.name}::{n}" for n in defined_tests(path)} - listed
             assert not missing, f"not in the README table: {sorted(missing)}"
+
+
+def test_every_test_file_the_readme_names_exists():
+    named = set(re.findall(r"\btests/[\w/]+\.py\b", (REPO / "README.md").read_text()))
+    assert named, "the README names no test file"
+    assert sorted(path for path in named if not (REPO / path).is_file()) == []
