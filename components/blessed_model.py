@@ -50,7 +50,7 @@ class Executor(base_executor.BaseExecutor):
         model = artifact_utils.get_single_instance(output_dict[MODEL_KEY])
         if version == NEWEST:
             version = serving.latest_version(base)
-        elif version not in serving.served_versions(base):
+        elif not serving.holds_model(os.path.join(base, str(version))):
             raise FileNotFoundError(f"served version {version} is not in {base} (found {serving.served_versions(base)})")
         if version is None:
             # An output with no SavedModel: the Trainer starts fresh and the Evaluator judges alone.

@@ -21,16 +21,21 @@ def served_versions(serving_dir: str) -> List[int]:
     The Pusher publishes only blessed models and a version counts once its saved_model.pb exists
     (written last, or renamed into place whole), which is also when TF Serving loads it.
     """
-    if not serving_dir or not fileio.isdir(serving_dir):
-        return []
-    names = (name.rstrip("/") for name in fileio.listdir(serving_dir))
-    return sorted(int(name) for name in names if name.isdigit() and holds_model(os.path.join(serving_dir, name)))
+    return sorted(version for version in _numbered(serving_dir)
+                  if holds_model(os.path.join(serving_dir, str(version))))
 
 
 def latest_version(serving_dir: str) -> Optional[int]:
     """The version TF Serving's default policy serves, or None before the first push."""
-    versions = served_versions(serving_dir)
-    return versions[-1] if versions else None
+    # Newest first, stopping at the first complete one: each check is a request on gs://.
+    return next((version for version in sorted(_numbered(serving_dir), reverse=True)
+                 if holds_model(os.path.join(serving_dir, str(version)))), None)
+
+
+def _numbered(serving_dir: str) -> List[int]:
+    if not serving_dir or not fileio.isdir(serving_dir):
+        return []
+    return [int(name) for name in (entry.rstrip("/") for entry in fileio.listdir(serving_dir)) if name.isdigit()]
 
 
 def holds_model(model_dir: str) -> bool:

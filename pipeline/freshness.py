@@ -30,8 +30,9 @@ def resolved_when_run(config: PipelineConfig) -> List[str]:
 def pin(config: PipelineConfig, serving: str) -> PipelineConfig:
     """`config` with the newest span and served version as they are now (a copy; left unset when there is none)."""
     data, evaluation = config.data, config.eval
-    if spans.has_span(data.oxford_raw_dir) and data.span is None and spans.find_spans(data.oxford_raw_dir):
-        data = dataclasses.replace(data, span=spans.resolve_span(data.oxford_raw_dir)[0])
+    found = spans.find_spans(data.oxford_raw_dir) if spans.has_span(data.oxford_raw_dir) and data.span is None else {}
+    if found:
+        data = dataclasses.replace(data, span=max(found))
     if evaluation.baseline_version is None:
         evaluation = dataclasses.replace(evaluation, baseline_version=serving_dir.latest_version(serving))
     return dataclasses.replace(config, data=data, eval=evaluation)
