@@ -184,8 +184,6 @@ def test_the_backup_sits_beside_the_trainers_outputs_on_an_object_store_too():
     ({"cluster": {"chief": ["c:2222"], "worker": ["w:2222"]}, "task": {"type": "chief", "index": 0}}, True),
     ({"cluster": {"chief": ["c:2222"], "worker": ["w:2222"]}, "task": {"type": "worker", "index": 0}}, False),
     ({"cluster": {"worker": ["w0:2222", "w1:2222"]}, "task": {"type": "worker", "index": 0}}, True),
-    ({"cluster": {"master": ["m:2222"], "worker": ["w:2222"]}, "task": {"type": "master", "index": 0}}, True),
-    ({"cluster": {"master": ["m:2222"], "worker": ["w:2222"]}, "task": {"type": "worker", "index": 0}}, False),
 ])
 def test_exactly_one_replica_is_the_chief(monkeypatch, tf_config, chief):
     if tf_config is None:

@@ -36,12 +36,12 @@ def backup_dir(fn_args) -> str:
 
 
 def _is_chief() -> bool:
-    """Single-process training, the `chief` (or legacy `master`) task, or worker 0 of a cluster without one."""
+    """Single-process training, the `chief` task, or worker 0 of a cluster without one (TF's own rule)."""
     tf_config = json.loads(os.environ.get("TF_CONFIG") or "{}")
     task = tf_config.get("task")
-    if not task or task.get("type") in ("chief", "master"):
+    if not task or task.get("type") == "chief":
         return True
-    return task.get("type") == "worker" and task.get("index", 0) == 0 and not {"chief", "master"} & set(tf_config.get("cluster", {}))
+    return task.get("type") == "worker" and task.get("index", 0) == 0 and "chief" not in tf_config.get("cluster", {})
 
 
 def _warm_start(model: tf.keras.Model, base_model_dir: str) -> None:

@@ -146,7 +146,7 @@ def cpu_supports_bf16(cpuinfo_path: str = "/proc/cpuinfo") -> bool:
 
 
 def _tf_config_workers(tf_config: Optional[str] = None) -> int:
-    """Chief (or legacy master) plus workers named in TF_CONFIG (0 when unset)."""
+    """Chief plus workers named in TF_CONFIG (0 when unset); MultiWorkerMirroredStrategy refuses other jobs."""
     raw = os.environ.get("TF_CONFIG", "") if tf_config is None else tf_config
     if not raw:
         return 0
@@ -154,7 +154,7 @@ def _tf_config_workers(tf_config: Optional[str] = None) -> int:
         cluster = json.loads(raw).get("cluster", {})
     except ValueError as exc:
         raise ValueError(f"TF_CONFIG is not valid JSON: {exc}") from exc
-    return sum(len(cluster.get(role, [])) for role in ("chief", "master", "worker"))
+    return sum(len(cluster.get(role, [])) for role in ("chief", "worker"))
 
 
 def _split_cpu(replicas: int) -> list:
