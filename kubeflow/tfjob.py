@@ -82,7 +82,7 @@ def chief_pod(job_name: str) -> str:
     return pod_name(job_name, "Chief", 0)
 
 
-def check_name(name: str, workers: int) -> str:
+def check_name(name: str, workers: int) -> None:
     """Raises TFJobError unless `name` and every pod name derived from it are DNS-1035 labels."""
     longest = pod_name(name, "Worker", max(workers - 2, 0))
     if not _DNS_1035.match(name):
@@ -90,18 +90,14 @@ def check_name(name: str, workers: int) -> str:
                          "and end with a letter or digit (a DNS-1035 label)")
     if len(longest) > _MAX_LABEL:
         raise TFJobError(f"name: {name!r} is too long: its pod {longest!r} would exceed {_MAX_LABEL} characters")
-    return name
 
 
 def build(*, name: str, namespace: str, image: str, workers: int, args: Sequence[str],
-          command: Sequence[str] = ENTRYPOINT_COMMAND, resources: Resources = Resources(),
-          service_account: Optional[str] = None, labels: Optional[Dict[str, str]] = None,
-          annotations: Optional[Dict[str, str]] = None, clean_pod_policy: str = CLEAN_POD_POLICY,
-          ttl_seconds_after_finished: Optional[int] = TTL_SECONDS_AFTER_FINISHED,
-          backoff_limit: Optional[int] = BACKOFF_LIMIT) -> Dict[str, Any]:
-    """The TFJob dict: a Chief and `workers - 1` Workers, each running `command + args` in `image`.
+          resources: Resources = Resources(), service_account: Optional[str] = None,
+          annotations: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
+    """The TFJob dict: a Chief and `workers - 1` Workers, each running the entrypoint with `args` in `image`.
 
-    `annotations` go on the job (not its pods); `labels` on both, after ours.
+    `annotations` go on the job (not its pods).
     """
     if workers < 2:
         raise TFJobError(f"workers: a TFJob needs 2 or more (a chief and workers), got {workers}; "
@@ -111,24 +107,21 @@ def build(*, name: str, namespace: str, image: str, workers: int, args: Sequence
     if not namespace:
         raise TFJobError("namespace: required")
     check_name(name, workers)
-    all_labels = {**LABELS, **(labels or {})}
+    requirements = resources.requirements()
     pod_spec: Dict[str, Any] = {"containers": [{
-        "name": CONTAINER, "image": image, "command": list(command), "args": list(args),
-        **({"resources": resources.requirements()} if resources.requirements() else {})}]}
+        "name": CONTAINER, "image": image, "command": list(ENTRYPOINT_COMMAND), "args": list(args),
+        **({"resources": requirements} if requirements else {})}]}
     if service_account:
         pod_spec["serviceAccountName"] = service_account
 
     def replica(count: int) -> Dict[str, Any]:
         return {"replicas": count, "restartPolicy": RESTART_POLICY,
-                "template": {"metadata": {"labels": dict(all_labels), "annotations": dict(POD_ANNOTATIONS)},
+                "template": {"metadata": {"labels": dict(LABELS), "annotations": dict(POD_ANNOTATIONS)},
                              "spec": copy.deepcopy(pod_spec)}}
 
-    run_policy: Dict[str, Any] = {"cleanPodPolicy": clean_pod_policy}
-    if ttl_seconds_after_finished is not None:
-        run_policy["ttlSecondsAfterFinished"] = ttl_seconds_after_finished
-    if backoff_limit is not None:
-        run_policy["backoffLimit"] = backoff_limit
-    metadata: Dict[str, Any] = {"name": name, "namespace": namespace, "labels": dict(all_labels)}
+    run_policy = {"cleanPodPolicy": CLEAN_POD_POLICY, "ttlSecondsAfterFinished": TTL_SECONDS_AFTER_FINISHED,
+                  "backoffLimit": BACKOFF_LIMIT}
+    metadata: Dict[str, Any] = {"name": name, "namespace": namespace, "labels": dict(LABELS)}
     if annotations:
         metadata["annotations"] = dict(annotations)
     return {

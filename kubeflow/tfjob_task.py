@@ -377,8 +377,7 @@ def task_args(settings: Dict[str, Any]) -> List[str]:
 
 def compile_into(spec: Dict[str, Any], task: str, settings: Dict[str, Any]) -> Dict[str, Any]:
     """Makes `task` of a compiled PipelineSpec run this module instead of the entrypoint; returns its container."""
-    tfjob.Resources(cpu=settings.get("cpu"), memory_gb=settings.get("memory_gb"), gpus=settings.get("gpus") or 0,
-                    gpu_type=settings.get("gpu_type") or tfjob.GPU_TYPE).requirements()  # refuses bad values now
+    _resources(settings).requirements()  # refuses bad values now
     label = spec["components"][spec["root"]["dag"]["tasks"][task]["componentRef"]["name"]]["executorLabel"]
     container = spec["deploymentSpec"]["executors"][label]["container"]
     if container["command"] != list(tfjob.ENTRYPOINT_COMMAND):
@@ -388,21 +387,35 @@ def compile_into(spec: Dict[str, Any], task: str, settings: Dict[str, Any]) -> D
     return container
 
 
+def _resources(settings: Dict[str, Any]) -> tfjob.Resources:
+    return tfjob.Resources(cpu=settings.get("cpu"), memory_gb=settings.get("memory_gb"),
+                           gpus=settings.get("gpus") or 0, gpu_type=settings.get("gpu_type") or tfjob.GPU_TYPE)
+
+
+def _task(argv: List[str]) -> Tuple[argparse.Namespace, List[str], Dict[str, Any], Plan]:
+    """The task's own flags, the rest (Beam args), its ExecutorInput and the plan for the replicas."""
+    ours, rest = _parse(argv)
+    executor_input = json.loads(ours.json_serialized_invocation_args)
+    inputs_spec = json.loads(ours.json_serialized_inputs_spec_args or "{}")
+    return ours, rest, executor_input, plan(executor_input, inputs_spec, ours.kfp_local_root)
+
+
 def manifest(argv: List[str], *, name: str, namespace: str, service_account: Optional[str],
              annotations: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
     """The TFJob for a task started with `argv`, as `run` submits it."""
-    ours, rest = _parse(argv)
+    ours, rest, _, p = _task(argv)
+    return _manifest(ours, rest, p, name=name, namespace=namespace, service_account=service_account,
+                     annotations=annotations)
+
+
+def _manifest(ours: argparse.Namespace, rest: List[str], p: Plan, *, name: str, namespace: str,
+              service_account: Optional[str], annotations: Optional[Dict[str, str]]) -> Dict[str, Any]:
     settings = json.loads(ours.tfjob)
-    executor_input = json.loads(ours.json_serialized_invocation_args)
-    inputs_spec = json.loads(ours.json_serialized_inputs_spec_args or "{}")
-    replica_input = plan(executor_input, inputs_spec, ours.kfp_local_root).replica_input
-    args = ["--json_serialized_invocation_args", json.dumps(replica_input)]
+    args = ["--json_serialized_invocation_args", json.dumps(p.replica_input)]
     if ours.json_serialized_inputs_spec_args:
         args += ["--json_serialized_inputs_spec_args", ours.json_serialized_inputs_spec_args]
-    resources = tfjob.Resources(cpu=settings.get("cpu"), memory_gb=settings.get("memory_gb"),
-                                gpus=settings.get("gpus") or 0, gpu_type=settings.get("gpu_type") or tfjob.GPU_TYPE)
     return tfjob.build(name=name, namespace=namespace, image=settings["image"], workers=settings["workers"],
-                       args=args + rest, resources=resources, service_account=service_account,
+                       args=args + rest, resources=_resources(settings), service_account=service_account,
                        annotations=annotations)
 
 
@@ -428,13 +441,11 @@ def review_manifest(*, image: str, workers: int, resources: tfjob.Resources, nam
 
 def run(argv: List[str], api_client, namespace: str, out: TextIO = sys.stdout) -> Dict[str, Any]:
     """Submits the TFJob for this task, follows it to the end and hands its output to the launcher."""
-    ours, _ = _parse(argv)
-    executor_input = json.loads(ours.json_serialized_invocation_args)
-    p = plan(executor_input, json.loads(ours.json_serialized_inputs_spec_args or "{}"), ours.kfp_local_root)
+    ours, rest, executor_input, p = _task(argv)
     cluster = Cluster(api_client, namespace, out)
     name = job_name(executor_input)
-    job = manifest(argv, name=name, namespace=namespace, service_account=cluster.own_service_account(),
-                   annotations={TASK_ANNOTATION: name})
+    job = _manifest(ours, rest, p, name=name, namespace=namespace, service_account=cluster.own_service_account(),
+                    annotations={TASK_ANNOTATION: name})
     counts = tfjob.replica_counts(job)
     stop = threading.Event()
     follower = threading.Thread(target=cluster.follow_chief, args=(name, stop), name="chief-log", daemon=True)
