@@ -199,7 +199,7 @@ def measure_scale(args: argparse.Namespace) -> Dict[str, object]:
         results.update(scale.scale_figures(
             profile, args.set, args.scale_sizes, work, evaluator_model=args.scale_evaluator_model,
             train_batch=args.scale_train_batch, train_steps=args.scale_train_steps,
-            validation_profile=args.validation_profile, user_overrides=args.set, matmul_size=args.matmul_size))
+            validation_profile=args.validation_profile, matmul_size=args.matmul_size))
     results["machine_at_end"] = measure.machine()
     results["bench_seconds"] = round(time.perf_counter() - started, 1)
     if not args.work:

@@ -93,9 +93,9 @@ def _progress(text: str) -> None:
 
 def scale_figures(profile: str, overrides: Sequence[str], sizes: Sequence[int], work: pathlib.Path,
                   evaluator_model: str = "small", train_batch: int = 8, train_steps: int = 3,
-                  validation_profile: str = "seed", user_overrides: Sequence[str] = (),
+                  validation_profile: str = "seed",
                   matmul_size: int = 2048) -> Dict[str, object]:
-    """Every figure of `--scale`; `overrides` shape the scale profile, `user_overrides` also the validation one."""
+    """Every figure of `--scale`; `overrides` (the user's --set) apply to the scale and the validation profile."""
     from tfx.types import standard_artifacts
 
     from bench import stages
@@ -160,7 +160,7 @@ def scale_figures(profile: str, overrides: Sequence[str], sizes: Sequence[int], 
     full_dir = work / "full_model"
     full_dir.mkdir(parents=True, exist_ok=True)
     spec = {"profile": profile, "overrides": list(overrides), "validation_profile": validation_profile,
-            "validation_overrides": list(user_overrides), "batch": train_batch, "steps": train_steps,
+            "validation_overrides": list(overrides), "batch": train_batch, "steps": train_steps,
             "matmul_size": matmul_size}
     (full_dir / "spec.json").write_text(json.dumps(spec, indent=1))
     _progress("scale: the full model's train step, float32 and bfloat16, and the validation share")
