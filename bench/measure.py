@@ -113,7 +113,7 @@ def cpu() -> Dict[str, object]:
 
 def machine() -> Dict[str, object]:
     """What the figures were measured on, including how busy the machine was."""
-    from trainer.strategy import cpu_supports_bf16
+    from trainer.precision import cpu_supports_bf16
 
     return {"cpus": os.cpu_count(), "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()], **cpu(),
             "avx512_bf16": cpu_supports_bf16(), "gpus": [d.name for d in tf.config.list_physical_devices("GPU")],

@@ -14,7 +14,7 @@ import tensorflow as tf
 from bench import measure
 from config.settings import PipelineConfig
 from config.profiles import load_config
-from trainer import data, model as model_lib
+from trainer import data, model as model_lib, precision
 
 # Every training figure is the best of this many timed fits (after a warm-up that traces the step).
 REPEATS = 3
@@ -35,22 +35,17 @@ def data_accessor(examples_uri: str):
                         record_batch_factory=None, data_view_decode_fn=None)
 
 
-def build(config: PipelineConfig) -> tf.keras.Model:
-    """The Trainer's model and compile recipe for `config` (call inside a strategy scope if any).
+def build(config: PipelineConfig, policy: Optional[str] = None) -> tf.keras.Model:
+    """The Trainer's model and compile recipe for `config`, in Keras `policy` (default: the Trainer's choice here).
 
     Pretrained encoder weights are not loaded (their values do not change a step's cost, and loading
     them may need a download); the encoder is frozen as the Trainer freezes it over those weights.
+    Call it inside a strategy scope if any.
     """
-    import dataclasses
-
-    from trainer.strategy import set_mixed_precision
-
-    set_mixed_precision(config.model.mixed_precision)
-    model = model_lib.build_model(dataclasses.replace(config.model, encoder_weights="none"))
-    if config.model.encoder_weights != "none" and not config.model.fine_tune_encoder:
-        for name in model_lib.ENCODER_CONV_NAMES:
-            model.get_layer(name).trainable = False
-    return model_lib.compile_model(model, config.train)
+    if policy is None:
+        policy = precision.training_policy(config.model.mixed_precision, config.model, config.train,
+                                           tf.distribute.get_strategy())
+    return model_lib.compile_model(model_lib.build_model(config.model, policy, load_weights=False), config.train)
 
 
 def images_per_second(model: tf.keras.Model, make_dataset, batch: int, steps: int,
@@ -149,21 +144,16 @@ def compute_dtype(model: tf.keras.Model) -> str:
 
 def precision_figures(config: PipelineConfig, held: Sequence[tuple], batch: int, steps: int) -> Dict[str, object]:
     """Training img/s in float32 and in mixed bfloat16 on the same in-memory batches, and what `auto` picks."""
-    import dataclasses
-
-    from trainer.strategy import resolve_mixed_precision
-
     speeds = {}
-    for name, policy in (("float32", "none"), ("bfloat16", "mixed_bfloat16")):
-        model = build(dataclasses.replace(config, model=dataclasses.replace(config.model, mixed_precision=policy)))
+    for name, policy in (("float32", "float32"), ("bfloat16", "mixed_bfloat16")):
+        model = build(config, policy)
         model.fit(in_memory(held), epochs=1, steps_per_epoch=2, verbose=0)
         speeds[name] = round(images_per_second(model, lambda: in_memory(held), batch, steps, repeats=2), 1)
         del model
         tf.keras.backend.clear_session()
-    tf.keras.mixed_precision.set_global_policy("float32")
     return {"train_images_per_second_by_precision": speeds,
             "bf16_speedup": measure.ratio(speeds["bfloat16"], speeds["float32"]),
-            "mixed_precision_auto_picks": resolve_mixed_precision("auto")}
+            "mixed_precision_auto_picks": precision.decide_auto(config.model, config.train)}
 
 
 def step_figures(model: tf.keras.Model, batches: Sequence[tuple], batch: int, steps: int,
@@ -201,27 +191,23 @@ def full_model_figures(config: PipelineConfig, validation: PipelineConfig, batch
     images (at most the eval split) over seconds of one epoch's training on
     `real_train_images`, from per-image times at batch `batch`.
     """
-    import dataclasses
-
-    from trainer.strategy import cpu_supports_bf16, resolve_mixed_precision
-
     batches = synthetic_batches(config.model.image_size, batch, 2)
     by_precision = {}
-    for name, policy in (("float32", "none"), ("bfloat16", "mixed_bfloat16")):
-        model = build(dataclasses.replace(config, model=dataclasses.replace(config.model, mixed_precision=policy)))
+    for name, policy in (("float32", "float32"), ("bfloat16", "mixed_bfloat16")):
+        model = build(config, policy)
         by_precision[name] = step_figures(model, batches, batch, steps, matmul_size)
         parameters = model.count_params()
         del model
         tf.keras.backend.clear_session()
 
-    policy = resolve_mixed_precision(validation.model.mixed_precision)
-    model = build(validation)
+    policy = precision.training_policy(validation.model.mixed_precision, validation.model, validation.train,
+                                       tf.distribute.get_strategy())
+    model = build(validation, policy)
     val_batches = synthetic_batches(validation.model.image_size, batch, 2)
     train = step_figures(model, val_batches, batch, steps, matmul_size)
     forward = forward_seconds_per_image(model, val_batches, batch, steps)
     del model
     tf.keras.backend.clear_session()
-    tf.keras.mixed_precision.set_global_policy("float32")
     validation_images = min(validation.train.validation_images, real_eval_images)
     epoch_train = real_train_images / train["images_per_second"]
     epoch_validation = validation_images * forward
@@ -231,7 +217,7 @@ def full_model_figures(config: PipelineConfig, validation: PipelineConfig, batch
                                                  by_precision["float32"]["images_per_second"]),
         "full_model_parameters": parameters,
         "matmul_size": matmul_size,
-        "cpu_bf16_instructions": cpu_supports_bf16(),
+        "cpu_bf16_instructions": precision.cpu_supports_bf16(),
         "validation_epoch_share": round(epoch_validation / epoch_train, 3),
         "validation": {"profile": validation.profile, "compute_dtype": policy,
                        "encoder_frozen": validation.model.encoder_weights != "none"

@@ -18,7 +18,6 @@ TINY = dataclasses.replace(load_config("tiny"), train=dataclasses.replace(load_c
 def _fresh_keras():
     yield
     tf.keras.backend.clear_session()
-    tf.keras.mixed_precision.set_global_policy("float32")
 
 
 def test_conv_macs_by_hand():

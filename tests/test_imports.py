@@ -138,7 +138,7 @@ def test_the_bottom_layer_loads_no_library_and_the_trainer_no_orchestration():
     code = ("import sys, config.names, config.settings, config.profiles; "
             "print(sorted({m.split('.')[0] for m in sys.modules} & {'tensorflow', 'tfx', 'apache_beam', 'numpy'}))")
     assert petseg.python(code) == "[]"
-    code = ("import sys, trainer.data, trainer.model, trainer.run, trainer.signatures, trainer.strategy; "
+    code = ("import sys, trainer.data, trainer.model, trainer.precision, trainer.run, trainer.signatures, trainer.strategy; "
             "print(sorted({m.split('.')[0] for m in sys.modules} & {'pipeline', 'components', 'kubeflow', 'cli'}))")
     assert petseg.python(code) == "[]"
 

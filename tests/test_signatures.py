@@ -15,7 +15,7 @@ from tfx.types import standard_artifacts
 from support import trainer_fixtures
 from support.trainer_fixtures import limited, trained, transform_run  # noqa: F401 (pytest fixtures)
 from config import names
-from trainer import model as model_lib, run, signatures, strategy
+from trainer import model as model_lib, precision, run, signatures
 from transform import features
 
 SIZE = trainer_fixtures.tiny_config().model.image_size
@@ -141,14 +141,12 @@ def test_a_mixed_precision_export_takes_and_returns_what_a_float32_one_does(tran
     config = trainer_fixtures.tiny_config(**{"model.mixed_precision": policy})
     graph = tft.TFTransformOutput(
         trainer_fixtures.output(transform_run, standard_artifacts.TransformGraph, names.TRANSFORM_ID).uri)
-    # As run_fn builds and exports it, under the global policy it sets.
-    strategy.set_mixed_precision(config.model.mixed_precision)
+    # As run_fn builds and exports it: the policy is the layers', the global one stays float32.
     try:
-        model = model_lib.build_model(config.model)
+        model = model_lib.build_model(config.model, precision.policy_name(config.model.mixed_precision))
         assert model.get_layer("block1_conv1").compute_dtype == compute_dtype
         run.export_model(model, str(tmp_path), graph, config.model)
     finally:
-        tf.keras.mixed_precision.set_global_policy("float32")
         tf.keras.backend.clear_session()
 
     loaded = tf.saved_model.load(str(tmp_path))

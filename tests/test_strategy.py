@@ -1,4 +1,4 @@
-"""choose_strategy and mixed precision: mirrored == single device, multi-worker sync, BackupAndRestore resume."""
+"""choose_strategy and "auto" precision under it: mirrored == single device, multi-worker sync, resume, bf16 forced."""
 
 import json
 import os
@@ -16,6 +16,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 WORKER = REPO / "tests" / "support" / "strategy_worker.py"
 # Only guards against a hung multi-worker peer; the shared 2-core machine can be 10x oversubscribed.
 TIMEOUT = 600
+FORCED_BF16 = ["--precision", "auto", "--cpu-bf16", "yes", "--bf16-min-speedup", "0"]
 
 
 def _env(**extra):
@@ -63,16 +64,21 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("strategy")
     # Its own network namespace: nothing else can hold these ports.
     network = tfjob.PrivateNetwork()
-    cluster = {"worker": [f"127.0.0.1:{tfjob.DEFAULT_PORT + i}" for i in range(2)]}
     started = {
         "single": _start(root / "single", "--cpu-replicas", 1, "--then-split-cpu"),
         "mirrored": _start(root / "mirrored", "--cpu-replicas", 2),
         "resume": _start(root / "resume", "--epochs", 3, "--backup-dir", root / "resume" / "backup",
                          "--kill-after-epoch", 0),
+        # The bf16 branch of "auto" on any CPU: the flags forced, the real step timed, bfloat16 chosen.
+        "mirrored_bf16": _start(root / "mirrored_bf16", "--cpu-replicas", 2, *FORCED_BF16),
     }
-    for i in range(2):
-        tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})
-        started[f"mwms{i}"] = _start(root / "mwms", env=_env(TF_CONFIG=tf_config), network=network)
+    # Two clusters: float32, and "auto" where only the chief's CPU has bf16 instructions.
+    flags = {"mwms": [[], []], "mwms_bf16": [FORCED_BF16, ["--precision", "auto", "--cpu-bf16", "no"]]}
+    for c, (name, per_task) in enumerate(flags.items()):
+        cluster = {"worker": [f"127.0.0.1:{tfjob.DEFAULT_PORT + 2 * c + i}" for i in range(2)]}
+        for i in range(2):
+            tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})
+            started[f"{name}{i}"] = _start(root / name, *per_task[i], env=_env(TF_CONFIG=tf_config), network=network)
     yield root, started
     for proc in started.values():
         if proc.poll() is None:
@@ -129,6 +135,32 @@ def test_backup_and_restore_resumes_after_a_kill(runs):
     assert not backup.exists() or not any(backup.iterdir())  # removed after a finished run
 
 
+def test_auto_times_the_model_inside_a_mirrored_scope_and_trains_in_bfloat16(runs):
+    root, started = runs
+    _finish(started["mirrored"])
+    _finish(started["mirrored_bf16"])
+    result = _result(root / "mirrored_bf16")
+    assert (result["policy"], result["compute_dtype"], result["replicas"]) == ("mixed_bfloat16", "bfloat16", 2)
+    # The configured model's step, timed once in each dtype from inside the MirroredStrategy scope.
+    assert [sorted(t) for t in result["timed_steps"]] == [["bfloat16", "float32"]]
+    # The float32 run's model and data: bfloat16 steps train it to nearly the same losses.
+    print(f"losses: float32 {_result(root / 'mirrored')['loss']}, bfloat16 {result['loss']}")
+    np.testing.assert_allclose(result["loss"], _result(root / "mirrored")["loss"], rtol=0.02)
+
+
+def test_multi_worker_auto_is_decided_on_the_chief_and_shared(runs):
+    root, started = runs
+    _finish(started["mwms_bf160"])
+    _finish(started["mwms_bf161"])
+    chief, worker = _result(root / "mwms_bf16", 0), _result(root / "mwms_bf16", 1)
+    # Alone, the worker (no bf16 instructions) would train in float32 without timing anything.
+    assert worker["timed_steps"] == [] and len(chief["timed_steps"]) == 1
+    assert chief["policy"] == worker["policy"] == "mixed_bfloat16"
+    assert chief["compute_dtype"] == worker["compute_dtype"] == "bfloat16"
+    w0, w1 = _weights(root / "mwms_bf16" / "weights-0.npz"), _weights(root / "mwms_bf16" / "weights-1.npz")
+    assert _max_abs_diff(w0, w1) == 0.0
+
+
 def test_splitting_cpu_after_tf_started_fails_clearly(runs):
     root, started = runs
     _finish(started["single"])
@@ -141,51 +173,3 @@ def test_tf_config_worker_count():
     assert strategy_lib._tf_config_workers(json.dumps(one)) == 1
     two = {"cluster": {"chief": ["a:1"], "worker": ["b:1"]}, "task": {"type": "chief", "index": 0}}
     assert strategy_lib._tf_config_workers(json.dumps(two)) == 2
-
-
-def test_cpu_bf16_flags_come_from_cpuinfo(tmp_path):
-    for flag in ("avx512_bf16", "amx_bf16"):
-        (tmp_path / flag).write_text(f"processor\t: 0\nflags\t\t: fpu sse avx512f {flag}\n")
-        assert strategy_lib.cpu_supports_bf16(str(tmp_path / flag))
-    plain = tmp_path / "plain"
-    plain.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512_vnni\n")
-    assert not strategy_lib.cpu_supports_bf16(str(plain))
-    assert not strategy_lib.cpu_supports_bf16(str(tmp_path / "missing"))
-
-
-FASTER_BF16 = {"float32": 0.0107, "bfloat16": 0.0058}
-SLOWER_BF16 = {"float32": 0.14, "bfloat16": 4.9}
-
-
-@pytest.mark.parametrize("gpu, cpu_bf16, seconds, policy", [
-    ((8, 0), False, None, "mixed_float16"),
-    ((7, 0), False, None, "mixed_float16"),
-    ((7, 5), True, None, "mixed_float16"),  # a GPU decides, whatever the host CPU has
-    ((6, 1), False, None, "float32"),  # no tensor cores
-    ((0, 0), False, None, "float32"),  # a GPU that reports no capability
-    (None, True, FASTER_BF16, "mixed_bfloat16"),
-    (None, True, SLOWER_BF16, "float32"),
-    (None, False, FASTER_BF16, "float32"),  # without the instructions bf16 is emulated
-    (None, False, None, "float32"),
-], ids=["ampere", "volta", "gpu-over-cpu", "pascal", "unknown-gpu", "cpu-bf16-faster", "cpu-bf16-slower",
-        "cpu-no-bf16-flags", "plain-cpu"])
-def test_auto_policy(gpu, cpu_bf16, seconds, policy):
-    assert strategy_lib.auto_policy(gpu, cpu_bf16, seconds) == policy
-
-
-def test_auto_policy_on_a_bf16_cpu_needs_the_timing():
-    with pytest.raises(ValueError, match="conv_step_seconds"):
-        strategy_lib.auto_policy(None, True, None)
-
-
-@pytest.mark.parametrize("name, policy", [("none", "float32"), ("mixed_bfloat16", "mixed_bfloat16"),
-                                          ("mixed_float16", "mixed_float16")])
-def test_named_policies_pass_through(name, policy):
-    assert strategy_lib.resolve_mixed_precision(name) == policy
-
-
-def test_conv_step_is_timed_in_both_precisions():
-    seconds = strategy_lib.conv_step_seconds(repeats=1)
-    assert set(seconds) == {"float32", "bfloat16"}
-    assert all(0 < s < 60 for s in seconds.values()), seconds
-

@@ -15,7 +15,7 @@ from tensorflow.core.protobuf import saved_model_pb2
 
 from support import trainer_fixtures
 from support.trainer_fixtures import limited, trained, transform_run  # noqa: F401 (pytest fixtures)
-from trainer import model as model_lib, run
+from trainer import model as model_lib, run, strategy
 from transform import features
 
 # The worker is killed after this epoch of EPOCHS; its retry must train only the rest.
@@ -73,7 +73,7 @@ def test_export_holds_the_weights_alone(trained):
     stored = dict(tf.train.list_variables(os.path.join(export, "variables", "variables")))
     optimizer_keys = [key for key in stored if "optimizer" in key.lower()]
     assert optimizer_keys == []
-    parameters = model_lib.build_model(trainer_fixtures.tiny_config().model).count_params()
+    parameters = model_lib.build_model(trainer_fixtures.tiny_config().model, "float32").count_params()
     values = sum(int(np.prod(shape)) for shape in stored.values())
     # The weights, and a few dozen values of the metrics' running totals besides.
     assert parameters <= values <= parameters + 100, (parameters, values)
@@ -162,7 +162,7 @@ def test_warm_start_begins_from_the_base_model_weights(trained, limited):
 
 
 def test_warm_start_skips_a_base_model_of_another_architecture(trained, caplog):
-    model = model_lib.build_model(trainer_fixtures.tiny_config(**{"model.head_width": 16}).model)
+    model = model_lib.build_model(trainer_fixtures.tiny_config(**{"model.head_width": 16}).model, "float32")
     before = model.get_weights()
     with caplog.at_level(logging.WARNING, logger=run.__name__):
         run._warm_start(model, trained.serving_model_dir)
@@ -190,4 +190,4 @@ def test_exactly_one_replica_is_the_chief(monkeypatch, tf_config, chief):
         monkeypatch.delenv("TF_CONFIG", raising=False)
     else:
         monkeypatch.setenv("TF_CONFIG", json.dumps(tf_config))
-    assert run._is_chief() is chief
+    assert strategy.is_chief() is chief

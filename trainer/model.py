@@ -9,7 +9,6 @@ import numpy as np
 import tensorflow as tf
 
 from config.settings import ModelConfig, TrainConfig
-from trainer.strategy import resolve_mixed_precision
 from transform.features import IMAGE_KEY, NUM_CLASSES
 
 log = logging.getLogger(__name__)
@@ -27,12 +26,16 @@ RELU_INIT = "he_normal"
 ENCODER_CONV_NAMES = tuple(f"block{b}_conv{i}" for b, n, _ in VGG16_BLOCKS for i in range(1, n + 1))
 
 
-def build_model(model_config: ModelConfig, dropout: Optional[float] = None) -> tf.keras.Model:
+def build_model(model_config: ModelConfig, policy: str, dropout: Optional[float] = None,
+                load_weights: bool = True) -> tf.keras.Model:
     """FCN-8s on VGG16: input `image` uint8 [B, S, S, 3] -> float32 logits [B, S, S, NUM_CLASSES].
 
-    S must be a multiple of 32. Layers use the policy named by `model_config.mixed_precision`; the
-    logits are always float32 so the loss and metrics stay exact. `dropout` follows fc6/fc7 as in the
-    FCN paper (0 disables it, e.g. for bit-comparable tests). Build it inside `strategy.scope()`.
+    S must be a multiple of 32. Layers compute in the Keras `policy` ("float32", "mixed_float16",
+    "mixed_bfloat16"; `trainer.precision` turns `model.mixed_precision` into one); the logits are always
+    float32 so the loss and metrics stay exact. `dropout` follows fc6/fc7 as in the FCN paper (0
+    disables it, e.g. for bit-comparable tests). `load_weights=False` leaves a pretrained encoder at
+    random values, frozen as configured: a step then costs what the Trainer's does, without reading or
+    downloading the weights. Build it inside `strategy.scope()`.
     """
     size = model_config.image_size
     dropout = model_config.dropout if dropout is None else dropout
@@ -41,7 +44,6 @@ def build_model(model_config: ModelConfig, dropout: Optional[float] = None) -> t
     pretrained = model_config.encoder_weights != "none"
     if pretrained and model_config.width_multiplier != 1:
         raise ValueError("pretrained VGG16 weights need width_multiplier=1")
-    policy = resolve_mixed_precision(model_config.mixed_precision)
 
     # uint8 pixels in, as Transform stores them: scaling happens here, in the graph that is served.
     image = tf.keras.Input((size, size, 3), name=IMAGE_KEY, dtype=tf.uint8)
@@ -78,12 +80,13 @@ def build_model(model_config: ModelConfig, dropout: Optional[float] = None) -> t
     model = tf.keras.Model(image, logits, name="vgg16_fcn8")
 
     if pretrained:
-        _load_encoder_weights(model, _weights_path(model_config.encoder_weights))
         frozen = not model_config.fine_tune_encoder
         for name in ENCODER_CONV_NAMES:
             model.get_layer(name).trainable = not frozen
-        log.info("Encoder weights from %s, %s", model_config.encoder_weights,
-                 "frozen" if frozen else "fine-tuned")
+        if load_weights:
+            _load_encoder_weights(model, _weights_path(model_config.encoder_weights))
+            log.info("Encoder weights from %s, %s", model_config.encoder_weights,
+                     "frozen" if frozen else "fine-tuned")
     return model
 
 

@@ -14,7 +14,7 @@ import tensorflow as tf
 import tensorflow_transform as tft
 
 from config.settings import ModelConfig, TrainConfig
-from trainer import data, model as model_lib, signatures, strategy as strategy_lib
+from trainer import data, model as model_lib, precision, signatures, strategy as strategy_lib
 
 log = logging.getLogger(__name__)
 
@@ -33,15 +33,6 @@ def backup_dir(fn_args) -> str:
     # path or a URI (gs://...): split as a string, since pathlib turns "gs://b" into "gs:/b".
     trainer_root = fn_args.serving_model_dir.rstrip("/").rsplit("/", 3)[0]
     return posixpath.join(trainer_root, "backup", hashlib.sha256(key.encode()).hexdigest()[:16])
-
-
-def _is_chief() -> bool:
-    """Single-process training, the `chief` task, or worker 0 of a cluster without one (TF's own rule)."""
-    tf_config = json.loads(os.environ.get("TF_CONFIG") or "{}")
-    task = tf_config.get("task")
-    if not task or task.get("type") == "chief":
-        return True
-    return task.get("type") == "worker" and task.get("index", 0) == 0 and "chief" not in tf_config.get("cluster", {})
 
 
 def _warm_start(model: tf.keras.Model, base_model_dir: str) -> None:
@@ -88,7 +79,7 @@ def run_fn(fn_args, extra_callbacks: Sequence[tf.keras.callbacks.Callback] = ())
     model_config = ModelConfig(**fn_args.custom_config["model"])
     train_config = TrainConfig(**fn_args.custom_config["train"])
     strategy = strategy_lib.choose_strategy(train_config)
-    strategy_lib.set_mixed_precision(model_config.mixed_precision)
+    policy = precision.training_policy(model_config.mixed_precision, model_config, train_config, strategy)
     tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
 
     global_batch = train_config.batch_size * strategy.num_replicas_in_sync
@@ -106,7 +97,7 @@ def run_fn(fn_args, extra_callbacks: Sequence[tf.keras.callbacks.Callback] = ())
                             cache=data.decoded_bytes(validation_images, size) <= train_config.cache_max_bytes)
 
     with strategy.scope():
-        model = model_lib.build_model(model_config)
+        model = model_lib.build_model(model_config, policy)
         # Before the first push the base model is an empty placeholder: train from scratch.
         if fn_args.base_model and tf.saved_model.contains_saved_model(fn_args.base_model):
             _warm_start(model, fn_args.base_model)
@@ -114,7 +105,7 @@ def run_fn(fn_args, extra_callbacks: Sequence[tf.keras.callbacks.Callback] = ())
     log.info("Training %s parameters, global batch %d over %d replica(s)",
              f"{model.count_params():,}", global_batch, strategy.num_replicas_in_sync)
 
-    chief = _is_chief()
+    chief = strategy_lib.is_chief()
     backup = backup_dir(fn_args)
     history = model.fit(
         train_ds,

@@ -14,7 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 from config.settings import ModelConfig, TrainConfig
-from trainer import model as model_lib
+from trainer import model as model_lib, precision
 from trainer.strategy import choose_strategy
 
 MODEL = ModelConfig(image_size=32, width_multiplier=0.125, head_width=16)
@@ -87,16 +87,31 @@ def main():
     parser.add_argument("--kill-after-epoch", type=int)
     parser.add_argument("--then-split-cpu", action="store_true",
                         help="after training, ask choose_strategy for 2 CPU replicas; record its error")
+    parser.add_argument("--precision", default="none", help="model.mixed_precision, decided inside the scope")
+    parser.add_argument("--cpu-bf16", choices=("detect", "yes", "no"), default="detect",
+                        help="what this process takes the CPU to have: forces either branch of 'auto' on any CPU")
+    parser.add_argument("--bf16-min-speedup", type=float,
+                        help="0 makes the timed step pick bfloat16, a large value float32, whatever this CPU measures")
     args = parser.parse_args()
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.cpu_bf16 != "detect":
+        precision.cpu_supports_bf16 = lambda *_: args.cpu_bf16 == "yes"
+    if args.bf16_min_speedup is not None:
+        precision.BF16_MIN_SPEEDUP = args.bf16_min_speedup
+    timed = []  # the real step timing, recorded as it returns
+    real_timing = precision.model_step_seconds
+    precision.model_step_seconds = lambda *a, **k: timed.append(real_timing(*a, **k)) or timed[-1]
 
-    strategy = choose_strategy(TrainConfig(cpu_replicas=args.cpu_replicas))
+    train_config = TrainConfig(learning_rate=1e-3, cpu_replicas=args.cpu_replicas)
+    strategy = choose_strategy(train_config)
     task = json.loads(os.environ.get("TF_CONFIG", "{}")).get("task", {}).get("index", 0)
     with strategy.scope():
-        model = model_lib.build_model(MODEL, dropout=0)
+        # Inside the scope, where the Trainer used to decide it: the decision must not depend on it.
+        policy = precision.training_policy(args.precision, MODEL, train_config, strategy)
+        model = model_lib.build_model(MODEL, policy, dropout=0)
         _deterministic_weights(model)
-        model_lib.compile_model(model, TrainConfig(learning_rate=1e-3))
+        model_lib.compile_model(model, train_config)
 
     timer = _StepTimer()
     callbacks = [timer]
@@ -112,6 +127,9 @@ def main():
         "strategy": type(strategy).__name__,
         "replicas": strategy.num_replicas_in_sync,
         "loss": history.history["loss"],
+        "policy": policy,
+        "compute_dtype": model.get_layer("block1_conv1").compute_dtype,
+        "timed_steps": timed,
         # The first step includes tracing; the rest is the steady-state step time.
         "step_seconds": float(np.median(timer.durations[1:])) if len(timer.durations) > 1 else None,
     }))
