@@ -94,6 +94,8 @@ def test_killed_training_resumes_at_the_next_epoch(transform_run):
     assert worker.returncode == 17, worker.stdout[-3000:] + worker.stderr[-3000:]
     assert not tf.io.gfile.exists(killed.serving_model_dir)
     assert tf.io.gfile.listdir(run.backup_dir(killed))
+    # The best epoch so far is kept beside the backup, for the retry to weigh its epochs against.
+    assert tf.io.gfile.exists(os.path.join(run.backup_dir(killed), run.BEST_EPOCH_FILE))
 
     # A TFX retry is a new execution with fresh output URIs but the same inputs and config.
     retry = trainer_fixtures.fn_args(transform_run, 12, config)
@@ -104,6 +106,42 @@ def test_killed_training_resumes_at_the_next_epoch(transform_run):
     assert _epoch_steps(os.path.join(retry.model_run_dir, "train")) == list(range(KILL_AFTER, EPOCHS))
     assert tf.saved_model.contains_saved_model(retry.serving_model_dir)
     assert not tf.io.gfile.exists(run.backup_dir(retry))
+
+
+class _EpochWeights(tf.keras.callbacks.Callback):
+    """Each epoch's validation mean IoU and weights; epoch `spoiled` starts from zeros at learning rate 0.
+
+    Zero weights give zero logits, one class everywhere: that epoch validates worse than any trained one.
+    """
+
+    def __init__(self, spoiled: int):
+        super().__init__()
+        self.spoiled, self.mean_iou, self.weights = spoiled, [], []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.spoiled:
+            self.model.set_weights([np.zeros_like(w) for w in self.model.get_weights()])
+            self.model.optimizer.learning_rate.assign(0.0)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.mean_iou.append(logs["val_mean_iou"])
+        self.weights.append({w.name: w.numpy() for w in self.model.weights})
+
+
+def test_the_export_holds_the_best_validated_epoch_not_the_last(transform_run, caplog):
+    config = trainer_fixtures.tiny_config(**{"train.epochs": 3, "train.lr_patience": 0})
+    args = trainer_fixtures.fn_args(transform_run, 51, config)
+    seen = _EpochWeights(spoiled=2)
+    with caplog.at_level(logging.INFO, logger=run.__name__):
+        run.run_fn(args, extra_callbacks=[seen])
+    best = int(np.argmax(seen.mean_iou))
+    assert best < 2, seen.mean_iou
+    exported = _weights(args.serving_model_dir)
+    assert exported.keys() == seen.weights[best].keys()
+    for name, value in exported.items():
+        np.testing.assert_array_equal(value, seen.weights[best][name], err_msg=name)
+    assert f"Exporting epoch {best + 1}'s weights" in caplog.text
+    assert not tf.io.gfile.exists(run.backup_dir(args))
 
 
 class _ValidationBatches(tf.keras.callbacks.Callback):

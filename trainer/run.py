@@ -14,9 +14,13 @@ import tensorflow as tf
 import tensorflow_transform as tft
 
 from config.settings import ModelConfig, TrainConfig
-from trainer import data, model as model_lib, precision, signatures, strategy as strategy_lib
+from trainer import best_epoch, data, model as model_lib, precision, signatures, strategy as strategy_lib
 
 log = logging.getLogger(__name__)
+
+
+# Beside Keras' backup checkpoints, with the same lifetime.
+BEST_EPOCH_FILE = "best_epoch.npz"
 
 
 def backup_dir(fn_args) -> str:
@@ -107,6 +111,7 @@ def run_fn(fn_args, extra_callbacks: Sequence[tf.keras.callbacks.Callback] = ())
 
     chief = strategy_lib.is_chief()
     backup = backup_dir(fn_args)
+    best = best_epoch.BestEpoch(posixpath.join(backup, BEST_EPOCH_FILE), writer=chief)
     history = model.fit(
         train_ds,
         validation_data=eval_ds,
@@ -115,12 +120,14 @@ def run_fn(fn_args, extra_callbacks: Sequence[tf.keras.callbacks.Callback] = ())
         callbacks=[
             # Every replica of a cluster runs run_fn with the same model_run_dir: one writer, the chief.
             *([tf.keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir, update_freq="epoch")] if chief else []),
+            best,
             tf.keras.callbacks.BackupAndRestore(backup),
             *_lr_schedule(train_config),
             *extra_callbacks,
         ],
         verbose=2,
     )
+    _restore_best(best, history)
     if chief:
         export_model(model, fn_args.serving_model_dir, tf_transform_output, model_config)
         tf.io.gfile.makedirs(fn_args.model_run_dir)
@@ -144,6 +151,17 @@ def run_fn(fn_args, extra_callbacks: Sequence[tf.keras.callbacks.Callback] = ())
     # the other replicas' temporary files in it are gone only once they have all finished (above).
     if chief and tf.io.gfile.isdir(backup) and not tf.io.gfile.listdir(backup):
         tf.io.gfile.rmtree(backup)
+
+
+def _restore_best(best: best_epoch.BestEpoch, history: tf.keras.callbacks.History) -> None:
+    """The model takes the weights of its best validated epoch, the one it is exported with."""
+    epoch = best.restore()
+    if epoch is None:
+        log.info("No epoch validated: exporting the weights as they are")
+        return
+    last = history.history.get(best_epoch.MONITOR, [None])[-1]
+    log.info("Exporting epoch %d's weights: the best validation mean IoU, %.4f%s", epoch + 1, best.value,
+             "" if last is None or history.epoch[-1] == epoch else f" (the last epoch's: {last:.4f})")
 
 
 def _wait_for_every_replica(strategy: tf.distribute.Strategy) -> None:
