@@ -10,9 +10,6 @@ from typing import Any, Dict, Iterable, Mapping, Optional
 
 from config.settings import ConfigError, PipelineConfig
 
-# Keys that moved; naming the new one beats a bare "unknown key".
-RENAMED_KEYS = {"beam_workers": "beam.direct_workers", "beam_args": "beam.args"}
-
 # The seed tutorial's recipe: full VGG16 from ImageNet (frozen), 4096-wide head, 224x224.
 _SEED_RECIPE: Dict[str, Any] = {
     "model.image_size": 224,
@@ -65,7 +62,7 @@ def load_config(profile: str = "quick", config_file: Optional[str] = None,
     config = PipelineConfig(profile=profile)
     apply_values(config, PROFILES[profile])
     if config_file:
-        apply_values(config, _flatten(_read_file(config_file)))
+        apply_values(config, _read_file(config_file))
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep:
@@ -75,10 +72,13 @@ def load_config(profile: str = "quick", config_file: Optional[str] = None,
 
 
 def apply_values(config: PipelineConfig, values: Mapping[str, Any]) -> PipelineConfig:
-    """Sets dotted keys (e.g. `train.epochs`) with type checks; unknown keys are errors."""
+    """Sets values with type checks; unknown keys are errors.
+
+    Keys are dotted (`train.epochs`) or sections holding a mapping (`{"train": {"epochs": 5}}`, as a
+    YAML file nests them), in any mix: profiles, files and `--set` all come through here. A mapping
+    given to a text setting (e.g. `beam.environment_config`) is stored as its JSON.
+    """
     for key, value in values.items():
-        if key in RENAMED_KEYS:
-            raise ConfigError(f"{key}: renamed to {RENAMED_KEYS[key]}")
         *parents, leaf = key.split(".")
         target: Any = config
         for part in parents:
@@ -87,8 +87,13 @@ def apply_values(config: PipelineConfig, values: Mapping[str, Any]) -> PipelineC
                 raise ConfigError(f"{key}: unknown key")
             target = sub
         field_type = _field_type(target, leaf)
-        if field_type is None or dataclasses.is_dataclass(getattr(target, leaf)):
+        if field_type is None:
             raise ConfigError(f"{key}: unknown key")
+        if dataclasses.is_dataclass(getattr(target, leaf)):
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{key}: a section of settings, not a value: set its keys, e.g. {key}.<key>=...")
+            apply_values(config, {f"{key}.{sub_key}": sub_value for sub_key, sub_value in value.items()})
+            continue
         setattr(target, leaf, _coerce(key, value, field_type))
     return config
 
@@ -157,14 +162,3 @@ def _read_file(path: str) -> Mapping[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a YAML mapping of sections to values")
     return data
-
-
-def _flatten(data: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:
-    flat: Dict[str, Any] = {}
-    for key, value in data.items():
-        dotted = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(_flatten(value, dotted + "."))
-        else:
-            flat[dotted] = value
-    return flat

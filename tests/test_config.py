@@ -1,5 +1,6 @@
 """Profiles, config files, `--set` and flags: the loading order, and errors that name the key."""
 
+import json
 import pathlib
 import re
 
@@ -76,13 +77,12 @@ def test_set_values_are_typed_by_the_field(override, value):
     ("train.warm_start=maybe", "train.warm_start", "expected true or false"),
     ("train.epoch=3", "train.epoch", "unknown key"),
     ("trian.epochs=3", "trian.epochs", "unknown key"),
-    ("model=3", "model", "unknown key"),
+    ("model=3", "model", "a section of settings, not a value"),
     ("model.image_size=100", "model.image_size", "multiple of 32"),
     ("data.dataset=mnist", "data.dataset", "must be one of"),
     ("model.encoder_weights=imagenet", "model.encoder_weights", "width_multiplier=1"),  # quick's narrow VGG
     ("eval.batch_size=0", "eval.batch_size", ">= 1"),
-    ("beam_workers=2", "beam_workers", "renamed to beam.direct_workers"),
-    ("beam_args=--x=1", "beam_args", "renamed to beam.args"),
+    ("beam_workers=2", "beam_workers", "unknown key"),
     ("train.epochs", "train.epochs", "key=value"),
 ])
 def test_bad_set_values_name_the_key_and_why(override, key, why):
@@ -92,13 +92,28 @@ def test_bad_set_values_name_the_key_and_why(override, key, why):
 
 @pytest.mark.parametrize("text, key, why", [
     ("train:\n  epochs: three\n", "train.epochs", "expected an integer"),
-    ("trian:\n  epochs: 3\n", "trian.epochs", "unknown key"),
-    ("beam_workers: 2\n", "beam_workers", "renamed to beam.direct_workers"),
+    ("trian:\n  epochs: 3\n", "trian", "unknown key"),
+    ("beam_workers: 2\n", "beam_workers", "unknown key"),
+    ("beam:\n  environment_config:\n    command: /boot\n  nope: 1\n", "beam.nope", "unknown key"),
     ("model:\n  image_size: 100\n", "model.image_size", "multiple of 32"),
 ])
 def test_bad_file_values_name_the_key_and_why(tmp_path, text, key, why):
     with pytest.raises(ConfigError, match=f"^{re.escape(key)}: .*{re.escape(why)}"):
         load_config("quick", write(tmp_path / "c.yaml", text))
+
+
+def test_a_file_and_set_take_the_same_values_the_same_way(tmp_path):
+    """A mapping for a text setting, nested sections, dotted keys: one code path, one result."""
+    text = ("beam:\n  runner: flink\n  environment: PROCESS\n"
+            "  environment_config:\n    command: /opt/apache/beam/boot\n"
+            "train.epochs: 3\nmodel: {image_size: 96}\n")
+    from_file = load_config("quick", write(tmp_path / "c.yaml", text))
+    from_set = load_config("quick", overrides=[
+        "beam={runner: flink, environment: PROCESS}",
+        'beam.environment_config={"command": "/opt/apache/beam/boot"}', "train.epochs=3", "model.image_size=96"])
+    assert from_file == from_set
+    assert json.loads(from_file.beam.environment_config) == {"command": "/opt/apache/beam/boot"}
+    assert (from_file.train.epochs, from_file.model.image_size, from_file.beam.runner) == (3, 96, "flink")
 
 
 def test_unknown_profile_and_unreadable_files_are_errors(tmp_path):
