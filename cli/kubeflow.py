@@ -18,7 +18,8 @@ BEAM_RUNNER_NAMES = {"DirectRunner": "direct", "FlinkRunner": "flink",
 
 def add_parser(subparsers) -> None:
     """Adds `kubeflow` with its subcommands to the `petseg` parser."""
-    kubeflow = subparsers.add_parser("kubeflow", help="compile, submit or schedule on Kubeflow Pipelines")
+    kubeflow = subparsers.add_parser("kubeflow", help="compile, submit or schedule on Kubeflow Pipelines; "
+                                                      "tfjob-manifest: the Trainer's TFJob for review")
     commands = kubeflow.add_subparsers(dest="kubeflow_command", required=True)
 
     compile_ = commands.add_parser("compile", help="write the pipeline as a PipelineSpec (.yaml) "
@@ -67,7 +68,9 @@ def _add_compile_args(parser: argparse.ArgumentParser) -> None:
                              f"{runner.DEFAULT_DATA_DIR}; a mounted volume keeps downloads)")
     parser.add_argument("--app-dir", default=runner.APP_DIR,
                         help=f"where the image holds the project (default: {runner.APP_DIR})")
-    parser.add_argument("--dataset", choices=DATASETS)
+    parser.add_argument("--dataset", choices=DATASETS,
+                        help="embedded synthetic pets (default) or the real Oxford-IIIT Pet (downloaded by the task, "
+                             "or built from --oxford-raw-dir)")
     parser.add_argument("--oxford-raw-dir", metavar="DIR",
                         help="extracted archives as seen inside the container; may hold {SPAN}, "
                              "e.g. /mnt/pets/span-{SPAN} (the latest span is read each run)")

@@ -9,6 +9,7 @@ from typing import List, Optional
 
 from cli import console, kubeflow as kubeflow_cli
 from cli.config_args import add_config_args, config_from_args
+from config.profiles import load_config
 from config.settings import DATASETS, ConfigError
 from engine import flink
 from engine.install import InstallError
@@ -37,9 +38,41 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--output", metavar="FILE", help="where to write it (default: DIR/report/index.html)")
     report.set_defaults(func=_report)
 
+    settings = sub.add_parser("config", help="list every setting --set and --config take: type, default, value, "
+                                             "meaning")
+    add_config_args(settings)
+    settings.set_defaults(func=_settings)
+
     _add_flink_parser(sub)
     kubeflow_cli.add_parser(sub)
     return parser
+
+
+def _settings(args: argparse.Namespace) -> int:
+    """Prints every setting with its default and its value under the chosen profile, file and --set."""
+    from config import reference
+
+    config = load_config(args.profile, args.config, args.overrides)
+    rows = [("key", "type", "default", f"value ({config.profile})", "meaning")]
+    rows += [(s.key, s.type, _scalar(s.default), _scalar(s.value) + (" *" if s.value != s.default else ""), s.meaning)
+             for s in reference.settings(config)]
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[4])
+    print("\n* differs from the default. Set one with --set key=value or a YAML file (--config), e.g. "
+          "--set train.epochs=5.")
+    return 0
+
+
+def _scalar(value) -> str:
+    """A value as --set takes it."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list):
+        return ",".join(map(str, value)) or "(empty)"
+    return str(value)
 
 
 def _add_flink_parser(sub) -> None:

@@ -79,6 +79,8 @@ def apply_values(config: PipelineConfig, values: Mapping[str, Any]) -> PipelineC
     given to a text setting (e.g. `beam.environment_config`) is stored as its JSON.
     """
     for key, value in values.items():
+        if key == "profile":
+            raise ConfigError("profile: choose it with --profile (a profile sets many keys at once)")
         *parents, leaf = key.split(".")
         target: Any = config
         for part in parents:

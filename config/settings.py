@@ -24,22 +24,27 @@ class DataConfig:
     """Where the examples come from."""
 
     dataset: str = "synthetic"
+    """Where the pets come from: synthetic (embedded, offline) or oxford_iiit_pet (the real set)."""
     tfds_version: str = "4.*.*"
-    # Extracted `images/` + `annotations/` folders; built offline with the real TFDS builder.
-    # `{SPAN}` in the last component (e.g. /data/pets/span-{SPAN}) reads one span of many.
+    """The TFDS builder version to read or build."""
     oxford_raw_dir: Optional[str] = None
-    # With `{SPAN}`: the span to read; None = the latest span when the run starts.
+    """Extracted Oxford-IIIT Pet archives to build offline; may hold {SPAN}."""
     span: Optional[int] = None
-    # TFDS data dir; None means `<output>/tfds`.
+    """With {SPAN}: the span to read; null = the newest when the run starts."""
     data_dir: Optional[str] = None
+    """TFDS data dir; null = <output>/tfds."""
     synthetic_train_images: int = 800
+    """Synthetic pets in the train split."""
     synthetic_test_images: int = 200
+    """Synthetic pets in the test (eval) split."""
     synthetic_seed: int = 0
+    """Seed of the synthetic pets."""
     # Synthetic pets like the real set (37 breeds, its photo sizes, its odd PNG/GIF/grayscale files, CMYK
     # ones) instead of six breeds of small photos: a rehearsal of a real run without the data.
     synthetic_like_oxford: bool = False
-    # Fail on the first broken image/trimap pair instead of skipping and counting it.
+    """Synthetic pets shaped like the real set (37 breeds, its sizes and odd files)."""
     strict: bool = False
+    """Stop at the first broken image/trimap pair instead of skipping it."""
 
 
 @dataclasses.dataclass
@@ -47,16 +52,18 @@ class EvalConfig:
     """The blessing gate."""
 
     min_mean_iou: float = 0.5
-    # Largest allowed drop in mean IoU against the blessed baseline (absolute).
+    """The candidate's mean IoU must reach this to be blessed."""
     max_regression: float = 0.01
-    # Eval images drawn as input / truth / prediction PNGs in the report.
+    """Largest mean IoU drop allowed against the served model (absolute)."""
     report_images: int = 6
-    # The served version the candidate must beat and warm-starts from; None = the newest one when the
-    # run starts (or, for a compiled Kubeflow spec, when the task runs).
+    """Eval images drawn as input / truth / prediction in the report."""
+    # "The newest" is read when the run starts, or, for a compiled Kubeflow spec, when the task runs.
     baseline_version: Optional[int] = None
+    """The served version to beat and warm-start from; null = the newest."""
     # Images per model call in the Evaluator. Beam's adaptive batching instead starts at one and grows,
     # and every new batch shape makes the model's call slower; on a CPU, 4 to 16 run equally fast.
     batch_size: int = 16
+    """Images per model call in the Evaluator."""
 
 
 @dataclasses.dataclass
@@ -66,23 +73,27 @@ class BeamConfig:
     # direct: Beam's DirectRunner in the petseg process (or the task's pod on Kubeflow); flink, spark:
     # Beam's portable runner against a job server; dataflow: Google Cloud Dataflow.
     runner: str = "direct"
-    # DirectRunner worker processes. 1 runs Beam in this process: each extra worker process imports
-    # TF/TFX anew for every Beam pipeline (StatisticsGen, Transform, Evaluator), which costs more than
-    # the work itself at the Oxford set's size. Raise it only for far larger data on a many-core machine.
+    """Where Beam stages run: direct, flink, spark or dataflow."""
+    # Each extra worker process imports TF/TFX anew for every Beam pipeline (StatisticsGen, Transform,
+    # Evaluator), which costs more than the work itself at the Oxford set's size. Raise it only for far
+    # larger data on a many-core machine.
     direct_workers: int = 1
-    # flink/spark: Beam's job server, host:port (`petseg flink up` serves 127.0.0.1:8099).
+    """DirectRunner worker processes (1 = in the petseg process)."""
     job_endpoint: str = "127.0.0.1:8099"
-    # flink: the cluster's REST address, host:port; a failed run points at its job list there (the
-    # job server has its own --flink-master).
+    """Flink/spark: Beam's job server, host:port."""
+    # A failed run points at the cluster's job list there (the job server has its own --flink-master).
     flink_master: str = "127.0.0.1:8081"
-    # flink: parallel instances of every stage (task slots used).
+    """Flink: the cluster's REST address, host:port."""
     parallelism: int = 2
+    """Flink: parallel instances of every stage."""
     # flink/spark: how the Python SDK harness runs: EXTERNAL = a worker pool at environment_config
     # (host:port; a sidecar beside each TaskManager), PROCESS = a boot command on each worker
     # (environment_config is Beam's JSON, e.g. {"command": "/opt/apache/beam/boot"}), LOOPBACK = in
     # the submitting process (tests only: it must reach and be reached by every TaskManager).
     environment: str = "EXTERNAL"
+    """Flink/spark: how the Python SDK harness runs: EXTERNAL, PROCESS or LOOPBACK."""
     environment_config: str = "127.0.0.1:50000"
+    """Flink/spark: the worker pool's host:port (EXTERNAL) or Beam's boot JSON (PROCESS)."""
     # A TaskManager keeps a job's SDK worker this long after the last stage that used it, so the job's
     # next stage finds it with TF/TFX imported (0: released at once). Beam honours it only when its
     # runner classes come from the cluster's own classpath (`petseg flink up` puts them there). It must
@@ -90,11 +101,14 @@ class BeamConfig:
     # middle of a job races the next stage's new one and fails the job. The job's end does not release
     # the workers, so they stay idle (~600-800 MB each) this long after it.
     environment_cache_millis: int = 600_000
+    """Flink: how long a TaskManager keeps a job's idle SDK worker, in ms."""
     # flink/spark: the image the SDK harness runs in (the Kubeflow image for sidecars). It also tells
     # TFX that the workers hold the code, so it builds no sdist of itself per component.
     sdk_image: str = "petseg-sdk-harness"
-    # Extra Beam args, appended last (they win), e.g. Dataflow's --project/--region/--temp_location.
+    """Flink/spark: the image the SDK harness runs in."""
+    # Appended last, so they win; e.g. Dataflow's --project/--region/--temp_location.
     args: typing.List[str] = dataclasses.field(default_factory=list)
+    """Extra Beam args, appended last (comma-separated with --set)."""
 
 
 @dataclasses.dataclass
@@ -104,21 +118,25 @@ class ModelConfig:
     # FCN-8's finest scores are at stride 8, so its outlines sharpen with the input size; the cost grows
     # with its square.
     image_size: int = 160
-    # Scales every VGG16 channel width; 1.0 is the real VGG16 (needed for ImageNet weights).
+    """Square input size in pixels, a multiple of 32."""
+    # ImageNet weights need 1.0.
     width_multiplier: float = 0.25
-    # Width of the two FCN head convolutions (the seed's 7x7 and 1x1 convs, 4096 there).
+    """Scales every VGG16 channel width; 1.0 is the real VGG16."""
     head_width: int = 256
+    """Width of the two FCN head convolutions (4096 in the seed recipe)."""
     # After fc6 and fc7 as in the FCN paper; the narrow quick model learns faster without it.
     dropout: float = 0.0
-    # "none", "imagenet" or a path to VGG16 no-top weights (.h5).
+    """Dropout after fc6 and fc7."""
     encoder_weights: str = "none"
-    # Train the encoder even when it starts from pretrained weights.
+    """VGG16 encoder start: none, imagenet or a path to no-top weights (.h5)."""
     fine_tune_encoder: bool = False
-    # "auto": mixed_float16 on GPUs with tensor cores, mixed_bfloat16 on CPUs where bf16 measures faster,
-    # float32 elsewhere; "none" is float32.
+    """Train a pretrained encoder instead of freezing it."""
+    # "auto": mixed_float16 on GPUs with tensor cores, mixed_bfloat16 on CPUs where the model's step
+    # measures at least 1.1x faster in bf16 (trainer/precision.py), float32 elsewhere.
     mixed_precision: str = "auto"
-    # Serving refuses larger images (width x height) before decoding them fully.
+    """Compute dtype: auto, none (float32), mixed_float16 or mixed_bfloat16."""
     serving_max_pixels: int = 40_000_000
+    """Serving refuses images larger than this (width x height)."""
 
 
 @dataclasses.dataclass
@@ -127,32 +145,39 @@ class TrainConfig:
 
     # The quick model is still improving at 30 epochs.
     epochs: int = 40
-    batch_size: int = 16  # per replica; the global batch is this times the replica count
+    """Training epochs."""
+    batch_size: int = 16
+    """Images per replica per step."""
     learning_rate: float = 1e-3
-    # Split the CPU into this many logical devices for MirroredStrategy when no GPU is present.
+    """Adam's learning rate."""
     cpu_replicas: int = 1
-    # None: one full pass over the train split per epoch.
+    """Logical CPU devices for MirroredStrategy without a GPU."""
     steps_per_epoch: Optional[int] = None
+    """Batches per epoch; null = one pass over the train split."""
     shuffle_buffer: int = 512
+    """Examples in the training shuffle buffer."""
     # A split whose transformed records take up to this many bytes is held in memory after the first
     # epoch (uint8 pixels: about the same size decoded); a larger one streams from its files each epoch.
     cache_max_bytes: int = 2 * 1024 ** 3
-    # Start from the latest blessed model's weights when there is one.
+    """A train split up to this size is held in memory after its first epoch."""
     warm_start: bool = False
-    # XLA-compile the train step. Off by default: on a small CPU it is slower; on a
-    # GPU it fuses the elementwise ops between convolutions and usually pays off.
+    """Start from the served model's weights when its architecture matches."""
+    # Off by default: on a small CPU it is slower; on a GPU it fuses the elementwise ops between
+    # convolutions and usually pays off.
     jit_compile: bool = False
+    """XLA-compile the train step."""
     # Keras validates each epoch on the first this-many examples of the eval split, the same ones every
     # epoch; the Evaluator still scores the whole split. 768 is 12 of the seed recipe's batches of 64:
     # on a CPU a validation image costs about 0.6-0.65 of a training image, so validating 768 costs
     # at most 0.14 of training's 3,680 (bench key validation_epoch_share). A smaller split is validated whole.
     validation_images: int = 768
-    # Epochs without a better val_loss before the learning rate halves; 0 keeps it constant, which
-    # trains the quick model as well in fewer epochs.
+    """Eval examples Keras validates on each epoch (picks the exported epoch)."""
+    # A constant rate trains the quick model as well in fewer epochs.
     lr_patience: int = 0
-    # Machines the Trainer runs on: 1 is one pod; N > 1 is a chief and N - 1 workers under
-    # MultiWorkerMirroredStrategy (a TFJob on open-source Kubeflow).
+    """Epochs without a better val_loss before the learning rate halves; 0 = constant."""
+    # N > 1 trains under MultiWorkerMirroredStrategy: a TFJob on open-source Kubeflow, worker pools on Vertex.
     workers: int = 1
+    """Machines the Trainer runs on (Kubeflow): 1, or a chief and N - 1 workers."""
 
 
 @dataclasses.dataclass
@@ -160,8 +185,11 @@ class PipelineConfig:
     """Everything one pipeline run needs."""
 
     profile: str = "quick"
+    """The named profile these settings started from."""
     name: str = "petseg"
+    """The pipeline's name (MLMD, Kubeflow)."""
     output: str = "runs/default"
+    """Folder for everything a local run writes."""
     beam: BeamConfig = dataclasses.field(default_factory=BeamConfig)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)

@@ -1,5 +1,6 @@
 """Profiles, config files, `--set` and flags: the loading order, and errors that name the key."""
 
+import dataclasses
 import json
 import pathlib
 import re
@@ -7,7 +8,8 @@ import re
 import pytest
 
 from cli import main as cli
-from config.settings import ConfigError, PipelineConfig
+from config import reference
+from config.settings import ConfigError, DataConfig, PipelineConfig, TrainConfig
 from config.profiles import PROFILES, load_config
 
 
@@ -171,3 +173,38 @@ def test_readme_profile_table_matches_the_profiles():
             assert row["data"] == "real Oxford-IIIT Pet", name
         dropout = re.search(r"dropout ([\d.]+)", row["encoder"])
         assert (float(dropout.group(1)) if dropout else 0.0) == model.dropout, name
+
+
+def test_every_setting_says_what_it_means():
+    """`petseg config` prints each field's attribute docstring: a new setting without one fails here."""
+    sections = [PipelineConfig] + [type(getattr(PipelineConfig(), f.name)) for f in dataclasses.fields(PipelineConfig)
+                                   if dataclasses.is_dataclass(getattr(PipelineConfig(), f.name))]
+    missing = [f"{cls.__name__}.{f.name}" for cls in sections for f in dataclasses.fields(cls)
+               if not dataclasses.is_dataclass(f.type) and f.name not in reference.attribute_docs(cls)
+               and f.name not in reference.NOT_SETTINGS and f.default_factory not in sections]
+    assert missing == []
+
+
+def test_petseg_config_lists_every_key_with_type_default_value_and_meaning(capsys):
+    assert cli.main(["config", "--profile", "tiny", "--set", "train.epochs=3", "--set", "beam.args=--a=1,--b=2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = {line.split()[0]: line for line in lines[1:] if line and not line.startswith("*")}
+    leaves = [f"{section}.{f.name}" for section, cls in (("data", DataConfig), ("train", TrainConfig))
+              for f in dataclasses.fields(cls)]
+    assert set(leaves) <= set(rows) and "profile" not in rows
+    assert rows["train.epochs"].split()[:4] == ["train.epochs", "int", "40", "3"]
+    assert rows["train.epochs"].split()[4] == "*" and rows["train.epochs"].endswith("Training epochs.")
+    assert rows["model.image_size"].split()[:5] == ["model.image_size", "int", "160", "64", "*"]  # the tiny profile's
+    assert rows["train.steps_per_epoch"].split()[:4] == ["train.steps_per_epoch", "int", "or", "null"]
+    assert rows["beam.args"].split()[4:7] == ["(empty)", "--a=1,--b=2", "*"]
+    assert rows["train.learning_rate"].split()[:5] == ["train.learning_rate", "float", "0.001", "0.001", "Adam's"]
+
+
+def test_the_profile_is_chosen_with_its_flag_not_set():
+    with pytest.raises(ConfigError, match="^profile: choose it with --profile"):
+        load_config("quick", overrides=["profile=seed"])
+
+
+def test_the_top_level_help_names_every_kubeflow_command():
+    text = cli.build_parser().format_help()
+    assert "config" in text and all(name in text for name in ("compile", "submit", "schedule", "tfjob-manifest"))
