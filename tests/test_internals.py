@@ -38,13 +38,41 @@ def test_transform_builds_its_processor_by_the_name_the_block_replaces():
     assert transform_executor.TransformProcessor is stock
 
 
-def test_the_evaluator_reads_the_tfxio_factory_by_the_name_the_block_replaces():
+def _batch_sizes(tfxio, path) -> list:
+    """Rows per record batch of a TFXIO's Beam source, through a real (direct) Beam pipeline."""
+    import json
+
+    import apache_beam as beam
+
+    with beam.Pipeline() as pipeline:
+        _ = (pipeline | tfxio.BeamSource() | beam.Map(lambda batch: batch.num_rows) | beam.combiners.ToList()
+             | beam.Map(lambda sizes: json.dumps(sorted(sizes))) | beam.io.WriteToText(str(path), shard_name_template=""))
+    return json.loads(path.read_text())
+
+
+def test_the_evaluator_reads_the_tfxio_factory_by_the_name_the_block_replaces(tmp_path):
+    import tensorflow as tf
+    from tfx.types import standard_artifacts
+
     assert "tfxio_utils" in evaluator_executor.Executor.Do.__code__.co_names
+    (tmp_path / "Split-eval").mkdir()
+    with tf.io.TFRecordWriter(str(tmp_path / "Split-eval" / "data.tfrecord")) as writer:
+        for i in range(20):
+            feature = {"x": tf.train.Feature(int64_list=tf.train.Int64List(value=[i]))}
+            writer.write(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
+    examples = standard_artifacts.Examples()
+    examples.uri, examples.split_names = str(tmp_path), '["eval"]'
+    pattern = str(tmp_path / "Split-eval" / "*")
+
     stock = evaluator_executor.tfxio_utils
     with internals.evaluator_reads_batches_of(8):
         assert evaluator_executor.tfxio_utils is not stock
-        assert evaluator_executor.tfxio_utils.get_tfxio_factory_from_artifact is not None
+        factory = evaluator_executor.tfxio_utils.get_tfxio_factory_from_artifact([examples], ["test"])
     assert evaluator_executor.tfxio_utils is stock
+    assert _batch_sizes(factory(pattern), tmp_path / "ours") == [4, 8, 8]
+    # TFX's own factory batches adaptively, from one example up: what the block is there to change.
+    stock_sizes = _batch_sizes(stock.get_tfxio_factory_from_artifact([examples], ["test"])(pattern), tmp_path / "stock")
+    assert sum(stock_sizes) == 20 and stock_sizes != [4, 8, 8], stock_sizes
 
 
 def test_kubeflow_executor_flags_split_into_tfx_flags_and_beam_args():
