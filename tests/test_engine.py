@@ -1,7 +1,14 @@
-"""Engine helpers that need no cluster: the readable error, the bench's crossover, status of nothing."""
+"""Engine helpers that need no cluster: the readable error, the bench's crossover, status of nothing, the worker pool's port."""
+
+import signal
+import subprocess
+import sys
+from concurrent import futures
+
+import grpc
 
 from bench import engines
-from engine import errors, flink
+from engine import errors, flink, install
 
 JOB_SERVER_MESSAGE = """java.lang.RuntimeException: Error received from SDK harness for instruction 7: Traceback (most recent call last):
   File "/venv/lib/python3.10/site-packages/apache_beam/runners/worker/sdk_worker.py", line 311, in _execute
@@ -40,3 +47,21 @@ def test_status_and_down_of_a_folder_without_a_cluster(tmp_path):
     spec = flink.ClusterSpec(state_dir=str(tmp_path))
     assert flink.status(spec)["running"] is False
     assert flink.down(spec) == []
+
+
+def test_a_worker_pool_refuses_a_port_another_grpc_server_holds():
+    """gRPC servers bind with SO_REUSEPORT by default, so a second pool would share the port; ours refuses it."""
+    other = grpc.server(futures.ThreadPoolExecutor(1))  # gRPC's defaults, as Beam's own pool binds
+    port = other.add_insecure_port(f"{flink.HOST}:0")
+    other.start()
+    pool = subprocess.Popen([sys.executable, "-m", "engine.worker_pool", f"--port={port}", "--spares=0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=install.PROJECT_DIR)
+    try:
+        output, _ = pool.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        pool.kill()
+        output, _ = pool.communicate()
+    finally:
+        other.stop(0)
+    assert pool.returncode not in (None, 0, -signal.SIGKILL), output[-2000:]
+    assert "Failed to bind" in output, output[-2000:]
