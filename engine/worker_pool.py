@@ -107,7 +107,7 @@ def _stop(process: subprocess.Popen, timeout: float = 10) -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--port", type=int, required=True, help="0: any free port, named in the log")
+    parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--spares", type=int, default=1,
                         help="workers kept ready with TF imported: the TaskManagers (slots) this pool serves")

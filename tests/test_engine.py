@@ -1,13 +1,16 @@
-"""Engine helpers that need no cluster: the readable error, the bench's crossover, status of nothing, the worker pool's port."""
+"""Engine helpers that need no cluster: the readable error, the bench's crossover, status of nothing, ports."""
 
 import signal
+import socket
 import subprocess
 import sys
 from concurrent import futures
 
 import grpc
+import pytest
 
 from bench import engines
+from cli import main as cli
 from engine import errors, flink, install
 
 JOB_SERVER_MESSAGE = """java.lang.RuntimeException: Error received from SDK harness for instruction 7: Traceback (most recent call last):
@@ -47,6 +50,36 @@ def test_status_and_down_of_a_folder_without_a_cluster(tmp_path):
     spec = flink.ClusterSpec(state_dir=str(tmp_path))
     assert flink.status(spec)["running"] is False
     assert flink.down(spec) == []
+
+
+@pytest.fixture
+def no_install(monkeypatch):
+    """`up` must refuse before it installs (or starts) anything."""
+    def install(log):
+        raise AssertionError("up went on to install Flink")
+
+    monkeypatch.setattr(flink.install, "ensure_flink", install)
+
+
+def test_up_takes_only_real_distinct_ports(no_install, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["flink", "up", "--dir", str(tmp_path), "--rest-port", "0"])
+    assert exit_.value.code == 2
+    assert "--rest-port: '0' is not a port from 1 to 65535" in capsys.readouterr().err
+    assert cli.main(["flink", "up", "--dir", str(tmp_path), "--job-port", "8081"]) == 2  # the default REST port
+    assert "rest_port and job_port are the same port" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="worker_pool_port 70000 is not a port"):
+        flink.ClusterSpec(worker_pool_port=70000)
+
+
+def test_up_refuses_a_port_in_use_before_installing_anything(no_install, tmp_path):
+    with socket.socket() as taken:
+        taken.bind((flink.HOST, 0))  # this test's own socket: the kernel's choice, held while `up` looks
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(flink.ClusterError, match=f"{flink.HOST}:{port}.* already in use"):
+            flink.up(flink.ClusterSpec(state_dir=str(tmp_path), rest_port=port))
+    assert flink.read_state(tmp_path) is None
 
 
 def test_a_worker_pool_refuses_a_port_another_grpc_server_holds():
