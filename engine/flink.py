@@ -371,25 +371,18 @@ def _stop_all(state: Dict[str, object], grace: float = 20) -> List[int]:
 
 
 def _groups_ended(pgids: List[int], timeout: float) -> bool:
-    """Waits for every process of the groups `pgids` to end, woken by each end (pidfd); False at `timeout`."""
+    """Waits until every process of the groups `pgids` has ended, woken by each end (pidfd); False at `timeout`."""
     deadline = time.monotonic() + timeout
     while True:
-        members = _group_members(pgids)
-        remaining = deadline - time.monotonic()
-        if not members or remaining <= 0:
-            return not members
-        pidfds = []
-        for pid in members:
-            try:
-                pidfds.append(os.pidfd_open(pid))
-            except ProcessLookupError:
-                pass
+        running = _running(pgids)
         try:
-            if pidfds:
-                select.select(pidfds, [], [], remaining)
+            remaining = deadline - time.monotonic()
+            if not running or remaining <= 0:
+                return not running
+            select.select(list(running.values()), [], [], remaining)
         finally:
-            for fd in pidfds:
-                os.close(fd)
+            for pidfd in running.values():
+                os.close(pidfd)
 
 
 def _signal_group(pid: int, sig: int) -> None:
@@ -400,24 +393,35 @@ def _signal_group(pid: int, sig: int) -> None:
 
 
 def _group_alive(pgid: int) -> bool:
-    """Any live (non-zombie) process left in the group `pgid`."""
-    return bool(_group_members([pgid]))
+    """Any process of the group `pgid` not ended yet."""
+    running = _running([pgid])
+    for pidfd in running.values():
+        os.close(pidfd)
+    return bool(running)
 
 
-def _group_members(pgids: List[int]) -> List[int]:
-    """The live (non-zombie) processes of the groups `pgids`; our own ended children are reaped."""
-    members = []
+def _running(pgids: List[int]) -> Dict[int, int]:
+    """pid -> pidfd of each process of the groups `pgids` not ended yet. Ended means every thread: a process
+    whose main thread is a zombie may still be closing its sockets, and its pidfd turns readable only then."""
+    running = {}
     for stat in pathlib.Path("/proc").glob("[0-9]*/stat"):
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
+            pgid = int(stat.read_text().rsplit(")", 1)[1].split()[2])
         except OSError:
             continue
-        if int(fields[2]) in pgids:
-            if fields[0] != "Z":
-                members.append(int(stat.parent.name))
-            else:
-                _reap(int(stat.parent.name))
-    return members
+        if pgid not in pgids:
+            continue
+        pid = int(stat.parent.name)
+        try:
+            pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            continue
+        if select.select([pidfd], [], [], 0)[0]:
+            os.close(pidfd)
+            _reap(pid)
+        else:
+            running[pid] = pidfd
+    return running
 
 
 def _alive(pid: int) -> bool:

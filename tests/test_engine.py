@@ -1,5 +1,8 @@
 """Engine helpers that need no cluster: the readable error, the bench's crossover, status of nothing, ports."""
 
+import json
+import os
+import select
 import signal
 import socket
 import subprocess
@@ -98,3 +101,37 @@ def test_a_worker_pool_refuses_a_port_another_grpc_server_holds():
         other.stop(0)
     assert pool.returncode not in (None, 0, -signal.SIGKILL), output[-2000:]
     assert "Failed to bind" in output, output[-2000:]
+
+
+def test_down_returns_only_once_every_thread_of_its_processes_ended(tmp_path):
+    """A process whose main thread has ended shows as a zombie while its other threads still run (a JVM
+    shutting down, its sockets still open): `down` waits for those threads too."""
+    proc = subprocess.Popen([sys.executable, "-c", LINGERING], stdout=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    pidfd = os.pidfd_open(proc.pid)
+    try:
+        assert proc.stdout.readline() == "main thread ended\n"
+        (tmp_path / flink.STATE_FILE).write_text(json.dumps({"processes": [{"name": "x", "pid": proc.pid}]}))
+        assert flink.down(flink.ClusterSpec(state_dir=str(tmp_path))) == [proc.pid]
+        ended, _, _ = select.select([pidfd], [], [], 0)
+        assert ended, "down returned while a thread of its process still ran"
+    finally:
+        os.close(pidfd)
+        proc.kill()
+        proc.wait()
+
+
+# A process that ignores SIGTERM and whose main thread ends while another one runs on for 3 s.
+LINGERING = """
+import ctypes, signal, threading, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+libc, main = ctypes.CDLL(None), threading.get_ident()
+
+def linger():
+    libc.pthread_join(ctypes.c_ulong(main), None)  # returns once the main thread has ended
+    print("main thread ended", flush=True)
+    time.sleep(3)
+
+threading.Thread(target=linger).start()
+libc.pthread_exit(None)
+"""
