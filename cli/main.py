@@ -86,17 +86,28 @@ def _add_flink_parser(sub) -> None:
         command.set_defaults(func=_flink, flink_command=name)
         if name != "up":
             continue
-        for flag, field in (("--rest-port", "rest_port"), ("--rpc-port", "rpc_port"), ("--job-port", "job_port"),
-                            ("--artifact-port", "artifact_port"), ("--expansion-port", "expansion_port"),
-                            ("--worker-pool-port", "worker_pool_port"), ("--taskmanagers", "taskmanagers")):
-            command.add_argument(flag, type=int, default=getattr(defaults, field), dest=field,
-                                 help=f"default {getattr(defaults, field)}")
+        for field in flink.PORT_FIELDS:
+            command.add_argument(f"--{field.replace('_', '-')}", type=_port, default=getattr(defaults, field),
+                                 dest=field, help=f"default {getattr(defaults, field)}")
+        command.add_argument("--taskmanagers", type=int, default=defaults.taskmanagers,
+                             help=f"default {defaults.taskmanagers}")
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port from 1 to 65535 (each process of the cluster "
+                                         "listens on exactly the port it is given)")
+    return int(text)
 
 
 def _flink(args: argparse.Namespace) -> int:
     fields = {f.name for f in dataclasses.fields(flink.ClusterSpec)}
-    spec = flink.ClusterSpec(state_dir=args.dir, **{k: v for k, v in vars(args).items()
-                                                     if k in fields and k != "state_dir"})
+    try:
+        spec = flink.ClusterSpec(state_dir=args.dir, **{k: v for k, v in vars(args).items()
+                                                         if k in fields and k != "state_dir"})
+    except ValueError as exc:
+        print(f"petseg: {exc}", file=sys.stderr)
+        return 2
     if args.flink_command == "up" and spec.taskmanagers < 2:
         print("petseg: --taskmanagers must be >= 2 (parallelism 2 needs two slots)", file=sys.stderr)
         return 2

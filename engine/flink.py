@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import json
 import os
 import pathlib
-import re
+import select
 import shutil
 import signal
 import socket
@@ -21,6 +22,7 @@ import config
 from engine import install
 
 HOST = "127.0.0.1"
+PORT_FIELDS = ("rest_port", "rpc_port", "job_port", "artifact_port", "expansion_port", "worker_pool_port")
 
 
 class ClusterError(RuntimeError):
@@ -31,8 +33,8 @@ class ClusterError(RuntimeError):
 class ClusterSpec:
     """Where the cluster keeps its state and logs, and the loopback ports it listens on.
 
-    A port of 0 lets its process bind any free one; `up` reads back the port bound and records it in
-    the cluster's state, so nothing else can take a port between its choice and its use.
+    Each process listens on exactly the port it is given, so `status`, `petseg run`'s `beam.*` settings
+    and the user know every address without asking the cluster.
     """
 
     state_dir: str = ""
@@ -48,6 +50,16 @@ class ClusterSpec:
     taskmanager_memory: str = "2048m"
     # Flink restarts a failed job this often (e.g. after a TaskManager died) before it fails it.
     restart_attempts: int = 2
+
+    def __post_init__(self):
+        ports = {field: getattr(self, field) for field in PORT_FIELDS}
+        for field, port in ports.items():
+            if not 1 <= port <= 65535:
+                raise ValueError(f"{field} {port} is not a port from 1 to 65535: each process of the cluster "
+                                 "listens on exactly the port it is given")
+        shared = [f for f, port in ports.items() if list(ports.values()).count(port) > 1]
+        if shared:
+            raise ValueError(f"{' and '.join(shared)} are the same port: each process needs its own")
 
     @property
     def dir(self) -> pathlib.Path:
@@ -67,18 +79,6 @@ class ClusterSpec:
 
 
 STATE_FILE = "cluster.json"
-PORT_FIELDS = ("rest_port", "rpc_port", "job_port", "artifact_port", "expansion_port", "worker_pool_port")
-# Where each process that may be given port 0 logs the ports it bound (the job server logs to its own file).
-_PORT_LOGS = {"jobmanager": "jobmanager.out", "job-server": "job-server.log", "worker-pool": "worker-pool.out"}
-# Port field -> (process, the line of its log naming the port it bound), for ports given as 0.
-_BOUND_PORT_LINES = {
-    "rpc_port": ("jobmanager", re.compile(r"Actor system started at pekko\.tcp://flink@[^:]+:(\d+)")),
-    "rest_port": ("jobmanager", re.compile(r"Rest endpoint listening at [^:]+:(\d+)")),
-    "job_port": ("job-server", re.compile(r"JobService started on [^:]+:(\d+)")),
-    "artifact_port": ("job-server", re.compile(r"ArtifactStagingService started on [^:]+:(\d+)")),
-    "expansion_port": ("job-server", re.compile(r"ExpansionService started on [^:]+:(\d+)")),
-    "worker_pool_port": ("worker-pool", re.compile(r"SDK worker pool listening on [^:]+:(\d+)")),
-}
 
 
 def up(spec: ClusterSpec, stream=sys.stderr, timeout: float = 300) -> Dict[str, object]:
@@ -95,31 +95,33 @@ def up(spec: ClusterSpec, stream=sys.stderr, timeout: float = 300) -> Dict[str, 
             _say(stream, f"Flink cluster already running ({spec.dir})")
             return state
         _say(stream, f"restarting {', '.join(dead)}")
+    else:
+        busy = [f"{HOST}:{getattr(spec, field)}" for field in PORT_FIELDS if _port_open(getattr(spec, field))]
+        if busy:
+            raise ClusterError(f"{', '.join(busy)} already in use: stop what listens there, or choose other "
+                               "ports (petseg flink up --help)")
     logs = spec.dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     home = install.ensure_flink(logs / "install.log")
     jars = install.ensure_job_server(logs / "install.log")
+    commands = _commands(spec, home, jars, _write_conf(spec, home), logs)
     if state:
         state["processes"] = [p for p in state["processes"] if p["name"] not in dead]
         names = dead
     else:
-        for port in (getattr(spec, field) for field in PORT_FIELDS):
-            if port and _port_open(port):
-                raise ClusterError(f"port {HOST}:{port} is already in use; choose other ports, or 0 for any "
-                                   "free one (petseg flink up --help)")
         state = {"spec": dataclasses.asdict(spec), "flink_home": str(home), "processes": []}
-        names = list(_commands(spec, home, jars, spec.dir / "conf", logs))
+        names = list(commands)
     deadline = time.monotonic() + timeout
     try:
-        # The JobManager and the worker pool first: the TaskManagers and the job server need their ports.
-        first = [n for n in names if n in ("jobmanager", "worker-pool")]
-        for batch in (first, [n for n in names if n not in first]):
-            commands = _commands(spec, home, jars, _write_conf(spec, home), logs)
-            for name in batch:
-                command, env = commands[name]
-                _start(state, spec, name, command, env, logs)
-            spec = _read_bound_ports(spec, state, deadline)
-        _wait_ready(spec, state, deadline - time.monotonic())
+        with _Wakeups(logs) as wakeups:
+            # The JobManager first: a TaskManager that finds its RPC port closed tries again only after
+            # cluster.registration.error-delay (10 s). The worker pool with it, for a head start.
+            first = [n for n in names if n in ("jobmanager", "worker-pool")]
+            for batch, everything in ((first, False), ([n for n in names if n not in first], True)):
+                for name in batch:
+                    command, env = commands[name]
+                    _start(state, spec, name, command, env, logs)
+                _wait_ready(spec, state, wakeups, everything, deadline, timeout)
     except BaseException:
         _stop_all(state)
         (spec.dir / STATE_FILE).unlink(missing_ok=True)
@@ -266,87 +268,121 @@ def _java_opts(home: pathlib.Path) -> str:
 def _start(state: Dict[str, object], spec: ClusterSpec, name: str, command: List[str], env: Dict[str, str],
            logs: pathlib.Path) -> None:
     log = logs / f"{name}.out"
-    entry: Dict[str, object] = {"name": name, "log": str(log)}
-    if name in _PORT_LOGS:
-        # This start's own lines begin here: a restart appends to the same log.
-        port_log = logs / _PORT_LOGS[name]
-        entry.update(port_log=str(port_log), port_log_offset=port_log.stat().st_size if port_log.exists() else 0)
     with open(log, "ab") as out:
         # Own session: `down` stops the process group, including the SDK workers a pool spawns.
         proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 env=env, cwd=str(install.PROJECT_DIR), start_new_session=True)
-    state["processes"].append(dict(entry, pid=proc.pid))
+    state["processes"].append({"name": name, "log": str(log), "pid": proc.pid})
     (spec.dir / STATE_FILE).write_text(json.dumps(state, indent=1) + "\n")
 
 
-def _read_bound_ports(spec: ClusterSpec, state: Dict[str, object], deadline: float) -> ClusterSpec:
-    """`spec` with each port given as 0 replaced by the one its started process bound; recorded in the state."""
-    started = {p["name"]: p for p in state["processes"]}
-    found = {}
-    for field, (name, line) in _BOUND_PORT_LINES.items():
-        if getattr(spec, field) or name not in started:
-            continue
-        proc = started[name]
-        while True:
-            try:
-                with open(proc["port_log"], "rb") as log:
-                    log.seek(proc["port_log_offset"])
-                    match = line.search(log.read().decode(errors="replace"))
-            except FileNotFoundError:  # not opened yet
-                match = None
-            if match:
-                found[field] = int(match.group(1))
-                break
-            if not _alive(proc["pid"]):
-                raise ClusterError(f"{name} exited during start-up; see {proc['log']}")
-            if time.monotonic() > deadline:
-                raise ClusterError(f"timed out waiting for {name} to name its {field.replace('_', ' ')}; "
-                                   f"see {proc['log']}")
-            time.sleep(0.5)
-    if not found:
-        return spec
-    spec = dataclasses.replace(spec, **found)
-    state["spec"] = dataclasses.asdict(spec)
-    (spec.dir / STATE_FILE).write_text(json.dumps(state, indent=1) + "\n")
-    return spec
-
-
-def _wait_ready(spec: ClusterSpec, state: Dict[str, object], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    waiting = "Flink REST"
-    while time.monotonic() < deadline:
+def _wait_ready(spec: ClusterSpec, state: Dict[str, object], wakeups: "_Wakeups", everything: bool,
+                deadline: float, timeout: float) -> None:
+    """Returns once Flink's REST API answers (and, with `everything`, the whole cluster does); raises
+    when a process dies first or at `deadline`. Asks again only after a process wrote a log or died."""
+    for proc in state["processes"]:
+        wakeups.watch(proc["pid"])
+    while True:
         for proc in state["processes"]:
             if not _alive(proc["pid"]):
                 raise ClusterError(f"{proc['name']} exited during start-up; see {proc['log']}")
+        missing = _missing(spec, everything)
+        if missing is None:
+            return
+        if not wakeups.wait(deadline - time.monotonic()):
+            raise ClusterError(f"timed out after {timeout:.0f} s waiting for {missing}; "
+                               f"logs in {spec.dir / 'logs'}")
+
+
+def _missing(spec: ClusterSpec, everything: bool) -> Optional[str]:
+    """What does not answer yet, or None. Asked of the services: Flink tells of a TaskManager's
+    registration only in its logs (no API) or over REST, and nothing tells when a port starts listening."""
+    try:
+        overview = rest_get(spec.rest_url, "/overview", timeout=2)
+    except ClusterError:
+        return "Flink REST"
+    if not everything:
+        return None
+    if overview["taskmanagers"] < spec.taskmanagers:
+        return f"{spec.taskmanagers} TaskManagers (registered: {overview['taskmanagers']})"
+    if not _port_open(spec.job_port):
+        return f"the job server on {spec.job_endpoint}"
+    if not _port_open(spec.worker_pool_port):
+        return f"the SDK worker pool on {spec.worker_pool}"
+    return None
+
+
+# libc's inotify through ctypes: the standard library watches no files.
+_libc = ctypes.CDLL(None, use_errno=True)
+_IN_MODIFY, _IN_CREATE, _IN_MOVED_TO = 0x002, 0x100, 0x080
+
+
+class _Wakeups:
+    """The moments the cluster's readiness can change: a process writes to a file in `logs` (inotify;
+    what it writes is not read) or a process ends (pidfd). Each of them logs after it starts listening
+    or registers, so asking again then misses nothing, and nothing is asked on a timer."""
+
+    def __init__(self, logs: pathlib.Path):
+        self._pidfds: Dict[int, int] = {}
+        self._inotify = _libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+        if self._inotify < 0:
+            raise OSError(ctypes.get_errno(), "inotify_init1")
+        if _libc.inotify_add_watch(self._inotify, os.fsencode(logs), _IN_MODIFY | _IN_CREATE | _IN_MOVED_TO) < 0:
+            error = ctypes.get_errno()
+            os.close(self._inotify)
+            raise OSError(error, f"inotify_add_watch {logs}")
+
+    def watch(self, pid: int) -> None:
+        if pid not in self._pidfds:
+            try:
+                self._pidfds[pid] = os.pidfd_open(pid)
+            except ProcessLookupError:  # ended already: the caller finds it dead
+                pass
+
+    def wait(self, timeout: float) -> bool:
+        """Blocks until a log is written or a process ends; False if neither happened within `timeout` s."""
+        if timeout <= 0:
+            return False
+        readable, _, _ = select.select([self._inotify, *self._pidfds.values()], [], [], timeout)
         try:
-            overview = rest_get(spec.rest_url, "/overview", timeout=2)
-            waiting = f"{spec.taskmanagers} TaskManagers (registered: {overview['taskmanagers']})"
-            if overview["taskmanagers"] >= spec.taskmanagers:
-                waiting = f"the job server on {spec.job_endpoint}"
-                if _port_open(spec.job_port):
-                    waiting = f"the SDK worker pool on {spec.worker_pool}"
-                    if _port_open(spec.worker_pool_port):
-                        return
-        except ClusterError:
+            while os.read(self._inotify, 64 * 1024):  # every write so far: one question answers them all
+                pass
+        except BlockingIOError:
             pass
-        time.sleep(1)
-    raise ClusterError(f"timed out after {timeout:.0f} s waiting for {waiting}; logs in {spec.dir / 'logs'}")
+        return bool(readable)
+
+    def __enter__(self) -> "_Wakeups":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for fd in [self._inotify, *self._pidfds.values()]:
+            os.close(fd)
 
 
 def _stop_all(state: Dict[str, object], grace: float = 20) -> List[int]:
     pids = [p["pid"] for p in state["processes"]]
     for pid in reversed(pids):
         _signal_group(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and any(_group_alive(pid) for pid in pids):
-        time.sleep(0.3)
-    for pid in pids:
-        if _group_alive(pid):
+    if not _groups_ended(pids, grace):
+        for pid in pids:
             _signal_group(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and any(_group_alive(pid) for pid in pids):
-        time.sleep(0.2)
+        _groups_ended(pids, 10)
     return pids
+
+
+def _groups_ended(pgids: List[int], timeout: float) -> bool:
+    """Waits until every process of the groups `pgids` has ended, woken by each end (pidfd); False at `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        running = _running(pgids)
+        try:
+            remaining = deadline - time.monotonic()
+            if not running or remaining <= 0:
+                return not running
+            select.select(list(running.values()), [], [], remaining)
+        finally:
+            for pidfd in running.values():
+                os.close(pidfd)
 
 
 def _signal_group(pid: int, sig: int) -> None:
@@ -357,15 +393,35 @@ def _signal_group(pid: int, sig: int) -> None:
 
 
 def _group_alive(pgid: int) -> bool:
-    """Any live (non-zombie) process left in the group `pgid`."""
+    """Any process of the group `pgid` not ended yet."""
+    running = _running([pgid])
+    for pidfd in running.values():
+        os.close(pidfd)
+    return bool(running)
+
+
+def _running(pgids: List[int]) -> Dict[int, int]:
+    """pid -> pidfd of each process of the groups `pgids` not ended yet. Ended means every thread: a process
+    whose main thread is a zombie may still be closing its sockets, and its pidfd turns readable only then."""
+    running = {}
     for stat in pathlib.Path("/proc").glob("[0-9]*/stat"):
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
+            pgid = int(stat.read_text().rsplit(")", 1)[1].split()[2])
         except OSError:
             continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            return True
-    return False
+        if pgid not in pgids:
+            continue
+        pid = int(stat.parent.name)
+        try:
+            pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            continue
+        if select.select([pidfd], [], [], 0)[0]:
+            os.close(pidfd)
+            _reap(pid)
+        else:
+            running[pid] = pidfd
+    return running
 
 
 def _alive(pid: int) -> bool:
