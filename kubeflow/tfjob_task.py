@@ -193,6 +193,7 @@ class Cluster:
     def __init__(self, api_client, namespace: str, out: TextIO = sys.stdout):
         from kubernetes import client
 
+        self.api_client = api_client
         self.custom = client.CustomObjectsApi(api_client)
         self.core = client.CoreV1Api(api_client)
         self.namespace = namespace
@@ -217,8 +218,7 @@ class Cluster:
 
         name = job["metadata"]["name"]
         try:
-            return self.custom.create_namespaced_custom_object(
-                tfjob.GROUP, tfjob.VERSION, self.namespace, tfjob.PLURAL, job)
+            return self._create_strictly(job)
         except ApiException as exc:
             if exc.status != 409:
                 raise TaskFailed(f"creating TFJob {self.namespace}/{name}: {_api_message(exc)}") from None
@@ -231,6 +231,15 @@ class Cluster:
         print(f"petseg: following TFJob {self.namespace}/{name}, created by an earlier attempt of this task",
               file=self.out, flush=True)
         return existing
+
+    def _create_strictly(self, job: Dict[str, Any]) -> Dict[str, Any]:
+        """POST with fieldValidation=Strict: the server refuses unknown and duplicate fields rather than dropping
+        them (the kubernetes 26.1 client's create_namespaced_custom_object cannot ask for it)."""
+        return self.api_client.call_api(
+            f"/apis/{tfjob.GROUP}/{tfjob.VERSION}/namespaces/{self.namespace}/{tfjob.PLURAL}", "POST",
+            query_params=[("fieldValidation", "Strict")], body=job,
+            header_params={"Content-Type": "application/json", "Accept": "application/json"},
+            auth_settings=["BearerToken"], response_type="object", _return_http_data_only=True)
 
     def _selector(self, name: str) -> str:
         return f"metadata.name={name}"

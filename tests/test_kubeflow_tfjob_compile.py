@@ -1,4 +1,4 @@
-"""`petseg kubeflow compile --target kfp` with train.workers > 1: the Trainer task submits a TFJob; KFP's backend still accepts the spec."""
+"""`petseg kubeflow compile --target kfp` with train.workers > 1: the Trainer task submits a TFJob the real API server admits; KFP's backend still accepts the spec."""
 
 import json
 
@@ -7,7 +7,8 @@ import yaml
 
 from kubeflow import tfjob, tfjob_task
 from cli import main as cli
-from support import kfp_backend, tfjob_check
+from support import kfp_backend
+from support.kube_trainer import admit
 
 IMAGE = "registry.example.com/petseg:1"
 ROOT = "gs://petseg-bucket/pipeline_root"
@@ -56,7 +57,8 @@ def test_kfp_backend_accepts_it(compiled):
     assert not tasks["Trainer"].get("limits") and not tasks["Trainer"].get("requests")
 
 
-def test_the_job_the_compiled_task_submits_is_admitted_by_the_operator(compiled):
+@pytest.mark.kube
+def test_the_job_the_compiled_task_submits_is_admitted_by_the_server_and_the_operators_webhook(compiled, cluster):
     spec = yaml.safe_load(compiled.read_text())
     trainer = executors(spec)["Trainer_executor"]
     task = "gs://petseg-bucket/pipeline_root/petseg/run-1/Trainer/abc"
@@ -66,8 +68,7 @@ def test_the_job_the_compiled_task_submits_is_admitted_by_the_operator(compiled)
     argv = [json.dumps(executor_input) if arg == "{{$}}" else arg for arg in trainer["args"]]
     name = tfjob_task.job_name(executor_input)
     job = tfjob_task.manifest(argv, name=name, namespace="kubeflow", service_account="pipeline-runner")
-    report = tfjob_check.check(job)
-    assert report["replicas"] == {"Chief": 1, "Worker": 2}
+    assert tfjob.replica_counts(admit(cluster, job)) == {"Chief": 1, "Worker": 2}
     for container in tfjob.containers(job):
         assert container["resources"] == {"limits": {"cpu": "4", "memory": "16G", "nvidia.com/gpu": "1"}}
         assert container["command"] == ["python", "-m", "kubeflow.entrypoint"]
