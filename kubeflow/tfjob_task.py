@@ -269,15 +269,18 @@ class Cluster:
                 if exc.status != 410:  # 410 Gone: the watch's resource version expired; list again
                     raise
 
-    def delete(self, name: str) -> None:
+    def delete(self, name: str) -> bool:
+        """Deletes the job (its pods and services go with it: owner references); False if there was none."""
         from kubernetes.client.rest import ApiException
 
-        try:  # its pods and services go with it (owner references)
+        try:
             self.custom.delete_namespaced_custom_object(
                 tfjob.GROUP, tfjob.VERSION, self.namespace, tfjob.PLURAL, name, propagation_policy="Background")
         except ApiException as exc:
             if exc.status != 404:
                 raise
+            return False
+        return True
 
     def _pod_events(self, pod: str) -> Iterator[Any]:
         """The pod's state now, then each change (list, then watch from there)."""
@@ -469,8 +472,8 @@ def run(argv: List[str], api_client, namespace: str, out: TextIO = sys.stdout) -
         if final is None:  # cancelled, or this task broke: no job left holding the replicas' machines
             stop.set()
             cluster.stop_following()
-            cluster.delete(name)
-            print(f"petseg: deleted TFJob {namespace}/{name}", file=out, flush=True)
+            if cluster.delete(name):  # none when its creation was refused
+                print(f"petseg: deleted TFJob {namespace}/{name}", file=out, flush=True)
     stop.set()
     if cluster.streaming.is_set():
         follower.join(LOG_DRAIN_SECONDS)  # the chief's last lines, already on their way

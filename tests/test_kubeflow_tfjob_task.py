@@ -145,7 +145,7 @@ def test_a_killed_replica_restarts_in_place_and_training_resumes_from_the_backup
     chief, worker = tfjob.pod_name(job, "Chief", 0), tfjob.pod_name(job, "Worker", 0)
     task.start("trainer-restart")
     # Epoch 2 begins once epoch 1's backup is written (BackupAndRestore saves at each epoch's end).
-    kube_trainer.follow_log(cluster, events, chief, lambda line: line.startswith("Epoch 2/"))
+    kube_trainer.follow_log(cluster, events, chief, lambda line: line.startswith("Epoch 2/"), task="trainer-restart")
     cluster.node.kill(NAMESPACE, worker, signal.SIGKILL)  # the worker's machine dies
     phase = finished(events, "trainer-restart")
     log = kube_trainer.pod_log(cluster, "trainer-restart")
@@ -216,10 +216,16 @@ def test_a_retried_task_pod_adopts_its_job_and_cancelling_it_deletes_the_job_and
             following.set()
         return "cancelled" in line
 
-    follower = threading.Thread(target=kube_trainer.follow_log, args=(cluster, events, "trainer-cancel-2", read),
-                                daemon=True)
+    def follow():
+        try:
+            kube_trainer.follow_log(cluster, events, "trainer-cancel-2", read)
+        finally:
+            following.set()  # the log ended: no need to wait any longer
+
+    follower = threading.Thread(target=follow, daemon=True)
     follower.start()
-    assert following.wait(kube_trainer.TIMEOUT), seen[-40:]
+    following.wait()
+    assert any(line.startswith("[chief] Epoch ") for line in seen), seen[-40:]
     replicas = events.replica_pods(job)
     # Terminating the run: KFP deletes the task's pod; the node gives its process SIGTERM.
     from kubernetes import client
@@ -277,6 +283,7 @@ def test_a_right_taken_out_of_the_role_fails_the_task_with_the_servers_403(clust
     print(line)
     assert line in log
     assert not events.replica_pods(job)
+    assert "deleted TFJob" not in log  # there was none to delete
     # Restored, the same identity may create TFJobs again.
     review = client.AuthorizationV1Api(cluster.client()).create_subject_access_review(client.V1SubjectAccessReview(
         spec=client.V1SubjectAccessReviewSpec(user=TASK_USER, resource_attributes=client.V1ResourceAttributes(

@@ -294,14 +294,17 @@ def pod_log(kube: Kube, name: str, previous: bool = False) -> str:
     return client.CoreV1Api(kube.client()).read_namespaced_pod_log(name, NAMESPACE, previous=previous)
 
 
-def follow_log(kube: Kube, events: Events, name: str, until: Callable[[str], bool]) -> str:
+def follow_log(kube: Kube, events: Events, name: str, until: Callable[[str], bool], task: Optional[str] = None) -> str:
     """Follows the container's log through the API server until a line satisfies `until`; returns that line.
 
-    Once the container has started: the API server answers an empty log for a pod no node has started yet.
+    Once the container has started (the API server answers an empty log for a pod no node has started);
+    if the task's pod `task` ends first, fails with the task's log.
     """
     from kubernetes import client
 
-    events.wait_for(lambda: events.started(name))
+    events.wait_for(lambda: events.started(name) or (task and events.phase(task) in ("Succeeded", "Failed")))
+    if not events.started(name):
+        raise AssertionError(f"{task} ended before {name} started:\n{pod_log(kube, task)[-4000:]}")
     response = client.CoreV1Api(kube.client()).read_namespaced_pod_log(name, NAMESPACE, follow=True,
                                                                        _preload_content=False)
     try:
