@@ -13,6 +13,8 @@ from typing import Any, Dict, List, Optional, Sequence
 from kubeflow.training import models
 from kubeflow.training.constants import constants as sdk
 
+from kubeflow import replicas
+
 GROUP = sdk.KUBEFLOW_GROUP
 VERSION = sdk.OPERATOR_VERSION
 KIND = sdk.TFJOB_KIND
@@ -22,8 +24,8 @@ API_VERSION = f"{GROUP}/{VERSION}"
 # a replica without one.
 CONTAINER = sdk.TFJOB_CONTAINER
 GPU_TYPE = "nvidia.com/gpu"
-# Each replica runs TFX's Trainer executor through the same entrypoint as every other task.
-ENTRYPOINT_COMMAND = ("python", "-m", "kubeflow.entrypoint")
+# Set to the job's name by the task that creates it, so a retried pod adopts only a job of its own.
+TASK_ANNOTATION = "petseg/trainer-task"
 # MultiWorkerMirroredStrategy's collectives fail on every replica when one of them dies, so the
 # survivors exit 1 as well. OnFailure restarts each failed container in place and BackupAndRestore
 # resumes the whole cluster after the last finished epoch; ExitCode would take those exit-1s for
@@ -107,7 +109,7 @@ def check_name(name: str, workers: int) -> None:
 def build(*, name: str, namespace: str, image: str, workers: int, args: Sequence[str],
           resources: Resources = Resources(), service_account: Optional[str] = None,
           annotations: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
-    """The TFJob dict: a Chief and `workers - 1` Workers, each running the entrypoint with `args` in `image`.
+    """The TFJob dict: a Chief and `workers - 1` Workers, each running TFX's run_executor with `args` in `image`.
 
     `annotations` go on the job (not its pods).
     """
@@ -125,7 +127,8 @@ def build(*, name: str, namespace: str, image: str, workers: int, args: Sequence
 
     def replica(count: int) -> models.KubeflowOrgV1ReplicaSpec:
         container = client.V1Container(
-            name=CONTAINER, image=image, command=list(ENTRYPOINT_COMMAND), args=list(args),
+            name=CONTAINER, image=image, command=list(replicas.COMMAND), args=list(args),
+            env=[client.V1EnvVar(**variable) for variable in replicas.ENV],
             resources=client.V1ResourceRequirements(**requirements) if requirements else None)
         return models.KubeflowOrgV1ReplicaSpec(
             replicas=count, restart_policy=RESTART_POLICY, template=client.V1PodTemplateSpec(
@@ -168,3 +171,15 @@ def replica_counts(job: Dict[str, Any]) -> Dict[str, int]:
 
 def containers(job: Dict[str, Any]) -> List[Dict[str, Any]]:
     return [c for spec in job["spec"]["tfReplicaSpecs"].values() for c in spec["template"]["spec"]["containers"]]
+
+
+# What `review_manifest` shows where the task fills in run-time values.
+PLACEHOLDER_NAME = "petseg-trainer"
+
+
+def review_manifest(*, image: str, workers: int, resources: Resources, namespace: str,
+                    service_account: Optional[str], name: str = PLACEHOLDER_NAME) -> Dict[str, Any]:
+    """The TFJob the task submits, with placeholders for what only a run knows (its name and arguments)."""
+    # At run time the name is staging.NAME_PREFIX + 12 hex digits of the task's output URIs.
+    return build(name=name, namespace=namespace, image=image, workers=workers, args=replicas.PLACEHOLDER_ARGS,
+                 resources=resources, service_account=service_account, annotations={TASK_ANNOTATION: name})

@@ -10,7 +10,7 @@ from cli import main as cli
 from support.kube_trainer import NAMESPACE, admit
 
 IMAGE = "registry.example.com/petseg:1.2.3"
-ARGS = ["--json_serialized_invocation_args", "{}", "--runner=DirectRunner"]
+ARGS = ["--executor_class_path", "tfx.components.trainer.executor.GenericExecutor", "--inputs", "{}"]
 
 
 def job(workers=3, **overrides):
@@ -27,8 +27,9 @@ def test_a_chief_and_workers_each_running_the_trainer_executor_with_their_own_re
         assert spec["restartPolicy"] == "OnFailure", kind
         assert spec["template"]["metadata"]["annotations"] == {"sidecar.istio.io/inject": "false"}, kind
         [container] = spec["template"]["spec"]["containers"]
-        assert container == {"name": "tensorflow", "image": IMAGE, "command": ["python", "-m", "kubeflow.entrypoint"],
-                             "args": ARGS,
+        assert container == {"name": "tensorflow", "image": IMAGE,
+                             "command": ["python", "-m", "tfx.scripts.run_executor"], "args": ARGS,
+                             "env": [{"name": "TF_USE_LEGACY_KERAS", "value": "1"}],
                              "resources": {"limits": {"cpu": "8", "memory": "32G", "nvidia.com/gpu": "1"}}}, kind
         assert spec["template"]["spec"]["serviceAccountName"] == "pipeline-runner"
     # Run policy only where the operator reads it.
@@ -113,7 +114,7 @@ def test_tfjob_manifest_writes_what_the_task_submits_and_the_server_admits_it(cl
     assert tfjob.replica_counts(written) == {"Chief": 1, "Worker": 2}
     for container in tfjob.containers(written):
         assert container["resources"]["limits"] == {"cpu": "8", "memory": "32G", "nvidia.com/gpu": "1"}
-        assert any(arg.startswith("<EXECUTOR_INPUT") for arg in container["args"])
+        assert any(arg.startswith("<INPUTS") for arg in container["args"])
     assert written["metadata"]["namespace"] == "kubeflow"
     assert "&id" not in text and text.startswith("# The TFJob the Trainer task submits")
     # As `kubectl apply --dry-run=server -f tfjob.yaml` (the README's review step) would.

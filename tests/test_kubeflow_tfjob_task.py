@@ -16,7 +16,7 @@ import pytest
 import tensorflow as tf
 
 from config import names
-from kubeflow import tfjob, tfjob_task
+from kubeflow import staging, tfjob
 from support import kube_cluster, kube_trainer, trainer_fixtures
 from support.kube_trainer import NAMESPACE, SERVICE_ACCOUNT, Events, Task
 from support.trainer_fixtures import transform_run  # noqa: F401 (pytest fixture)
@@ -62,7 +62,8 @@ def audited(kube, **match):
     def ok(event):
         ref = event.get("objectRef") or {}
         fields = {"user": event["user"]["username"], "verb": event["verb"], "resource": ref.get("resource"),
-                  "name": ref.get("name"), "subresource": ref.get("subresource"), "code": event["responseStatus"]["code"]}
+                  "name": ref.get("name"), "subresource": ref.get("subresource"),
+                  "code": event["responseStatus"]["code"]}
         return all(fields.get(key) == value for key, value in match.items())
     return kube_cluster.audit(kube.cluster.audit_log, ok)
 
@@ -82,7 +83,7 @@ def test_the_control_plane_is_real_and_listens_on_the_hosts_loopback_only(cluste
 
 def test_two_replicas_train_and_the_task_hands_over_one_export(cluster, events, transform_run):
     task = Task(cluster, "success", transform_run, bucket(cluster, "success"))
-    job = tfjob_task.job_name(task.executor_input)
+    job = task.job
     chief, worker = tfjob.pod_name(job, "Chief", 0), tfjob.pod_name(job, "Worker", 0)
     task.start("trainer-success")
     phase = finished(events, "trainer-success")
@@ -127,7 +128,7 @@ def test_two_replicas_train_and_the_task_hands_over_one_export(cluster, events, 
     model = task.uri("model")
     assert written["artifacts"]["model"]["artifacts"][0]["uri"] == str(model)
     assert sorted(p.parent for p in task.bucket.rglob("saved_model.pb")) == [model / "Format-Serving"]
-    assert not (model.parent / tfjob_task.STAGING).exists()
+    assert not (model.parent / staging.STAGING).exists()
     # Only the chief wrote the run's logs; the backup is gone once every replica finished.
     assert sorted(p.name for p in task.uri("model_run").iterdir()) == ["history.json", "train", "validation"]
     assert json.loads((task.uri("model_run") / "history.json").read_text())["epoch"] == [0, 1, 2]
@@ -141,7 +142,7 @@ def test_two_replicas_train_and_the_task_hands_over_one_export(cluster, events, 
 
 def test_a_killed_replica_restarts_in_place_and_training_resumes_from_the_backup(cluster, events, transform_run):
     task = Task(cluster, "restart", transform_run, bucket(cluster, "restart"))
-    job = tfjob_task.job_name(task.executor_input)
+    job = task.job
     chief, worker = tfjob.pod_name(job, "Chief", 0), tfjob.pod_name(job, "Worker", 0)
     task.start("trainer-restart")
     # Epoch 2 begins once epoch 1's backup is written (BackupAndRestore saves at each epoch's end).
@@ -178,15 +179,16 @@ def test_a_replica_that_keeps_failing_fails_the_job_and_the_task_with_the_operat
                                                                                           transform_run):
     task = Task(cluster, "fails", transform_run, bucket(cluster, "fails"),
                 parameters={"run_fn": "trainer.run.no_such_run_fn"})
-    job = tfjob_task.job_name(task.executor_input)
+    job = task.job
     task.start("trainer-fails")
     phase = finished(events, "trainer-fails")
     log = kube_trainer.pod_log(cluster, "trainer-fails")
     assert phase == "Failed", log[-6000:]
     failed = [c for c in events.conditions(job) if c[0] == "Failed"]
     print("conditions:", events.conditions(job))
-    assert failed == [("Failed", "TFJobFailed", f"Job {job} has failed because it has reached the specified backoff limit")]
-    line = f"petseg: TFJob {NAMESPACE}/{job} failed: TFJobFailed: {failed[0][2]}"
+    assert failed == [("Failed", "TFJobFailed",
+                       f"Job {job} has failed because it has reached the specified backoff limit")]
+    line = f"TaskFailed: TFJob {NAMESPACE}/{job} failed: TFJobFailed: {failed[0][2]}"
     assert line in log
     print(line)
     assert last_status(events, "trainer-fails")["state"]["terminated"]["exitCode"] == 1
@@ -201,7 +203,7 @@ def test_a_retried_task_pod_adopts_its_job_and_cancelling_it_deletes_the_job_and
                                                                                           transform_run):
     # Long enough that the job is still training when the run is terminated.
     task = Task(cluster, "cancel", transform_run, bucket(cluster, "cancel"), epochs=200)
-    job = tfjob_task.job_name(task.executor_input)
+    job = task.job
     task.start("trainer-cancel-1")
     kube_trainer.follow_log(cluster, events, "trainer-cancel-1", lambda line: line.startswith("[chief] "))
     # The first pod of the task is lost (no clean-up: SIGKILL); its job runs on. KFP's retry starts another.
@@ -272,13 +274,13 @@ def test_a_right_taken_out_of_the_role_fails_the_task_with_the_servers_403(clust
     rbac.replace_namespaced_role(name, NAMESPACE, reduced)
     try:
         task = Task(cluster, "rbac", transform_run, bucket(cluster, "rbac"))
-        job = tfjob_task.job_name(task.executor_input)
+        job = task.job
         task.start("trainer-rbac")
         assert finished(events, "trainer-rbac") == "Failed"
         log = kube_trainer.pod_log(cluster, "trainer-rbac")
     finally:
         rbac.replace_namespaced_role(name, NAMESPACE, role)
-    line = (f'petseg: creating TFJob {NAMESPACE}/{job}: tfjobs.kubeflow.org is forbidden: User "{TASK_USER}" '
+    line = (f'TaskFailed: creating TFJob {NAMESPACE}/{job}: tfjobs.kubeflow.org is forbidden: User "{TASK_USER}" '
             f'cannot create resource "tfjobs" in API group "kubeflow.org" in the namespace "{NAMESPACE}"')
     print(line)
     assert line in log
@@ -289,3 +291,4 @@ def test_a_right_taken_out_of_the_role_fails_the_task_with_the_servers_403(clust
         spec=client.V1SubjectAccessReviewSpec(user=TASK_USER, resource_attributes=client.V1ResourceAttributes(
             namespace=NAMESPACE, group="kubeflow.org", resource="tfjobs", verb="create"))))
     assert review.status.allowed
+

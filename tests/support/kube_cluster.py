@@ -72,8 +72,8 @@ def binaries() -> pathlib.Path:
 
 def operator_module() -> pathlib.Path:
     """The Training Operator's module folder (manifests included), at the version tests/kubecluster pins."""
-    out = subprocess.run(["go", "list", "-mod=readonly", "-m", "-f", "{{.Dir}}", "github.com/kubeflow/training-operator"],
-                         cwd=MODULE, capture_output=True, text=True, check=True)
+    command = ["go", "list", "-mod=readonly", "-m", "-f", "{{.Dir}}", "github.com/kubeflow/training-operator"]
+    out = subprocess.run(command, cwd=MODULE, capture_output=True, text=True, check=True)
     return pathlib.Path(out.stdout.strip())
 
 
@@ -133,14 +133,19 @@ class Process:
         return result
 
     def stop(self, timeout: float = 30) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc, timeout)
         self._reader.join(timeout)
+
+
+def terminate(proc: subprocess.Popen, grace: float) -> None:
+    """SIGTERM, then SIGKILL once `grace` seconds have passed; returns once the process has exited."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 class Namespaces:
@@ -193,7 +198,8 @@ class Pki:
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "petseg-test-ca")])
         self._ca = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
                     .public_key(self._ca_key.public_key()).serial_number(x509.random_serial_number())
-                    .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=2))
+                    .not_valid_before(now - datetime.timedelta(minutes=5))
+                    .not_valid_after(now + datetime.timedelta(days=2))
                     .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
                     .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
                                                  content_commitment=False, key_encipherment=False,
@@ -231,7 +237,8 @@ class Pki:
                             + [x509.NameAttribute(oid.COMMON_NAME, common_name)])
         builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(self._ca.subject)
                    .public_key(key.public_key()).serial_number(x509.random_serial_number())
-                   .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+                   .not_valid_before(now - datetime.timedelta(minutes=5))
+                   .not_valid_after(now + datetime.timedelta(days=1))
                    .add_extension(x509.ExtendedKeyUsage([self._eku.SERVER_AUTH if server else self._eku.CLIENT_AUTH]),
                                   critical=False))
         if ips or dns:
@@ -331,7 +338,8 @@ class Cluster:
                                         organizations=("kubeadm:cluster-admins",))
         self.kubelet_serving = pki.issue("kubelet", NODE_NAME, ips=(BRIDGE_IP,), dns=(NODE_NAME,), server=True)
         self.identities = {
-            "admin": Identity("admin", pki.ca, *pki.issue("admin", "petseg-test-admin", organizations=("system:masters",))),
+            "admin": Identity("admin", pki.ca, *pki.issue("admin", "petseg-test-admin",
+                                                          organizations=("system:masters",))),
             "controller-manager": Identity("controller-manager", pki.ca,
                                            *pki.issue("controller-manager", "system:kube-controller-manager")),
             # The one-node binder of support/kube_node.py plays kube-scheduler's part, under its identity.
@@ -361,9 +369,11 @@ class Cluster:
             str(self.bin / "kube-apiserver"), f"--etcd-servers=http://{ETCD_CLIENT}",
             f"--bind-address={BRIDGE_IP}", f"--advertise-address={BRIDGE_IP}", f"--secure-port={API_PORT}",
             f"--tls-cert-file={self.serving[0]}", f"--tls-private-key-file={self.serving[1]}",
-            f"--client-ca-file={pki.ca}", "--authorization-mode=Node,RBAC", "--enable-admission-plugins=NodeRestriction",
+            f"--client-ca-file={pki.ca}", "--authorization-mode=Node,RBAC",
+            "--enable-admission-plugins=NodeRestriction",
             "--service-account-issuer=https://kubernetes.default.svc", f"--service-account-key-file={pki.sa_pub}",
-            f"--service-account-signing-key-file={pki.sa_key}", f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
+            f"--service-account-signing-key-file={pki.sa_key}",
+            f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
             f"--kubelet-client-certificate={self.kubelet_client[0]}", f"--kubelet-client-key={self.kubelet_client[1]}",
             f"--kubelet-certificate-authority={pki.ca}", "--kubelet-preferred-address-types=InternalIP",
             f"--audit-policy-file={policy}", f"--audit-log-path={self.audit_log}", "--audit-log-mode=blocking",
@@ -406,8 +416,9 @@ class Cluster:
         base = self.operator_dir / "manifests" / "base"
         [crd] = manifests(base / "crds" / "kubeflow.org_tfjobs.yaml")
         # Server-side apply: the 540 KB CRD is too big for client-side apply's last-applied annotation.
-        call(self.client(), "PATCH", f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{crd['metadata']['name']}",
-             crd, "application/apply-patch+yaml", [("fieldManager", FIELD_MANAGER), ("force", "true")])
+        path = f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{crd['metadata']['name']}"
+        call(self.client(), "PATCH", path, crd, "application/apply-patch+yaml",
+             [("fieldManager", FIELD_MANAGER), ("force", "true")])
         extensions = client.ApiextensionsV1Api(self.client())
         self.wait_until(
             extensions.list_custom_resource_definition,

@@ -257,12 +257,8 @@ class Pod:
         with self.lock:
             self.deleting.set()
             run = self.runs[-1] if self.runs else None
-        if run is not None and run.proc.poll() is None:
-            run.proc.send_signal(signal.SIGTERM)
-            try:
-                run.proc.wait(grace)
-            except subprocess.TimeoutExpired:
-                run.proc.kill()
+        if run is not None:
+            kube_cluster.terminate(run.proc, grace)
         self.thread.join()
         self.node.finish_deletion(self)
 
@@ -367,7 +363,7 @@ class PodNetwork:
 
 
 class _KubeletServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
-    """The kubelet's HTTPS endpoint on a Unix socket (relayed to KUBELET_PORT inside the cluster); client certs required."""
+    """The kubelet's HTTPS endpoint on a Unix socket (relayed to KUBELET_PORT inside the cluster), with client certs."""
 
     daemon_threads = True
 

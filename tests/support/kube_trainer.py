@@ -92,7 +92,8 @@ def compiled_trainer() -> Dict[str, Any]:
     component = spec["components"][task["componentRef"]["name"]]
     return {"container": spec["deploymentSpec"]["executors"][component["executorLabel"]]["container"],
             "parameters": {k: v["runtimeValue"]["constant"] for k, v in task["inputs"]["parameters"].items()},
-            "inputs": component["inputDefinitions"]["artifacts"], "outputs": component["outputDefinitions"]["artifacts"]}
+            "inputs": component["inputDefinitions"]["artifacts"],
+            "outputs": component["outputDefinitions"]["artifacts"]}
 
 
 def _runtime_artifact(artifact, artifact_type: Dict[str, Any]) -> Dict[str, Any]:
@@ -141,6 +142,14 @@ class Task:
             },
         }
         self.output_file = pathlib.Path(self.executor_input["outputs"]["outputFile"])
+
+    @property
+    def job(self) -> str:
+        """The TFJob's name, which the task derives from its output URIs."""
+        from kubeflow import staging
+
+        return staging.job_name([a["uri"] for artifact_list in self.executor_input["outputs"]["artifacts"].values()
+                                 for a in artifact_list["artifacts"]])
 
     def uri(self, key: str) -> pathlib.Path:
         return pathlib.Path(self.executor_input["outputs"]["artifacts"][key]["artifacts"][0]["uri"])
@@ -307,15 +316,12 @@ def follow_log(kube: Kube, events: Events, name: str, until: Callable[[str], boo
         raise AssertionError(f"{task} ended before {name} started:\n{pod_log(kube, task)[-4000:]}")
     response = client.CoreV1Api(kube.client()).read_namespaced_pod_log(name, NAMESPACE, follow=True,
                                                                        _preload_content=False)
+    from kubeflow import tfjob_client
+
     try:
-        pending = b""
-        for chunk in response.stream(amt=None, decode_content=False):
-            lines = (pending + chunk).split(b"\n")
-            pending = lines.pop()
-            for line in lines:
-                text = line.decode("utf-8", "replace")
-                if until(text):
-                    return text
+        for line in tfjob_client.log_lines(response):
+            if until(line):
+                return line
     finally:
         response.release_conn()
     raise AssertionError(f"{name}'s log ended without the line looked for")
