@@ -11,7 +11,7 @@ BENCH_ARGS ?=
 # uv from PATH, else the Python package `make setup` installs with pip (run as `python3 -m uv`).
 UV := $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 
-.PHONY: help setup browser kfpcheck tfjobcheck run test test-flink bench clean
+.PHONY: help setup browser etcd kfpcheck kubecluster run test test-flink bench clean
 
 help:
 	@echo "make run [ARGS='--profile quick ...']  install, then run the whole pipeline (petseg run)"
@@ -46,13 +46,26 @@ browser:
 kfpcheck: setup
 	cd kubeflow/kfpcheck && go build -buildvcs=false -o $(CURDIR)/$(VENV)/bin/kfp-backend-check .
 
-# The Training Operator's own TFJob checks (kubeflow/tfjobcheck, Go) for the TFJob tests; `go generate`
-# copies the operator's CRD out of Go's module cache into the build, which embeds it.
-tfjobcheck: setup
-	cd kubeflow/tfjobcheck && go mod download github.com/kubeflow/training-operator && go generate . \
-	  && go build -buildvcs=false -o $(CURDIR)/$(VENV)/bin/tfjob-check .
+# The loopback Kubernetes of the `kube` tests (tests/support/kube_cluster.py): Debian's etcd, and
+# kube-apiserver, kube-controller-manager and the Training Operator's manager from the pinned Go module
+# tests/kubecluster. Binaries live per pin set, so the same go.mod/go.sum reuses them and a change builds anew.
+KUBE_MOD := tests/kubecluster
+KUBE_BIN := .tools/kubecluster-$(shell cat $(KUBE_MOD)/go.mod $(KUBE_MOD)/go.sum | sha256sum | cut -c1-12)
 
-test: setup browser kfpcheck tfjobcheck
+etcd:
+	@command -v etcd >/dev/null || (apt-get update && apt-get install -y etcd-server)
+
+kubecluster: etcd $(KUBE_BIN)/.built
+
+# The version stamp is what clients read from /version (unstamped: v0.0.0-master+$$Format, which they refuse).
+$(KUBE_BIN)/.built:
+	cd $(KUBE_MOD) && v=$$(go list -mod=readonly -m -f '{{.Version}}' k8s.io/kubernetes) && minor=$$(echo $$v | cut -d. -f2) \
+	  && ld="-s -w" && for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do \
+	    ld="$$ld -X $$p.gitVersion=$$v -X $$p.gitMajor=1 -X $$p.gitMinor=$$minor -X $$p.gitTreeState=clean"; done \
+	  && go build -mod=readonly -trimpath -buildvcs=false -ldflags="$$ld" -o $(CURDIR)/$(KUBE_BIN)/ tool
+	@touch $@
+
+test: setup browser kfpcheck kubecluster
 	$(VENV)/bin/python -m pytest $(TEST_ARGS)
 
 # Only the Flink cluster tests (part of `make test` too): they start and stop their own local cluster,

@@ -193,18 +193,18 @@ def add_tfjob_manifest_parser(commands) -> None:
     def handler(args: argparse.Namespace) -> int:
         import yaml
 
-        from kubeflow import tfjob, tfjob_task
+        from kubeflow import staging, tfjob
 
         try:
-            job = tfjob_task.review_manifest(
+            job = tfjob.review_manifest(
                 image=args.image, workers=args.workers, namespace=args.namespace,
                 service_account=args.service_account,
                 resources=tfjob.Resources(cpu=args.cpu, memory_gb=args.memory, gpus=args.gpus, gpu_type=args.gpu_type))
         except tfjob.TFJobError as exc:
             raise SystemExit(f"petseg: --{exc}") from None
-        header = ("# The TFJob the Trainer task submits (kubeflow/tfjob_task.py), written by petseg kubeflow "
+        header = ("# The TFJob the Trainer task submits (kubeflow/tfjob_executor.py), written by petseg kubeflow "
                   "tfjob-manifest.\n# At run time the <...> values are filled in and the name (in its annotation too) is "
-                  f"{tfjob_task.NAME_PREFIX}<12 hex digits of the task's output URIs>;\n# the rest is as submitted.\n")
+                  f"{staging.NAME_PREFIX}<12 hex digits of the task's output URIs>;\n# the rest is as submitted.\n")
         with open(args.manifest_output, "w") as stream:
             stream.write(header + yaml.safe_dump(job, sort_keys=False))
         print(f"petseg: wrote {args.manifest_output}")

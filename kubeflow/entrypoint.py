@@ -133,10 +133,21 @@ def prepare(argv: List[str]) -> Tuple[List[str], "Mirror | None", Dict[str, Any]
     return args + rest, mirror, executor_input
 
 
+# The launcher's mirror of the task this process runs (None for Vertex-shaped input), for an executor that
+# hands artifact URIs to other pods (kubeflow/tfjob_executor.py).
+_active_mirror: "Mirror | None" = None
+
+
+def active_mirror() -> "Mirror | None":
+    return _active_mirror
+
+
 def _main(parsed: Tuple[argparse.Namespace, List[str]]) -> None:
     from tfx.orchestration.kubeflow.v2.container import kubeflow_v2_run_executor
 
+    global _active_mirror
     args, beam_args, mirror, executor_input = parsed
+    _active_mirror = mirror
     kubeflow_v2_run_executor.main((args, beam_args))
     if mirror is not None:
         mirror.restore_output_file(executor_input["outputs"]["outputFile"])

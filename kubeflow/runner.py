@@ -112,6 +112,8 @@ def build_pipeline(config: PipelineConfig, settings: KubeflowSettings):
     # With train.workers > 1 the replicas of a TFJob or CustomJob get these; the task itself only waits.
     if resources.ByteSize() and config.train.workers == 1:
         component(pipeline, names.TRAINER_ID).with_platform_config(resources)
+    # Several machines: the Trainer's executor is swapped for one that runs TFX's on a job of replicas
+    # (kubeflow/replicas.py), a Vertex CustomJob or a TFJob.
     if _trainer_is_a_custom_job(config, settings):
         _run_trainer_as_custom_job(component(pipeline, names.TRAINER_ID), config, settings)
     else:
@@ -121,6 +123,8 @@ def build_pipeline(config: PipelineConfig, settings: KubeflowSettings):
             raise SettingsError(f"{'/'.join(unused)}: only used by --target vertex with train.workers > 1 (the "
                                 f"Trainer's CustomJob); this is --target {settings.target} with "
                                 f"train.workers={config.train.workers}")
+        if _trainer_is_a_tfjob(config, settings):
+            _run_trainer_as_tfjob(component(pipeline, names.TRAINER_ID), config, settings)
     return pipeline
 
 
@@ -160,8 +164,6 @@ def compile_pipeline(config: PipelineConfig, settings: KubeflowSettings, output:
         command = executor.get("container", {}).get("command", [])
         if command[-2:] == ["-m", TFX_ENTRYPOINT]:
             command[-1] = ENTRYPOINT
-    if _trainer_is_a_tfjob(config, settings):
-        _run_trainer_as_tfjob(spec, config, settings)
     tasks = spec["root"]["dag"]["tasks"]
     # Compiled once, run on a schedule: nothing can pin the newest span or served model before each run.
     for task in freshness.resolved_when_run(config):
@@ -198,9 +200,9 @@ def _run_trainer_as_custom_job(trainer, config: PipelineConfig, settings: Kubefl
         raise SettingsError(str(exc)) from None
 
 
-def _run_trainer_as_tfjob(spec: Dict[str, Any], config: PipelineConfig, settings: KubeflowSettings) -> None:
+def _run_trainer_as_tfjob(trainer, config: PipelineConfig, settings: KubeflowSettings) -> None:
     """Makes the Trainer task submit a TFJob of train.workers replicas, with the Trainer's resources each."""
-    from kubeflow import tfjob_task
+    from kubeflow import tfjob, tfjob_executor
 
     root = settings.pipeline_root or ""
     if not root.startswith("gs://"):
@@ -209,9 +211,12 @@ def _run_trainer_as_tfjob(spec: Dict[str, Any], config: PipelineConfig, settings
             f"and write artifacts themselves, so it needs a gs:// root, got {root or 'the cluster default (MinIO)'}: "
             "TensorFlow cannot open minio:// or s3:// (that needs tensorflow-io's S3 filesystem in the image and "
             "credentials in every replica)")
-    tfjob_task.compile_into(spec, names.TRAINER_ID, {
-        "image": settings.image, "workers": config.train.workers, "cpu": settings.trainer_cpu,
-        "memory_gb": settings.trainer_memory_gb, "gpus": settings.trainer_gpus, "gpu_type": settings.gpu_type})
+    resources = tfjob.Resources(cpu=settings.trainer_cpu, memory_gb=settings.trainer_memory_gb,
+                                gpus=settings.trainer_gpus, gpu_type=settings.gpu_type)
+    try:
+        tfjob_executor.run_on_tfjob(trainer, image=settings.image, workers=config.train.workers, resources=resources)
+    except ValueError as exc:  # TFJobError included
+        raise SettingsError(str(exc)) from None
 
 
 def load_spec(path: str) -> Dict[str, Any]:

@@ -4,19 +4,17 @@
 # training_clients.py) runs in the Trainer task: it reads the keys below from the Trainer's
 # custom_config, creates a CustomJob from `ai_platform_training_args` (a CustomJob dict whose
 # `project` it takes out) and polls it until it ends. In every worker pool it keeps our image and
-# environment and replaces the command with `python -m tfx.scripts.run_executor
-# --executor_class_path tfx.components.trainer.executor.GenericExecutor --inputs ... --outputs ...
-# --exec-properties ...`: each replica runs TFX's own Trainer executor on the task's artifacts,
-# which it reads and writes on gs:// itself, and that executor imports `run_fn` (trainer.run.run_fn)
-# from the image's PYTHONPATH (/app). Vertex gives each replica TF_CONFIG (and CLUSTER_SPEC); the
-# first pool is the chief.
+# environment and replaces the command with TFX's run_executor line (kubeflow/replicas.py, the same
+# replicas a TFJob runs on open-source KFP): each replica runs TFX's own Trainer executor on the task's
+# artifacts, which it reads and writes on gs:// itself. Vertex gives each replica TF_CONFIG (and
+# CLUSTER_SPEC); the first pool is the chief.
 
 from __future__ import annotations
 
 import dataclasses
 from typing import Any, Dict, List, Optional
 
-import config
+from kubeflow import replicas
 
 # The Vertex AI SDK's own default (aiplatform.CustomJob.from_local_script, machine_type="n1-standard-4").
 DEFAULT_MACHINE_TYPE = "n1-standard-4"
@@ -28,9 +26,6 @@ _N1_MACHINES = sorted(
     + [(f"n1-highmem-{n}", n, 6.5 * n) for n in (2, 4, 8, 16, 32, 64, 96)],
     key=lambda machine: (machine[1], machine[2]))
 N1_GPUS = ("NVIDIA_TESLA_T4", "NVIDIA_TESLA_V100", "NVIDIA_TESLA_P100", "NVIDIA_TESLA_P4")
-# The replicas run tfx.scripts.run_executor, which imports TensorFlow before our `config` package
-# could set the Keras switch (config/__init__.py), so the container gets it from its environment.
-ENV = ({"name": config.KERAS_SWITCH, "value": "1"},)
 
 
 class VertexError(ValueError):
@@ -100,7 +95,7 @@ def worker_pool_specs(*, image: str, workers: int, replica: Replica) -> List[Dic
 
     def pool(count: int) -> Dict[str, Any]:
         return {"replica_count": count, "machine_spec": dict(machine),
-                "container_spec": {"image_uri": image, "env": [dict(e) for e in ENV]}}
+                "container_spec": {"image_uri": image, "env": [dict(e) for e in replicas.ENV]}}
 
     return [pool(1), pool(workers - 1)]
 
@@ -131,18 +126,10 @@ def run_on_worker_pools(trainer, **kwargs: Any) -> None:
 
     `kwargs` are `custom_config`'s.
     """
-    from tfx.dsl.components.base import executor_spec
     from tfx.extensions.google_cloud_ai_platform.trainer import executor
-    from tfx.types import standard_component_specs
-    from tfx.utils import json_utils
 
-    added = custom_config(**kwargs)
-    key = standard_component_specs.CUSTOM_CONFIG_KEY
-    current = json_utils.loads(trainer.exec_properties.get(key) or "null") or {}
-    clashes = sorted(set(current) & set(added))
-    if clashes:
-        raise VertexError(f"the Trainer's custom_config already has {clashes}")
-    # The Trainer keeps its spec, inputs and run_fn; only who runs run_fn changes.
-    trainer.executor_spec = executor_spec.ExecutorClassSpec(executor.GenericExecutor)
-    trainer.exec_properties[key] = json_utils.dumps({**current, **added})
+    try:
+        replicas.run_trainer_with(trainer, executor.GenericExecutor, custom_config(**kwargs))
+    except ValueError as exc:
+        raise VertexError(str(exc)) from None
 

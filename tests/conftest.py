@@ -8,6 +8,7 @@ import pathlib
 import pytest
 
 from support import petseg
+from support.kube_trainer import cluster  # noqa: F401  the loopback Kubernetes of the `kube` tests, once per session
 
 
 def pytest_collection_modifyitems(items):

@@ -1,4 +1,4 @@
-"""The TFJob manifest (kubeflow/tfjob.py, `petseg kubeflow tfjob-manifest`) through the Training Operator's own code (kubeflow/tfjobcheck)."""
+"""The TFJob manifest (kubeflow/tfjob.py, `petseg kubeflow tfjob-manifest`), and what the real API server and the Training Operator's webhook make of it."""
 
 import copy
 
@@ -7,10 +7,10 @@ import yaml
 
 from kubeflow import tfjob
 from cli import main as cli
-from support import tfjob_check
+from support.kube_trainer import NAMESPACE, admit
 
 IMAGE = "registry.example.com/petseg:1.2.3"
-ARGS = ["--json_serialized_invocation_args", "{}", "--runner=DirectRunner"]
+ARGS = ["--executor_class_path", "tfx.components.trainer.executor.GenericExecutor", "--inputs", "{}"]
 
 
 def job(workers=3, **overrides):
@@ -27,14 +27,15 @@ def test_a_chief_and_workers_each_running_the_trainer_executor_with_their_own_re
         assert spec["restartPolicy"] == "OnFailure", kind
         assert spec["template"]["metadata"]["annotations"] == {"sidecar.istio.io/inject": "false"}, kind
         [container] = spec["template"]["spec"]["containers"]
-        assert container == {"name": "tensorflow", "image": IMAGE, "command": ["python", "-m", "kubeflow.entrypoint"],
-                             "args": ARGS,
+        assert container == {"name": "tensorflow", "image": IMAGE,
+                             "command": ["python", "-m", "tfx.scripts.run_executor"], "args": ARGS,
+                             "env": [{"name": "TF_USE_LEGACY_KERAS", "value": "1"}],
                              "resources": {"limits": {"cpu": "8", "memory": "32G", "nvidia.com/gpu": "1"}}}, kind
         assert spec["template"]["spec"]["serviceAccountName"] == "pipeline-runner"
     # Run policy only where the operator reads it.
     assert set(built["spec"]) == {"runPolicy", "tfReplicaSpecs"}
     assert built["spec"]["runPolicy"] == {"cleanPodPolicy": "Running", "ttlSecondsAfterFinished": 86400,
-                                          "backoffLimit": 3}
+                                          "backoffLimit": 10}
     # Replicas do not share one pod spec object (a YAML dump would write anchors).
     specs = [s["template"]["spec"] for s in built["spec"]["tfReplicaSpecs"].values()]
     assert specs[0] is not specs[1]
@@ -59,57 +60,51 @@ def test_bad_arguments_are_refused_naming_the_argument(overrides, message):
         job(**overrides)
 
 
-def test_the_operator_admits_it_and_gives_each_pod_its_tf_config():
-    report = tfjob_check.check(job(workers=3))
-    assert report["replicas"] == {"Chief": 1, "Worker": 2}
-    name, hosts = report["name"], lambda kind, n: [f"petseg-trainer-0123456789ab-{kind}-{i}.team-a.svc:2222"
-                                                   for i in range(n)]
-    assert [p["name"] for p in report["pods"]] == [f"{name}-chief-0", f"{name}-worker-0", f"{name}-worker-1"]
-    for pod in report["pods"]:
-        # As the operator's controller builds it: every replica, this one's type and index.
-        assert pod["tfConfig"] == {"cluster": {"chief": hosts("chief", 1), "worker": hosts("worker", 2)},
-                                   "task": {"type": pod["type"], "index": pod["index"]}, "environment": "cloud"}
-    defaulted = report["defaulted"]["spec"]
-    # The operator's defaults fill in the port and the success policy, and keep our choices.
-    [container] = defaulted["tfReplicaSpecs"]["Worker"]["template"]["spec"]["containers"]
-    assert container["ports"] == [{"name": "tfjob-port", "containerPort": 2222}]
-    assert defaulted["tfReplicaSpecs"]["Chief"]["restartPolicy"] == "OnFailure"
-    assert defaulted["runPolicy"]["cleanPodPolicy"] == "Running"
-    assert defaulted["runPolicy"]["backoffLimit"] == 3
+@pytest.mark.kube
+def test_the_api_server_and_the_operators_webhook_admit_it(cluster):
+    admitted = admit(cluster, job(workers=3, namespace=NAMESPACE))
+    assert tfjob.replica_counts(admitted) == {"Chief": 1, "Worker": 2}
+    # Stored as built, nothing dropped: our run policy where the operator reads it, plus the CRD schema's default.
+    assert admitted["spec"]["runPolicy"] == {"cleanPodPolicy": "Running", "ttlSecondsAfterFinished": 86400,
+                                             "backoffLimit": 10, "suspend": False}
+    assert admitted["spec"]["tfReplicaSpecs"]["Worker"]["template"]["spec"]["containers"][0]["resources"] == {
+        "limits": {"cpu": "8", "memory": "32G", "nvidia.com/gpu": "1"}}
 
 
-def _bad(mutate):
-    broken = copy.deepcopy(job())
-    mutate(broken)
-    return broken
-
-
+@pytest.mark.kube
 @pytest.mark.parametrize("mutate, expected", [
-    # The old KFP launch_tfjob.py placed run policy at spec's top level, where the API server drops it.
+    # The old KFP launch_tfjob.py placed run policy at spec's top level, where a lenient server drops it.
     (lambda j: j["spec"].update(cleanPodPolicy="All", backoffLimit=2),
-     ['API server: unknown field "spec.backoffLimit"', 'API server: unknown field "spec.cleanPodPolicy"',
-      'TFJob Go type: unknown field "spec.backoffLimit"']),
+     'strict decoding error: unknown field "spec.backoffLimit", unknown field "spec.cleanPodPolicy"'),
     (lambda j: j["spec"]["tfReplicaSpecs"].update(Master=copy.deepcopy(j["spec"]["tfReplicaSpecs"]["Chief"])),
-     ["admission webhook: spec.tfReplicaSpecs: Forbidden: must not have more than 1 Chief or Master role"]),
+     'admission webhook "validator.tfjob.training-operator.kubeflow.org" denied the request: spec.tfReplicaSpecs: '
+     'Forbidden: must not have more than 1 Chief or Master role'),
     (lambda j: j["spec"]["tfReplicaSpecs"]["Worker"]["template"]["spec"]["containers"][0].update(name="main"),
-     ["admission webhook: spec.tfReplicaSpecs[Worker].template.spec.containers: Required value: must have at least "
-      "one container with name tensorflow"]),
+     'admission webhook "validator.tfjob.training-operator.kubeflow.org" denied the request: '
+     'spec.tfReplicaSpecs[Worker].template.spec.containers: Required value: must have at least one container with '
+     'name tensorflow'),
     (lambda j: j["spec"]["tfReplicaSpecs"]["Chief"]["template"]["spec"]["containers"][0].pop("image"),
-     ["spec.tfReplicaSpecs[Chief].template.spec.containers[0].image: Required value"]),
+     "spec.tfReplicaSpecs[Chief].template.spec.containers[0].image: Required value"),
     (lambda j: j["spec"]["tfReplicaSpecs"]["Worker"].update(replicas="two"),
-     ['spec.tfReplicaSpecs.Worker.replicas: Invalid value: "string": spec.tfReplicaSpecs.Worker.replicas in body '
-      'must be of type integer']),
+     'spec.tfReplicaSpecs.Worker.replicas: Invalid value: "string": spec.tfReplicaSpecs.Worker.replicas in body '
+     'must be of type integer: "string"'),
     (lambda j: j["metadata"].update(name="Petseg.Trainer"),
-     ["admission webhook: metadata.name: Invalid value"]),
+     'metadata.name: Invalid value: "Petseg.Trainer"'),
 ])
-def test_the_operator_refuses_known_bad_manifests_naming_the_problem(mutate, expected):
-    with pytest.raises(tfjob_check.Rejected) as rejected:
-        tfjob_check.check(_bad(mutate))
-    for text in expected:
-        assert text in str(rejected.value)
+def test_the_server_or_the_webhook_refuses_known_bad_manifests_with_their_messages(cluster, mutate, expected):
+    from kubernetes.client.rest import ApiException
+
+    broken = copy.deepcopy(job(namespace=NAMESPACE))
+    mutate(broken)
+    with pytest.raises(ApiException) as refused:
+        admit(cluster, broken)
+    message = __import__("json").loads(refused.value.body)["message"]
+    print(f"{refused.value.status}: {message}")
+    assert expected in message
 
 
-def test_tfjob_manifest_writes_what_the_task_submits_and_the_operator_admits_it(tmp_path, capsys):
+@pytest.mark.kube
+def test_tfjob_manifest_writes_what_the_task_submits_and_the_server_admits_it(cluster, tmp_path, capsys):
     path = tmp_path / "tfjob.yaml"
     assert cli.main(["kubeflow", "tfjob-manifest", "--output", str(path), "--image", IMAGE, "--workers", "3",
                      "--gpus", "1", "--cpu", "8", "--memory", "32"]) == 0
@@ -119,11 +114,11 @@ def test_tfjob_manifest_writes_what_the_task_submits_and_the_operator_admits_it(
     assert tfjob.replica_counts(written) == {"Chief": 1, "Worker": 2}
     for container in tfjob.containers(written):
         assert container["resources"]["limits"] == {"cpu": "8", "memory": "32G", "nvidia.com/gpu": "1"}
-        assert any(arg.startswith("<EXECUTOR_INPUT") for arg in container["args"])
+        assert any(arg.startswith("<INPUTS") for arg in container["args"])
     assert written["metadata"]["namespace"] == "kubeflow"
     assert "&id" not in text and text.startswith("# The TFJob the Trainer task submits")
-    report = tfjob_check.check(path)
-    assert len(report["pods"]) == 3
+    # As `kubectl apply --dry-run=server -f tfjob.yaml` (the README's review step) would.
+    assert tfjob.replica_counts(admit(cluster, written, written["metadata"]["namespace"])) == {"Chief": 1, "Worker": 2}
 
 
 def test_tfjob_manifest_refuses_a_single_machine(tmp_path):

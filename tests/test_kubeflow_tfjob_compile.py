@@ -1,13 +1,14 @@
-"""`petseg kubeflow compile --target kfp` with train.workers > 1: the Trainer task submits a TFJob; KFP's backend still accepts the spec."""
+"""`petseg kubeflow compile --target kfp` with train.workers > 1: the Trainer task submits a TFJob the real API server admits; KFP's backend still accepts the spec."""
 
 import json
 
 import pytest
 import yaml
 
-from kubeflow import tfjob, tfjob_task
+from kubeflow import tfjob, tfjob_executor
 from cli import main as cli
-from support import kfp_backend, tfjob_check
+from support import kfp_backend
+from support.kube_trainer import admit
 
 IMAGE = "registry.example.com/petseg:1"
 ROOT = "gs://petseg-bucket/pipeline_root"
@@ -29,50 +30,48 @@ def executors(spec):
     return {label: e["container"] for label, e in spec["deploymentSpec"]["executors"].items()}
 
 
-def test_the_trainer_task_runs_the_tfjob_task_and_its_pod_asks_for_nothing(compiled):
+def custom_config(spec):
+    return json.loads(spec["root"]["dag"]["tasks"]["Trainer"]["inputs"]["parameters"]["custom_config"]
+                      ["runtimeValue"]["constant"])
+
+
+def test_the_trainer_task_runs_the_tfjob_executor_and_its_pod_asks_for_nothing(compiled):
     spec = yaml.safe_load(compiled.read_text())
     containers = executors(spec)
     trainer = containers.pop("Trainer_executor")
-    assert trainer["command"] == ["python", "-m", "kubeflow.tfjob_task"]
-    assert trainer["args"][:2] == ["--tfjob", json.dumps(
-        {"cpu": 4.0, "gpu_type": "nvidia.com/gpu", "gpus": 1, "image": IMAGE, "memory_gb": 16.0, "workers": 3},
-        sort_keys=True)]
-    # Then the executor arguments the entrypoint gets, unchanged.
+    # Every task runs the same entrypoint; the Trainer's executor is the one that starts the TFJob.
+    assert trainer["command"] == ["python", "-m", "kubeflow.entrypoint"]
+    assert trainer["args"][:2] == ["--executor_class_path", "kubeflow.tfjob_executor.Executor"]
     assert trainer["args"][trainer["args"].index("--json_serialized_invocation_args") + 1] == "{{$}}"
     # The replicas get the GPUs, CPU and memory; the task's pod only waits.
     assert "resources" not in trainer
     for label, container in containers.items():
         assert container["command"] == ["python", "-m", "kubeflow.entrypoint"], label
-    # train.workers travels with the spec, as every setting does.
-    custom = spec["root"]["dag"]["tasks"]["Trainer"]["inputs"]["parameters"]["custom_config"]
-    assert json.loads(custom["runtimeValue"]["constant"])["train"]["workers"] == 3
+    # The job's settings and train.workers travel with the spec, in the Trainer's custom_config.
+    config = custom_config(spec)
+    assert config[tfjob_executor.SETTINGS_KEY] == {"cpu": 4.0, "gpu_type": "nvidia.com/gpu", "gpus": 1,
+                                                   "image": IMAGE, "memory_gb": 16.0, "workers": 3}
+    assert config["train"]["workers"] == 3
 
 
 def test_kfp_backend_accepts_it(compiled):
     report = kfp_backend.check(compiled, pipeline_root=ROOT)
     tasks = {task["name"]: task for task in report["tasks"]}
-    assert tasks["Trainer"]["command"] == ["python", "-m", "kubeflow.tfjob_task"]
+    assert tasks["Trainer"]["command"] == ["python", "-m", "kubeflow.entrypoint"]
     assert tasks["Trainer"]["images"] == [IMAGE]
     assert not tasks["Trainer"].get("limits") and not tasks["Trainer"].get("requests")
 
 
-def test_the_job_the_compiled_task_submits_is_admitted_by_the_operator(compiled):
-    spec = yaml.safe_load(compiled.read_text())
-    trainer = executors(spec)["Trainer_executor"]
-    task = "gs://petseg-bucket/pipeline_root/petseg/run-1/Trainer/abc"
-    executor_input = {"inputs": {"artifacts": {}}, "outputs": {"artifacts": {
-        "model": {"artifacts": [{"uri": f"{task}/model", "type": {"schemaTitle": "tfx.Model"}}]}},
-        "outputFile": "/tmp/kfp_outputs/output_metadata.json"}}
-    argv = [json.dumps(executor_input) if arg == "{{$}}" else arg for arg in trainer["args"]]
-    name = tfjob_task.job_name(executor_input)
-    job = tfjob_task.manifest(argv, name=name, namespace="kubeflow", service_account="pipeline-runner")
-    report = tfjob_check.check(job)
-    assert report["replicas"] == {"Chief": 1, "Worker": 2}
+@pytest.mark.kube
+def test_the_job_the_compiled_settings_give_is_admitted_by_the_server_and_the_operators_webhook(compiled, cluster):
+    settings = dict(custom_config(yaml.safe_load(compiled.read_text()))[tfjob_executor.SETTINGS_KEY])
+    job = tfjob.review_manifest(image=settings.pop("image"), workers=settings.pop("workers"),
+                                resources=tfjob.Resources(**settings), namespace="kubeflow",
+                                service_account="pipeline-runner")
+    assert tfjob.replica_counts(admit(cluster, job)) == {"Chief": 1, "Worker": 2}
     for container in tfjob.containers(job):
         assert container["resources"] == {"limits": {"cpu": "4", "memory": "16G", "nvidia.com/gpu": "1"}}
-        assert container["command"] == ["python", "-m", "kubeflow.entrypoint"]
-        staged = json.loads(container["args"][container["args"].index("--json_serialized_invocation_args") + 1])
-        assert staged["outputs"]["outputFile"] == f"{task}/tfjob-staging/executor_output.json"
+        assert container["command"] == ["python", "-m", "tfx.scripts.run_executor"]
 
 
 @pytest.mark.parametrize("root", [None, "minio://mlpipeline/v2/artifacts", "s3://bucket/root"])

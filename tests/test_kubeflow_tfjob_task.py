@@ -1,303 +1,294 @@
-"""The TFJob Trainer task (kubeflow/tfjob_task.py) through the real kubernetes client against a loopback API server."""
+"""The Trainer task with train.workers > 1 on a real Kubernetes control plane, the Training Operator and a test node.
+
+The task runs as KFP runs it: a pod in `kubeflow` as `pipeline-runner`, kubeflow/rbac.yaml applied unchanged,
+the compiled Trainer command and arguments. Every replica pod and service comes from the operator, every
+deletion from the task, the operator, the garbage collector or the node finishing a graceful deletion, and
+every job condition from the operator: the tests only start and stop the task's pod, kill a replica's process
+(a lost machine), and watch. The audit log says who did each.
+"""
 
 import json
-import os
 import pathlib
 import signal
-import subprocess
-import sys
 import threading
 
 import pytest
-import yaml
+import tensorflow as tf
 
-from kubeflow import tfjob, tfjob_task
-from support.kube_api import KubeApi
+from config import names
+from kubeflow import staging, tfjob
+from support import kube_cluster, kube_trainer, trainer_fixtures
+from support.kube_trainer import NAMESPACE, SERVICE_ACCOUNT, Events, Task
+from support.trainer_fixtures import transform_run  # noqa: F401 (pytest fixture)
+from transform import features
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
-NS = "team-a"
-IMAGE = "registry.example.com/petseg:1"
-SETTINGS = {"image": IMAGE, "workers": 3, "cpu": 4, "memory_gb": 16, "gpus": 1, "gpu_type": "nvidia.com/gpu"}
-INPUTS_SPEC = {"artifacts": {"examples": {"artifactType": {"schemaTitle": "tfx.Examples"}}}}
-BEAM_ARGS = ["--runner=DirectRunner"]
-CHIEF_LINES = ["Epoch 1/2", "MultiWorkerMirroredStrategy with 3 workers", "Epoch 2/2"]
+pytestmark = pytest.mark.kube
 
-
-def executor_input(bucket: pathlib.Path, output_file: pathlib.Path):
-    """The Trainer's ExecutorInput; the bucket is a folder every 'pod' of the test sees, as gs:// is on a cluster."""
-    task = bucket / "petseg" / "run-1" / "Trainer"
-    return {
-        "inputs": {"parameterValues": {"run_fn": "trainer.run.run_fn"},
-                   "artifacts": {"examples": {"artifacts": [{
-                       "name": "7", "uri": str(bucket / "petseg" / "run-1" / "Transform" / "transformed_examples"),
-                       "type": {"schemaTitle": "tfx.Examples"}}]}}},
-        "outputs": {"artifacts": {key: {"artifacts": [{"uri": str(task / key), "type": {"schemaTitle": title}}]}
-                                  for key, title in (("model", "tfx.Model"), ("model_run", "tfx.ModelRun"))},
-                    "outputFile": str(output_file)},
-    }
+TASK_USER = f"system:serviceaccount:{NAMESPACE}:{SERVICE_ACCOUNT}"
+OPERATOR_USER = f"system:serviceaccount:{NAMESPACE}:training-operator"
+GC_USER = "system:serviceaccount:kube-system:generic-garbage-collector"
+NODE_USER = f"system:node:{kube_cluster.NODE_NAME}"
 
 
-def argv(payload):
-    return tfjob_task.task_args(SETTINGS) + [
-        "--json_serialized_invocation_args", json.dumps(payload),
-        "--json_serialized_inputs_spec_args", json.dumps(INPUTS_SPEC), *BEAM_ARGS]
+@pytest.fixture
+def events(cluster):
+    recorder = Events(cluster)
+    yield recorder
+    recorder.close()
 
 
-def chief_input(job):
-    """The ExecutorInput the chief's container is started with."""
-    args = job["spec"]["tfReplicaSpecs"]["Chief"]["template"]["spec"]["containers"][0]["args"]
-    return json.loads(args[args.index("--json_serialized_invocation_args") + 1])
+def bucket(kube, case: str) -> pathlib.Path:
+    """The folder standing for the gs:// bucket of one test: every pod reads and writes it directly."""
+    folder = kube.cluster.state / "buckets" / case
+    folder.mkdir(parents=True)
+    return folder
 
 
-def earlier_job(payload):
-    """The job an earlier pod of the same task created."""
-    name = tfjob_task.job_name(payload)
-    return tfjob_task.manifest(argv(payload), name=name, namespace=NS, service_account=None,
-                               annotations={tfjob_task.TASK_ANNOTATION: name})
+def finished(events: Events, pod: str) -> str:
+    return events.wait_for(lambda: events.phase(pod) in ("Succeeded", "Failed") and events.phase(pod))
 
 
-def play_chief_writes_outputs(job):
-    """What TFX's Trainer executor on the chief writes, where the job's arguments tell it to."""
-    staged = chief_input(job)
-    for key, artifact_list in staged["outputs"]["artifacts"].items():
-        folder = pathlib.Path(artifact_list["artifacts"][0]["uri"])
-        (folder / "sub").mkdir(parents=True)
-        (folder / "sub" / "file.txt").write_text(f"{key} written by the chief")
-    model = staged["outputs"]["artifacts"]["model"]["artifacts"][0]["uri"]
-    output = {"artifacts": {"model": {"artifacts": [{"uri": model, "metadata": {"serving_dir": model + "/sub"}}]}}}
-    pathlib.Path(staged["outputs"]["outputFile"]).write_text(json.dumps(output))
+def last_status(events: Events, pod: str) -> dict:
+    """The pod's container status as last reported before it went."""
+    for _, obj in reversed(events.pod_events(pod)):
+        statuses = (obj.get("status") or {}).get("containerStatuses")
+        if statuses:
+            return statuses[0]
+    raise AssertionError(f"{pod} never reported a container status")
 
 
-class Operator(threading.Thread):
-    """Plays the Training Operator and the kubelet for the job the task creates."""
+def audited(kube, **match):
+    """Audit events whose fields (user, verb, resource, name, subresource) match."""
+    def ok(event):
+        ref = event.get("objectRef") or {}
+        fields = {"user": event["user"]["username"], "verb": event["verb"], "resource": ref.get("resource"),
+                  "name": ref.get("name"), "subresource": ref.get("subresource"),
+                  "code": event["responseStatus"]["code"]}
+        return all(fields.get(key) == value for key, value in match.items())
+    return kube_cluster.audit(kube.cluster.audit_log, ok)
 
-    def __init__(self, server, outcome, lines=CHIEF_LINES, before_end=None):
-        super().__init__(daemon=True)
-        self.server, self.outcome, self.lines, self.before_end = server, outcome, lines, before_end
-        self.error = None
 
-    def run(self):
+def test_the_control_plane_is_real_and_listens_on_the_hosts_loopback_only(cluster):
+    version = cluster.cluster.version()
+    print(f"\nServer Version: {version['git_version']} ({version['platform']}, {version['go_version']})")
+    assert version["git_version"] == "v1.29.15"
+    # The servers live in the cluster's own network namespace; on the host only the API relay listens.
+    host_net = pathlib.Path("/proc/self/ns/net").resolve()
+    for process in cluster.cluster.processes:
+        if process.name != "relay-host":
+            assert pathlib.Path(f"/proc/{process.pid}/ns/net").resolve() != host_net, process.name
+    pids = cluster.cluster.pids() + cluster.node.pids() + [__import__("os").getpid()]
+    assert kube_cluster.host_listeners(pids) == [cluster.cluster.host_server[len("https://"):]]
+
+
+def test_two_replicas_train_and_the_task_hands_over_one_export(cluster, events, transform_run):
+    task = Task(cluster, "success", transform_run, bucket(cluster, "success"))
+    job = task.job
+    chief, worker = tfjob.pod_name(job, "Chief", 0), tfjob.pod_name(job, "Worker", 0)
+    task.start("trainer-success")
+    phase = finished(events, "trainer-success")
+    log = kube_trainer.pod_log(cluster, "trainer-success")  # through the API server: pods/log -> the node
+    assert phase == "Succeeded", log[-6000:]
+
+    # The operator's work, seen through the watch: its pods, with its TF_CONFIG, owned by the job.
+    assert sorted(events.replica_pods(job)) == [chief, worker]
+    for pod in (chief, worker):
+        created = next(obj for kind, obj in events.pod_events(pod) if kind == "ADDED")
+        config = json.loads(kube_trainer.env(created, "TF_CONFIG"))
+        print(f"{pod} TF_CONFIG={kube_trainer.env(created, 'TF_CONFIG')}")
+        kind, index = ("chief", 0) if pod == chief else ("worker", 0)
+        assert config == {"cluster": {"chief": [f"{chief}.{NAMESPACE}.svc:2222"],
+                                      "worker": [f"{worker}.{NAMESPACE}.svc:2222"]},
+                          "task": {"type": kind, "index": index}, "environment": "cloud"}
+        [owner] = created["metadata"]["ownerReferences"]
+        assert (owner["kind"], owner["name"], owner["controller"]) == ("TFJob", job, True)
+        # The task gave the replicas its own service account, read from its pod.
+        assert created["spec"]["serviceAccountName"] == SERVICE_ACCOUNT
+        assert created["spec"]["containers"][0]["ports"] == [{"name": "tfjob-port", "containerPort": 2222,
+                                                              "protocol": "TCP"}]
+    assert [c[:2] for c in events.conditions(job)] == [
+        ("Created", "TFJobCreated"), ("Running", "TFJobRunning"), ("Succeeded", "TFJobSucceeded")]
+    print("conditions:", events.conditions(job))
+    assert {e["objectRef"]["name"] for e in audited(cluster, user=OPERATOR_USER, verb="create", resource="pods")} \
+        == {chief, worker}
+    assert {e["objectRef"]["name"] for e in audited(cluster, user=OPERATOR_USER, verb="create", resource="services")} \
+        == {chief, worker}
+    # The task created it with strict field validation, as pipeline-runner.
+    [create] = audited(cluster, user=TASK_USER, verb="create", resource="tfjobs", name=job)
+    assert "fieldValidation=Strict" in create["requestURI"] and create["responseStatus"]["code"] == 201
+
+    # The task's own console: the chief's lines as they came, the outcome.
+    print("\n".join(line for line in log.splitlines() if line.startswith("petseg:")))
+    chief_lines = [line for line in log.splitlines() if line.startswith("[chief] ")]
+    assert any("Strategy: MultiWorkerMirroredStrategy, 2 workers, 2 replicas in sync" in line for line in chief_lines)
+    assert f"petseg: TFJob {NAMESPACE}/{job}: 1 chief + 1 worker(s); waiting for it to finish" in log
+    assert f"petseg: TFJob {NAMESPACE}/{job} succeeded" in log
+    # One export, the chief's, where the launcher's output file says; the staging folder is gone.
+    written = json.loads(task.output_file.read_text())
+    model = task.uri("model")
+    assert written["artifacts"]["model"]["artifacts"][0]["uri"] == str(model)
+    assert sorted(p.parent for p in task.bucket.rglob("saved_model.pb")) == [model / "Format-Serving"]
+    assert not (model.parent / staging.STAGING).exists()
+    # Only the chief wrote the run's logs; the backup is gone once every replica finished.
+    assert sorted(p.name for p in task.uri("model_run").iterdir()) == ["history.json", "train", "validation"]
+    assert json.loads((task.uri("model_run") / "history.json").read_text())["epoch"] == [0, 1, 2]
+    assert not [p for p in task.bucket.rglob("*") if "backup" in p.parts and p.is_file()]
+    served = tf.saved_model.load(str(model / "Format-Serving")).signatures[names.SERVING_SIGNATURE]
+    raw = trainer_fixtures.split_records(trainer_fixtures.raw_examples(transform_run), "eval")[0]
+    jpeg = tf.train.Example.FromString(raw).features.feature[features.RAW_IMAGE_KEY].bytes_list.value[0]
+    size = json.loads(task.executor_input["inputs"]["parameterValues"]["custom_config"])["model"]["image_size"]
+    assert served(image_bytes=tf.constant([jpeg]))["mask"].shape == (1, size, size)
+
+
+def test_a_killed_replica_restarts_in_place_and_training_resumes_from_the_backup(cluster, events, transform_run):
+    task = Task(cluster, "restart", transform_run, bucket(cluster, "restart"))
+    job = task.job
+    chief, worker = tfjob.pod_name(job, "Chief", 0), tfjob.pod_name(job, "Worker", 0)
+    task.start("trainer-restart")
+    # Epoch 2 begins once epoch 1's backup is written (BackupAndRestore saves at each epoch's end).
+    kube_trainer.follow_log(cluster, events, chief, lambda line: line.startswith("Epoch 2/"), task="trainer-restart")
+    cluster.node.kill(NAMESPACE, worker, signal.SIGKILL)  # the worker's machine dies
+    phase = finished(events, "trainer-restart")
+    log = kube_trainer.pod_log(cluster, "trainer-restart")
+    assert phase == "Succeeded", log[-6000:]
+
+    restarts = {pod: events.restarts(pod) for pod in (chief, worker)}
+    print("restart counts as reported:", restarts)
+    # OnFailure: the node restarted the killed container in place; the operator created no pod anew.
+    assert restarts[worker][:2] == [0, 1]
+    # One lost machine restarted every replica (the chief's collectives aborted on the worker's new
+    # incarnation): the operator counts each against backoffLimit, which therefore scales with the replicas.
+    assert restarts[chief][-1] >= 1 and restarts[worker][-1] >= 1, restarts
+    assert sum(counts[-1] for counts in restarts.values()) < tfjob.backoff_limit(2)
+    assert [kind for kind, _ in events.pod_events(worker)].count("ADDED") == 1
+    killed = next(s["lastState"]["terminated"] for _, obj in events.pod_events(worker)
+                  for s in (obj.get("status") or {}).get("containerStatuses") or []
+                  if s.get("restartCount") == 1 and (s.get("lastState") or {}).get("terminated"))
+    assert (killed["exitCode"], killed["reason"]) == (128 + signal.SIGKILL, "Error")
+    conditions = events.conditions(job)
+    print("conditions:", conditions)
+    assert conditions[-1][:2] == ("Succeeded", "TFJobSucceeded")
+    assert "Failed" not in [c[0] for c in conditions]
+    # The run after the restart trained only the epochs after the last backup, and exported once.
+    history = json.loads((task.uri("model_run") / "history.json").read_text())
+    assert history["epoch"] == [1, 2]
+    assert sorted(p.parent for p in task.bucket.rglob("saved_model.pb")) == [task.uri("model") / "Format-Serving"]
+
+
+def test_a_replica_that_keeps_failing_fails_the_job_and_the_task_with_the_operators_reason(cluster, events,
+                                                                                          transform_run):
+    task = Task(cluster, "fails", transform_run, bucket(cluster, "fails"),
+                parameters={"run_fn": "trainer.run.no_such_run_fn"})
+    job = task.job
+    task.start("trainer-fails")
+    phase = finished(events, "trainer-fails")
+    log = kube_trainer.pod_log(cluster, "trainer-fails")
+    assert phase == "Failed", log[-6000:]
+    failed = [c for c in events.conditions(job) if c[0] == "Failed"]
+    print("conditions:", events.conditions(job))
+    assert failed == [("Failed", "TFJobFailed",
+                       f"Job {job} has failed because it has reached the specified backoff limit")]
+    line = f"TaskFailed: TFJob {NAMESPACE}/{job} failed: TFJobFailed: {failed[0][2]}"
+    assert line in log
+    print(line)
+    assert last_status(events, "trainer-fails")["state"]["terminated"]["exitCode"] == 1
+    # The replicas' own error is in their logs (the chief's lines reach the task's log too).
+    assert "no_such_run_fn" in log
+    # The operator stopped the replicas it had left running.
+    for pod in events.replica_pods(job):
+        assert events.gone(pod) or events.phase(pod) in ("Failed", "Succeeded"), pod
+
+
+def test_a_retried_task_pod_adopts_its_job_and_cancelling_it_deletes_the_job_and_its_pods(cluster, events,
+                                                                                          transform_run):
+    # Long enough that the job is still training when the run is terminated.
+    task = Task(cluster, "cancel", transform_run, bucket(cluster, "cancel"), epochs=200)
+    job = task.job
+    task.start("trainer-cancel-1")
+    kube_trainer.follow_log(cluster, events, "trainer-cancel-1", lambda line: line.startswith("[chief] "))
+    # The first pod of the task is lost (no clean-up: SIGKILL); its job runs on. KFP's retry starts another.
+    cluster.node.kill(NAMESPACE, "trainer-cancel-1", signal.SIGKILL)
+    assert finished(events, "trainer-cancel-1") == "Failed"
+    task.start("trainer-cancel-2")
+    seen, following = [], threading.Event()
+
+    def read(line):
+        seen.append(line)
+        if line.startswith("[chief] Epoch "):
+            following.set()
+        return "cancelled" in line
+
+    def follow():
         try:
-            server = self.server
-            job = server.wait_for(lambda: server.job(NS))
-            name, chief = job["metadata"]["name"], tfjob.chief_pod(job["metadata"]["name"])
-            server.set_condition(NS, name, "Created", "TFJobCreated", f"TFJob {name} is created.")
-            # The pod starts after the task first looked for it, as a scheduled pod does.
-            server.wait_for(lambda: any(r["verb"] == "list" and r["resource"] == "pods" for r in server.requests))
-            server.set_container(NS, chief, {"running": {"startedAt": "2026-12-04T00:00:00Z"}})
-            server.set_condition(NS, name, "Running", "TFJobRunning", f"TFJob {NS}/{name} is running.")
-            # The task follows the chief's log while it runs.
-            server.wait_for(lambda: any(r["resource"] == "pods/log" for r in server.requests))
-            server.log(NS, chief, *self.lines)
-            if self.before_end:
-                self.before_end(server, job)
-            if self.outcome == "Succeeded":
-                play_chief_writes_outputs(job)
-                server.log(NS, chief, None)
-                server.set_container(NS, chief, {"terminated": {"exitCode": 0, "reason": "Completed"}})
-                server.set_condition(NS, name, "Succeeded", "TFJobSucceeded", f"TFJob {NS}/{name} successfully completed.")
-            elif self.outcome == "Failed":
-                server.log(NS, chief, "Traceback (most recent call last):", "ValueError: boom", None)
-                server.set_container(NS, chief, {"terminated": {"exitCode": 1, "reason": "Error"}})
-                server.set_condition(NS, name, "Failed", "TFJobFailed",
-                                     f"TFJob {NS}/{name} has failed because 1 Chief replica(s) failed.")
-        except BaseException as exc:  # reported when the test's block ends
-            self.error = exc
+            kube_trainer.follow_log(cluster, events, "trainer-cancel-2", read)
+        finally:
+            following.set()  # the log ended: no need to wait any longer
 
-    def __enter__(self):
-        self.start()
-        return self
+    follower = threading.Thread(target=follow, daemon=True)
+    follower.start()
+    following.wait()
+    assert any(line.startswith("[chief] Epoch ") for line in seen), seen[-40:]
+    replicas = events.replica_pods(job)
+    # Terminating the run: KFP deletes the task's pod; the node gives its process SIGTERM.
+    from kubernetes import client
 
-    def __exit__(self, exc_type, *rest):
-        self.join(30)
-        if exc_type is None:
-            assert self.error is None, self.error
+    client.CoreV1Api(cluster.client()).delete_namespaced_pod("trainer-cancel-2", NAMESPACE, grace_period_seconds=60)
+    events.wait_for(lambda: events.gone("trainer-cancel-2"))
+    follower.join(60)
+    print("\n".join(line for line in seen if line.startswith("petseg:")))
+    assert f"petseg: following TFJob {NAMESPACE}/{job}, created by an earlier attempt of this task" in seen
+    assert f"petseg: deleted TFJob {NAMESPACE}/{job}" in seen
+    assert "petseg: the run was cancelled" in seen
+    assert last_status(events, "trainer-cancel-2")["state"]["terminated"]["exitCode"] == 128 + signal.SIGTERM
+    # The task deleted the job before its process ended; the garbage collector deletes the pods it owned.
+    assert [e["user"]["username"] for e in audited(cluster, verb="delete", resource="tfjobs", name=job)] == [TASK_USER]
+    events.wait_for(lambda: events.gone(job, "job") and all(events.gone(p) for p in replicas))
+    assert not any(c[0] in ("Succeeded", "Failed") for c in events.conditions(job))
 
+    # Who deleted the replicas: the garbage collector, then the node finishing each graceful deletion.
+    for pod in replicas:
+        users = [e["user"]["username"] for e in audited(cluster, verb="delete", resource="pods", name=pod, code=200)]
+        assert users[0] in (GC_USER, OPERATOR_USER) and users[-1] == NODE_USER, (pod, users)
+    assert GC_USER in {e["user"]["username"] for p in replicas
+                       for e in audited(cluster, verb="delete", resource="pods", name=p)}
 
-class Lines:
-    """A text stream the task writes its log to, read by the test."""
-
-    def __init__(self):
-        self.text = ""
-
-    def write(self, text):
-        self.text += text
-
-    def flush(self):
-        pass
-
-
-def test_the_task_creates_the_job_follows_the_chief_and_hands_its_outputs_to_the_launcher(tmp_path):
-    payload = executor_input(tmp_path / "bucket", tmp_path / "task" / "executor_output.json")
-    out = Lines()
-    with KubeApi() as server:
-        with Operator(server, "Succeeded"):
-            output = tfjob_task.run(argv(payload), server.client(), NS, out=out)
-
-    [create] = [r for r in server.requests if r["verb"] == "create"]
-    job = create["body"]
-    assert create["path"] == f"/apis/kubeflow.org/v1/namespaces/{NS}/tfjobs"
-    name = job["metadata"]["name"]
-    assert name == tfjob_task.job_name(payload) and job["metadata"]["namespace"] == NS
-    assert tfjob.replica_counts(job) == {"Chief": 1, "Worker": 2}
-    for container in tfjob.containers(job):
-        assert container["name"] == "tensorflow" and container["image"] == IMAGE
-        assert container["command"] == ["python", "-m", "kubeflow.entrypoint"]
-        assert container["args"][-1:] == BEAM_ARGS
-        assert container["resources"] == {"limits": {"cpu": "4", "memory": "16G", "nvidia.com/gpu": "1"}}
-    # The replicas run as the task's own service account (read from its pod), for the same bucket rights.
-    assert job["spec"]["tfReplicaSpecs"]["Worker"]["template"]["spec"]["serviceAccountName"] == "pipeline-runner"
-    # Outputs staged beside the real ones; the executor output file with them.
-    staged = chief_input(job)
-    real_model = payload["outputs"]["artifacts"]["model"]["artifacts"][0]["uri"]
-    assert staged["outputs"]["artifacts"]["model"]["artifacts"][0]["uri"] == tfjob_task.staging_uri(real_model)
-    assert staged["inputs"] == payload["inputs"]
-
-    # The chief's log lines reached the task's log, in order, while it waited.
-    shown = [line[len("[chief] "):] for line in out.text.splitlines() if line.startswith("[chief] ")]
-    assert shown == CHIEF_LINES
-    assert f"TFJob {NS}/{name} succeeded" in out.text
-    # The outputs are where the launcher (here: the task's own output file) expects them, the staging is gone.
-    model = pathlib.Path(real_model)
-    assert (model / "sub" / "file.txt").read_text() == "model written by the chief"
-    assert (model.parent / "model_run" / "sub" / "file.txt").read_text() == "model_run written by the chief"
-    assert not (model.parent / tfjob_task.STAGING).exists()
-    written = json.loads(pathlib.Path(payload["outputs"]["outputFile"]).read_text())
-    assert written == output
-    artifact = written["artifacts"]["model"]["artifacts"][0]
-    assert artifact == {"uri": real_model, "metadata": {"serving_dir": real_model + "/sub"}}
-    # A finished job stays for its pods' logs until its TTL.
-    assert not [r for r in server.requests if r["verb"] == "delete"]
-    # It waited with watches, and followed the chief's container log.
-    watches = {r["resource"] for r in server.requests if r["verb"] == "watch"}
-    assert watches == {"tfjobs", "pods"}
-    [log] = [r for r in server.requests if r["resource"] == "pods/log"]
-    assert log["query"]["follow"].lower() == "true" and log["query"]["container"] == "tensorflow"
-    assert log["path"].startswith(f"/api/v1/namespaces/{NS}/pods/{name}-chief-0/log")
-
-
-def test_a_failed_job_fails_the_task_with_the_jobs_reason_and_message(tmp_path):
-    payload = executor_input(tmp_path / "bucket", tmp_path / "task" / "executor_output.json")
-    out = Lines()
-    with KubeApi() as server:
-        with Operator(server, "Failed"):
-            with pytest.raises(tfjob_task.TaskFailed) as failed:
-                tfjob_task.run(argv(payload), server.client(), NS, out=out)
-    name = tfjob_task.job_name(payload)
-    assert str(failed.value) == (f"TFJob {NS}/{name} failed: TFJobFailed: "
-                                 f"TFJob {NS}/{name} has failed because 1 Chief replica(s) failed.")
-    assert "[chief] Epoch 1/2" in out.text
-    assert not pathlib.Path(payload["outputs"]["outputFile"]).exists()
-    assert not [r for r in server.requests if r["verb"] == "delete"]
-
-
-def test_a_cancelled_task_deletes_its_job(tmp_path):
-    payload = executor_input(tmp_path / "bucket", tmp_path / "task" / "executor_output.json")
-    with KubeApi() as server:
-        with Operator(server, "Running"):
-            env = {**os.environ, "KUBECONFIG": server.kubeconfig(tmp_path / "kubeconfig", NS)}
-            proc = subprocess.Popen([sys.executable, "-m", "kubeflow.tfjob_task", *argv(payload)], cwd=REPO, env=env,
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            try:
-                # Running and followed: the task is waiting on its watch.
-                server.wait_for(lambda: any(r["resource"] == "pods/log" for r in server.requests)
-                                and any(r["verb"] == "watch" and r["resource"] == "tfjobs" for r in server.requests))
-                proc.send_signal(signal.SIGTERM)  # what a terminated run sends the task
-                stdout, stderr = proc.communicate(timeout=60)
-            finally:
-                proc.kill()
-        name = tfjob_task.job_name(payload)
-        [delete] = [r for r in server.requests if r["verb"] == "delete"]
-        assert delete["path"].startswith(f"/apis/kubeflow.org/v1/namespaces/{NS}/tfjobs/{name}")
-        assert server.job(NS) is None
-    assert proc.returncode == 128 + signal.SIGTERM, stderr
-    assert f"deleted TFJob {NS}/{name}" in stdout
-    assert "cancelled" in stderr
-    # The kubeconfig's credentials were used, as in-cluster ones are in a pod.
-    assert {r["authorization"] for r in server.requests} == {"Bearer loopback-token"}
-
-
-def test_a_retried_pod_follows_the_job_its_task_already_created(tmp_path):
-    payload = executor_input(tmp_path / "bucket", tmp_path / "task" / "executor_output.json")
-    out = Lines()
-    with KubeApi() as server:
-        server.put("tfjobs", NS, earlier_job(payload), "ADDED")
-        with Operator(server, "Succeeded"):
-            tfjob_task.run(argv(payload), server.client(), NS, out=out)
-    assert [r["verb"] for r in server.requests if r["resource"] == "tfjobs"][:3] == ["create", "get", "list"]
-    assert "created by an earlier attempt" in out.text
-
-
-def test_a_job_of_the_same_name_from_elsewhere_is_not_adopted(tmp_path):
-    payload = executor_input(tmp_path / "bucket", tmp_path / "task" / "executor_output.json")
-    with KubeApi() as server:
-        name = tfjob_task.job_name(payload)
-        server.put("tfjobs", NS, {"apiVersion": "kubeflow.org/v1", "kind": "TFJob",
-                                  "metadata": {"name": name, "namespace": NS}}, "ADDED")
-        with pytest.raises(tfjob_task.TaskFailed, match="exists and was not created by this task"):
-            tfjob_task.run(argv(payload), server.client(), NS, out=Lines())
-
-
-def test_minio_and_s3_artifacts_are_refused_before_anything_is_created(tmp_path):
-    payload = executor_input(tmp_path / "bucket", tmp_path / "task" / "executor_output.json")
-    payload["inputs"]["artifacts"]["examples"]["artifacts"][0]["uri"] = "minio://mlpipeline/v2/artifacts/x"
-    with KubeApi() as server:
-        with pytest.raises(tfjob_task.TaskFailed, match="TensorFlow cannot open minio:// or s3://"):
-            tfjob_task.run(argv(payload), server.client(), NS, out=Lines())
-    assert server.requests == []
-
-
-def test_open_source_launcher_input_is_staged_for_the_replicas():
-    """Typed inputs, no launcher outputs, gs:// outputs moved to staging, the output file beside them."""
-    task = "gs://bucket/root/petseg/run-1/Trainer/abc"
-    payload = {
-        "inputs": {"artifacts": {"examples": {"artifacts": [
-            {"name": "7", "uri": "gs://bucket/root/petseg/run-1/Transform/x/transformed_examples",
-             "type": {"instanceSchema": ""}}]}}},
-        "outputs": {"artifacts": {
-            "model": {"artifacts": [{"uri": f"{task}/model", "type": {"schemaTitle": "tfx.Model"}}]},
-            "executor-logs": {"artifacts": [{"uri": f"{task}/executor-logs", "type": {"schemaTitle": "system.Artifact"}}]}},
-            "outputFile": "/tmp/kfp_outputs/output_metadata.json"}}
-    p = tfjob_task.plan(payload, INPUTS_SPEC, mirror_root="/pod")
-    replica = p.replica_input
-    assert replica["inputs"]["artifacts"]["examples"]["artifacts"][0]["type"] == {"schemaTitle": "tfx.Examples"}
-    assert replica["inputs"]["artifacts"]["examples"]["artifacts"][0]["uri"].startswith("gs://bucket/")
-    assert set(replica["outputs"]["artifacts"]) == {"model"}
-    assert replica["outputs"]["artifacts"]["model"]["artifacts"][0]["uri"] == f"{task}/tfjob-staging/model"
-    assert replica["outputs"]["outputFile"] == f"{task}/tfjob-staging/executor_output.json"
-    # Back to the launcher: its mirror path of the real URI, and the real URI in its output file.
-    assert p.mirror.local(f"{task}/model") == "/pod/gcs/bucket/root/petseg/run-1/Trainer/abc/model"
-    assert p.real(f"{task}/tfjob-staging/model/Format-Serving") == f"{task}/model/Format-Serving"
-    assert p.output_file == "/tmp/kfp_outputs/output_metadata.json"
-    assert payload["outputs"]["artifacts"]["model"]["artifacts"][0]["uri"] == f"{task}/model"  # not changed
-
-
-def test_the_task_needs_exactly_the_rights_in_kubeflow_rbac_yaml(tmp_path):
-    """Every call of every path (create, adopt, wait, follow, cancel) against the Role's rules."""
-    used = set()
-    for scenario in ("succeeded", "adopted", "cancelled"):
-        payload = executor_input(tmp_path / scenario, tmp_path / scenario / "executor_output.json")
-        with KubeApi() as server:
-            name = tfjob_task.job_name(payload)
-            if scenario == "adopted":
-                server.put("tfjobs", NS, earlier_job(payload), "ADDED")
-            if scenario == "cancelled":
-                # A real SIGTERM to this process, handled in the main thread as in the task's own process.
-                cancel = lambda *_: os.kill(os.getpid(), signal.SIGTERM)  # noqa: E731
-                with Operator(server, "Running", before_end=cancel), pytest.raises(tfjob_task.Cancelled), \
-                        tfjob_task.cancel_on_sigterm():
-                    tfjob_task.run(argv(payload), server.client(), NS, out=Lines())
-            else:
-                with Operator(server, "Succeeded"):
-                    tfjob_task.run(argv(payload), server.client(), NS, out=Lines())
-            used |= server.verbs()
-    assert ("kubeflow.org", "tfjobs", "delete") in used and ("kubeflow.org", "tfjobs", "get") in used
-
-    role, binding = list(yaml.safe_load_all((REPO / "kubeflow" / "rbac.yaml").read_text()))
+    # Every right kubeflow/rbac.yaml grants was used by the task's two pods, and nothing else was asked for.
+    role = kube_trainer.rbac_objects()[0]
     granted = {(group, resource, verb) for rule in role["rules"] for group in rule["apiGroups"]
                for resource in rule["resources"] for verb in rule["verbs"]}
-    assert granted == used
-    assert role["kind"] == "Role" and binding["kind"] == "RoleBinding"
-    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
-                                  "name": role["metadata"]["name"]}
-    assert binding["subjects"][0]["kind"] == "ServiceAccount"
+    used = {(e["objectRef"].get("apiGroup", ""),
+             e["objectRef"]["resource"] + (f"/{e['objectRef']['subresource']}" if e["objectRef"].get("subresource")
+                                           else ""), e["verb"])
+            for e in audited(cluster, user=TASK_USER)}
+    assert used == granted
+
+
+def test_a_right_taken_out_of_the_role_fails_the_task_with_the_servers_403(cluster, events, transform_run):
+    from kubernetes import client
+
+    rbac = client.RbacAuthorizationV1Api(cluster.client())
+    role = kube_trainer.rbac_objects()[0]
+    name = role["metadata"]["name"]
+    reduced = json.loads(json.dumps(role))
+    reduced["rules"][0]["verbs"].remove("create")
+    rbac.replace_namespaced_role(name, NAMESPACE, reduced)
+    try:
+        task = Task(cluster, "rbac", transform_run, bucket(cluster, "rbac"))
+        job = task.job
+        task.start("trainer-rbac")
+        assert finished(events, "trainer-rbac") == "Failed"
+        log = kube_trainer.pod_log(cluster, "trainer-rbac")
+    finally:
+        rbac.replace_namespaced_role(name, NAMESPACE, role)
+    line = (f'TaskFailed: creating TFJob {NAMESPACE}/{job}: tfjobs.kubeflow.org is forbidden: User "{TASK_USER}" '
+            f'cannot create resource "tfjobs" in API group "kubeflow.org" in the namespace "{NAMESPACE}"')
+    print(line)
+    assert line in log
+    assert not events.replica_pods(job)
+    assert "deleted TFJob" not in log  # there was none to delete
+    # Restored, the same identity may create TFJobs again.
+    review = client.AuthorizationV1Api(cluster.client()).create_subject_access_review(client.V1SubjectAccessReview(
+        spec=client.V1SubjectAccessReviewSpec(user=TASK_USER, resource_attributes=client.V1ResourceAttributes(
+            namespace=NAMESPACE, group="kubeflow.org", resource="tfjobs", verb="create"))))
+    assert review.status.allowed
+

@@ -101,11 +101,11 @@ def test_kfpcheck_reads_only_the_pipeline_spec_inside_and_accepts_both_targets(j
     tasks = {t["name"]: t for t in kfp_backend.check(inner, pipeline_root=ROOT)["tasks"]}
     assert tasks["Trainer"]["command"] == TASK_COMMAND and tasks["Trainer"]["images"] == [IMAGE]
     assert not tasks["Trainer"].get("limits")
-    # The same flags for open-source KFP: the TFJob task, accepted as well.
+    # The same flags for open-source KFP: the TFJob executor in the same entrypoint, accepted as well.
     kfp = tmp_path / "kfp.yaml"
     assert cli.main(compile_args(kfp)) == 0
     tasks = {t["name"]: t for t in kfp_backend.check(kfp, pipeline_root=ROOT)["tasks"]}
-    assert tasks["Trainer"]["command"] == ["python", "-m", "kubeflow.tfjob_task"]
+    assert tasks["Trainer"]["command"] == ["python", "-m", "kubeflow.entrypoint"]
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -1,57 +1,13 @@
-"""TF_CONFIG as the Training Operator gives each TFJob replica, and a private network to run replicas on.
+"""A private network namespace for processes of a multi-worker TensorFlow cluster on one machine (test_strategy.py).
 
-Mirrors `pkg/controller.v1/tensorflow/tensorflow.go` of kubeflow/training-operator v1.8.1
-(`genClusterSpec`, `genTFConfigJSONStr` without `enableDynamicWorker`) and `common.GenGeneralName`.
+The Training Operator's own TF_CONFIG and pods are tested on the loopback Kubernetes (support/kube_cluster.py).
 """
 
-import json
 import subprocess
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import List, Sequence
 
-# kubeflowv1.TFJobDefaultPort: the `tfjob-port` of the `tensorflow` container unless the job names one.
+# kubeflowv1.TFJobDefaultPort: the port each replica's TensorFlow server listens on.
 DEFAULT_PORT = 2222
-
-
-def replica_host(job_name: str, replica_type: str, index: int, namespace: str, cluster_domain: str = "") -> str:
-    """The headless Service name of one replica: `<job>-<type>-<index>.<namespace>.svc[.<domain>]`."""
-    host = f"{job_name}-{replica_type.lower()}-{index}".replace("/", "-")
-    return f"{host}.{namespace}.svc" + (f".{cluster_domain}" if cluster_domain else "")
-
-
-def cluster_spec(job_name: str, namespace: str, replicas: Mapping[str, int], port: int = DEFAULT_PORT,
-                 cluster_domain: str = "") -> Dict[str, List[str]]:
-    """Replica type (lower-cased, e.g. `chief`, `worker`) -> `host:port` of each of its replicas."""
-    return {replica_type.lower(): [f"{replica_host(job_name, replica_type, i, namespace, cluster_domain)}:{port}"
-                                   for i in range(count)]
-            for replica_type, count in replicas.items()}
-
-
-def tf_config(job_name: str, namespace: str, replicas: Mapping[str, int], replica_type: str, index: int,
-              port: int = DEFAULT_PORT, cluster_domain: str = "") -> Optional[str]:
-    """TF_CONFIG of one replica, byte for byte as the operator writes it; None for a one-replica job.
-
-    The operator sets no TF_CONFIG when the job has a single replica in all (`isDistributed`). Go's
-    encoding/json writes struct fields in declaration order (cluster, task, environment), map keys
-    sorted, and no spaces.
-    """
-    if sum(replicas.values()) == 1:
-        return None
-    cluster = cluster_spec(job_name, namespace, replicas, port, cluster_domain)
-    return json.dumps({"cluster": dict(sorted(cluster.items())),
-                       "task": {"type": replica_type.lower(), "index": index},
-                       "environment": "cloud"}, separators=(",", ":"))
-
-
-def on_loopback(config: str, ports: Mapping[str, int]) -> str:
-    """`config` with each `host:port` of the cluster replaced by `127.0.0.1:<ports[host:port]>`.
-
-    Plays the cluster DNS: every TensorFlow server binds 0.0.0.0:<its port>, so replicas sharing one
-    network need distinct ports where the real pods all use the same one.
-    """
-    parsed = json.loads(config)
-    parsed["cluster"] = {kind: [f"127.0.0.1:{ports[address]}" for address in addresses]
-                         for kind, addresses in parsed["cluster"].items()}
-    return json.dumps(parsed, separators=(",", ":"))
 
 
 class PrivateNetwork:
