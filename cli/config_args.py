@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import argparse
+from typing import List
 
 from config.profiles import PROFILES, apply_values, load_config
 from config.settings import PipelineConfig
 
 
-def add_config_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--profile", default="quick", choices=sorted(PROFILES),
-                        help="named settings to start from (default: quick)")
-    parser.add_argument("--config", metavar="FILE", help="YAML file overriding the profile")
-    parser.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], dest="overrides",
-                        help="override one setting, e.g. --set train.epochs=5 (repeatable)")
+def add_config_args(parser: argparse.ArgumentParser) -> List[argparse.Action]:
+    """--profile, --config and --set; returns their argparse actions."""
+    return [
+        parser.add_argument("--profile", default="quick", choices=sorted(PROFILES),
+                            help="named settings to start from (default: quick)"),
+        parser.add_argument("--config", metavar="FILE", help="YAML file overriding the profile"),
+        parser.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], dest="overrides",
+                            help="override one setting, e.g. --set train.epochs=5 (repeatable; petseg config lists "
+                                 "them)"),
+    ]
 
 
 def config_from_args(args: argparse.Namespace) -> PipelineConfig:

@@ -10,6 +10,8 @@ from typing import Any, Dict, Optional
 
 from config import names
 from config.settings import PipelineConfig
+from kubeflow import vertex
+from kubeflow.resources import Resources
 
 # Where kubeflow/Dockerfile copies the project; every path a task reads from the code lives here.
 APP_DIR = "/app"
@@ -17,7 +19,6 @@ DEFAULT_IMAGE = "petseg:latest"
 # Container scratch: TfdsExampleGen copies the records into its Examples artifact under the
 # pipeline root, so nothing downstream reads this folder and it may vanish with the pod.
 DEFAULT_DATA_DIR = "/tmp/petseg/tfds"
-GPU_TYPE = "nvidia.com/gpu"
 TARGETS = ("kfp", "vertex")
 # Every task runs TFX's executor through our entrypoint, which also speaks open-source KFP's launcher.
 TFX_ENTRYPOINT = "tfx.orchestration.kubeflow.v2.container.kubeflow_v2_run_executor"
@@ -47,18 +48,28 @@ class KubeflowSettings:
     data_dir: str = DEFAULT_DATA_DIR
     # Where the project sits in the image (the Dockerfile's WORKDIR).
     app_dir: str = APP_DIR
-    trainer_cpu: Optional[float] = None  # vCPUs
-    trainer_memory_gb: Optional[float] = None
-    trainer_gpus: int = 0
-    gpu_type: str = GPU_TYPE
+    # The Trainer task's machine; with train.workers > 1, each replica's.
+    trainer: Resources = Resources()
     # Vertex with train.workers > 1: the Trainer's CustomJob runs in this project and region, each
-    # replica on this machine type (None: the smallest N1 machine with trainer_cpu/trainer_memory_gb).
+    # replica on this machine type (None: the smallest N1 machine with the trainer's cpu/memory).
     project: Optional[str] = None
     region: Optional[str] = None
     machine_type: Optional[str] = None
 
-    def validate(self) -> "KubeflowSettings":
-        """Raises SettingsError for a target, root or serving dir the target cannot use."""
+    def validate(self, config: PipelineConfig) -> "KubeflowSettings":
+        """Raises SettingsError, naming the flag, for anything the target cannot run `config` with.
+
+        Everything is checked here, before TFX is imported, so a wrong flag fails in a line.
+        """
+        try:
+            self._validate(config)
+        except ValueError as exc:  # ResourcesError, VertexError, TFJobError
+            if isinstance(exc, SettingsError):
+                raise
+            raise SettingsError(str(exc)) from None
+        return self
+
+    def _validate(self, config: PipelineConfig) -> None:
         if self.target not in TARGETS:
             raise SettingsError(f"--target: {self.target!r} is not one of {', '.join(TARGETS)}")
         root = self.pipeline_root
@@ -76,9 +87,30 @@ class KubeflowSettings:
         if self.serving.startswith(_NOT_WRITABLE_BY_TF):
             raise SettingsError(f"--serving-dir: {self.serving!r}: TensorFlow cannot write minio:// or s3:// "
                                 "paths; use gs:// or a path on a mounted volume")
-        if self.trainer_gpus < 0:
-            raise SettingsError("--gpus: must be >= 0")
-        return self
+        self.trainer.checked()
+        if self.target == "vertex" and self.trainer.gpus:
+            self.trainer.vertex_gpu()
+        if _trainer_is_a_custom_job(config, self):
+            self.custom_job(config)
+            return
+        unused = [flag for flag, value in (("--project", self.project), ("--region", self.region),
+                                           ("--machine-type", self.machine_type)) if value]
+        if unused:
+            raise SettingsError(f"{'/'.join(unused)}: only used by --target vertex with train.workers > 1 (the "
+                                f"Trainer's CustomJob); this is --target {self.target} with "
+                                f"train.workers={config.train.workers}")
+        if _trainer_is_a_tfjob(config, self) and not (root or "").startswith("gs://"):
+            raise SettingsError(
+                f"--pipeline-root: train.workers={config.train.workers} runs the Trainer as a TFJob whose replicas "
+                f"read and write artifacts themselves, so it needs a gs:// root, got "
+                f"{root or 'the cluster default (MinIO)'}: TensorFlow cannot open minio:// or s3:// (that needs "
+                "tensorflow-io's S3 filesystem in the image and credentials in every replica)")
+
+    def custom_job(self, config: PipelineConfig) -> Dict[str, Any]:
+        """The Vertex CustomJob of train.workers replicas that runs the Trainer."""
+        return vertex.training_job(project=self.project, region=self.region, image=self.image,
+                                   workers=config.train.workers, display_name=f"{config.name}-trainer",
+                                   replica=vertex.Replica(machine_type=self.machine_type, resources=self.trainer))
 
     @property
     def serving(self) -> str:
@@ -102,29 +134,29 @@ def build_pipeline(config: PipelineConfig, settings: KubeflowSettings):
         schema_file=settings.in_image(SCHEMA_FILE), data_dir=settings.data_dir)
     resource_spec = pipeline_spec_pb2.PipelineDeploymentConfig.PipelineContainerSpec.ResourceSpec
     resources = resource_spec()
-    if settings.trainer_cpu:
-        resources.cpu_limit = settings.trainer_cpu
-    if settings.trainer_memory_gb:
-        resources.memory_limit = settings.trainer_memory_gb
-    if settings.trainer_gpus:
-        resources.accelerator.CopyFrom(resource_spec.AcceleratorConfig(
-            type=settings.gpu_type, count=settings.trainer_gpus))
+    trainer = settings.trainer
+    if trainer.cpu:
+        resources.cpu_limit = trainer.cpu
+    if trainer.memory_gb:
+        resources.memory_limit = trainer.memory_gb
+    if trainer.gpus:
+        gpu = trainer.vertex_gpu() if settings.target == "vertex" else trainer.kubernetes_gpu
+        resources.accelerator.CopyFrom(resource_spec.AcceleratorConfig(type=gpu, count=trainer.gpus))
     # With train.workers > 1 the replicas of a TFJob or CustomJob get these; the task itself only waits.
     if resources.ByteSize() and config.train.workers == 1:
         component(pipeline, names.TRAINER_ID).with_platform_config(resources)
     # Several machines: the Trainer's executor is swapped for one that runs TFX's on a job of replicas
     # (kubeflow/replicas.py), a Vertex CustomJob or a TFJob.
     if _trainer_is_a_custom_job(config, settings):
-        _run_trainer_as_custom_job(component(pipeline, names.TRAINER_ID), config, settings)
-    else:
-        unused = [flag for flag, value in (("--project", settings.project), ("--region", settings.region),
-                                           ("--machine-type", settings.machine_type)) if value]
-        if unused:
-            raise SettingsError(f"{'/'.join(unused)}: only used by --target vertex with train.workers > 1 (the "
-                                f"Trainer's CustomJob); this is --target {settings.target} with "
-                                f"train.workers={config.train.workers}")
-        if _trainer_is_a_tfjob(config, settings):
-            _run_trainer_as_tfjob(component(pipeline, names.TRAINER_ID), config, settings)
+        vertex.run_on_worker_pools(component(pipeline, names.TRAINER_ID), region=settings.region,
+                                   job=settings.custom_job(config))
+    elif _trainer_is_a_tfjob(config, settings):
+        from kubeflow import tfjob_executor
+
+        # The GPU type as the replicas' pods will ask for it, spelled out in the compiled spec.
+        tfjob_executor.run_on_tfjob(component(pipeline, names.TRAINER_ID), image=settings.image,
+                                    workers=config.train.workers,
+                                    resources=dataclasses.replace(trainer, gpu_type=trainer.kubernetes_gpu))
     return pipeline
 
 
@@ -142,13 +174,8 @@ def compile_pipeline(config: PipelineConfig, settings: KubeflowSettings, output:
 
     from pipeline import freshness
 
-    settings.validate()
-    if not output.endswith((".yaml", ".yml", ".json")):
-        raise SettingsError(f"--output: {output}: the file name must end in .yaml (PipelineSpec) or "
-                            ".json (Vertex PipelineJob)")
-    if output.endswith(".json") and settings.target != "vertex":
-        raise SettingsError(f"--output: {output}: a PipelineJob .json is for --target vertex; open-source "
-                            "KFP takes the PipelineSpec .yaml")
+    settings.validate(config)
+    check_output(output, settings)
     pipeline = build_pipeline(config, settings)
     runner = v2.KubeflowV2DagRunner(v2.KubeflowV2DagRunnerConfig(
         display_name=config.name, default_image=settings.image, use_pipeline_spec_2_1=True))
@@ -177,46 +204,22 @@ def compile_pipeline(config: PipelineConfig, settings: KubeflowSettings, output:
     return job
 
 
+def check_output(output: str, settings: KubeflowSettings) -> None:
+    """Raises SettingsError unless `output` names the file the target takes."""
+    if not output.endswith((".yaml", ".yml", ".json")):
+        raise SettingsError(f"--output-file: {output}: the file name must end in .yaml (PipelineSpec) or "
+                            ".json (Vertex PipelineJob)")
+    if output.endswith(".json") and settings.target != "vertex":
+        raise SettingsError(f"--output-file: {output}: a PipelineJob .json is for --target vertex; open-source "
+                            "KFP takes the PipelineSpec .yaml")
+
+
 def _trainer_is_a_tfjob(config: PipelineConfig, settings: KubeflowSettings) -> bool:
     return config.train.workers > 1 and settings.target == "kfp"
 
 
 def _trainer_is_a_custom_job(config: PipelineConfig, settings: KubeflowSettings) -> bool:
     return config.train.workers > 1 and settings.target == "vertex"
-
-
-def _run_trainer_as_custom_job(trainer, config: PipelineConfig, settings: KubeflowSettings) -> None:
-    """Makes the Trainer task start a Vertex CustomJob of train.workers replicas (TFX's extension) and wait."""
-    from kubeflow import vertex
-
-    try:
-        vertex.run_on_worker_pools(
-            trainer, project=settings.project, region=settings.region, image=settings.image,
-            workers=config.train.workers, display_name=f"{config.name}-trainer",
-            replica=vertex.Replica(machine_type=settings.machine_type, cpu=settings.trainer_cpu,
-                                   memory_gb=settings.trainer_memory_gb, gpus=settings.trainer_gpus,
-                                   gpu_type=settings.gpu_type))
-    except vertex.VertexError as exc:
-        raise SettingsError(str(exc)) from None
-
-
-def _run_trainer_as_tfjob(trainer, config: PipelineConfig, settings: KubeflowSettings) -> None:
-    """Makes the Trainer task submit a TFJob of train.workers replicas, with the Trainer's resources each."""
-    from kubeflow import tfjob, tfjob_executor
-
-    root = settings.pipeline_root or ""
-    if not root.startswith("gs://"):
-        raise SettingsError(
-            f"--pipeline-root: train.workers={config.train.workers} runs the Trainer as a TFJob whose replicas read "
-            f"and write artifacts themselves, so it needs a gs:// root, got {root or 'the cluster default (MinIO)'}: "
-            "TensorFlow cannot open minio:// or s3:// (that needs tensorflow-io's S3 filesystem in the image and "
-            "credentials in every replica)")
-    resources = tfjob.Resources(cpu=settings.trainer_cpu, memory_gb=settings.trainer_memory_gb,
-                                gpus=settings.trainer_gpus, gpu_type=settings.gpu_type)
-    try:
-        tfjob_executor.run_on_tfjob(trainer, image=settings.image, workers=config.train.workers, resources=resources)
-    except ValueError as exc:  # TFJobError included
-        raise SettingsError(str(exc)) from None
 
 
 def load_spec(path: str) -> Dict[str, Any]:

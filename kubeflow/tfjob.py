@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -14,6 +13,7 @@ from kubeflow.training import models
 from kubeflow.training.constants import constants as sdk
 
 from kubeflow import replicas
+from kubeflow.resources import Resources
 
 GROUP = sdk.KUBEFLOW_GROUP
 VERSION = sdk.OPERATOR_VERSION
@@ -23,7 +23,6 @@ API_VERSION = f"{GROUP}/{VERSION}"
 # The operator sets TF_CONFIG and the port only on the container of this name; its webhook refuses
 # a replica without one.
 CONTAINER = sdk.TFJOB_CONTAINER
-GPU_TYPE = "nvidia.com/gpu"
 # Set to the job's name by the task that creates it, so a retried pod adopts only a job of its own.
 TASK_ANNOTATION = "petseg/trainer-task"
 # MultiWorkerMirroredStrategy's collectives fail on every replica when one of them dies, so the
@@ -59,32 +58,6 @@ _MAX_LABEL = 63
 
 class TFJobError(ValueError):
     """A TFJob that cannot be built from these arguments; the message says which and why."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Resources:
-    """Per-replica CPU/memory/GPU, given as `petseg kubeflow compile --cpu/--memory/--gpus/--gpu-type`."""
-
-    cpu: Optional[float] = None  # vCPUs
-    memory_gb: Optional[float] = None
-    gpus: int = 0
-    gpu_type: str = GPU_TYPE
-
-    def requirements(self) -> Dict[str, Dict[str, str]]:
-        """Container resources as KFP's driver writes a task's (limits only; Kubernetes requests the limit)."""
-        if self.gpus < 0:
-            raise TFJobError(f"gpus: must be >= 0, got {self.gpus}")
-        for flag, value in (("cpu", self.cpu), ("memory", self.memory_gb)):
-            if value is not None and value <= 0:
-                raise TFJobError(f"{flag}: must be > 0, got {value}")
-        limits = {}
-        if self.cpu:
-            limits["cpu"] = f"{self.cpu:g}"
-        if self.memory_gb:
-            limits["memory"] = f"{self.memory_gb:g}G"
-        if self.gpus:
-            limits[self.gpu_type] = str(self.gpus)
-        return {"limits": limits} if limits else {}
 
 
 def pod_name(job_name: str, replica_type: str, index: int) -> str:
@@ -123,13 +96,13 @@ def build(*, name: str, namespace: str, image: str, workers: int, args: Sequence
     check_name(name, workers)
     from kubernetes import client
 
-    requirements = resources.requirements()
+    limits = resources.checked().kubernetes_limits()
 
     def replica(count: int) -> models.KubeflowOrgV1ReplicaSpec:
         container = client.V1Container(
             name=CONTAINER, image=image, command=list(replicas.COMMAND), args=list(args),
             env=[client.V1EnvVar(**variable) for variable in replicas.ENV],
-            resources=client.V1ResourceRequirements(**requirements) if requirements else None)
+            resources=client.V1ResourceRequirements(limits=limits) if limits else None)
         return models.KubeflowOrgV1ReplicaSpec(
             replicas=count, restart_policy=RESTART_POLICY, template=client.V1PodTemplateSpec(
                 metadata=client.V1ObjectMeta(labels=dict(LABELS), annotations=dict(POD_ANNOTATIONS)),

@@ -29,6 +29,7 @@ from tfx.types import standard_component_specs
 from tfx.utils import json_utils
 
 from kubeflow import entrypoint, replicas, staging, tfjob, tfjob_client
+from kubeflow.resources import Resources
 
 # The Trainer's custom_config key that carries the TFJob's settings to this executor.
 SETTINGS_KEY = "petseg_tfjob"
@@ -40,9 +41,9 @@ class Cancelled(BaseException):
     """SIGTERM: the run was terminated. A BaseException, so no `except Exception` swallows it."""
 
 
-def run_on_tfjob(trainer, *, image: str, workers: int, resources: tfjob.Resources) -> None:
+def run_on_tfjob(trainer, *, image: str, workers: int, resources: Resources) -> None:
     """Makes an already-built Trainer run as a TFJob of `workers` replicas, each with `resources`."""
-    resources.requirements()  # refuses bad values now
+    resources.checked()  # refuses bad values now
     replicas.run_trainer_with(trainer, Executor, {SETTINGS_KEY: {
         "image": image, "workers": workers, **dataclasses.asdict(resources)}})
 
@@ -62,8 +63,7 @@ def manifest(p: staging.Plan, exec_properties: Dict[str, Any], *, namespace: str
     properties = {**exec_properties, standard_component_specs.CUSTOM_CONFIG_KEY: json_utils.dumps(custom_config)}
     return tfjob.build(name=p.name, namespace=namespace, image=settings["image"], workers=settings["workers"],
                        args=replicas.args(p.inputs, p.outputs, properties),
-                       resources=tfjob.Resources(**{f.name: settings[f.name]
-                                                    for f in dataclasses.fields(tfjob.Resources)}),
+                       resources=Resources(**{f.name: settings[f.name] for f in dataclasses.fields(Resources)}),
                        service_account=service_account, annotations={tfjob.TASK_ANNOTATION: p.name})
 
 

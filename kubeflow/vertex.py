@@ -15,6 +15,7 @@ import dataclasses
 from typing import Any, Dict, List, Optional
 
 from kubeflow import replicas
+from kubeflow.resources import Resources
 
 # The Vertex AI SDK's own default (aiplatform.CustomJob.from_local_script, machine_type="n1-standard-4").
 DEFAULT_MACHINE_TYPE = "n1-standard-4"
@@ -34,53 +35,37 @@ class VertexError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Replica:
-    """One replica's machine, given as `petseg kubeflow compile --machine-type/--cpu/--memory/--gpus/--gpu-type`."""
+    """One replica's machine: `--machine-type`, or the smallest N1 machine with the `--cpu/--memory` resources."""
 
     machine_type: Optional[str] = None
-    cpu: Optional[float] = None  # vCPUs
-    memory_gb: Optional[float] = None
-    gpus: int = 0
-    gpu_type: Optional[str] = None
+    resources: Resources = Resources()
 
     def machine_spec(self) -> Dict[str, Any]:
         """Vertex's MachineSpec: the machine type (given, or the smallest N1 that fits) and its GPUs."""
-        if self.gpus < 0:
-            raise VertexError(f"--gpus: must be >= 0, got {self.gpus}")
-        for flag, value in (("--cpu", self.cpu), ("--memory", self.memory_gb)):
-            if value is not None and value <= 0:
-                raise VertexError(f"{flag}: must be > 0, got {value}")
+        r = self.resources.checked()
         spec: Dict[str, Any] = {"machine_type": self._machine_type()}
-        if self.gpus:
-            spec["accelerator_type"] = self._accelerator()
-            spec["accelerator_count"] = self.gpus
+        if r.gpus:
+            spec["accelerator_type"] = r.vertex_gpu()
+            spec["accelerator_count"] = r.gpus
         return spec
 
-    def _accelerator(self) -> str:
-        from google.cloud.aiplatform_v1.types import AcceleratorType
-
-        # MultiWorkerMirroredStrategy uses GPUs; TPU pools would need TPUStrategy.
-        known = [name for name in AcceleratorType.__members__ if name.startswith("NVIDIA_")]
-        if self.gpu_type not in known:
-            raise VertexError(f"--gpu-type: Vertex names GPUs by type ({', '.join(known)}), got {self.gpu_type!r}")
-        return self.gpu_type
-
     def _machine_type(self) -> str:
+        r = self.resources
         if self.machine_type:
-            if self.cpu or self.memory_gb:
+            if r.cpu or r.memory_gb:
                 raise VertexError("--cpu/--memory: Vertex sizes each replica by its machine type; give either "
                                   f"--machine-type ({self.machine_type!r}) or --cpu/--memory, not both")
             return self.machine_type
-        if self.gpus and self.gpu_type not in N1_GPUS:
-            self._accelerator()  # an unknown type is the first thing to fix
-            raise VertexError(f"--machine-type: {self.gpu_type} GPUs come with their own machine types (e.g. "
+        if r.gpus and r.vertex_gpu() not in N1_GPUS:
+            raise VertexError(f"--machine-type: {r.gpu_type} GPUs come with their own machine types (e.g. "
                               "a2-highgpu-1g for one NVIDIA_TESLA_A100, g2-standard-8 for one NVIDIA_L4); "
                               f"--cpu/--memory choose among N1 machines, which take {', '.join(N1_GPUS)}")
-        if not (self.cpu or self.memory_gb):
+        if not (r.cpu or r.memory_gb):
             return DEFAULT_MACHINE_TYPE
         for name, vcpus, memory in _N1_MACHINES:
-            if vcpus >= (self.cpu or 0) and memory >= (self.memory_gb or 0):
+            if vcpus >= (r.cpu or 0) and memory >= (r.memory_gb or 0):
                 return name
-        raise VertexError(f"--cpu/--memory: no N1 machine has {self.cpu or 0:g} vCPUs and {self.memory_gb or 0:g} GB "
+        raise VertexError(f"--cpu/--memory: no N1 machine has {r.cpu or 0:g} vCPUs and {r.memory_gb or 0:g} GB "
                           f"(the largest is {_N1_MACHINES[-1][0]}); give --machine-type")
 
 
@@ -100,12 +85,9 @@ def worker_pool_specs(*, image: str, workers: int, replica: Replica) -> List[Dic
     return [pool(1), pool(workers - 1)]
 
 
-def custom_config(*, project: str, region: str, image: str, workers: int, replica: Replica,
-                  display_name: Optional[str] = None) -> Dict[str, Any]:
-    """The Trainer custom_config keys TFX's extension reads to create and follow the CustomJob."""
-    from tfx.extensions.google_cloud_ai_platform import constants
-    from tfx.extensions.google_cloud_ai_platform.trainer import executor
-
+def training_job(*, project: Optional[str], region: Optional[str], image: str, workers: int, replica: Replica,
+                 display_name: Optional[str] = None) -> Dict[str, Any]:
+    """The CustomJob TFX's extension creates (it takes `project` out), checked without importing TFX."""
     if not project:
         raise VertexError(f"--project: required for --target vertex with train.workers={workers} (the Google Cloud "
                           "project the Trainer's CustomJob runs in)")
@@ -117,19 +99,22 @@ def custom_config(*, project: str, region: str, image: str, workers: int, replic
                                image=image, workers=workers, replica=replica)}}
     if display_name:
         job["display_name"] = display_name
-    return {executor.TRAINING_ARGS_KEY: job, constants.ENABLE_VERTEX_KEY: True,
-            constants.VERTEX_REGION_KEY: region}
+    return job
 
 
-def run_on_worker_pools(trainer, **kwargs: Any) -> None:
-    """Makes an already-built Trainer run as a CustomJob: TFX's extension executor, its custom_config keys.
+def custom_config(*, region: str, job: Dict[str, Any]) -> Dict[str, Any]:
+    """The Trainer custom_config keys TFX's extension reads to create and follow the CustomJob."""
+    from tfx.extensions.google_cloud_ai_platform import constants
+    from tfx.extensions.google_cloud_ai_platform.trainer import executor
 
-    `kwargs` are `custom_config`'s.
-    """
+    return {executor.TRAINING_ARGS_KEY: job, constants.ENABLE_VERTEX_KEY: True, constants.VERTEX_REGION_KEY: region}
+
+
+def run_on_worker_pools(trainer, *, region: str, job: Dict[str, Any]) -> None:
+    """Makes an already-built Trainer run as the CustomJob `job` (`training_job`): TFX's extension executor."""
     from tfx.extensions.google_cloud_ai_platform.trainer import executor
 
     try:
-        replicas.run_trainer_with(trainer, executor.GenericExecutor, custom_config(**kwargs))
+        replicas.run_trainer_with(trainer, executor.GenericExecutor, custom_config(region=region, job=job))
     except ValueError as exc:
         raise VertexError(str(exc)) from None
-

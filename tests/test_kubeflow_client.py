@@ -135,3 +135,17 @@ def test_schedule_refuses_a_five_field_crontab_line_before_calling_the_server(ap
     assert cli.main(["kubeflow", "schedule", "--host", host, "--package", str(package), "--cron", "0 3 * * 0"]) == 2
     assert "6 (seconds first)" in capsys.readouterr().err
     assert server.requests == []
+
+
+@pytest.mark.parametrize("command", ["submit", "schedule"])
+def test_compile_flags_beside_a_package_are_refused_not_ignored(api, package, command):
+    server, host = api
+    cron = ["--cron", "0 0 3 * * 0"] if command == "schedule" else []
+    with pytest.raises(SystemExit, match=r"^petseg: --set, --image, --gpus: shape the compiled pipeline, and "
+                                         r"--package .* is compiled already"):
+        cli.main(["kubeflow", command, "--host", host, "--package", str(package), *cron, "--gpus", "1",
+                  "--set", "train.epochs=3", "--image", "other:1"])
+    assert server.requests == []
+    # The run's own root is not a compile flag: it goes with the run.
+    assert cli.main(["kubeflow", command, "--host", host, "--package", str(package), *cron,
+                     "--pipeline-root", RUN_ROOT]) == 0

@@ -1,8 +1,11 @@
 """`petseg kubeflow compile`: the PipelineSpec / Vertex PipelineJob it writes, its errors, and the image it expects."""
 
 import json
+import os
 import pathlib
 import re
+import subprocess
+import sys
 
 import pytest
 import yaml
@@ -36,7 +39,7 @@ def compile_args(output, *extra):
 def compiled(tmp_path_factory):
     out = tmp_path_factory.mktemp("kfp")
     assert cli.main(compile_args(out / "pipeline.yaml")) == 0
-    assert cli.main(compile_args(out / "pipeline.json", "--target", "vertex")) == 0
+    assert cli.main(compile_args(out / "pipeline.json", "--target", "vertex", "--gpu-type", "NVIDIA_TESLA_T4")) == 0
     return out
 
 
@@ -171,10 +174,44 @@ def test_without_a_root_the_clusters_default_applies(tmp_path):
     (["--target", "vertex", "--pipeline-root", "minio://x/y"], "needs a gs:// pipeline root"),
     (["--pipeline-root", "/local/root"], "not a URI the launcher can store artifacts under"),
     (["--pipeline-root", ROOT, "--gpus", "-1"], "--gpus: must be >= 0"),
+    (["--pipeline-root", ROOT, "--memory", "0"], "--memory: must be > 0"),
+    # Vertex names its GPUs; Kubernetes' nvidia.com/gpu would be refused by Vertex at run time.
+    (["--target", "vertex", "--pipeline-root", ROOT, "--gpus", "1"],
+     "--gpu-type: Vertex names GPUs by type, one of NVIDIA_TESLA_K80, NVIDIA_TESLA_P100"),
+    (["--target", "vertex", "--pipeline-root", ROOT, "--gpus", "1", "--gpu-type", "nvidia.com/gpu"],
+     "got 'nvidia.com/gpu'"),
 ])
 def test_settings_the_target_cannot_use_are_clear_errors(tmp_path, extra, message):
     with pytest.raises(SystemExit, match=re.escape(message)):
         cli.main(["kubeflow", "compile", "--output", str(tmp_path / "p.yaml"), "--profile", "tiny", *extra])
+
+
+def test_vertex_gets_its_own_gpu_name(compiled):
+    job = json.loads((compiled / "pipeline.json").read_text())
+    resources = container(job["pipelineSpec"], "Trainer")["resources"]
+    assert resources["accelerator"] == {"type": "NVIDIA_TESLA_T4", "count": "2"}
+
+
+def test_a_flag_error_comes_before_tfx_is_imported(tmp_path):
+    """The one-line refusal, without TensorFlow's start-up lines before it."""
+    code = ("import sys\nfrom cli import main\ntry:\n    main.main(sys.argv[1:])\nexcept SystemExit as exc:\n"
+            "    print(exc)\nprint(sorted({'tensorflow', 'tfx'} & set(sys.modules)))")
+    args = ["kubeflow", "compile", "--output-file", str(tmp_path / "p.json"), "--profile", "tiny",
+            "--target", "vertex", "--pipeline-root", ROOT, "--set", "train.workers=2"]
+    done = subprocess.run([sys.executable, "-c", code, *args], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.stdout.splitlines() == [
+        "petseg: --project: required for --target vertex with train.workers=2 (the Google Cloud project the "
+        "Trainer's CustomJob runs in)", "[]"], done.stdout + done.stderr
+    assert done.stderr == ""
+
+
+def test_compile_keeps_tensorflow_and_tfx_off_the_console(tmp_path):
+    package, scratch = tmp_path / "p.yaml", tmp_path / "tmp"
+    scratch.mkdir()
+    done = subprocess.run([sys.executable, "-m", "cli.main", *compile_args(package)], cwd=REPO, capture_output=True,
+                          text=True, timeout=900, env=dict(os.environ, TMPDIR=str(scratch)))
+    assert (done.returncode, done.stdout, done.stderr) == (0, f"petseg: wrote {package}\n", "")
+    assert list(scratch.iterdir()) == []  # the full log is kept only when compiling fails
 
 
 def test_bad_target_and_file_names_are_clear_errors(tmp_path, capsys):

@@ -6,6 +6,7 @@ import pytest
 import yaml
 
 from kubeflow import tfjob
+from kubeflow.resources import Resources
 from cli import main as cli
 from support.kube_trainer import NAMESPACE, admit
 
@@ -15,7 +16,7 @@ ARGS = ["--executor_class_path", "tfx.components.trainer.executor.GenericExecuto
 
 def job(workers=3, **overrides):
     kwargs = dict(name="petseg-trainer-0123456789ab", namespace="team-a", image=IMAGE, workers=workers, args=ARGS,
-                  resources=tfjob.Resources(cpu=8, memory_gb=32, gpus=1), service_account="pipeline-runner")
+                  resources=Resources(cpu=8, memory_gb=32, gpus=1), service_account="pipeline-runner")
     return tfjob.build(**{**kwargs, **overrides})
 
 
@@ -42,8 +43,8 @@ def test_a_chief_and_workers_each_running_the_trainer_executor_with_their_own_re
 
 
 def test_no_resources_means_none_asked_and_a_gpu_type_is_kept():
-    assert "resources" not in tfjob.containers(job(resources=tfjob.Resources()))[0]
-    limits = tfjob.containers(job(resources=tfjob.Resources(gpus=2, gpu_type="amd.com/gpu")))[0]["resources"]["limits"]
+    assert "resources" not in tfjob.containers(job(resources=Resources()))[0]
+    limits = tfjob.containers(job(resources=Resources(gpus=2, gpu_type="amd.com/gpu")))[0]["resources"]["limits"]
     assert limits == {"amd.com/gpu": "2"}
 
 
@@ -52,11 +53,11 @@ def test_no_resources_means_none_asked_and_a_gpu_type_is_kept():
     ({"name": "Petseg_Trainer"}, "a DNS-1035 label"),
     ({"name": "p" * 60}, "would exceed 63 characters"),
     ({"image": ""}, "image: required"),
-    ({"resources": tfjob.Resources(gpus=-1)}, "gpus: must be >= 0"),
-    ({"resources": tfjob.Resources(memory_gb=-4)}, "memory: must be > 0"),
+    ({"resources": Resources(gpus=-1)}, "--gpus: must be >= 0"),
+    ({"resources": Resources(memory_gb=-4)}, "--memory: must be > 0"),
 ])
 def test_bad_arguments_are_refused_naming_the_argument(overrides, message):
-    with pytest.raises(tfjob.TFJobError, match=message):
+    with pytest.raises(ValueError, match=message):
         job(**overrides)
 
 

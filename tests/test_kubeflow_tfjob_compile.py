@@ -6,6 +6,7 @@ import pytest
 import yaml
 
 from kubeflow import tfjob, tfjob_executor
+from kubeflow.resources import Resources
 from cli import main as cli
 from support import kfp_backend
 from support.kube_trainer import admit
@@ -66,7 +67,7 @@ def test_kfp_backend_accepts_it(compiled):
 def test_the_job_the_compiled_settings_give_is_admitted_by_the_server_and_the_operators_webhook(compiled, cluster):
     settings = dict(custom_config(yaml.safe_load(compiled.read_text()))[tfjob_executor.SETTINGS_KEY])
     job = tfjob.review_manifest(image=settings.pop("image"), workers=settings.pop("workers"),
-                                resources=tfjob.Resources(**settings), namespace="kubeflow",
+                                resources=Resources(**settings), namespace="kubeflow",
                                 service_account="pipeline-runner")
     assert tfjob.replica_counts(admit(cluster, job)) == {"Chief": 1, "Worker": 2}
     for container in tfjob.containers(job):
