@@ -11,7 +11,7 @@ BENCH_ARGS ?=
 # uv from PATH, else the Python package `make setup` installs with pip (run as `python3 -m uv`).
 UV := $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 
-.PHONY: help setup browser etcd kfpcheck kubecluster run test test-flink bench clean
+.PHONY: help setup prerequisites browser etcd kfpcheck kubecluster run test test-flink bench clean
 
 help:
 	@echo "make run [ARGS='--profile quick ...']  install, then run the whole pipeline (petseg run)"
@@ -37,6 +37,21 @@ $(STAMP): pyproject.toml uv.lock Makefile
 
 run: setup
 	$(VENV)/bin/petseg run $(ARGS)
+
+# What `make test` needs and cannot install itself, checked before anything is installed: one line per
+# missing piece. Root only when Chromium or etcd is still to be installed (apt-get); Go for the Go
+# modules' `go 1.24` line; Java 17 and Maven for the Flink tests (Flink 1.19, Beam's job server).
+prerequisites:
+	@missing=0; have() { command -v "$$1" >/dev/null 2>&1; }; \
+	if ! { have chromium && have etcd; } && [ "$$(id -u)" != 0 ]; then \
+	  echo "make test needs root to apt-get install chromium and etcd-server (or install them first)"; missing=1; fi; \
+	minor=$$(go env GOVERSION 2>/dev/null | sed -n 's/^go1\.\([0-9]*\).*/\1/p'); \
+	if [ "$${minor:-0}" -lt 24 ]; then \
+	  echo "make test needs Go >= 1.24 (https://go.dev/dl), found: $$(go version 2>/dev/null || echo no go)"; missing=1; fi; \
+	if ! java -version 2>&1 | grep -q 'version "17\.'; then \
+	  echo "make test needs Java 17 (apt-get install openjdk-17-jdk-headless), found: $$(java -version 2>&1 | head -n 1 || true)"; missing=1; fi; \
+	if ! have mvn; then echo "make test needs Maven (apt-get install maven)"; missing=1; fi; \
+	exit $$missing
 
 # Debian's headless Chromium opens the HTML dashboard in tests/test_dashboard.py (apt needs root).
 browser:
@@ -65,7 +80,7 @@ $(KUBE_BIN)/.built:
 	  && go build -mod=readonly -trimpath -buildvcs=false -ldflags="$$ld" -o $(CURDIR)/$(KUBE_BIN)/ tool
 	@touch $@
 
-test: setup browser kfpcheck kubecluster
+test: prerequisites setup browser kfpcheck kubecluster
 	$(VENV)/bin/python -m pytest $(TEST_ARGS)
 
 # Only the Flink cluster tests (part of `make test` too): they start and stop their own local cluster,

@@ -1,8 +1,10 @@
 """The README names tests that exist, and its "What happens when ..." table covers every reliability case with them."""
 
 import ast
+import os
 import pathlib
 import re
+import subprocess
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 HEADING = "## What happens when ..."
@@ -60,3 +62,22 @@ def test_every_test_file_the_readme_names_exists():
     named = set(re.findall(r"\btests/[\w/]+\.py\b", (REPO / "README.md").read_text()))
     assert named, "the README names no test file"
     assert sorted(path for path in named if not (REPO / path).is_file()) == []
+
+
+def _prerequisites(path: str):
+    return subprocess.run(["make", "-s", "prerequisites"], cwd=REPO, capture_output=True, text=True,
+                          env=dict(os.environ, PATH=path), timeout=60)
+
+
+def test_make_test_names_what_it_cannot_install_one_line_each(tmp_path):
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "java").write_text('#!/bin/sh\necho \'openjdk version "21.0.2" 2024-01-16\' >&2\n')
+    (fake / "java").chmod(0o755)
+    # No Go on this PATH, and a Java that is not 17.
+    done = _prerequisites(f"{fake}:/usr/bin:/bin")
+    assert done.returncode != 0
+    assert done.stdout.splitlines() == [
+        "make test needs Go >= 1.24 (https://go.dev/dl), found: no go",
+        'make test needs Java 17 (apt-get install openjdk-17-jdk-headless), found: openjdk version "21.0.2" 2024-01-16']
+    assert _prerequisites(os.environ["PATH"]).returncode == 0  # this machine has them all
