@@ -9,8 +9,10 @@ from typing import Dict, List, Optional
 def training_history(model_run: Optional[str]) -> Dict[str, List[float]]:
     """Keras history per epoch from the Trainer's TensorBoard logs (train/ and validation/ under model_run).
 
-    TensorBoard's own reader loads the events; a Trainer resumed from its backup writes a second
-    events file that repeats the epochs since the backup, and the later value of an epoch wins.
+    Keys as Keras names them (`loss`, `val_mean_iou`, `lr`, ...), plus `epoch`: the 0-based epochs this
+    Trainer ran (a training resumed from its backup starts after the backup's). TensorBoard's own reader
+    loads the events; a Trainer resumed within one execution writes a second events file that repeats
+    the epochs since the backup, and the later value of an epoch wins.
     """
     if not model_run:
         return {}
@@ -18,6 +20,7 @@ def training_history(model_run: Optional[str]) -> Dict[str, List[float]]:
     from tensorboard.backend.event_processing import event_accumulator
 
     history: Dict[str, List[float]] = {}
+    epochs: set = set()
     for subdir, prefix in (("train", ""), ("validation", "val_")):
         logdir = pathlib.Path(model_run) / subdir
         if not logdir.is_dir():
@@ -29,4 +32,7 @@ def training_history(model_run: Optional[str]) -> Dict[str, List[float]]:
                 # TF2 event files carry no restart marker, so the accumulator keeps repeated steps.
                 by_epoch = {e.step: float(tf.make_ndarray(e.tensor_proto)) for e in events.Tensors(tag)}
                 history[prefix + tag[len("epoch_"):]] = [by_epoch[step] for step in sorted(by_epoch)]
+                epochs.update(by_epoch)
+    if history:
+        history["epoch"] = sorted(epochs)
     return history

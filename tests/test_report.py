@@ -75,5 +75,6 @@ def test_training_history_from_tensorboard_logs_of_a_resumed_training(tmp_path):
     _log(tmp_path / "validation", "epoch_loss", [(0, 1.0), (1, 0.95)])
     _log(tmp_path / "validation", "evaluation_loss_vs_iterations", [(0, 1.0)])
     history = training_history(str(tmp_path))
-    assert history == {"loss": pytest.approx([0.9, 0.6, 0.5, 0.4]), "val_loss": pytest.approx([1.0, 0.95])}
+    assert history == {"loss": pytest.approx([0.9, 0.6, 0.5, 0.4]), "val_loss": pytest.approx([1.0, 0.95]),
+                       "epoch": [0, 1, 2, 3]}
     assert training_history(None) == {} and training_history(str(tmp_path / "none")) == {}

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import posixpath
 import tempfile
 from typing import Sequence
@@ -118,11 +117,13 @@ def run_fn(fn_args, extra_callbacks: Sequence[tf.keras.callbacks.Callback] = ())
         epochs=train_config.epochs,
         steps_per_epoch=train_config.steps_per_epoch,
         callbacks=[
-            # Every replica of a cluster runs run_fn with the same model_run_dir: one writer, the chief.
+            # Before TensorBoard: it adds the epoch's learning rate to the logs TensorBoard then writes.
+            *_lr_schedule(train_config),
+            # Every replica of a cluster runs run_fn with the same model_run_dir: one writer, the chief. Its
+            # events are the run's one history (the dashboard reads them).
             *([tf.keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir, update_freq="epoch")] if chief else []),
             best,
             tf.keras.callbacks.BackupAndRestore(backup),
-            *_lr_schedule(train_config),
             *extra_callbacks,
         ],
         verbose=2,
@@ -130,11 +131,6 @@ def run_fn(fn_args, extra_callbacks: Sequence[tf.keras.callbacks.Callback] = ())
     _restore_best(best, history)
     if chief:
         export_model(model, fn_args.serving_model_dir, tf_transform_output, model_config)
-        tf.io.gfile.makedirs(fn_args.model_run_dir)
-        with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, "history.json"), "w") as f:
-            # `epoch` holds the 0-based epochs this run trained: a resumed run starts after the backup's.
-            json.dump({"epoch": list(history.epoch),
-                       **{key: [float(v) for v in values] for key, values in history.history.items()}}, f)
     else:
         # Saving may run collectives (reading the metrics' sync-on-read variables) that every replica
         # must join, so the other replicas save the same model, to scratch.
