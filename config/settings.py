@@ -13,6 +13,7 @@ MIXED_PRECISION = ("none", "auto", "mixed_float16", "mixed_bfloat16")
 DATASETS = ("synthetic", "oxford_iiit_pet")
 BEAM_RUNNERS = ("direct", "flink", "spark", "dataflow")
 BEAM_ENVIRONMENTS = ("EXTERNAL", "PROCESS", "LOOPBACK")
+DRIFT_ACTIONS = ("stop", "warn")
 
 
 class ConfigError(ValueError):
@@ -30,6 +31,9 @@ class DataConfig:
     oxford_raw_dir: Optional[str] = None
     # With `{SPAN}`: the span to read; None = the latest span when the run starts.
     span: Optional[int] = None
+    # With `{SPAN}`: train on the train splits of the newest this-many spans (up to `span`); evaluation
+    # and the drift gate still look at the newest span alone.
+    span_window: int = 1
     # TFDS data dir; None means `<output>/tfds`.
     data_dir: Optional[str] = None
     synthetic_train_images: int = 800
@@ -57,6 +61,29 @@ class EvalConfig:
     # Images per model call in the Evaluator. Beam's adaptive batching instead starts at one and grows,
     # and every new batch shape makes the model's call slower; on a CPU, 4 to 16 run equally fast.
     batch_size: int = 16
+
+
+@dataclasses.dataclass
+class DriftConfig:
+    """The drift gate: the newest span's train split against the served model's newest span's (TFDV comparators).
+
+    Each threshold is the largest value that still counts as no drift. The defaults sit above the 99th
+    percentile of undrifted pairs of synthetic spans of 150-600 images with a margin (bench/README.md,
+    "Drift thresholds").
+    """
+
+    # stop: fail the run before Transform (nothing is trained or pushed); warn: train and report the drift.
+    action: str = "stop"
+    # L-infinity distance: the largest change in any category's share of the examples (0..1).
+    species_linf: float = 0.2
+    label_linf: float = 0.2
+    # Jensen-Shannon divergence of the per-image numbers' histograms (0..1).
+    height_jsd: float = 0.1
+    width_jsd: float = 0.1
+    brightness_jsd: float = 0.1
+    # The span's train examples as a share of the baseline span's: fewer or more is drift.
+    min_examples_ratio: float = 0.6
+    max_examples_ratio: float = 1.67
 
 
 @dataclasses.dataclass
@@ -167,6 +194,7 @@ class PipelineConfig:
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+    drift: DriftConfig = dataclasses.field(default_factory=DriftConfig)
 
     # Paths derived from `output`, so a run never writes outside it.
     @property
@@ -205,6 +233,10 @@ class PipelineConfig:
             _check(self.data.span >= 0, "data.span", "must be >= 0 or null (the latest span)")
             _check("{SPAN}" in (self.data.oxford_raw_dir or ""), "data.span",
                    "needs a data.oxford_raw_dir with {SPAN}, e.g. /data/pets/span-{SPAN}")
+        _check(self.data.span_window >= 1, "data.span_window", "must be >= 1")
+        if self.data.span_window > 1:
+            _check("{SPAN}" in (self.data.oxford_raw_dir or ""), "data.span_window",
+                   "needs a data.oxford_raw_dir with {SPAN}, e.g. /data/pets/span-{SPAN}")
         for key, why in _model_and_train_problems(self.model, self.train):
             raise ConfigError(f"{key}: {why}")
         _check(0 <= self.eval.min_mean_iou <= 1, "eval.min_mean_iou", "must be in [0, 1]")
@@ -213,10 +245,20 @@ class PipelineConfig:
         _check(self.eval.batch_size >= 1, "eval.batch_size", "must be >= 1")
         _check(self.eval.baseline_version is None or self.eval.baseline_version >= 0, "eval.baseline_version",
                "must be a served version number or null (the newest)")
+        _validate_drift(self.drift)
         _validate_beam(self.beam)
         _check(bool(self.name) and self.name.replace("-", "").replace("_", "").isalnum(), "name",
                "must be letters, digits, '-' or '_'")
         return self
+
+
+def _validate_drift(drift: DriftConfig) -> None:
+    """Raises ConfigError naming the first drift setting out of range."""
+    _check(drift.action in DRIFT_ACTIONS, "drift.action", f"must be one of {DRIFT_ACTIONS}")
+    for key in ("species_linf", "label_linf", "height_jsd", "width_jsd", "brightness_jsd"):
+        _check(0 < getattr(drift, key) <= 1, f"drift.{key}", "must be in (0, 1]")
+    _check(0 < drift.min_examples_ratio <= 1, "drift.min_examples_ratio", "must be in (0, 1]")
+    _check(drift.max_examples_ratio >= 1, "drift.max_examples_ratio", "must be >= 1")
 
 
 def _validate_beam(beam: BeamConfig) -> None:
