@@ -21,7 +21,7 @@ ROOT = "gs://petseg-bucket/pipeline_root"
 BEAM_ARGS = ["--runner=DataflowRunner", "--project=demo-project", "--region=europe-west4",
              "--temp_location=gs://petseg-bucket/tmp"]
 TASKS = {"TfdsExampleGen", "ImportSchemaGen", "StatisticsGen", "ExampleValidator", "ValidationGate", "Transform",
-         "latest_blessed_model", "Trainer", "Evaluator", "Pusher"}
+         "latest_blessed_model", "DistributionValidator", "DriftGate", "Trainer", "Evaluator", "Pusher"}
 RUN_EXECUTOR = ["python", "-m", "kubeflow.entrypoint"]
 
 
