@@ -9,6 +9,7 @@ from typing import List, Optional
 
 from cli import console, kubeflow as kubeflow_cli
 from cli.config_args import add_config_args, config_from_args
+from config import names
 from config.settings import DATASETS, ConfigError
 from engine import flink
 from engine.install import InstallError
@@ -118,6 +119,12 @@ def _run(args: argparse.Namespace) -> int:
                 path = dashboard.write_dashboard(str(config.output_dir), pipeline_name=config.name)
         except (local_runner.PipelineFailed, local_runner.MetadataUnavailable) as exc:
             print(f"petseg: {exc}\nfull log: {log_file}", file=stream)
+            if getattr(exc, "component", None) == names.DRIFT_GATE_ID:
+                # Stopped on purpose: the reviewer needs the summary and the dashboard to see why.
+                with console.full_log(log_file):
+                    summary.finish_run(config, stream, stopped=names.DRIFT_GATE_ID)
+                    path = dashboard.write_dashboard(str(config.output_dir), pipeline_name=config.name)
+                print(f"[petseg] dashboard: {path}", file=stream, flush=True)
             return 1
         print(f"[petseg] dashboard: {path}", file=stream, flush=True)
     return 0
