@@ -69,7 +69,8 @@ def run_history(metadata_path: str, pipeline_name: str) -> List[Dict[str, Any]]:
 
 def _row(mlmd: _Store, run_id: str, started: int, executions: List[Execution],
          node_of: Dict[int, str]) -> Dict[str, Any]:
-    """run, date, spans, drift verdict, candidate and baseline mean IoU, blessed, pushed version, status."""
+    """run, date, spans, drift verdict, candidate and baseline mean IoU, blessed, pushed version, status, and the
+    Evaluator's output."""
     latest: Dict[str, Execution] = {}
     for execution in sorted(executions, key=lambda e: e.id):
         latest[node_of[execution.id]] = execution
@@ -107,6 +108,7 @@ def _row(mlmd: _Store, run_id: str, started: int, executions: List[Execution],
         "blessed": _custom(output(names.EVALUATOR_ID, "blessing"), "blessed") == 1 if evaluation else None,
         "pushed_version": _custom(pushed, "pushed_version") if _custom(pushed, "pushed") == 1 else None,
         "status": status,
+        "evaluation": evaluation.uri if evaluation is not None else None,
     }
 
 

@@ -59,6 +59,21 @@ def load_eval_result(run_dir: str, pipeline_name: str = PipelineConfig.name):
     return tfma.load_eval_result(uri, model_name=metrics.model_name(uri))
 
 
+def pushed_eval_results(run_dir: str, pipeline_name: str = PipelineConfig.name):
+    """The evaluation that blessed each model pushed from this folder, oldest first, as a model-centric
+    `tfma.EvalResults` for `tfma.view.render_time_series` (each scored on its own run's newest span)."""
+    import tensorflow_model_analysis as tfma
+
+    layout = run_layout(run_dir, pipeline_name)
+    results, seen = [], set()
+    for row in run_history(layout.metadata_path, pipeline_name):
+        if row["pushed_version"] and row["pushed_version"] not in seen:  # a rerun handed the same model is no new push
+            seen.add(row["pushed_version"])
+            uri = row["evaluation"]
+            results.append(tfma.load_eval_result(uri, model_name=metrics.model_name(uri)))
+    return tfma.make_eval_results(results, tfma.constants.MODEL_CENTRIC_MODE)
+
+
 def load_run(run_dir: str, pipeline_name: str = PipelineConfig.name) -> RunView:
     """Reads summary.json, the TFMA evaluation and the Trainer's history of one `petseg run` output."""
     layout = run_layout(run_dir, pipeline_name)
