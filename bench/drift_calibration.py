@@ -142,11 +142,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--pairs", type=int, default=24)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--like-oxford", action="store_true", help="37 breeds and the real set's photo sizes")
-    parser.add_argument("--output", default="bench/drift_calibration.json")
+    parser.add_argument("--output", metavar="FILE", help="also write every pair's values as JSON")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="petseg-drift-") as work:
         result = calibrate(pathlib.Path(work), args.pairs, args.seed, args.like_oxford)
-    pathlib.Path(args.output).write_text(json.dumps(result, indent=1) + "\n")
+    if args.output:
+        pathlib.Path(args.output).write_text(json.dumps(result, indent=1) + "\n")
     print(table(result))
     return 0
 

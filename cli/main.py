@@ -34,7 +34,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=_run)
 
     report = sub.add_parser("report", help="write a run's self-contained HTML evaluation dashboard")
-    report.add_argument("--run", metavar="DIR", required=True, help="a `petseg run --output` folder")
+    source = report.add_mutually_exclusive_group(required=True)
+    source.add_argument("--run", metavar="DIR", help="a `petseg run --output` folder")
+    source.add_argument("--kubeflow-runs", metavar="URI",
+                        help="the folder of a Kubeflow pipeline's run folders (<pipeline root>/<pipeline name>; "
+                             "Vertex: <pipeline root>/<project number>): writes their history page (needs --output)")
     report.add_argument("--output", metavar="FILE", help="where to write it (default: DIR/report/index.html)")
     report.set_defaults(func=_report)
 
@@ -135,7 +139,13 @@ def _report(args: argparse.Namespace) -> int:
         from report import dashboard  # imports TFMA; keep `petseg --help` fast
 
     try:
-        path = dashboard.write_dashboard(args.run, args.output)
+        if args.kubeflow_runs:
+            if not args.output:
+                print("petseg: --kubeflow-runs needs --output FILE", file=sys.stderr)
+                return 2
+            path = dashboard.write_history_page(args.kubeflow_runs, args.output)
+        else:
+            path = dashboard.write_dashboard(args.run, args.output)
     except FileNotFoundError as exc:
         print(f"petseg: {exc}", file=sys.stderr)
         return 1

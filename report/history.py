@@ -1,17 +1,21 @@
-"""Every pipeline run an output folder's MLMD records, oldest first: spans, drift, scores, verdict and push."""
+"""Every pipeline run, oldest first: spans, drift, scores, verdict and push; from a run folder's MLMD (local runs) or
+from the run folders under a Kubeflow pipeline root (whose metadata store lives in the cluster)."""
 
 from __future__ import annotations
 
 import datetime
 import json
+import os
 import pathlib
 from typing import Any, Dict, List, Optional
 
 from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
+from tfx.components.evaluator import constants as evaluator_constants
 from tfx.dsl.compiler import constants
 
 from components import drift
+from components.pusher import PUSHED_TO_FILE
 from config import names
 from report import metrics
 
@@ -115,3 +119,76 @@ def _row(mlmd: _Store, run_id: str, started: int, executions: List[Execution],
 def _drift_verdict(anomalies_uri: str) -> Optional[str]:
     path = pathlib.Path(anomalies_uri) / drift.REPORT_FILE
     return json.loads(path.read_text())["verdict"] if path.exists() else None
+
+
+def folder_history(runs_dir: str) -> List[Dict[str, Any]]:
+    """`run_history`'s rows for the run folders under `runs_dir`, oldest first, read from the artifacts alone.
+
+    `runs_dir` holds one folder per run: `<pipeline root>/<pipeline name>` on open-source Kubeflow Pipelines
+    (tasks at `<run>/<task>/<execution>/<output>`), `<pipeline root>/<project number>` on Vertex
+    (`<run>/<task>_<execution>/<output>`); gs:// or any tf.io.gfile path. A task KFP served from its cache
+    writes no folder in that run, so its columns stay empty there.
+    """
+    import tensorflow as tf
+
+    rows = []
+    for name in sorted(tf.io.gfile.listdir(runs_dir)):
+        run = os.path.join(runs_dir, name.rstrip("/"))
+        if tf.io.gfile.isdir(run):
+            row = _folder_row(run, name.rstrip("/"))
+            if row is not None:
+                rows.append(row)
+    return sorted(rows, key=lambda row: row["started"])
+
+
+def _output(run: str, task: str, key: str, *path: str) -> Optional[str]:
+    import tensorflow as tf
+
+    for pattern in (f"{run}/{task}/*/{key}", f"{run}/{task}_*/{key}", f"{run}/{task}/{key}"):
+        found = sorted(tf.io.gfile.glob(os.path.join(pattern, *path)))
+        if found:
+            return found[-1]
+    return None
+
+
+def _folder_row(run: str, run_id: str) -> Optional[Dict[str, Any]]:
+    import tensorflow as tf
+
+    examples = _output(run, names.EXAMPLE_GEN_ID, "examples")
+    report_file = _output(run, names.DRIFT_VALIDATOR_ID, "anomalies", drift.REPORT_FILE)
+    if examples is None and report_file is None:
+        return None  # not a run of this pipeline
+    report = json.loads(tf.io.gfile.GFile(report_file).read()) if report_file else {}
+    # The newest span is the one drift was measured on; a window's older spans are its train_span_<N> splits.
+    older = sorted(int(os.path.basename(p.rstrip("/"))[len("Split-train_span_"):])
+                   for p in tf.io.gfile.glob(f"{examples}/Split-train_span_*")) if examples else []
+    spans = older + ([report["span"]] if "span" in report else [])
+    evaluation = _output(run, names.EVALUATOR_ID, "evaluation")
+    candidate = baseline = None
+    if evaluation is not None:
+        candidate = metrics.load_metrics(evaluation)[metrics.OVERALL].get("mean_iou")
+        found = metrics.load_baseline_metrics(evaluation)
+        baseline = found[metrics.OVERALL].get("mean_iou") if found else None
+    blessing = _output(run, names.EVALUATOR_ID, "blessing")
+    pushed_to = _output(run, names.PUSHER_ID, "pushed_model", PUSHED_TO_FILE)
+    first_records = sorted(tf.io.gfile.glob(f"{examples}/Split-train/*"))[:1] if examples else []
+    stamps = [tf.io.gfile.stat(f).mtime_nsec for f in [*first_records, report_file, pushed_to] if f] or [0]
+    blessed = tf.io.gfile.exists(os.path.join(blessing, evaluator_constants.BLESSED_FILE_NAME)) if blessing else None
+    if pushed_to or blessed is False:
+        status = COMPLETED
+    elif report.get("verdict") == drift.DRIFTED and _output(run, names.TRANSFORM_ID, "transform_graph") is None:
+        status = STOPPED_BY_DRIFT
+    else:
+        status = RUNNING
+    return {
+        "run": run_id,
+        "started": datetime.datetime.fromtimestamp(min(stamps) / 1e9, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
+        "spans": spans,
+        "drift": report.get("verdict"),
+        "candidate_mean_iou": candidate,
+        "baseline_mean_iou": baseline,
+        "blessed": blessed,
+        "pushed_version": os.path.basename(tf.io.gfile.GFile(pushed_to).read().strip()) if pushed_to else None,
+        "status": status,
+        "evaluation": evaluation,
+    }

@@ -90,12 +90,12 @@ def _drift(view: RunView) -> Optional[Dict[str, Any]]:
     return {**block, "rows": rows, "drifted": [row for row in rows if row["drifted"]]}
 
 
-def _history(view: RunView) -> Dict[str, Any]:
-    """The runs of this output folder, oldest first, and their candidate and baseline mean IoU as a chart."""
+def history_view(runs: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """Runs (report.history rows, oldest first) numbered, and their candidate and baseline mean IoU as a chart."""
     chart = charts.line_chart("mean IoU over runs", {
-        "candidate": [r["candidate_mean_iou"] for r in view.runs],
-        "baseline (served)": [r["baseline_mean_iou"] for r in view.runs]}, x_label="run", dashed="baseline")
-    return {"rows": [dict(r, index=i) for i, r in enumerate(view.runs, 1)], "chart": chart}
+        "candidate": [r["candidate_mean_iou"] for r in runs],
+        "baseline (served)": [r["baseline_mean_iou"] for r in runs]}, x_label="run", dashed="baseline")
+    return {"rows": [dict(r, index=i) for i, r in enumerate(runs, 1)], "chart": chart}
 
 
 def _facts(view: RunView) -> List[Tuple[str, str]]:
@@ -149,7 +149,7 @@ def view_model(view: RunView) -> Dict[str, Any]:
         "mask_legend": [(name, "rgb(%d, %d, %d)" % tuple(int(x) for x in colour))
                         for name, colour in zip(CLASS_NAMES, images.MASK_COLOURS)],
         "masks": [(_image_uri(p), pathlib.Path(p).stem) for p in view.images],
-        "facts": _facts(view), "components": components, "drift": _drift(view), "history": _history(view),
+        "facts": _facts(view), "components": components, "drift": _drift(view), "history": history_view(view.runs),
         "stopped": view.summary.get("stopped"),
         "total_seconds": sum(c.get("seconds") or 0 for c in components.values()),
         "cached": sum(1 for c in components.values() if c.get("cached")),
