@@ -129,7 +129,7 @@ def test_the_gate_stops_with_what_to_do_or_warns(spans, tmp_path, caplog):
         drift.DriftGate.test_call(anomalies=anomalies, action="stop")
     message = str(stopped.value)
     assert message.startswith("Span 0 drifted from the served model's training data")
-    assert "species: L-infinity distance" in message and "(threshold 0.2)" in message
+    assert "species: L-infinity distance" in message and f"(threshold {DEFAULTS.species_linf:g})" in message
     assert "nothing was trained or pushed" in message and "--set drift.action=warn" in message
     with caplog.at_level(logging.WARNING, logger="components.drift"):
         drift.DriftGate.test_call(anomalies=anomalies, action="warn")
