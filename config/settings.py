@@ -77,10 +77,10 @@ class DriftConfig:
     # L-infinity distance: the largest change in any category's share of the examples (0..1).
     species_linf: float = 0.22
     label_linf: float = 0.17
-    # Jensen-Shannon divergence of the per-image numbers' histograms (0..1).
-    height_jsd: float = 0.06
+    # Jensen-Shannon divergence of the per-image numbers' quantiles histograms (0..1).
+    height_jsd: float = 0.05
     width_jsd: float = 0.08
-    brightness_jsd: float = 0.13
+    brightness_jsd: float = 0.18
     # The span's train examples as a share of the baseline span's: fewer or more is drift.
     min_examples_ratio: float = 0.6
     max_examples_ratio: float = 1.67
