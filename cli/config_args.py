@@ -22,8 +22,9 @@ def add_config_args(parser: argparse.ArgumentParser) -> List[argparse.Action]:
 
 
 def config_from_args(args: argparse.Namespace) -> PipelineConfig:
-    """Profile < config file < --set < dedicated flags."""
-    config = load_config(args.profile, args.config, args.overrides)
+    """Profile < config file < --set < dedicated flags; validated once all apply (e.g. --set data.span_window=2
+    needs the {SPAN} pattern of --oxford-raw-dir)."""
+    config = load_config(args.profile, args.config, args.overrides, validate=False)
     flags = {key: getattr(args, flag) for flag, key in (
         ("output", "output"), ("dataset", "data.dataset"),
         ("oxford_raw_dir", "data.oxford_raw_dir"), ("data_dir", "data.data_dir"))

@@ -9,6 +9,7 @@ from typing import List, Optional
 
 from cli import console, kubeflow as kubeflow_cli
 from cli.config_args import add_config_args, config_from_args
+from config import names
 from config.profiles import load_config
 from config.settings import DATASETS, ConfigError
 from engine import flink
@@ -34,7 +35,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=_run)
 
     report = sub.add_parser("report", help="write a run's self-contained HTML evaluation dashboard")
-    report.add_argument("--run", metavar="DIR", required=True, help="a `petseg run --output` folder")
+    source = report.add_mutually_exclusive_group(required=True)
+    source.add_argument("--run", metavar="DIR", help="a `petseg run --output` folder")
+    source.add_argument("--kubeflow-runs", metavar="URI",
+                        help="the folder of a Kubeflow pipeline's run folders (<pipeline root>/<pipeline name>; "
+                             "Vertex: <pipeline root>/<project number>): writes their history page (needs --output)")
     report.add_argument("--output", metavar="FILE", help="where to write it (default: DIR/report/index.html)")
     report.set_defaults(func=_report)
 
@@ -162,6 +167,12 @@ def _run(args: argparse.Namespace) -> int:
                 path = dashboard.write_dashboard(str(config.output_dir), pipeline_name=config.name)
         except (local_runner.PipelineFailed, local_runner.MetadataUnavailable) as exc:
             print(f"petseg: {exc}\nfull log: {log_file}", file=stream)
+            if getattr(exc, "component", None) == names.DRIFT_GATE_ID:
+                # Stopped on purpose: the reviewer needs the summary and the dashboard to see why.
+                with console.full_log(log_file):
+                    summary.finish_run(config, stream, stopped=names.DRIFT_GATE_ID)
+                    path = dashboard.write_dashboard(str(config.output_dir), pipeline_name=config.name)
+                print(f"[petseg] dashboard: {path}", file=stream, flush=True)
             return 1
         print(f"[petseg] dashboard: {path}", file=stream, flush=True)
     return 0
@@ -172,7 +183,13 @@ def _report(args: argparse.Namespace) -> int:
         from report import dashboard  # imports TFMA; keep `petseg --help` fast
 
     try:
-        path = dashboard.write_dashboard(args.run, args.output)
+        if args.kubeflow_runs:
+            if not args.output:
+                print("petseg: --kubeflow-runs needs --output FILE", file=sys.stderr)
+                return 2
+            path = dashboard.write_history_page(args.kubeflow_runs, args.output)
+        else:
+            path = dashboard.write_dashboard(args.run, args.output)
     except FileNotFoundError as exc:
         print(f"petseg: {exc}", file=sys.stderr)
         return 1

@@ -126,6 +126,39 @@ class _BatchedTfxioUtils:
         return batched
 
 
+# ---------------------------------------------------------------- TFX DistributionValidator: its config and verdicts
+
+@contextlib.contextmanager
+def distribution_validator_fixed(exec_properties: Dict[str, Any]) -> Iterator[Dict[str, Any]]:
+    """Within the block, TFX's DistributionValidator executor judges every comparator; yields its exec properties
+    with the config as the proto message it expects.
+
+    Two defects of TFX 1.16's executor. It keeps only the anomaly reasons listed in the module-level
+    `_COMPARISON_ANOMALY_TYPES`, read by `_get_comparison_only_anomalies` at call time, and that set leaves out
+    COMPARATOR_NORMALIZED_ABSOLUTE_DIFFERENCE_HIGH: a `normalized_abs_difference` over its threshold blesses.
+    And compiled for Kubeflow V2, the proto-typed `distribution_validator_config` parameter reaches the executor
+    as the JSON string the compiler wrote (the V2 entrypoint does not parse `use_proto` parameters back), where
+    `_make_schema_from_config` reads fields of the message.
+    """
+    from tensorflow_metadata.proto.v0 import anomalies_pb2
+    from tfx.components.distribution_validator import executor as validator_executor
+    from tfx.proto import distribution_validator_pb2
+    from tfx.types import standard_component_specs
+    from tfx.utils import proto_utils
+
+    key = standard_component_specs.DISTRIBUTION_VALIDATOR_CONFIG_KEY
+    config = exec_properties.get(key)
+    if isinstance(config, str):
+        config = proto_utils.json_to_proto(config, distribution_validator_pb2.DistributionValidatorConfig())
+    original = validator_executor._COMPARISON_ANOMALY_TYPES  # pylint: disable=protected-access
+    validator_executor._COMPARISON_ANOMALY_TYPES = original | {  # pylint: disable=protected-access
+        anomalies_pb2.AnomalyInfo.Type.COMPARATOR_NORMALIZED_ABSOLUTE_DIFFERENCE_HIGH}
+    try:
+        yield {**exec_properties, key: config} if key in exec_properties else dict(exec_properties)
+    finally:
+        validator_executor._COMPARISON_ANOMALY_TYPES = original  # pylint: disable=protected-access
+
+
 # ---------------------------------------------------------------- TFX Kubeflow V2 task entrypoint
 
 def parse_kubeflow_v2_executor_flags(argv: List[str]) -> Tuple[Any, List[str]]:

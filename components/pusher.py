@@ -1,4 +1,4 @@
-"""AtomicPusher: TFX's Pusher, but a served version appears only complete and is never pushed twice."""
+"""AtomicPusher: TFX's Pusher, but a served version appears only complete, with its training statistics, and once."""
 
 from __future__ import annotations
 
@@ -15,11 +15,12 @@ from typing import Any, Dict, List, Optional
 from absl import logging
 from tfx import types
 from tfx.components.pusher import component as pusher_component, executor as pusher_executor
-from tfx.dsl.components.base import executor_spec
+from tfx.dsl.components.base import base_component, executor_spec
 from tfx.dsl.io import fileio
 from tfx.proto import pusher_pb2
-from tfx.types import artifact_utils, standard_component_specs
-from tfx.utils import io_utils, proto_utils
+from tfx.types import artifact_utils, standard_artifacts, standard_component_specs
+from tfx.types.component_spec import ChannelParameter
+from tfx.utils import io_utils, json_utils, proto_utils
 
 from components import serving_dir as serving
 
@@ -31,6 +32,9 @@ _OWNER_SUFFIX = ".owner"
 LEASE_SECONDS = 3600
 # Written into the PushedModel artifact: where the model went (the Trainer's artifact is the archive).
 PUSHED_TO_FILE = "PUSHED_TO"
+STATISTICS_KEY = "statistics"
+# The statistics splits published with a model: its newest span's (a window's older spans add others).
+PUBLISHED_SPLITS = ("train", "eval")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,8 +135,8 @@ def _last_change(staging: str) -> float:
     return max(times)
 
 
-def publish(model_path: str, base: str, version: str) -> str:
-    """Places a SavedModel at `<base>/<version>` so that the version folder never exists half-written.
+def publish(model_path: str, base: str, version: str, statistics: Optional[types.Artifact] = None) -> str:
+    """Places a SavedModel (and its training statistics) at `<base>/<version>`, never half-written.
 
     The model goes to a hidden sibling first (same filesystem) and one `rename` makes it visible:
     a kill at any moment leaves either no version or a complete one.
@@ -144,7 +148,7 @@ def publish(model_path: str, base: str, version: str) -> str:
     os.makedirs(base, exist_ok=True)
     staging = begin_staging(base, version)
     try:
-        serving.place(model_path, staging)
+        serving.place(model_path, staging, _statistics_writer(statistics))
         # os.rename refuses a non-empty target, so a concurrent push of the same version is never mixed.
         os.rename(staging, target)
     finally:
@@ -152,8 +156,16 @@ def publish(model_path: str, base: str, version: str) -> str:
     return target
 
 
+def _statistics_writer(statistics: Optional[types.Artifact]):
+    """What `serving.place` calls before the model goes in: writes the training statistics, if any."""
+    if statistics is None:
+        return None
+    splits = [s for s in PUBLISHED_SPLITS if s in artifact_utils.decode_split_names(statistics.split_names)]
+    return lambda version_dir: serving.write_statistics(statistics, splits, version_dir)
+
+
 class Executor(pusher_executor.Executor):
-    """TFX's filesystem Pusher: same inputs, outputs and artifact properties, with three differences.
+    """TFX's filesystem Pusher: same inputs, outputs and artifact properties, with four differences.
 
     - A local version appears atomically (staging folder, then rename); remote destinations (gs://)
       keep TFX's copy, saved_model.pb last: object stores have no atomic rename, and TF Serving waits
@@ -162,6 +174,8 @@ class Executor(pusher_executor.Executor):
       records that version.
     - The PushedModel artifact records where the model went instead of holding another copy of it;
       the Trainer's Model artifact (its lineage parent in MLMD) is the archive.
+    - With `statistics` (StatisticsGen's), a version carries those of the newest span it was trained on
+      (`serving.STATISTICS_DIR`): the next run's baseline for drift, published as atomically as the model.
     """
 
     def Do(self, input_dict: Dict[str, List[types.Artifact]], output_dict: Dict[str, List[types.Artifact]],
@@ -178,6 +192,7 @@ class Executor(pusher_executor.Executor):
             self._MarkNotPushed(model_push)
             return
         model_path = self.GetModelPath(input_dict)
+        statistics = next(iter(input_dict.get(STATISTICS_KEY) or []), None)
         base = fs_config.base_directory
         newest = serving.latest_version(base)
         if newest is not None and serving.fingerprint(os.path.join(base, str(newest))) == serving.fingerprint(model_path):
@@ -188,25 +203,38 @@ class Executor(pusher_executor.Executor):
             if fileio.exists(os.path.join(base, version)):
                 version = str(max(int(version), newest or 0) + 1)  # a push within the same second
             if "://" in base:
-                serving.place(model_path, os.path.join(base, version))
+                serving.place(model_path, os.path.join(base, version), _statistics_writer(statistics))
             else:
                 remove_abandoned(base)
-                publish(model_path, base, version)
+                publish(model_path, base, version, statistics)
             logging.info("Model written to serving path %s.", os.path.join(base, version))
         serving_path = os.path.join(base, version)
         io_utils.write_string_file(os.path.join(model_push.uri, PUSHED_TO_FILE), serving_path + "\n")
         self._MarkPushed(model_push, pushed_destination=serving_path, pushed_version=version)
 
 
-class AtomicPusher(pusher_component.Pusher):
-    """Drop-in for `tfx.components.Pusher` whose filesystem versions appear atomically and only once."""
+class AtomicPusherSpec(standard_component_specs.PusherSpec):
+    """TFX's Pusher spec and the statistics to publish with the model."""
 
+    INPUTS = {**standard_component_specs.PusherSpec.INPUTS,
+              STATISTICS_KEY: ChannelParameter(type=standard_artifacts.ExampleStatistics, optional=True)}
+
+
+class AtomicPusher(pusher_component.Pusher):
+    """Drop-in for `tfx.components.Pusher` whose filesystem versions appear atomically, once, with `statistics`."""
+
+    SPEC_CLASS = AtomicPusherSpec
     EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(Executor)
 
     def __init__(self, model=None, model_blessing=None, infra_blessing=None, push_destination=None,
-                 custom_config=None):
+                 custom_config=None, statistics=None):
         # TFX's own "push_destination is required" check only fires for its stock executor class.
         if push_destination is None:
             raise ValueError("AtomicPusher needs push_destination (a filesystem base directory)")
-        super().__init__(model=model, model_blessing=model_blessing, infra_blessing=infra_blessing,
-                         push_destination=push_destination, custom_config=custom_config)
+        if model is None:
+            raise ValueError("AtomicPusher needs the model to push")
+        # TFX's Pusher builds its own spec, which has no `statistics`; the base class takes ours.
+        base_component.BaseComponent.__init__(self, spec=AtomicPusherSpec(
+            model=model, model_blessing=model_blessing, infra_blessing=infra_blessing,
+            push_destination=push_destination, custom_config=json_utils.dumps(custom_config),
+            statistics=statistics, pushed_model=types.Channel(type=standard_artifacts.PushedModel)))

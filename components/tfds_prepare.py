@@ -136,8 +136,9 @@ def prepare(data_dir: PathLike, source: str, raw_dir: Optional[PathLike] = None,
     data_dir = pathlib.Path(data_dir).resolve()
     work = data_dir / "petseg_sources"
     origin: Dict[str, object] = {"source": source}
+    remote = source == "raw-dir" and "://" in os.fspath(raw_dir)
     if source == "raw-dir":
-        origin["raw_dir"] = str(pathlib.Path(raw_dir).resolve())
+        origin["raw_dir"] = os.fspath(raw_dir) if remote else str(pathlib.Path(raw_dir).resolve())
     elif source == "synthetic":
         origin["synthetic"] = [int(v) for v in synthetic]
         origin["generator"] = synthetic_archive.GENERATOR_VERSION
@@ -157,6 +158,8 @@ def prepare(data_dir: PathLike, source: str, raw_dir: Optional[PathLike] = None,
         style = "-like-oxford" if synthetic_like_oxford else ""
         raw = synthetic_archive.write_archive(work / f"synthetic_raw-{train}-{test}-{seed}{style}", train, test,
                                               seed, like_oxford=synthetic_like_oxford)
+    elif remote:
+        raw = _copy_to_local(os.fspath(raw_dir), work / "raw")
     else:
         raw = pathlib.Path(raw_dir).resolve()
     staging = work / "staging"
@@ -165,12 +168,31 @@ def prepare(data_dir: PathLike, source: str, raw_dir: Optional[PathLike] = None,
     builder = tfds.builder(f"{NAME}:{builder.version}", data_dir=str(data_dir))  # plain TFDS reads it back
     # The builder has read everything; the staging copy is symlinks and a few re-encodes.
     shutil.rmtree(staging, ignore_errors=True)
+    if remote:
+        shutil.rmtree(raw, ignore_errors=True)
     prepared = _describe(builder, data_dir, origin, skipped, repaired)
     work.mkdir(parents=True, exist_ok=True)
     record.write_text(json.dumps(dataclasses.asdict(prepared), indent=2, sort_keys=True))
     log.info("Prepared %s %s: %s examples, skipped %s, repaired %s", NAME, prepared.version,
              prepared.num_examples, skipped or "none", repaired or "none")
     return prepared
+
+
+def _copy_to_local(remote: str, local: pathlib.Path) -> pathlib.Path:
+    """Copies an extracted archive folder on gs:// (any tf.io.gfile filesystem) to `local`; returns it.
+
+    Staging checks every file with PIL and links the good ones, which needs local files.
+    """
+    import tensorflow as tf
+
+    shutil.rmtree(local, ignore_errors=True)
+    log.info("Copying %s to %s", remote, local)
+    for folder, _, files in tf.io.gfile.walk(remote):
+        target = local / os.path.relpath(folder.rstrip("/"), remote.rstrip("/"))
+        target.mkdir(parents=True, exist_ok=True)
+        for name in files:
+            tf.io.gfile.copy(os.path.join(folder, name), str(target / name), overwrite=True)
+    return local
 
 
 def _download(builder, data_dir: pathlib.Path, work: pathlib.Path,

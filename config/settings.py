@@ -13,6 +13,7 @@ MIXED_PRECISION = ("none", "auto", "mixed_float16", "mixed_bfloat16")
 DATASETS = ("synthetic", "oxford_iiit_pet")
 BEAM_RUNNERS = ("direct", "flink", "spark", "dataflow")
 BEAM_ENVIRONMENTS = ("EXTERNAL", "PROCESS", "LOOPBACK")
+DRIFT_ACTIONS = ("stop", "warn")
 
 
 class ConfigError(ValueError):
@@ -31,6 +32,9 @@ class DataConfig:
     """Extracted Oxford-IIIT Pet archives to build offline; may hold {SPAN}."""
     span: Optional[int] = None
     """With {SPAN}: the span to read; null = the newest when the run starts."""
+    # Evaluation and the drift gate still look at the newest span alone, so older spans dilute no change.
+    span_window: int = 1
+    """With {SPAN}: train on the train splits of the newest this-many spans (up to `span`)."""
     data_dir: Optional[str] = None
     """TFDS data dir; null = <output>/tfds."""
     synthetic_train_images: int = 800
@@ -64,6 +68,37 @@ class EvalConfig:
     # and every new batch shape makes the model's call slower; on a CPU, 4 to 16 run equally fast.
     batch_size: int = 16
     """Images per model call in the Evaluator."""
+
+
+@dataclasses.dataclass
+class DriftConfig:
+    """The drift gate: the newest span's train split against the served model's newest span's (TFDV comparators).
+
+    Each threshold is the largest value that still counts as no drift. The defaults are twice the larger 99th
+    percentile of two calibrations on undrifted pairs of synthetic spans of 150-600 images, the default
+    pets (24 pairs) and Oxford-like ones (20 pairs); the count ratio's bounds lie a third beyond its 1st and
+    99th percentile (bench/README.md, "Drift thresholds").
+    """
+
+    action: str = "stop"
+    """stop: fail the run before Transform (nothing trained or pushed); warn: train and report the drift."""
+    # L-infinity distance: the largest change in any category's share of the examples (0..1).
+    species_linf: float = 0.22
+    """Largest change allowed in any species' share of the examples (L-infinity distance)."""
+    label_linf: float = 0.17
+    """Largest change allowed in any breed's share of the examples (L-infinity distance)."""
+    # Jensen-Shannon divergence of the per-image numbers' quantiles histograms (0..1).
+    height_jsd: float = 0.25
+    """Largest Jensen-Shannon divergence allowed between the spans' image heights."""
+    width_jsd: float = 0.26
+    """Largest Jensen-Shannon divergence allowed between the spans' image widths."""
+    brightness_jsd: float = 0.18
+    """Largest Jensen-Shannon divergence allowed between the spans' mean image brightness."""
+    # The span's train examples as a share of the baseline span's: fewer or more is drift.
+    min_examples_ratio: float = 0.6
+    """Fewest train examples, as a share of the baseline span's, that is not drift."""
+    max_examples_ratio: float = 1.67
+    """Most train examples, as a share of the baseline span's, that is not drift."""
 
 
 @dataclasses.dataclass
@@ -195,6 +230,7 @@ class PipelineConfig:
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+    drift: DriftConfig = dataclasses.field(default_factory=DriftConfig)
 
     # Paths derived from `output`, so a run never writes outside it.
     @property
@@ -233,6 +269,10 @@ class PipelineConfig:
             _check(self.data.span >= 0, "data.span", "must be >= 0 or null (the latest span)")
             _check("{SPAN}" in (self.data.oxford_raw_dir or ""), "data.span",
                    "needs a data.oxford_raw_dir with {SPAN}, e.g. /data/pets/span-{SPAN}")
+        _check(self.data.span_window >= 1, "data.span_window", "must be >= 1")
+        if self.data.span_window > 1:
+            _check("{SPAN}" in (self.data.oxford_raw_dir or ""), "data.span_window",
+                   "needs a data.oxford_raw_dir with {SPAN}, e.g. /data/pets/span-{SPAN}")
         for key, why in _model_and_train_problems(self.model, self.train):
             raise ConfigError(f"{key}: {why}")
         _check(0 <= self.eval.min_mean_iou <= 1, "eval.min_mean_iou", "must be in [0, 1]")
@@ -241,10 +281,20 @@ class PipelineConfig:
         _check(self.eval.batch_size >= 1, "eval.batch_size", "must be >= 1")
         _check(self.eval.baseline_version is None or self.eval.baseline_version >= 0, "eval.baseline_version",
                "must be a served version number or null (the newest)")
+        _validate_drift(self.drift)
         _validate_beam(self.beam)
         _check(bool(self.name) and self.name.replace("-", "").replace("_", "").isalnum(), "name",
                "must be letters, digits, '-' or '_'")
         return self
+
+
+def _validate_drift(drift: DriftConfig) -> None:
+    """Raises ConfigError naming the first drift setting out of range."""
+    _check(drift.action in DRIFT_ACTIONS, "drift.action", f"must be one of {DRIFT_ACTIONS}")
+    for key in ("species_linf", "label_linf", "height_jsd", "width_jsd", "brightness_jsd"):
+        _check(0 < getattr(drift, key) <= 1, f"drift.{key}", "must be in (0, 1]")
+    _check(0 < drift.min_examples_ratio <= 1, "drift.min_examples_ratio", "must be in (0, 1]")
+    _check(drift.max_examples_ratio >= 1, "drift.max_examples_ratio", "must be >= 1")
 
 
 def _validate_beam(beam: BeamConfig) -> None:

@@ -1,10 +1,10 @@
-"""Spans: data that arrives as numbered folders (`/data/pets/span-{SPAN}`), of which a run reads one."""
+"""Spans: data that arrives as numbered folders (`/data/pets/span-{SPAN}`), of which a run reads the newest few."""
 
 from __future__ import annotations
 
 import os
 import re
-from typing import Dict, Optional, Tuple, Union
+from typing import Dict, List, Optional, Tuple, Union
 
 PathLike = Union[str, os.PathLike]
 
@@ -18,7 +18,13 @@ def has_span(raw_dir: Optional[PathLike]) -> bool:
 
 
 def find_spans(pattern: PathLike) -> Dict[int, str]:
-    """Span number -> folder for every existing folder matching a `{SPAN}` pattern (digits)."""
+    """Span number -> folder for every existing folder matching a `{SPAN}` pattern (digits).
+
+    Listed through tf.io.gfile, so the pattern may name a local folder or one on gs:// (any filesystem
+    TensorFlow has).
+    """
+    import tensorflow as tf
+
     pattern = os.fspath(pattern)
     if pattern.count(SPAN_TOKEN) != 1:
         raise ValueError(f"{pattern}: a span pattern needs exactly one {SPAN_TOKEN}")
@@ -27,9 +33,11 @@ def find_spans(pattern: PathLike) -> Dict[int, str]:
         raise ValueError(f"{pattern}: {SPAN_TOKEN} must be in the last path component")
     regex = re.compile(re.escape(leaf).replace(re.escape(SPAN_TOKEN), r"(\d+)") + r"\Z")
     spans: Dict[int, str] = {}
-    for entry in (sorted(os.listdir(parent)) if os.path.isdir(parent) else []):
+    # Object stores list folders with a trailing "/".
+    entries = sorted(e.rstrip("/") for e in tf.io.gfile.listdir(parent)) if tf.io.gfile.isdir(parent) else []
+    for entry in entries:
         match = regex.match(entry)
-        if match and os.path.isdir(os.path.join(parent, entry)):
+        if match and tf.io.gfile.isdir(os.path.join(parent, entry)):
             span = int(match.group(1))
             if span in spans:  # span-1 and span-01: which one is meant is a guess, so refuse
                 raise ValueError(f"{pattern}: span {span} matches both {spans[span]} and {entry}")
@@ -39,7 +47,10 @@ def find_spans(pattern: PathLike) -> Dict[int, str]:
 
 def resolve_span(pattern: PathLike, span: Optional[int] = None) -> Tuple[int, str]:
     """(span, folder) for the requested span, or the latest one when span is None or negative."""
-    spans = find_spans(pattern)
+    return _pick(pattern, find_spans(pattern), span)
+
+
+def _pick(pattern: PathLike, spans: Dict[int, str], span: Optional[int]) -> Tuple[int, str]:
     if not spans:
         raise FileNotFoundError(f"no folder matches {os.fspath(pattern)} ({SPAN_TOKEN} = digits)")
     if span is None or span < 0:
@@ -47,6 +58,18 @@ def resolve_span(pattern: PathLike, span: Optional[int] = None) -> Tuple[int, st
     elif span not in spans:
         raise FileNotFoundError(f"span {span} of {os.fspath(pattern)} does not exist; found {sorted(spans)}")
     return span, spans[span]
+
+
+def span_window(pattern: PathLike, span: Optional[int] = None, size: int = 1) -> List[Tuple[int, str]]:
+    """(span, folder) of the `size` newest spans up to `span` (None: the newest), oldest first.
+
+    Fewer when fewer exist: a schedule's first runs train on what has arrived so far.
+    """
+    if size < 1:
+        raise ValueError(f"a span window holds at least one span, got {size}")
+    found = find_spans(pattern)  # one listing: on gs:// each is a request
+    newest, _ = _pick(pattern, found, span)
+    return [(s, found[s]) for s in sorted(s for s in found if s <= newest)[-size:]]
 
 
 def span_data_dir(data_dir: PathLike, span: int) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 import logging
 import math
 import os
@@ -59,6 +60,28 @@ GENERATOR_VERSION = 3
 
 # Fewer samples are drawn in this process: starting worker processes costs more than it saves.
 _PARALLEL_FROM = 256
+# The random stream that draws breeds: above any sample index, which seeds a sample's own stream.
+_BREEDS_STREAM = 1 << 32
+
+
+@dataclasses.dataclass(frozen=True)
+class SpanStyle:
+    """Which pets a span holds and how they are photographed; the defaults draw the usual archive.
+
+    A week of real data is a random draw: `random_breeds` gives each pet a breed (hence a species) at
+    random with the seed, so two spans' mixes differ as two weeks' do; otherwise breeds go round-robin
+    and every archive of a size has the same mix. The rest change a span the way the world can: one
+    species only, a brighter camera, larger photos.
+    """
+
+    random_breeds: bool = False
+    species: Optional[int] = None  # archive.CAT or archive.DOG: that species' breeds only
+    brightness: float = 0.0  # added to every pixel value (0..255) before clipping
+    scale: float = 1.0  # every photo's sides multiplied
+
+    def breeds(self, like_oxford: bool) -> Tuple[archive.Breed, ...]:
+        breeds = archive.BREEDS if like_oxford else QUICK_BREEDS
+        return tuple(b for b in breeds if self.species in (None, b.species_id))
 
 
 @dataclasses.dataclass
@@ -234,18 +257,20 @@ def _oxford_size(rng: np.random.Generator) -> Tuple[int, int]:
     return (short_side, long_side) if rng.random() < 0.65 else (long_side, short_side)
 
 
-def render(rng: np.random.Generator, species: int, like_oxford: bool = False) -> SyntheticPet:
+def render(rng: np.random.Generator, species: int, like_oxford: bool = False,
+           style: SpanStyle = SpanStyle()) -> SyntheticPet:
     """One synthetic photo of a cat (species 1) or dog (species 2), sized like the real set's if `like_oxford`."""
     if like_oxford:
         h, w = _oxford_size(rng)
     else:
         h, w = (int(v) for v in rng.integers(MIN_SIDE, MAX_SIDE + 1, size=2))
+    h, w = max(1, round(h * style.scale)), max(1, round(w * style.scale))
     ys, xs = np.arange(h, dtype=np.float32), np.arange(w, dtype=np.float32)
     img = _background(rng, ys, xs)
     layer, head_box = _pet_mask(rng, h, w, species)
     _paint(rng, img, ys, xs, layer)
     # Sensor-like grain, one value per pixel for all three channels (a third of the cost of per-channel).
-    img += (6 * rng.standard_normal(size=(h, w), dtype=np.float32))[..., None]
+    img += (6 * rng.standard_normal(size=(h, w), dtype=np.float32))[..., None] + np.float32(style.brightness)
     # The band scales with the photo, as in real trimaps, so it survives the resize to the model's
     # input (a fixed 1-2 px band is under one pixel at 96x96 and unlearnable there).
     trimap = trimap_from_mask(np.asarray(layer) > 0, band=max(1, round(min(h, w) * rng.uniform(0.012, 0.022))))
@@ -263,16 +288,24 @@ def _xml(name: str, pet: SyntheticPet, species: int) -> str:
             f"</bndbox><difficult>0</difficult></object></annotation>\n")
 
 
-def sample_names(train_images: int, test_images: int, like_oxford: bool = False
-                 ) -> Tuple[List[Tuple[str, int, int, int]], ...]:
-    """(NAME, CLASS_ID, SPECIES_ID, BREED_ID) rows of trainval.txt and test.txt, breeds round-robin.
+def sample_names(train_images: int, test_images: int, like_oxford: bool = False, seed: int = 0,
+                 style: SpanStyle = SpanStyle()) -> Tuple[List[Tuple[str, int, int, int]], ...]:
+    """(NAME, CLASS_ID, SPECIES_ID, BREED_ID) rows of trainval.txt and test.txt.
 
-    Samples are numbered per breed from 1, trainval first, as `<breed>_<n>` like the real file names.
+    Breeds go round-robin, or are drawn at random with `seed` when `style.random_breeds`. Samples are
+    numbered per breed from 1, trainval first, as `<breed>_<n>` like the real file names.
     """
-    breeds = archive.BREEDS if like_oxford else QUICK_BREEDS
+    breeds = style.breeds(like_oxford)
+    if not breeds:
+        raise ValueError(f"no breed of species {style.species} to draw")
+    total = train_images + test_images
+    if style.random_breeds:
+        picks = np.random.default_rng([seed, _BREEDS_STREAM]).integers(0, len(breeds), size=total)
+    else:
+        picks = np.arange(total) % len(breeds)
     rows, per_breed = [], {}
-    for i in range(train_images + test_images):
-        breed = breeds[i % len(breeds)]
+    for i in range(total):
+        breed = breeds[picks[i]]
         per_breed[breed.name] = per_breed.get(breed.name, 0) + 1
         rows.append((f"{breed.name}_{per_breed[breed.name]}", breed.class_id, breed.species_id, breed.breed_id))
     return rows[:train_images], rows[train_images:]
@@ -309,23 +342,25 @@ def encode_image(image: np.ndarray, kind: str = "jpeg", rng: np.random.Generator
 
 
 def write_archive(root: Union[str, pathlib.Path], train_images: int, test_images: int,
-                  seed: int = 0, like_oxford: bool = False, processes: int = 0) -> pathlib.Path:
+                  seed: int = 0, like_oxford: bool = False, processes: int = 0,
+                  style: SpanStyle = SpanStyle()) -> pathlib.Path:
     """Writes images/, annotations/{trimaps,xmls}/ and trainval.txt/test.txt under root; returns root.
 
     like_oxford: all 37 real breeds, photo sizes like the real set's, and the real set's odd image files
     (ODD_IMAGES) wherever their names are drawn; else six breeds of small photos, all RGB JPEG.
     processes: processes drawing in parallel; 0 = one per CPU core this process may use.
-    The same (train_images, test_images, seed, like_oxford) always writes the same bytes.
+    style: which breeds and what camera (SpanStyle); the default is the usual archive.
+    The same (train_images, test_images, seed, like_oxford, style) always writes the same bytes.
     """
     root = pathlib.Path(root)
     for d in ("images", "annotations/trimaps", "annotations/xmls"):
         (root / d).mkdir(parents=True, exist_ok=True)
-    train_rows, test_rows = sample_names(train_images, test_images, like_oxford)
+    train_rows, test_rows = sample_names(train_images, test_images, like_oxford, seed, style)
     processes = processes or len(os.sched_getaffinity(0))
     if processes > 1 and train_images + test_images >= _PARALLEL_FROM:
-        _draw_in_processes(root, train_images, test_images, seed, like_oxford, processes)
+        _draw_in_processes(root, train_images, test_images, seed, like_oxford, processes, style)
     else:
-        _write_samples(root, train_images, test_images, seed, like_oxford)
+        _write_samples(root, train_images, test_images, seed, like_oxford, style)
     for split, rows in (("train", train_rows), ("test", test_rows)):
         archive.list_path(root, split).write_text("".join(f"{' '.join(map(str, r))}\n" for r in rows))
     log.info("Wrote %d train + %d test synthetic pets (seed %d%s) to %s", train_images, test_images, seed,
@@ -334,7 +369,7 @@ def write_archive(root: Union[str, pathlib.Path], train_images: int, test_images
 
 
 def _draw_in_processes(root: pathlib.Path, train_images: int, test_images: int, seed: int, like_oxford: bool,
-                       processes: int) -> None:
+                       processes: int, style: SpanStyle) -> None:
     # Fresh interpreters running this module, not multiprocessing: fork would copy the threads of a
     # TensorFlow process mid-flight, and spawn re-imports the caller's __main__, which hangs or recurses
     # when a script or notebook calls this without a `__main__` guard.
@@ -342,7 +377,7 @@ def _draw_in_processes(root: pathlib.Path, train_images: int, test_images: int, 
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])))
     workers = [subprocess.Popen(
         [sys.executable, "-m", __name__, str(root), str(train_images), str(test_images), str(seed),
-         str(int(like_oxford)), str(worker), str(processes)],
+         str(int(like_oxford)), str(worker), str(processes), json.dumps(dataclasses.asdict(style))],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for worker in range(processes)]
     failed = []
     for worker in workers:
@@ -354,14 +389,14 @@ def _draw_in_processes(root: pathlib.Path, train_images: int, test_images: int, 
 
 
 def _write_samples(root: pathlib.Path, train_images: int, test_images: int, seed: int, like_oxford: bool,
-                   worker: int = 0, workers: int = 1) -> None:
+                   style: SpanStyle = SpanStyle(), worker: int = 0, workers: int = 1) -> None:
     """Draws and writes every `workers`-th sample from `worker` on (interleaved: each gets a like mix of sizes)."""
-    train_rows, test_rows = sample_names(train_images, test_images, like_oxford)
+    train_rows, test_rows = sample_names(train_images, test_images, like_oxford, seed, style)
     rows = train_rows + test_rows
     for index in range(worker, len(rows), workers):
         name, species = rows[index][0], rows[index][2]
         rng = np.random.default_rng([seed, index])
-        pet = render(rng, species, like_oxford)
+        pet = render(rng, species, like_oxford, style)
         kind = ODD_IMAGES.get(name, "jpeg") if like_oxford else "jpeg"
         archive.image_path(root, name).write_bytes(encode_image(pet.image, kind, rng))
         Image.fromarray(pet.trimap).save(archive.trimap_path(root, name))
@@ -371,6 +406,7 @@ def _write_samples(root: pathlib.Path, train_images: int, test_images: int, seed
 
 
 if __name__ == "__main__":  # one of write_archive's drawing processes
-    _root, *_numbers = sys.argv[1:]
+    _root, *_numbers, _style = sys.argv[1:]
     _train, _test, _seed, _like_oxford, _worker, _workers = map(int, _numbers)
-    _write_samples(pathlib.Path(_root), _train, _test, _seed, bool(_like_oxford), _worker, _workers)
+    _write_samples(pathlib.Path(_root), _train, _test, _seed, bool(_like_oxford), SpanStyle(**json.loads(_style)),
+                   _worker, _workers)

@@ -19,7 +19,14 @@ __all__ = ["MetadataUnavailable", "PipelineFailed", "run"]
 
 
 class PipelineFailed(RuntimeError):
-    """A component failed, or the run could not start; the message names which and why."""
+    """A component failed, or the run could not start; the message names which and why.
+
+    `component` is the id of the node that failed (None when the run failed outside one).
+    """
+
+    def __init__(self, message: str, component: Optional[str] = None):
+        super().__init__(message)
+        self.component = component
 
 
 def run(config: PipelineConfig, progress: Optional[ProgressTracker] = None) -> None:
@@ -44,6 +51,7 @@ def run(config: PipelineConfig, progress: Optional[ProgressTracker] = None) -> N
         where = ""
         if config.beam.runner == "flink":
             where = f"\nFlink jobs and their exceptions: http://{config.beam.flink_master}/#/job/completed"
-        raise PipelineFailed(f"{progress.current or 'the pipeline'} failed: {errors.readable(str(exc))}{where}") from exc
+        raise PipelineFailed(f"{progress.current or 'the pipeline'} failed: {errors.readable(str(exc))}{where}",
+                             progress.current) from exc
     finally:
         absl_logger.removeHandler(progress)

@@ -14,6 +14,7 @@ from tfx.proto import pusher_pb2
 
 from components import tfds_prepare
 from components.blessed_model import NEWEST, LatestBlessedModel
+from components.drift import DriftGate, DriftValidator
 from components.evaluator import Evaluator
 from components.example_gen import TfdsExampleGen
 from components.pusher import AtomicPusher
@@ -55,6 +56,7 @@ def create_pipeline(config: PipelineConfig, *, pipeline_root: Optional[str] = No
         synthetic_like_oxford=data.synthetic_like_oxford,
         strict=data.strict,
         span=data.span,
+        span_window=data.span_window,
     ).with_id(names.EXAMPLE_GEN_ID)
     schema_gen = ImportSchemaGen(schema_file=schema_file).with_id(names.SCHEMA_GEN_ID)
     # With the schema, image bytes get image statistics instead of being counted as categories.
@@ -65,6 +67,21 @@ def create_pipeline(config: PipelineConfig, *, pipeline_root: Optional[str] = No
     ).with_id(names.EXAMPLE_VALIDATOR_ID)
     validation_gate = ValidationGate(anomalies=example_validator.outputs["anomalies"]).with_id(names.VALIDATION_GATE_ID)
 
+    serving = serving_dir or config.serving_dir
+    # The model to beat and to warm-start from is the one being served: the newest version the
+    # Pusher published. An ordinary task, so open-source KFP, Vertex and LocalDagRunner all run it.
+    latest_blessed_model = LatestBlessedModel(
+        serving_dir=serving, version=NEWEST if config.eval.baseline_version is None else config.eval.baseline_version,
+    ).with_id(names.LATEST_BLESSED_MODEL_ID)
+    # The newest span against the span the served model was trained on (published with it); before the
+    # first push there is nothing to compare with, and the gate lets the run go on.
+    drift_validator = DriftValidator(
+        statistics=statistics_gen.outputs["statistics"],
+        baseline_statistics=latest_blessed_model.outputs["statistics"], drift=config.drift,
+    ).with_id(names.DRIFT_VALIDATOR_ID)
+    drift_gate = DriftGate(anomalies=drift_validator.outputs["anomalies"], action=config.drift.action,
+                           ).with_id(names.DRIFT_GATE_ID)
+
     transform = Transform(
         examples=example_gen.outputs["examples"],
         schema=schema_gen.outputs["schema"],
@@ -74,15 +91,9 @@ def create_pipeline(config: PipelineConfig, *, pipeline_root: Optional[str] = No
         # pixel of every image cost more than the transform itself, and nothing reads them.
         disable_statistics=True,
     ).with_id(names.TRANSFORM_ID)
-    # Anomalies must stop the run before any compute is spent on bad data.
+    # Anomalies, and drift the user has not accepted, must stop the run before any compute is spent.
     transform.add_upstream_node(validation_gate)
-
-    serving = serving_dir or config.serving_dir
-    # The model to beat and to warm-start from is the one being served: the newest version the
-    # Pusher published. An ordinary task, so open-source KFP, Vertex and LocalDagRunner all run it.
-    latest_blessed_model = LatestBlessedModel(
-        serving_dir=serving, version=NEWEST if config.eval.baseline_version is None else config.eval.baseline_version,
-    ).with_id(names.LATEST_BLESSED_MODEL_ID)
+    transform.add_upstream_node(drift_gate)
 
     trainer = Trainer(
         run_fn=RUN_FN,
@@ -101,10 +112,12 @@ def create_pipeline(config: PipelineConfig, *, pipeline_root: Optional[str] = No
         eval_config=evaluation.build_eval_config(config.eval),
     ).with_id(names.EVALUATOR_ID)
 
-    # A push killed mid-copy must never leave a partial version where TF Serving looks.
+    # A push killed mid-copy must never leave a partial version where TF Serving looks. The version
+    # carries the newest span's statistics: the next run's baseline for drift.
     pusher = AtomicPusher(
         model=trainer.outputs["model"],
         model_blessing=evaluator.outputs["blessing"],
+        statistics=statistics_gen.outputs["statistics"],
         push_destination=pusher_pb2.PushDestination(
             filesystem=pusher_pb2.PushDestination.Filesystem(
                 base_directory=serving)),
@@ -114,7 +127,7 @@ def create_pipeline(config: PipelineConfig, *, pipeline_root: Optional[str] = No
         pipeline_name=config.name,
         pipeline_root=pipeline_root or config.pipeline_root,
         components=[example_gen, statistics_gen, schema_gen, example_validator, validation_gate,
-                    transform, latest_blessed_model, trainer, evaluator, pusher],
+                    latest_blessed_model, drift_validator, drift_gate, transform, trainer, evaluator, pusher],
         enable_cache=True,
         metadata_connection_config=metadata_connection_config,
         beam_pipeline_args=beam_pipeline_args if beam_pipeline_args is not None else local_beam_args(config),

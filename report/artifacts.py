@@ -29,15 +29,22 @@ class RunArtifacts:
         self.store = self._handle.store
         self.pipeline = pipeline_name
 
-    def outputs(self, node_id: str, key: str) -> List[Artifact]:
-        """`key`'s artifacts from the node's latest finished execution (a cached one reuses earlier artifacts)."""
+    def outputs(self, node_id: str, key: str, pipeline_run_id: Optional[str] = None) -> List[Artifact]:
+        """`key`'s artifacts from the node's latest finished execution (a cached one reuses earlier artifacts).
+
+        With `pipeline_run_id`, only an execution of that run counts: a run that stopped early has none
+        of its later nodes, whatever earlier runs left.
+        """
+        if pipeline_run_id is not None:
+            finished = [e for e in self.executions(node_id, pipeline_run_id) if e.last_known_state in _FINISHED]
+            return self.outputs_of(finished[-1], key) if finished else []
         by_key = store_ext.get_live_output_artifacts_of_node_by_output_key(
             self.store, pipeline_id=self.pipeline, node_id=node_id, execution_states=_FINISHED)
         latest = next(iter(by_key.get(key, [])), [])  # newest execution first
         return list(artifact_lib.get_artifacts_by_ids(self._handle, [a.id for a in latest]))
 
-    def one(self, node_id: str, key: str) -> Optional[Artifact]:
-        found = self.outputs(node_id, key)
+    def one(self, node_id: str, key: str, pipeline_run_id: Optional[str] = None) -> Optional[Artifact]:
+        found = self.outputs(node_id, key, pipeline_run_id)
         return found[0] if found else None
 
     def get(self, node_id: str, key: str) -> Artifact:

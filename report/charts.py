@@ -44,10 +44,12 @@ def bar_chart(title: str, prefix: str, groups: Sequence[Tuple[str, Dict[str, Any
     return chart
 
 
-def line_chart(title: str, series: Dict[str, List[float]]) -> Optional[Dict[str, Any]]:
-    """Per-epoch curves (train solid, validation dashed) on a shared y range; None when no value is defined.
+def line_chart(title: str, series: Dict[str, List[float]], x_label: str = "epoch",
+               dashed: str = "val_") -> Optional[Dict[str, Any]]:
+    """Per-epoch curves (solid, and dashed for names starting with `dashed`) on a shared y range; None when no
+    value is defined.
 
-    Each line's points are (x, y, epoch from 1, value); an undefined value leaves its epoch out.
+    Each line's points are (x, y, epoch (or run) from 1, value); an undefined value leaves its epoch out.
     """
     width, height, left, bottom, top, right = 420, 200, 44, 28, 12, 10
     values = [v for vs in series.values() for v in vs if not undefined(v)]
@@ -63,9 +65,9 @@ def line_chart(title: str, series: Dict[str, List[float]]) -> Optional[Dict[str,
         x = left + (plot_w * i / (epochs - 1) if epochs > 1 else plot_w / 2)
         return x, top + plot_h * (1 - (v - lo) / (hi - lo))
 
-    lines = [{"name": name, "kind": "val" if name.startswith("val_") else "train",
+    lines = [{"name": name, "kind": "val" if name.startswith(dashed) else "train",
               "points": [(*xy(i, v), i + 1, v) for i, v in enumerate(vs) if not undefined(v)]}
              for name, vs in series.items()]
     return {"title": title, "width": width, "height": height, "left": left, "right": width - right,
-            "centre": left + plot_w / 2, "epochs": epochs, "lines": lines,
+            "centre": left + plot_w / 2, "epochs": epochs, "lines": lines, "x_label": x_label,
             "grid": [(lo + (hi - lo) * frac, xy(0, lo + (hi - lo) * frac)[1]) for frac in (0, 0.5, 1)]}

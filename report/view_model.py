@@ -6,6 +6,7 @@ import base64
 import pathlib
 from typing import Any, Dict, List, Optional, Tuple
 
+from components import drift
 from metrics.eval_config import GATED_METRIC
 from report import charts, images, metrics
 from report.run_view import RunView
@@ -71,6 +72,32 @@ def _comparison(view: RunView) -> List[Dict[str, Any]]:
     return rows
 
 
+def spans_text(dataset: Dict[str, Any]) -> str:
+    """The spans a run trained on and their train examples, e.g. "1 (120), 2 (118); evaluated on 2"."""
+    window = dataset.get("spans") or []
+    if not window:
+        return "—"
+    return (", ".join(f"{entry['span']} ({entry['train']} train)" for entry in window)
+            + f"; evaluated on {window[-1]['span']}")
+
+
+def _drift(view: RunView) -> Optional[Dict[str, Any]]:
+    """The drift gate's verdict and its comparisons, values against thresholds; None for a run without one."""
+    block = view.summary.get("drift")
+    if not block:
+        return None
+    rows = [dict(row, name=drift.COMPARATOR_NAMES.get(row["comparator"], row["comparator"])) for row in block["features"]]
+    return {**block, "rows": rows, "drifted": [row for row in rows if row["drifted"]]}
+
+
+def history_view(runs: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """Runs (report.history rows, oldest first) numbered, and their candidate and baseline mean IoU as a chart."""
+    chart = charts.line_chart("mean IoU over runs", {
+        "candidate": [r["candidate_mean_iou"] for r in runs],
+        "baseline (served)": [r["baseline_mean_iou"] for r in runs]}, x_label="run", dashed="baseline")
+    return {"rows": [dict(r, index=i) for i, r in enumerate(runs, 1)], "chart": chart}
+
+
 def _facts(view: RunView) -> List[Tuple[str, str]]:
     s = view.summary
     data = s.get("dataset") or {}
@@ -79,7 +106,8 @@ def _facts(view: RunView) -> List[Tuple[str, str]]:
     return [(k, str(v)) for k, v in (
         ("profile", s.get("profile")),
         ("dataset", f'{data.get("name")} {data.get("version")} ({data.get("source")})'),
-        ("examples", f'train {examples.get("train")}, eval {examples.get("eval")}'),
+        ("examples", f'train {examples.get("train")}, eval {examples.get("eval")} (newest span)'),
+        ("spans", spans_text(data)),
         ("skipped examples", skipped),
         ("model", s.get("model")), ("evaluation", view.evaluation_uri),
         ("serving versions", ", ".join(s.get("serving_versions") or []) or "none"))]
@@ -113,7 +141,7 @@ def view_model(view: RunView) -> Dict[str, Any]:
     components = view.summary.get("components") or {}
     return {
         "view": view, "title": f"petseg run · {view.summary.get('profile')} · "
-                               f"{'blessed' if view.blessed else 'not blessed'}",
+                               f"{'stopped' if view.summary.get('stopped') else 'blessed' if view.blessed else 'not blessed'}",
         "gate": _gate_text(view.thresholds), "headline": _headline(view), "comparison": _comparison(view),
         "bars": bars, "curves": [c for c in curves if c], "columns": COLUMNS,
         "rows": [dict(row, kind=row["slice"].split(":")[0] if ":" in row["slice"] else "overall")
@@ -121,7 +149,8 @@ def view_model(view: RunView) -> Dict[str, Any]:
         "mask_legend": [(name, "rgb(%d, %d, %d)" % tuple(int(x) for x in colour))
                         for name, colour in zip(CLASS_NAMES, images.MASK_COLOURS)],
         "masks": [(_image_uri(p), pathlib.Path(p).stem) for p in view.images],
-        "facts": _facts(view), "components": components,
+        "facts": _facts(view), "components": components, "drift": _drift(view), "history": history_view(view.runs),
+        "stopped": view.summary.get("stopped"),
         "total_seconds": sum(c.get("seconds") or 0 for c in components.values()),
         "cached": sum(1 for c in components.values() if c.get("cached")),
         "poor_class_iou": POOR_CLASS_IOU,

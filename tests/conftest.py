@@ -7,13 +7,14 @@ import pathlib
 
 import pytest
 
-from support import petseg
+from support import drift_scenario, petseg
 from support.kube_trainer import cluster  # noqa: F401  the loopback Kubernetes of the `kube` tests, once per session
 
 
 def pytest_collection_modifyitems(items):
     for item in items:
-        if "tiny_run" in getattr(item, "fixturenames", ()):  # a whole pipeline run, shared by its users
+        # Whole pipeline runs, shared by their users.
+        if {"tiny_run", "spans_scenario"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
 
 
@@ -28,3 +29,10 @@ def tiny_run(tmp_path_factory) -> pathlib.Path:
     output = tmp_path_factory.mktemp("tiny_run")
     petseg.run(output, "--profile", "tiny")
     return output
+
+
+@pytest.fixture(scope="session")
+def spans_scenario(tmp_path_factory) -> drift_scenario.Scenario:
+    """Seven real `petseg run`s on five synthetic spans into one output (support/drift_scenario.py), shared by the
+    drift tests and the dashboard's drift and history views."""
+    return drift_scenario.build(tmp_path_factory.mktemp("spans"))

@@ -3,6 +3,7 @@
 import html
 import json
 import math
+import pathlib
 import re
 import shutil
 import subprocess
@@ -241,3 +242,97 @@ def test_undefined_scores_refusal_and_gaps_in_history_are_explained():
 
     overall["iou"]["background"] = 0.05
     assert re.search(r'id="quality-warning"[^>]*>⚠ background: IoU below 0.1', dashboard.render_html(view))
+
+
+# ---------------------------------------------------------------- drift and history, over weeks of spans
+
+
+@pytest.fixture(scope="module")
+def drift_pages(spans_scenario, tmp_path_factory):
+    """Chromium's DOM of the dashboards of the run stopped by drift and of the last run, with requests and console."""
+    profile = tmp_path_factory.mktemp("chromium-drift")
+    return {name: chromium(profile, spans_scenario.runs[name].dashboard.as_uri(), "--dump-dom")
+            for name in ("span3_stop", "window_again")}
+
+
+def _rows(dom, table_id):
+    """The <tr> start tags of a table's body, as attribute dicts, with their cells' text and data-v."""
+    body = dom[dom.index(f'id="{table_id}"'):]
+    body = body[body.index("<tbody>"):body.index("</tbody>")]
+    rows = []
+    for attributes, cells in re.findall(r"<tr ([^>]*)>(.*?)</tr>", body, re.S):
+        row = dict(re.findall(r'([\w-]+)="([^"]*)"', attributes))
+        row["cells"] = [html.unescape(re.sub(r"<[^>]+>", "", c)) for c in re.findall(r"<t[dh][^>]*>(.*?)</t[dh]>", cells)]
+        row["values"] = re.findall(r'<td data-v="([^"]*)"', cells)
+        rows.append(row)
+    return rows
+
+
+def _clean(dom, requests, console):
+    assert 'data-ready="1"' in dom, "the page's script did not finish"
+    errors = re.search(r'<html[^>]*data-errors="([^"]*)"', dom)
+    assert errors is None, html.unescape(errors.group(1))
+    assert requests == [] and console == []
+
+
+@needs_chromium
+def test_a_run_stopped_by_drift_shows_why_values_against_thresholds(drift_pages, spans_scenario):
+    dom, requests, console = drift_pages["span3_stop"]
+    _clean(dom, requests, console)
+    summary = spans_scenario.runs["span3_stop"].summary
+    assert re.search(r'id="verdict" class="verdict bad" data-blessed="false" data-stopped="DriftGate"', dom)
+    assert "STOPPED: DATA DRIFT" in dom and "--set drift.action=warn" in dom
+    # No model section borrowed from an earlier run.
+    assert 'id="slices"' not in dom and 'id="comparison"' not in dom and 'id="no-model"' in dom
+    assert re.search(r'id="drift-verdict" data-verdict="drifted"', dom)
+    shown = _rows(dom, "drift")
+    assert len(shown) == len(summary["drift"]["features"])
+    for row, expected in zip(shown, summary["drift"]["features"]):
+        assert (row["data-feature"], row["data-comparator"]) == (expected["feature"], expected["comparator"])
+        assert float(row["values"][0]) == pytest.approx(expected["value"], abs=1e-9)
+        assert float(row["values"][1]) == pytest.approx(expected["threshold"])
+        assert row["data-drifted"] == ("true" if expected["drifted"] else "false")
+        assert ("drifted" in row.get("class", "")) == expected["drifted"]
+        assert row["cells"][-1] == ("✘ drifted" if expected["drifted"] else "✔")
+    assert {r["data-feature"] for r in shown if r["data-drifted"] == "true"} >= {"species"}
+
+
+@needs_chromium
+def test_history_lists_every_run_oldest_first_and_charts_mean_iou(drift_pages, spans_scenario):
+    dom, requests, console = drift_pages["window_again"]
+    _clean(dom, requests, console)
+    runs = list(spans_scenario.runs.values())
+    shown = _rows(dom, "history")
+    assert len(shown) == len(runs)
+    for index, (row, run) in enumerate(zip(shown, runs), 1):
+        summary = run.summary
+        assert row["cells"][0] == str(index)
+        assert row["cells"][2] == ", ".join(str(s["span"]) for s in summary["dataset"]["spans"])
+        assert row["data-drift"] == summary["drift"]["verdict"]
+        assert row["data-status"] == ("stopped by drift" if run.returncode else "completed")
+        candidate, baseline = row["values"][:2]
+        if summary["metrics"]:
+            assert float(candidate) == pytest.approx(summary["metrics"]["overall"]["mean_iou"], abs=1e-9)
+        else:
+            assert candidate == ""
+        if summary["baseline"]:
+            assert float(baseline) == pytest.approx(summary["baseline"]["mean_iou"], abs=1e-9)
+        pushed = summary["pushed_model"] and pathlib.Path(summary["pushed_model"]).name
+        assert row["cells"][7] == (pushed or scores.NA)
+    points = [a for tag, a in ChartMarks(dom).charts["mean IoU over runs"] if tag == "circle"]
+    candidate = {int(p["data-epoch"]): float(p["data-value"]) for p in points if p["data-series"] == "candidate"}
+    assert candidate == pytest.approx({i: r.summary["metrics"]["overall"]["mean_iou"]
+                                       for i, r in enumerate(runs, 1) if r.summary["metrics"]})
+    assert "run (1–" in dom
+
+
+@needs_chromium
+def test_drift_and_history_screenshots_are_drawn(spans_scenario, tmp_path):
+    from PIL import Image
+
+    for name in ("span3_stop", "window_again"):
+        shot = tmp_path / f"{name}.png"
+        chromium(tmp_path / "profile", spans_scenario.runs[name].dashboard.as_uri(), f"--screenshot={shot}",
+                 "--window-size=1400,2400")
+        colours = Image.open(shot).convert("RGB").getcolors(maxcolors=1 << 24)
+        assert max(n for n, _ in colours) < 0.9 * 1400 * 2400 and len(colours) > 300, (name, len(colours))

@@ -100,3 +100,34 @@ def test_the_extracted_builder_builds_the_real_dataset_quietly(tmp_path, capfd):
     assert capfd.readouterr().out == ""
     plain = tfds.builder("oxford_iiit_pet:4.0.0", data_dir=str(tmp_path / "tfds"))
     assert plain.is_prepared() and plain.info.splits["train"].num_examples == 2
+
+
+def global_names(code) -> set:
+    """Names a function's code reads, its comprehensions' included (each is a code object of its own)."""
+    return set(code.co_names).union(*(global_names(c) for c in code.co_consts if inspect.iscode(c)))
+
+
+def test_the_distribution_validator_keeps_normalized_abs_difference_and_reads_a_json_config():
+    from google.protobuf import json_format
+    from tensorflow_metadata.proto.v0 import anomalies_pb2
+    from tfx.components.distribution_validator import executor as validator_executor
+    from tfx.proto import distribution_validator_pb2
+
+    high = anomalies_pb2.AnomalyInfo.Type.COMPARATOR_NORMALIZED_ABSOLUTE_DIFFERENCE_HIGH
+    stock = validator_executor._COMPARISON_ANOMALY_TYPES
+    # TFX 1.16 leaves the type out, and filters reasons by the module-level name the block replaces.
+    assert high not in stock
+    assert "_COMPARISON_ANOMALY_TYPES" in global_names(validator_executor._get_comparison_only_anomalies.__code__)
+    assert "_get_distribution_validator_config" in validator_executor.Executor.Do.__code__.co_names
+    config = distribution_validator_pb2.DistributionValidatorConfig()
+    config.default_slice_config.feature.add().path.step.append("label")
+    key = "distribution_validator_config"
+    compiled = {key: json_format.MessageToJson(config), "include_split_pairs": "null"}
+    with internals.distribution_validator_fixed(compiled) as fixed:
+        assert high in validator_executor._COMPARISON_ANOMALY_TYPES
+        assert fixed[key] == config and fixed["include_split_pairs"] == "null"
+        # What the executor reads the config with hands on the message.
+        assert validator_executor._get_distribution_validator_config({}, fixed) == config
+    assert validator_executor._COMPARISON_ANOMALY_TYPES is stock
+    with internals.distribution_validator_fixed({key: config}) as fixed:
+        assert fixed[key] is config

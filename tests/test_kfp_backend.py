@@ -76,10 +76,12 @@ def test_report_reads_images_resources_and_root_back_from_the_workflow(tiny_tfx_
 
 def test_backend_compiler_accepts_the_petseg_pipeline(tmp_path):
     spec = tmp_path / "p.yaml"
-    # No --pipeline-root: the run names it. The Pusher then needs its own gs:// destination.
+    # No --pipeline-root: the run names it. The Pusher then needs its own gs:// destination. A window of
+    # spans on gs://, read anew at each run, and the drift gate in front of Transform.
     proc = subprocess.run(
         [sys.executable, "-m", "cli.main", "kubeflow", "compile", "--profile", "tiny", "--output", str(spec),
-         "--image", IMAGE, "--gpus", "2", "--cpu", "4", "--memory", "16", "--serving-dir", "gs://bucket/serving"],
+         "--image", IMAGE, "--gpus", "2", "--cpu", "4", "--memory", "16", "--serving-dir", "gs://bucket/serving",
+         "--oxford-raw-dir", "gs://bucket/pets/span-{SPAN}", "--set", "data.span_window=3"],
         cwd=ROOT, capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
 
@@ -88,7 +90,7 @@ def test_backend_compiler_accepts_the_petseg_pipeline(tmp_path):
     assert report["pipelineRoot"] == PIPELINE_ROOT
     assert report["pipelineRootSource"] == "runtimeConfig.gcsOutputDirectory"
     tasks = {task["name"]: task for task in report["tasks"]}
-    assert {"Trainer", "Evaluator", "Pusher"} <= set(tasks)
+    assert {"Trainer", "Evaluator", "Pusher", names.DRIFT_VALIDATOR_ID, names.DRIFT_GATE_ID} <= set(tasks)
     for name, task in tasks.items():
         assert task["executor"] == "container", name
         assert task["images"] == [IMAGE], name

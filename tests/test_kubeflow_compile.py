@@ -24,7 +24,7 @@ ROOT = "gs://petseg-bucket/pipeline_root"
 BEAM_ARGS = ["--runner=DataflowRunner", "--project=demo-project", "--region=europe-west4",
              "--temp_location=gs://petseg-bucket/tmp"]
 TASKS = {"TfdsExampleGen", "ImportSchemaGen", "StatisticsGen", "ExampleValidator", "ValidationGate", "Transform",
-         "latest_blessed_model", "Trainer", "Evaluator", "Pusher"}
+         "latest_blessed_model", "DistributionValidator", "DriftGate", "Trainer", "Evaluator", "Pusher"}
 RUN_EXECUTOR = ["python", "-m", "kubeflow.entrypoint"]
 
 
@@ -140,12 +140,39 @@ def test_a_pinned_baseline_keeps_latest_blessed_model_cached(tmp_path):
 
 
 def test_pinned_span_keeps_example_gen_cached(tmp_path):
-    # --set, not --oxford-raw-dir: the profile and --set values are validated before the flags apply.
-    assert cli.main(compile_args(tmp_path / "p.yaml", "--set", "data.dataset=oxford_iiit_pet",
-                                 "--set", "data.oxford_raw_dir=/mnt/pets/span-{SPAN}", "--set", "data.span=3")) == 0
+    assert cli.main(compile_args(tmp_path / "p.yaml", "--set", "data.span=3")) == 0
     spec = yaml.safe_load((tmp_path / "p.yaml").read_text())
     assert spec["root"]["dag"]["tasks"]["TfdsExampleGen"]["cachingOptions"] == {"enableCache": True}
     assert constant(spec, "TfdsExampleGen", "span") == 3
+
+
+def test_the_drift_gate_sits_between_the_statistics_and_transform(spec):
+    tasks = spec["root"]["dag"]["tasks"]
+    validator = tasks[names.DRIFT_VALIDATOR_ID]["inputs"]
+    assert validator["artifacts"]["statistics"]["taskOutputArtifact"] == {
+        "producerTask": names.STATISTICS_GEN_ID, "outputArtifactKey": "statistics"}
+    # The served model's training statistics: latest_blessed_model reads them beside it, no resolver.
+    assert validator["artifacts"]["baseline_statistics"]["taskOutputArtifact"] == {
+        "producerTask": names.LATEST_BLESSED_MODEL_ID, "outputArtifactKey": "statistics"}
+    config = json.loads(constant(spec, names.DRIFT_VALIDATOR_ID, "distribution_validator_config"))
+    compared = {entry["path"]["step"][0] for entry in config["defaultSliceConfig"]["feature"]}
+    assert compared == {"species", "label", "image_height", "image_width", "image_brightness"}
+    assert json.loads(constant(spec, names.DRIFT_VALIDATOR_ID, "include_split_pairs")) == [["train", "train"]]
+    assert container(spec, names.DRIFT_VALIDATOR_ID)["args"][:2] == ["--executor_class_path", "components.drift.Executor"]
+    assert constant(spec, names.DRIFT_GATE_ID, "action") == "stop"
+    assert set(tasks[names.TRANSFORM_ID]["dependentTasks"]) >= {names.DRIFT_GATE_ID, names.VALIDATION_GATE_ID}
+    assert tasks[names.PUSHER_ID]["inputs"]["artifacts"]["statistics"]["taskOutputArtifact"]["producerTask"] == \
+        names.STATISTICS_GEN_ID
+
+
+def test_a_span_window_is_read_anew_at_every_scheduled_run(tmp_path):
+    assert cli.main(compile_args(tmp_path / "p.yaml", "--set", "data.span_window=4",
+                                 "--set", "drift.action=warn")) == 0
+    spec = yaml.safe_load((tmp_path / "p.yaml").read_text())
+    assert constant(spec, "TfdsExampleGen", "span_window") == 4
+    assert constant(spec, "TfdsExampleGen", "span") == -1
+    assert spec["root"]["dag"]["tasks"]["TfdsExampleGen"]["cachingOptions"] == {}
+    assert constant(spec, names.DRIFT_GATE_ID, "action") == "warn"
 
 
 def test_no_credentials_or_local_paths_in_the_spec(compiled):

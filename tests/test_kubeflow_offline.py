@@ -112,6 +112,37 @@ def test_second_run_warm_starts_from_and_is_judged_against_the_first_runs_pushed
     assert blessing["current_model"] == single(second, names.TRAINER_ID, "model")["uri"]
 
 
+def test_drift_is_measured_against_the_first_runs_published_statistics(runs):
+    tmp, _, first, second = runs
+    version = int(single(first, names.PUSHER_ID, "pushed_model")["metadata"]["pushed_version"])
+    statistics = tmp / "serving" / str(version) / "assets.extra" / "statistics" / "Split-train" / "FeatureStats.pb"
+    assert statistics.is_file()
+    reports = [json.loads((run.store.path(single(run, names.DRIFT_VALIDATOR_ID, "anomalies")["uri"])
+                           / "drift.json").read_text()) for run in (first, second)]
+    assert reports[0]["verdict"] == "no_baseline"
+    assert (reports[1]["verdict"], reports[1]["baseline_version"]) == ("passed", version)
+
+
+def test_history_from_the_run_folders_under_the_pipeline_root(runs, tmp_path):
+    from report import dashboard, history, metrics
+
+    _, _, first, second = runs
+    runs_dir = first.store.path(f"{kfp_launcher.DEFAULT_ROOT}/{first.pipeline_name}")
+    rows = history.folder_history(str(runs_dir))
+    assert [row["run"] for row in rows] == ["run-1", "run-2"]
+    assert [row["drift"] for row in rows] == ["no_baseline", "passed"]
+    assert [row["status"] for row in rows] == ["completed", "completed"]
+    for row, run in zip(rows, (first, second)):
+        evaluation = run.store.path(single(run, names.EVALUATOR_ID, "evaluation")["uri"])
+        assert row["candidate_mean_iou"] == metrics.load_metrics(str(evaluation))["overall"]["mean_iou"]
+        pushed = single(run, names.PUSHER_ID, "pushed_model")["metadata"]
+        assert row["blessed"] is True and row["pushed_version"] == str(int(pushed["pushed_version"]))
+    assert rows[0]["baseline_mean_iou"] is None and rows[1]["baseline_mean_iou"] is not None
+    assert rows[0]["spans"] == rows[1]["spans"] == [0]  # no {SPAN} pattern: span 0
+    page = pathlib.Path(dashboard.write_history_page(str(runs_dir), str(tmp_path / "history.html"))).read_text()
+    assert 'data-run="run-1"' in page and 'data-run="run-2"' in page and "mean IoU over runs" in page
+
+
 def test_vertex_shaped_input_runs_the_same_spec_unchanged(runs, tmp_path):
     tmp, _, _, second = runs
     spec = compile_spec(tmp, "vertex.json", "--target", "vertex", "--pipeline-root", "gs://bucket/petseg")

@@ -35,3 +35,24 @@ def test_notebook_renders_tfma_widgets_and_tables(tiny_run):
     slices = next(s for s in shown if hasattr(s, "index") and "species:cat" in s.index)
     assert {"overall", "species:cat", "species:dog"} <= set(slices.index)
     assert shown[-1] == str(tiny_run / "report" / "index.html")  # the last cell rewrites the dashboard
+
+
+def test_time_series_of_the_pushed_models_is_given_each_ones_blessing_evaluation(spans_scenario):
+    from tensorflow_model_analysis.notebook.visualization import TimeSeriesViewer
+
+    shown = run_cells(spans_scenario.output)
+    [series] = [s for s in shown if isinstance(s, TimeSeriesViewer)]
+    # One point per model pushed, oldest first: a run handed a model already served pushes no new version.
+    pushing, versions = [], set()
+    for run in spans_scenario.runs.values():
+        version = run.summary["pushed_model"] and run.summary["pushed_model"].rsplit("/", 1)[-1]
+        if version and version not in versions:
+            versions.add(version)
+            pushing.append(run.summary)
+    assert len(series.data) == len(pushing) >= 3
+    for point, summary in zip(series.data, pushing):
+        assert point["metrics"][""][""]["mean_iou"]["doubleValue"] == summary["metrics"]["overall"]["mean_iou"]
+        assert point["config"]["modelIdentifier"] == summary["model"] + "/Format-Serving"
+    assert series.config == {"isModelCentric": True}
+    history = next(s for s in shown if hasattr(s, "columns") and "drift" in s.columns)
+    assert list(history["drift"]) == [run.summary["drift"]["verdict"] for run in spans_scenario.runs.values()]

@@ -12,7 +12,8 @@ from support import petseg
 pytestmark = pytest.mark.slow  # whole pipeline runs
 
 ALL_COMPONENTS = ["TfdsExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator", "ValidationGate",
-                  "Transform", "latest_blessed_model", "Trainer", "Evaluator", "Pusher"]
+                  "latest_blessed_model", "DistributionValidator", "DriftGate", "Transform", "Trainer", "Evaluator",
+                  "Pusher"]
 # Enough training that the tiny model clearly beats an untrained one.
 TINY = ["--profile", "tiny", "--set", "train.epochs=6"]
 
@@ -40,6 +41,7 @@ def test_first_run_is_blessed_pushed_and_summarised(first_run):
     assert summary["blessed"] is True and summary["baseline"] is None
     pushed = pathlib.Path(summary["pushed_model"])
     assert pushed.parent == (output / "serving").resolve() and (pushed / "saved_model.pb").exists()
+    assert summary["drift"]["verdict"] == "no_baseline" and summary["stopped"] is None
 
     overall = summary["metrics"]["overall"]
     for key in ("mean_iou", "mean_dice", "pixel_accuracy"):
@@ -86,9 +88,12 @@ def test_unchanged_rerun_is_served_from_cache(first_run):
     # The serving dir now holds the first run's model (it held none when the first run started), so
     # the baseline is that version (latest_blessed_model may come from the cache of an earlier run that
     # pinned the same one) and the Evaluator and Pusher, whose baseline changed, rerun...
-    rerun = {"latest_blessed_model", "Evaluator", "Pusher"}
+    rerun = {"latest_blessed_model", "DistributionValidator", "DriftGate", "Evaluator", "Pusher"}
     assert all(cached[name] for name in ALL_COMPONENTS if name not in rerun), cached
     assert not cached["Evaluator"] and not cached["Pusher"], cached
+    # Its data is compared with the data the served model was trained on: the same span, no drift.
+    assert summary["drift"]["verdict"] == "passed" and summary["drift"]["baseline_version"] == int(
+        pathlib.Path(first["pushed_model"]).name)
     # ...and the Pusher, handed the model it already serves, publishes no second copy of it.
     assert summary["serving_versions"] == [pathlib.Path(first["pushed_model"]).name]
 

@@ -12,8 +12,8 @@ from report.example_records import tfrecords
 from report.training_history import training_history
 
 NODES = {names.EXAMPLE_GEN_ID, names.SCHEMA_GEN_ID, names.STATISTICS_GEN_ID, names.EXAMPLE_VALIDATOR_ID,
-         names.VALIDATION_GATE_ID, names.TRANSFORM_ID, names.LATEST_BLESSED_MODEL_ID, names.TRAINER_ID,
-         names.EVALUATOR_ID, names.PUSHER_ID}
+         names.VALIDATION_GATE_ID, names.TRANSFORM_ID, names.LATEST_BLESSED_MODEL_ID, names.DRIFT_VALIDATOR_ID,
+         names.DRIFT_GATE_ID, names.TRAINER_ID, names.EVALUATOR_ID, names.PUSHER_ID}
 
 
 def test_run_artifacts_of_a_real_run(tiny_run):

@@ -16,7 +16,7 @@ from tfx_bsl.coders import example_coder
 from tfx.components.example_validator import executor as example_validator
 from tfx.types import standard_artifacts, standard_component_specs
 
-from components import tfds_prepare, validation_gate
+from components import example_gen, tfds_prepare, validation_gate
 from pipeline.pipeline import SCHEMA_FILE as SCHEMA_PATH
 from transform import features
 
@@ -28,9 +28,17 @@ def schema() -> schema_pb2.Schema:
 
 @pytest.fixture(scope="module")
 def tfds_records(tmp_path_factory):
-    """Serialized tf.Examples of both splits, as the real oxford_iiit_pet builder writes them."""
+    """Serialized tf.Examples of both splits, as the real oxford_iiit_pet builder writes them and TfdsExampleGen
+    hands them on (with the per-image numbers)."""
     prepared = tfds_prepare.prepare(tmp_path_factory.mktemp("tfds"), "synthetic", synthetic=(6, 3, 0))
-    return {split: [r.numpy() for r in tf.data.TFRecordDataset(files)] for split, files in prepared.files.items()}
+    out = tmp_path_factory.mktemp("examples")
+    records = {}
+    for split, files in prepared.files.items():
+        written = [str(out / f"{split}-{i}") for i in range(len(files))]
+        for source, target in zip(files, written):
+            example_gen.add_image_statistics(source, target)
+        records[split] = [r.numpy() for r in tf.data.TFRecordDataset(written)]
+    return records
 
 
 def good(tfds_records):
@@ -68,12 +76,18 @@ def test_tfds_records_of_both_splits_have_no_anomalies(schema, tfds_records):
     assert anomalies_for(schema, tfds_records["test"]) == {}
 
 
-def test_transform_gets_every_feature_as_a_dense_tensor(schema, tfds_records):
-    # Transform parses with the feature spec derived from the schema: fixed shapes give dense tensors.
+def test_transform_gets_every_tfds_feature_dense_and_the_image_numbers_optional(schema, tfds_records):
+    # Transform and serving parse with the feature spec derived from the schema: fixed shapes give dense
+    # tensors; the per-image numbers have none, so an Example without them (a client's) parses as well.
     spec = schema_utils.schema_as_feature_spec(schema).feature_spec
-    assert all(isinstance(s, tf.io.FixedLenFeature) for s in spec.values()), spec
+    numbers = set(features.IMAGE_STATISTICS_KEYS)
+    assert {k for k, s in spec.items() if isinstance(s, tf.io.FixedLenFeature)} == set(spec) - numbers, spec
+    assert all(isinstance(spec[k], tf.io.VarLenFeature) for k in numbers), spec
     parsed = tf.io.parse_example(tfds_records["test"], spec)
-    assert all(isinstance(t, tf.Tensor) and t.shape[0] == len(tfds_records["test"]) for t in parsed.values())
+    assert all(t.shape[0] == len(tfds_records["test"]) for k, t in parsed.items() if k not in numbers)
+    assert all(parsed[k].values.shape[0] == len(tfds_records["test"]) for k in numbers)
+    without = tf.io.parse_example([broken(r, drop=numbers) for r in tfds_records["test"]], spec)
+    assert all(without[k].values.shape[0] == 0 for k in numbers)
 
 
 def test_statistics_of_the_image_bytes_are_byte_sizes_not_categories(schema, tfds_records):
@@ -95,7 +109,10 @@ def test_statistics_of_the_image_bytes_are_byte_sizes_not_categories(schema, tfd
     (dict(head_bbox=[0.1, 0.2]), features.HEAD_BBOX_KEY),
     (dict(head_bbox=[0.1, 0.2, 1.5, 0.6]), features.HEAD_BBOX_KEY),
     (dict(image=[b"a", b"b"]), features.RAW_IMAGE_KEY),
-], ids=["species_2", "label_37", "missing_mask", "short_bbox", "bbox_out_of_range", "two_images"])
+    (dict(drop=(features.IMAGE_HEIGHT_KEY,)), features.IMAGE_HEIGHT_KEY),
+    (dict(image_brightness=[300.0]), features.IMAGE_BRIGHTNESS_KEY),
+], ids=["species_2", "label_37", "missing_mask", "short_bbox", "bbox_out_of_range", "two_images",
+        "missing_height", "brightness_out_of_range"])
 def test_a_broken_record_raises_an_anomaly_on_its_feature(schema, tfds_records, change, feature):
     records = good(tfds_records)
     found = anomalies_for(schema, records[1:] + [broken(records[0], **change)])

@@ -118,6 +118,25 @@ def test_serving_resizes_exactly_like_transform(served, trained, transform_run):
     np.testing.assert_allclose(by_bytes["probabilities"].numpy(), tf.nn.softmax(logits).numpy(), atol=1e-6)
 
 
+def test_examples_without_the_per_image_numbers_are_served_as_before(served, transform_run):
+    # TfdsExampleGen adds them for statistics and drift; clients that send today's Examples lack them.
+    raw = trainer_fixtures.split_records(trainer_fixtures.raw_examples(transform_run), "eval")[:3]
+    parsed = [tf.train.Example.FromString(r) for r in raw]
+    assert all(key in example.features.feature for example in parsed for key in features.IMAGE_STATISTICS_KEYS)
+    for example in parsed:
+        for key in features.IMAGE_STATISTICS_KEYS:
+            del example.features.feature[key]
+    today = tf.constant([example.SerializeToString() for example in parsed])
+    examples_signature = served.signatures[signatures.EXAMPLES_SIGNATURE]
+    _assert_same(examples_signature(examples=today), examples_signature(examples=tf.constant(raw)))
+    # Transform ignores them too: the same outputs, none of them a per-image number.
+    transform_signature = served.signatures[signatures.TRANSFORM_SIGNATURE]
+    with_numbers, without = transform_signature(examples=tf.constant(raw)), transform_signature(examples=today)
+    assert set(with_numbers) == set(without) == {features.IMAGE_KEY, features.MASK_KEY, *features.SLICE_KEYS}
+    for key in with_numbers:
+        np.testing.assert_array_equal(with_numbers[key].numpy(), without[key].numpy())
+
+
 @pytest.mark.parametrize("payload, message", [
     (b"", "image_bytes is empty"),
     (b"not an image at all", "Unknown image file format"),

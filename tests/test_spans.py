@@ -29,6 +29,36 @@ def test_find_and_resolve_spans(tmp_path):
         spans.find_spans(str(tmp_path / "span-{SPAN}" / "raw"))
 
 
+def test_spans_on_another_filesystem_and_the_window_of_the_newest(tmp_path):
+    import tensorflow as tf
+
+    root = f"ram://{tmp_path.name}/pets"  # any tf.io.gfile filesystem, as gs:// is
+    for name in ("span-2", "span-5", "span-9", "other"):
+        tf.io.gfile.makedirs(f"{root}/{name}/images")
+    tf.io.gfile.GFile(f"{root}/span-7", "w").write("a file, not a span")
+    pattern = f"{root}/span-{{SPAN}}"
+    assert spans.find_spans(pattern) == {2: f"{root}/span-2", 5: f"{root}/span-5", 9: f"{root}/span-9"}
+    assert spans.span_window(pattern) == [(9, f"{root}/span-9")]
+    assert [s for s, _ in spans.span_window(pattern, size=2)] == [5, 9]
+    assert [s for s, _ in spans.span_window(pattern, span=5, size=3)] == [2, 5]  # fewer when fewer exist
+    with pytest.raises(ValueError, match="at least one span"):
+        spans.span_window(pattern, size=0)
+
+
+def test_span_window_needs_a_span_pattern_given_by_any_means():
+    from cli.config_args import config_from_args
+    from cli.main import build_parser
+
+    with pytest.raises(ConfigError, match="data.span_window: needs a data.oxford_raw_dir with {SPAN}"):
+        load_config("tiny", None, ["data.span_window=2"])
+    with pytest.raises(ConfigError, match="data.span_window: must be >= 1"):
+        load_config("tiny", None, ["data.span_window=0"])
+    # The flag sets the pattern after --set: the settings are checked once both apply.
+    args = build_parser().parse_args(["run", "--profile", "tiny", "--oxford-raw-dir", "/d/span-{SPAN}",
+                                      "--set", "data.span_window=3"])
+    assert config_from_args(args).data.span_window == 3
+
+
 def test_span_setting_needs_a_span_pattern():
     with pytest.raises(ConfigError, match="data.span"):
         load_config("tiny", None, ["data.span=2"])

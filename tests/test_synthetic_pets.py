@@ -217,3 +217,38 @@ def test_colour_alone_cannot_segment(tmp_path):
     histogram_iou, nearest_iou = _mean_iou(test_cls, histogram_pred), _mean_iou(test_cls, nearest_pred)
     print(f"colour-only mean IoU: histogram {histogram_iou:.3f}, nearest mean {nearest_iou:.3f}")
     assert histogram_iou < 0.5 and nearest_iou < 0.5
+
+
+def test_random_breeds_vary_with_the_seed_where_round_robin_never_does():
+    def mix(seed, style):
+        train, test = synthetic.sample_names(120, 30, seed=seed, style=style)
+        return collections.Counter(class_id for _, class_id, _, _ in train + test)
+
+    assert mix(1, synthetic.SpanStyle()) == mix(2, synthetic.SpanStyle()) == {
+        b.class_id: 25 for b in synthetic.QUICK_BREEDS}
+    random = synthetic.SpanStyle(random_breeds=True)
+    assert mix(1, random) == mix(1, random) != mix(2, random)
+    assert set(mix(1, random)) == {b.class_id for b in synthetic.QUICK_BREEDS}
+    # The cat share of 150 pets spreads as sampling makes it (3 of the 6 breeds are cats: 0.5 on average).
+    shares = []
+    for seed in range(40):
+        train, test = synthetic.sample_names(120, 30, seed=seed, style=random)
+        shares.append(np.mean([species == oxford.CAT for _, _, species, _ in train + test]))
+    assert 0.45 < np.mean(shares) < 0.55 and np.std(shares) > 0.02, (np.mean(shares), np.std(shares))
+    train, test = synthetic.sample_names(40, 10, seed=3, style=synthetic.SpanStyle(random_breeds=True,
+                                                                                     species=oxford.DOG))
+    assert {species for _, _, species, _ in train + test} == {oxford.DOG}
+
+
+def test_a_brighter_camera_and_larger_photos_draw_the_same_pets(tmp_path):
+    style = synthetic.SpanStyle(random_breeds=True)
+    usual = synthetic.write_archive(tmp_path / "usual", 3, 1, seed=4, style=style)
+    changed = synthetic.write_archive(tmp_path / "changed", 3, 1, seed=4, processes=1, style=synthetic.SpanStyle(
+        random_breeds=True, brightness=40.0, scale=1.5))
+    assert _rows(usual, "trainval.txt") == _rows(changed, "trainval.txt")  # the same pets, names and ids
+    for path in sorted((usual / "images").iterdir()):
+        before, after = Image.open(path), Image.open(changed / "images" / path.name)
+        assert after.size == tuple(round(side * 1.5) for side in before.size)
+        assert Image.open(changed / "annotations" / "trimaps" / f"{path.stem}.png").size == after.size
+        # 40 levels brighter, less where the brighter pixels saturate at 255.
+        assert 20 < np.asarray(after, np.float64).mean() - np.asarray(before, np.float64).mean() <= 40

@@ -7,6 +7,12 @@ LABEL_KEY = "label"  # breed id, 0..36
 SPECIES_KEY = "species"  # 0 cat, 1 dog
 FILE_NAME_KEY = "file_name"
 HEAD_BBOX_KEY = "head_bbox"
+# Per-image numbers TfdsExampleGen adds to every Example, so statistics (and drift between spans) see the
+# photos, not only their byte sizes. Transform, the model and the serving signatures ignore them.
+IMAGE_HEIGHT_KEY = "image_height"  # pixels, as decoded
+IMAGE_WIDTH_KEY = "image_width"
+IMAGE_BRIGHTNESS_KEY = "image_brightness"  # mean luma (ITU-R 601), 0..255
+IMAGE_STATISTICS_KEYS = (IMAGE_HEIGHT_KEY, IMAGE_WIDTH_KEY, IMAGE_BRIGHTNESS_KEY)
 
 # Transformed features, as `transform.preprocessing.preprocessing_fn` emits them.
 IMAGE_KEY = "image"  # raw uint8 bytes of [H, W, 3] RGB; the model takes them as uint8 and scales to [0, 1]
