@@ -23,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run the whole pipeline locally (LocalDagRunner)")
     add_config_args(run)
-    run.add_argument("--output", metavar="DIR",
+    run.add_argument("--output-dir", dest="output", metavar="DIR",
                      help="folder for everything the run writes (default: runs/default)")
     run.add_argument("--dataset", choices=DATASETS,
                      help="embedded synthetic pets (default) or the real Oxford-IIIT Pet")
@@ -36,11 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = sub.add_parser("report", help="write a run's self-contained HTML evaluation dashboard")
     source = report.add_mutually_exclusive_group(required=True)
-    source.add_argument("--run", metavar="DIR", help="a `petseg run --output` folder")
+    source.add_argument("--run", metavar="DIR", help="a `petseg run --output-dir` folder")
     source.add_argument("--kubeflow-runs", metavar="URI",
                         help="the folder of a Kubeflow pipeline's run folders (<pipeline root>/<pipeline name>; "
                              "Vertex: <pipeline root>/<project number>): writes their history page (needs --output)")
-    report.add_argument("--output", metavar="FILE", help="where to write it (default: DIR/report/index.html)")
+    report.add_argument("--output-file", dest="output", metavar="FILE", help="where to write it (default: DIR/report/index.html)")
     report.set_defaults(func=_report)
 
     settings = sub.add_parser("config", help="list every setting --set and --config take: type, default, value, "
@@ -185,7 +185,7 @@ def _report(args: argparse.Namespace) -> int:
     try:
         if args.kubeflow_runs:
             if not args.output:
-                print("petseg: --kubeflow-runs needs --output FILE", file=sys.stderr)
+                print("petseg: --kubeflow-runs needs --output-file FILE", file=sys.stderr)
                 return 2
             path = dashboard.write_history_page(args.kubeflow_runs, args.output)
         else:

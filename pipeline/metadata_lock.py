@@ -28,7 +28,7 @@ def metadata_guard(path: str, timeout: float = 10.0) -> Iterator[None]:
         except BlockingIOError:
             raise MetadataUnavailable(
                 f"{path} is in use by another petseg run (it holds {lock_path}); wait for that run to "
-                "finish or use another --output") from None
+                "finish or use another --output-dir") from None
         if os.path.exists(path):  # MLMD creates a missing one
             _check_sqlite(path, timeout)
         yield

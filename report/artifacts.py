@@ -19,7 +19,7 @@ _FINISHED = (Execution.COMPLETE, Execution.CACHED)
 
 
 class RunArtifacts:
-    """The MLMD store of one `petseg run --output` folder (`metadata.sqlite`), for one pipeline name."""
+    """The MLMD store of one `petseg run --output-dir` folder (`metadata.sqlite`), for one pipeline name."""
 
     def __init__(self, metadata_path: str, pipeline_name: str = PipelineConfig.name):
         if not pathlib.Path(metadata_path).exists():  # MLMD would create an empty store and find nothing

@@ -80,7 +80,7 @@ def load_run(run_dir: str, pipeline_name: str = PipelineConfig.name) -> RunView:
     root = layout.output_dir
     summary = summary_lib.read_summary(str(root))
     if summary is None:
-        raise FileNotFoundError(f"{root}: no readable summary.json (is this a `petseg run --output` folder?)")
+        raise FileNotFoundError(f"{root}: no readable summary.json (is this a `petseg run --output-dir` folder?)")
     uri = find_evaluation(str(root), pipeline_name)
     found = baseline = None
     thresholds: Dict[str, Optional[float]] = {"min_mean_iou": None, "max_regression": None}

@@ -1,5 +1,6 @@
 """Profiles, config files, `--set` and flags: the loading order, and errors that name the key."""
 
+import argparse
 import dataclasses
 import json
 import pathlib
@@ -39,13 +40,13 @@ def test_loading_order_is_profile_then_file_then_set_then_flags(tmp_path):
     assert config.train.shuffle_buffer == profile.train.shuffle_buffer
     # Flags come last.
     args = cli.build_parser().parse_args(["run", "--profile", "tiny", "--config", config_file,
-                                          "--set", "output=from-set", "--output", str(tmp_path / "flag")])
+                                          "--set", "output=from-set", "--output-dir", str(tmp_path / "flag")])
     assert cli.config_from_args(args).output_dir == tmp_path / "flag"
 
 
 def test_cli_flags_override_the_set_values(tmp_path):
     args = cli.build_parser().parse_args(
-        ["run", "--set", "output=elsewhere", "--set", "data.strict=false", "--output", str(tmp_path),
+        ["run", "--set", "output=elsewhere", "--set", "data.strict=false", "--output-dir", str(tmp_path),
          "--oxford-raw-dir", str(tmp_path), "--strict"])
     config = cli.config_from_args(args)
     assert config.output_dir == tmp_path
@@ -208,3 +209,15 @@ def test_the_profile_is_chosen_with_its_flag_not_set():
 def test_the_top_level_help_names_every_kubeflow_command():
     text = cli.build_parser().format_help()
     assert "config" in text and all(name in text for name in ("compile", "submit", "schedule", "tfjob-manifest"))
+
+
+def test_an_output_flag_says_whether_it_is_a_folder_or_a_file():
+    def options(*path):
+        parser = cli.build_parser()
+        for name in path:
+            parser = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[name]
+        return {o for a in parser._actions for o in a.option_strings if o.startswith("--output")}
+
+    assert options("run") == {"--output-dir"}
+    assert options("report") == {"--output-file"}
+    assert options("kubeflow", "compile") == options("kubeflow", "tfjob-manifest") == {"--output-file"}

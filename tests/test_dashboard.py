@@ -75,7 +75,7 @@ def keras_history(console: str) -> dict:
 def page(tiny_run, tmp_path_factory):
     """The dashboard `petseg report` writes for the tiny run, and Chromium's DOM of it sorted by mean IoU."""
     out = tmp_path_factory.mktemp("dashboard") / "dash.html"
-    assert cli.main(["report", "--run", str(tiny_run), "--output", str(out)]) == 0
+    assert cli.main(["report", "--run", str(tiny_run), "--output-file", str(out)]) == 0
     dom, requests, console = chromium(tmp_path_factory.mktemp("chromium"), out.as_uri() + "#sort=mean_iou-desc",
                                       "--dump-dom")
     return out, dom, requests, console

@@ -164,7 +164,7 @@ def test_the_defaults_catch_half_the_images_missing(spans, tmp_path):
 
 def test_the_compiled_validator_task_reaches_the_executor_with_its_config_as_a_proto(spans, tmp_path):
     package = tmp_path / "pipeline.yaml"
-    assert cli.main(["kubeflow", "compile", "--output", str(package), "--profile", "tiny", "--image", "local",
+    assert cli.main(["kubeflow", "compile", "--output-file", str(package), "--profile", "tiny", "--image", "local",
                      "--serving-dir", str(tmp_path / "serving"), "--app-dir", str(REPO)]) == 0
     spec = runner.load_spec(str(package))
     parameters = spec["root"]["dag"]["tasks"][names.DRIFT_VALIDATOR_ID]["inputs"]["parameters"]

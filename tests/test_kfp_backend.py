@@ -79,7 +79,7 @@ def test_backend_compiler_accepts_the_petseg_pipeline(tmp_path):
     # No --pipeline-root: the run names it. The Pusher then needs its own gs:// destination. A window of
     # spans on gs://, read anew at each run, and the drift gate in front of Transform.
     proc = subprocess.run(
-        [sys.executable, "-m", "cli.main", "kubeflow", "compile", "--profile", "tiny", "--output", str(spec),
+        [sys.executable, "-m", "cli.main", "kubeflow", "compile", "--profile", "tiny", "--output-file", str(spec),
          "--image", IMAGE, "--gpus", "2", "--cpu", "4", "--memory", "16", "--serving-dir", "gs://bucket/serving",
          "--oxford-raw-dir", "gs://bucket/pets/span-{SPAN}", "--set", "data.span_window=3"],
         cwd=ROOT, capture_output=True, text=True, timeout=1800)

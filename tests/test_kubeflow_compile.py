@@ -29,7 +29,7 @@ RUN_EXECUTOR = ["python", "-m", "kubeflow.entrypoint"]
 
 
 def compile_args(output, *extra):
-    return ["kubeflow", "compile", "--output", str(output), "--profile", "tiny", "--image", IMAGE,
+    return ["kubeflow", "compile", "--output-file", str(output), "--profile", "tiny", "--image", IMAGE,
             "--pipeline-root", ROOT, "--gpus", "2", "--cpu", "4", "--memory", "16",
             "--oxford-raw-dir", "/mnt/pets/span-{SPAN}", "--set", "train.warm_start=true",
             *[f"--beam-arg={a}" for a in BEAM_ARGS], *extra]
@@ -185,7 +185,7 @@ def test_no_credentials_or_local_paths_in_the_spec(compiled):
 
 
 def test_without_a_root_the_clusters_default_applies(tmp_path):
-    assert cli.main(["kubeflow", "compile", "--output", str(tmp_path / "p.yaml"), "--profile", "tiny",
+    assert cli.main(["kubeflow", "compile", "--output-file", str(tmp_path / "p.yaml"), "--profile", "tiny",
                      "--serving-dir", "gs://models/petseg"]) == 0
     spec = yaml.safe_load((tmp_path / "p.yaml").read_text())
     assert "defaultPipelineRoot" not in spec
@@ -210,7 +210,7 @@ def test_without_a_root_the_clusters_default_applies(tmp_path):
 ])
 def test_settings_the_target_cannot_use_are_clear_errors(tmp_path, extra, message):
     with pytest.raises(SystemExit, match=re.escape(message)):
-        cli.main(["kubeflow", "compile", "--output", str(tmp_path / "p.yaml"), "--profile", "tiny", *extra])
+        cli.main(["kubeflow", "compile", "--output-file", str(tmp_path / "p.yaml"), "--profile", "tiny", *extra])
 
 
 def test_vertex_gets_its_own_gpu_name(compiled):
@@ -243,13 +243,13 @@ def test_compile_keeps_tensorflow_and_tfx_off_the_console(tmp_path):
 
 def test_bad_target_and_file_names_are_clear_errors(tmp_path, capsys):
     with pytest.raises(SystemExit):
-        cli.main(["kubeflow", "compile", "--output", str(tmp_path / "p.yaml"), "--target", "argo"])
+        cli.main(["kubeflow", "compile", "--output-file", str(tmp_path / "p.yaml"), "--target", "argo"])
     assert "invalid choice: 'argo'" in capsys.readouterr().err
     with pytest.raises(SystemExit, match=r"\.yaml"):
-        cli.main(["kubeflow", "compile", "--output", str(tmp_path / "p.txt"), "--profile", "tiny",
+        cli.main(["kubeflow", "compile", "--output-file", str(tmp_path / "p.txt"), "--profile", "tiny",
                   "--pipeline-root", ROOT])
     with pytest.raises(SystemExit, match="a PipelineJob .json is for --target vertex"):
-        cli.main(["kubeflow", "compile", "--output", str(tmp_path / "p.json"), "--profile", "tiny",
+        cli.main(["kubeflow", "compile", "--output-file", str(tmp_path / "p.json"), "--profile", "tiny",
                   "--pipeline-root", ROOT])
 
 
@@ -309,7 +309,7 @@ def test_dockerignore_keeps_what_the_dockerfile_copies():
 def test_flink_settings_reach_every_beam_task_of_the_compiled_spec(tmp_path):
     # The same `beam` section as `petseg run`: a job server service and a worker-pool sidecar on localhost.
     out = tmp_path / "flink.yaml"
-    assert cli.main(["kubeflow", "compile", "--output", str(out), "--profile", "tiny", "--image", IMAGE,
+    assert cli.main(["kubeflow", "compile", "--output-file", str(out), "--profile", "tiny", "--image", IMAGE,
                      "--pipeline-root", ROOT, "--set", "beam.runner=flink",
                      "--set", "beam.job_endpoint=flink-jobserver:8099", "--set", "beam.parallelism=4",
                      "--set", f"beam.sdk_image={IMAGE}", "--beam-arg=--max_parallelism=16",
@@ -329,6 +329,6 @@ def test_flink_settings_reach_every_beam_task_of_the_compiled_spec(tmp_path):
 
 def test_a_beam_runner_flag_in_beam_args_is_a_config_error_naming_the_key(tmp_path):
     with pytest.raises(SystemExit) as exit_info:
-        cli.main(["kubeflow", "compile", "--output", str(tmp_path / "x.yaml"), "--pipeline-root", ROOT,
+        cli.main(["kubeflow", "compile", "--output-file", str(tmp_path / "x.yaml"), "--pipeline-root", ROOT,
                   "--beam-arg=--runner=SamzaRunner"])
     assert exit_info.value.code == 2

@@ -22,7 +22,7 @@ UPSTREAM = ["ImportSchemaGen", "TfdsExampleGen", "StatisticsGen", "ExampleValida
 def compile_spec(tmp: pathlib.Path, name: str, *extra: str):
     package = tmp / name
     # The local checkout plays the image: the project is at --app-dir, this venv is its python.
-    assert cli.main(["kubeflow", "compile", "--output", str(package), "--profile", "tiny", "--image", "local",
+    assert cli.main(["kubeflow", "compile", "--output-file", str(package), "--profile", "tiny", "--image", "local",
                      "--data-dir", str(tmp / "tfds"), "--serving-dir", str(tmp / "serving"),
                      "--app-dir", str(REPO), "--set", "train.warm_start=true", "--set", "train.epochs=1",
                      *extra]) == 0

@@ -107,7 +107,7 @@ def test_the_server_or_the_webhook_refuses_known_bad_manifests_with_their_messag
 @pytest.mark.kube
 def test_tfjob_manifest_writes_what_the_task_submits_and_the_server_admits_it(cluster, tmp_path, capsys):
     path = tmp_path / "tfjob.yaml"
-    assert cli.main(["kubeflow", "tfjob-manifest", "--output", str(path), "--image", IMAGE, "--workers", "3",
+    assert cli.main(["kubeflow", "tfjob-manifest", "--output-file", str(path), "--image", IMAGE, "--workers", "3",
                      "--gpus", "1", "--cpu", "8", "--memory", "32"]) == 0
     assert f"wrote {path}" in capsys.readouterr().out
     text = path.read_text()
@@ -124,6 +124,6 @@ def test_tfjob_manifest_writes_what_the_task_submits_and_the_server_admits_it(cl
 
 def test_tfjob_manifest_refuses_a_single_machine(tmp_path):
     with pytest.raises(SystemExit, match="--workers: a TFJob needs 2 or more"):
-        cli.main(["kubeflow", "tfjob-manifest", "--output", str(tmp_path / "t.yaml"), "--image", IMAGE,
+        cli.main(["kubeflow", "tfjob-manifest", "--output-file", str(tmp_path / "t.yaml"), "--image", IMAGE,
                   "--workers", "1"])
     assert not (tmp_path / "t.yaml").exists()

@@ -16,7 +16,7 @@ ROOT = "gs://petseg-bucket/pipeline_root"
 
 
 def compile_args(output, *extra):
-    return ["kubeflow", "compile", "--output", str(output), "--profile", "tiny", "--image", IMAGE,
+    return ["kubeflow", "compile", "--output-file", str(output), "--profile", "tiny", "--image", IMAGE,
             "--gpus", "1", "--cpu", "4", "--memory", "16", "--set", "train.workers=3", *extra]
 
 

@@ -30,7 +30,7 @@ TIMEOUT = 600
 
 
 def compile_args(output, *extra):
-    return ["kubeflow", "compile", "--output", str(output), "--profile", "tiny", "--image", IMAGE,
+    return ["kubeflow", "compile", "--output-file", str(output), "--profile", "tiny", "--image", IMAGE,
             "--pipeline-root", ROOT, "--gpus", "1", "--gpu-type", "NVIDIA_TESLA_T4", "--cpu", "8", "--memory", "30",
             "--set", "train.workers=3", *extra]
 
@@ -129,7 +129,7 @@ def test_settings_vertex_worker_pools_cannot_use_are_clear_errors(tmp_path, extr
 def test_machine_type_defaults_and_choices(tmp_path):
     def pools(*extra):
         path = tmp_path / "p.json"
-        assert cli.main(["kubeflow", "compile", "--output", str(path), "--profile", "tiny", "--target", "vertex",
+        assert cli.main(["kubeflow", "compile", "--output-file", str(path), "--profile", "tiny", "--target", "vertex",
                          "--pipeline-root", ROOT, "--project", PROJECT, "--region", REGION,
                          "--set", "train.workers=2", *extra]) == 0
         return custom_config(json.loads(path.read_text())["pipelineSpec"])["ai_platform_training_args"][

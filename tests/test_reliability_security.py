@@ -43,7 +43,7 @@ def test_compiled_kubeflow_spec_holds_no_credentials(tmp_path):
 
     package = tmp_path / "pipeline.yaml"
     # A launcher-storable root: the kfp target refuses a local path.
-    assert cli.main(["kubeflow", "compile", "--output", str(package), "--profile", "tiny",
+    assert cli.main(["kubeflow", "compile", "--output-file", str(package), "--profile", "tiny",
                      "--pipeline-root", "gs://petseg-bucket/pipeline_root"]) == 0
     text = package.read_text()
     assert names.EXAMPLE_GEN_ID in text and find_credentials(text) == []

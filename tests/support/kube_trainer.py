@@ -83,7 +83,7 @@ def compiled_trainer() -> Dict[str, Any]:
     folder = pathlib.Path(tempfile.mkdtemp(prefix="petseg-kube-compile-"))
     try:
         path = folder / "pipeline.yaml"
-        assert cli.main(["kubeflow", "compile", "--output", str(path), "--profile", "tiny", "--image", IMAGE,
+        assert cli.main(["kubeflow", "compile", "--output-file", str(path), "--profile", "tiny", "--image", IMAGE,
                          "--pipeline-root", "gs://petseg-test/root", "--set", "train.workers=2"]) == 0
         spec = yaml.safe_load(path.read_text())
     finally:

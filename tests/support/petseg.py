@@ -13,7 +13,7 @@ TIMEOUT = 1800
 
 
 def command(output: pathlib.Path, *args: str) -> list:
-    return [sys.executable, "-m", "cli.main", "run", "--output", str(output), *args]
+    return [sys.executable, "-m", "cli.main", "run", "--output-dir", str(output), *args]
 
 
 def summary(output: pathlib.Path) -> dict:
@@ -21,7 +21,7 @@ def summary(output: pathlib.Path) -> dict:
 
 
 def run(output: pathlib.Path, *args: str, env: Optional[Dict[str, str]] = None) -> dict:
-    """Runs `petseg run --output OUTPUT ARGS` to completion (it must succeed); returns its summary.
+    """Runs `petseg run --output-dir OUTPUT ARGS` to completion (it must succeed); returns its summary.
 
     The console is kept in OUTPUT/run.stdout and OUTPUT/run.stderr for tests that read what a user sees.
     """
