@@ -29,10 +29,14 @@ def new_log_file(logs_dir: pathlib.Path) -> pathlib.Path:
     return logs_dir / f"run-{datetime.datetime.now():%Y%m%d-%H%M%S}.log"
 
 
+# Beam's portable runner relays the job server's messages (Java stacks) through its module's logger.
+_JOB_MESSAGES_LOGGER = "apache_beam.runners.portability.portable_runner"
+
+
 def _not_job_messages(record: logging.LogRecord) -> bool:
-    """Drops the job server's messages (Java stacks) from the console; the run's log file keeps them and
-    a failure still prints its Python traceback through the runner's error."""
-    return not record.pathname.endswith("portable_runner.py")
+    """Drops the job server's messages from the console; the run's log file keeps them and a failure
+    still prints its Python traceback through the runner's error."""
+    return record.name != _JOB_MESSAGES_LOGGER
 
 
 @contextlib.contextmanager

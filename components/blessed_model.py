@@ -14,6 +14,7 @@ from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 from tfx.utils import io_utils, path_utils
 
 from components import serving_dir as serving
+from config import names
 
 MODEL_KEY = "model"
 STATISTICS_KEY = "statistics"
@@ -69,7 +70,7 @@ class Executor(base_executor.BaseExecutor):
         source = os.path.join(base, str(version))
         if serving.read_statistics(source, statistics):
             statistics.set_int_custom_property("found", 1)
-            statistics.set_int_custom_property("pushed_version", version)
+            statistics.set_int_custom_property(names.PUSHED_VERSION, version)
         else:
             # Pushed before versions carried their training statistics: nothing to measure drift against.
             _no_statistics(statistics, f"Version {version} in {base} has no training statistics.")
@@ -78,7 +79,7 @@ class Executor(base_executor.BaseExecutor):
         serving.place(source, path_utils.serving_model_path(model.uri))
         model.set_int_custom_property("found", 1)
         model.set_string_custom_property("pushed_destination", source)
-        model.set_int_custom_property("pushed_version", version)
+        model.set_int_custom_property(names.PUSHED_VERSION, version)
         logging.info("Latest blessed model: version %d from %s", version, source)
 
 

@@ -19,6 +19,7 @@ from tfx.types import artifact_utils, standard_artifacts, standard_component_spe
 from tfx.utils import io_utils
 
 from components import internals
+from config import names
 from config.settings import DriftConfig
 from transform import features
 
@@ -154,8 +155,8 @@ class Executor(validator_executor.Executor):
         else:
             anomalies = load_anomalies(anomalies_artifact)
             rows = compare(anomalies, config, _num_examples(statistics), _num_examples(baseline))
-            version = baseline.get_int_custom_property("pushed_version") if baseline.has_custom_property(
-                "pushed_version") else None
+            version = baseline.get_int_custom_property(names.PUSHED_VERSION) if baseline.has_custom_property(
+                names.PUSHED_VERSION) else None
             report.update(verdict=DRIFTED if any(row["drifted"] for row in rows) else PASSED, features=rows,
                           baseline_version=version, baseline_span=baseline.span)
         io_utils.write_string_file(os.path.join(anomalies_artifact.uri, REPORT_FILE),

@@ -159,6 +159,21 @@ def distribution_validator_fixed(exec_properties: Dict[str, Any]) -> Iterator[Di
         validator_executor._COMPARISON_ANOMALY_TYPES = original  # pylint: disable=protected-access
 
 
+# ---------------------------------------------------------------- TFX LocalDagRunner: progress from its log
+
+# The log records LocalDagRunner (tfx/orchestration/local/local_dag_runner.py) and its launcher
+# (orchestration/portable/launcher.py) write as a node starts, reuses a cached execution and ends:
+# TFX has no progress callback, so these messages, by their format string, are the only signal.
+_LOCAL_RUNNER_LINES = {"Component %s is running.": "running", "A cached execution %d is used.": "cached",
+                       "Component %s is finished.": "finished"}
+
+
+def local_runner_progress(record: logging.LogRecord) -> Tuple[str, Any]:
+    """("running" | "finished", node id), ("cached", execution id), or ("", None) for any other record."""
+    event = _LOCAL_RUNNER_LINES.get(record.msg) if isinstance(record.msg, str) else None
+    return (event, record.args[0]) if event and record.args else ("", None)
+
+
 # ---------------------------------------------------------------- TFX Kubeflow V2 task entrypoint
 
 def parse_kubeflow_v2_executor_flags(argv: List[str]) -> Tuple[Any, List[str]]:

@@ -23,6 +23,7 @@ from tfx.types.component_spec import ChannelParameter
 from tfx.utils import io_utils, json_utils, proto_utils
 
 from components import serving_dir as serving
+from config import names
 
 # Hidden (leading dot) and not a number: TF Serving and petseg only treat numeric folders as versions.
 _STAGING = re.compile(r"^\.(?P<version>\d+)\.incomplete-(?P<token>[0-9a-f]{32})$")
@@ -189,7 +190,7 @@ class Executor(pusher_executor.Executor):
             raise NotImplementedError(f"Invalid Versioning {fs_config.versioning}")
         model_push = artifact_utils.get_single_instance(output_dict[standard_component_specs.PUSHED_MODEL_KEY])
         if not self.CheckBlessing(input_dict):
-            self._MarkNotPushed(model_push)
+            model_push.set_int_custom_property(names.PUSHED, 0)
             return
         model_path = self.GetModelPath(input_dict)
         statistics = next(iter(input_dict.get(STATISTICS_KEY) or []), None)
@@ -210,7 +211,9 @@ class Executor(pusher_executor.Executor):
             logging.info("Model written to serving path %s.", os.path.join(base, version))
         serving_path = os.path.join(base, version)
         io_utils.write_string_file(os.path.join(model_push.uri, PUSHED_TO_FILE), serving_path + "\n")
-        self._MarkPushed(model_push, pushed_destination=serving_path, pushed_version=version)
+        model_push.set_int_custom_property(names.PUSHED, 1)
+        model_push.set_string_custom_property(names.PUSHED_DESTINATION, serving_path)
+        model_push.set_string_custom_property(names.PUSHED_VERSION, version)
 
 
 class AtomicPusherSpec(standard_component_specs.PusherSpec):

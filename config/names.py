@@ -18,3 +18,7 @@ PUSHER_ID = "Pusher"
 SERVING_SIGNATURE = "serving_default"
 EXAMPLES_SIGNATURE = "serving_examples"
 TRANSFORM_SIGNATURE = "transform_features"
+
+# The PushedModel's custom properties as TFX's own Pusher records them; our Pusher, the served model's
+# artifacts and the run's summary and history use the same names.
+PUSHED, PUSHED_DESTINATION, PUSHED_VERSION = "pushed", "pushed_destination", "pushed_version"

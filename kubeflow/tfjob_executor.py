@@ -71,7 +71,6 @@ class Executor(base_executor.BaseExecutor):
     """Starts the Trainer's replicas as a TFJob, follows it to the end and hands their outputs to the launcher."""
 
     def Do(self, input_dict: Dict[str, List], output_dict: Dict[str, List], exec_properties: Dict[str, Any]) -> None:
-        self._log_startup(input_dict, output_dict, exec_properties)
         p = staging.plan(input_dict, output_dict, entrypoint.active_mirror())
         try:
             with cancel_on_sigterm():

@@ -6,9 +6,8 @@ import logging
 import time
 from typing import Optional, TextIO
 
-_RUNNING = "Component %s is running."
-_FINISHED = "Component %s is finished."
-_CACHED = "A cached execution %d is used."
+from components import internals
+
 
 
 class ProgressTracker(logging.Handler):
@@ -25,12 +24,13 @@ class ProgressTracker(logging.Handler):
         self._cached = False
 
     def emit(self, record: logging.LogRecord) -> None:
-        if record.msg == _RUNNING:
-            self.current, self._started, self._cached = str(record.args[0]), time.monotonic(), False
+        event, value = internals.local_runner_progress(record)
+        if event == "running":
+            self.current, self._started, self._cached = str(value), time.monotonic(), False
             self._print(f"[petseg] {self.current} running ...")
-        elif record.msg == _CACHED and self.current:
+        elif event == "cached" and self.current:
             self._cached = True
-        elif record.msg == _FINISHED and self.current:
+        elif event == "finished" and self.current:
             how = "from cache" if self._cached else "done"
             self._print(f"[petseg] {self.current} {how} in {time.monotonic() - self._started:.1f} s")
             self.current = None

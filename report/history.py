@@ -9,15 +9,16 @@ import os
 import pathlib
 from typing import Any, Dict, List, Optional
 
-from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 from tfx.components.evaluator import constants as evaluator_constants
 from tfx.dsl.compiler import constants
+from tfx.types import Artifact
 
 from components import drift
 from components.pusher import PUSHED_TO_FILE
 from config import names
 from report import metrics
+from report.artifacts import RunArtifacts
 
 Execution = metadata_store_pb2.Execution
 _FINISHED = (Execution.COMPLETE, Execution.CACHED)
@@ -26,37 +27,18 @@ _FAILED = (Execution.FAILED, Execution.CANCELED)
 COMPLETED, STOPPED_BY_DRIFT, RUNNING = "completed", "stopped by drift", "incomplete"
 
 
-class _Store:
-    """The public MetadataStore API, read-only, over one run folder's metadata.sqlite."""
-
-    def __init__(self, metadata_path: str):
-        connection = metadata_store_pb2.ConnectionConfig()
-        connection.sqlite.filename_uri = metadata_path
-        connection.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
-        self.store = metadata_store.MetadataStore(connection)
-
-    def contexts(self, type_name: str) -> List[metadata_store_pb2.Context]:
-        return list(self.store.get_contexts_by_type(type_name))
-
-    def outputs(self, execution: Execution, key: str) -> List[metadata_store_pb2.Artifact]:
-        events = self.store.get_events_by_execution_ids([execution.id])
-        ids = [e.artifact_id for e in events if e.type == metadata_store_pb2.Event.OUTPUT
-               and e.path.steps and e.path.steps[0].key == key]
-        return list(self.store.get_artifacts_by_id(ids)) if ids else []
-
-
-def _custom(artifact: Optional[metadata_store_pb2.Artifact], name: str) -> Any:
-    if artifact is None or name not in artifact.custom_properties:
+def _custom(artifact: Optional[Artifact], name: str) -> Any:
+    properties = artifact.mlmd_artifact.custom_properties if artifact is not None else {}
+    if name not in properties:
         return None
-    value = artifact.custom_properties[name]
-    return getattr(value, value.WhichOneof("value"))
+    return getattr(properties[name], properties[name].WhichOneof("value"))
 
 
 def run_history(metadata_path: str, pipeline_name: str) -> List[Dict[str, Any]]:
     """One row per pipeline run of `pipeline_name`, oldest first (see `_row`); [] without a store."""
     if not pathlib.Path(metadata_path).exists():
         return []
-    mlmd = _Store(metadata_path)
+    mlmd = RunArtifacts(metadata_path, pipeline_name)
     prefix = f"{pipeline_name}."
     node_of: Dict[int, str] = {}
     for context in mlmd.contexts(constants.NODE_CONTEXT_TYPE_NAME):
@@ -71,7 +53,7 @@ def run_history(metadata_path: str, pipeline_name: str) -> List[Dict[str, Any]]:
     return [_row(mlmd, run_id, started, executions, node_of) for started, run_id, executions in sorted(runs)]
 
 
-def _row(mlmd: _Store, run_id: str, started: int, executions: List[Execution],
+def _row(mlmd: RunArtifacts, run_id: str, started: int, executions: List[Execution],
          node_of: Dict[int, str]) -> Dict[str, Any]:
     """run, date, spans, drift verdict, candidate and baseline mean IoU, blessed, pushed version, status, and the
     Evaluator's output."""
@@ -79,11 +61,11 @@ def _row(mlmd: _Store, run_id: str, started: int, executions: List[Execution],
     for execution in sorted(executions, key=lambda e: e.id):
         latest[node_of[execution.id]] = execution
 
-    def output(node: str, key: str) -> Optional[metadata_store_pb2.Artifact]:
+    def output(node: str, key: str) -> Optional[Artifact]:
         execution = latest.get(node)
         if execution is None or execution.last_known_state not in _FINISHED:
             return None
-        return next(iter(mlmd.outputs(execution, key)), None)
+        return next(iter(mlmd.outputs_of(execution, key)), None)
 
     examples = output(names.EXAMPLE_GEN_ID, "examples")
     window = json.loads(_custom(examples, "spans") or "[]")
@@ -110,7 +92,7 @@ def _row(mlmd: _Store, run_id: str, started: int, executions: List[Execution],
         "candidate_mean_iou": candidate,
         "baseline_mean_iou": baseline,
         "blessed": _custom(output(names.EVALUATOR_ID, "blessing"), "blessed") == 1 if evaluation else None,
-        "pushed_version": _custom(pushed, "pushed_version") if _custom(pushed, "pushed") == 1 else None,
+        "pushed_version": _custom(pushed, names.PUSHED_VERSION) if _custom(pushed, names.PUSHED) == 1 else None,
         "status": status,
         "evaluation": evaluation.uri if evaluation is not None else None,
     }

@@ -41,7 +41,7 @@ def build_summary(config: PipelineConfig, run: RunArtifacts, stopped: Optional[s
 
     found = metrics.load_metrics(evaluation.uri, metrics.load_breed_names(data_dir)) if evaluation else None
     baseline = metrics.load_baseline_metrics(evaluation.uri) if evaluation else None
-    pushed_dir = _prop(pushed, "pushed_destination") if _prop(pushed, "pushed") == 1 else None
+    pushed_dir = _prop(pushed, names.PUSHED_DESTINATION) if _prop(pushed, names.PUSHED) == 1 else None
     return {
         "profile": config.profile,
         "dataset": {

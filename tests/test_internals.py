@@ -6,6 +6,7 @@ executor), test_evaluation (the Evaluator's fixed batches, through real tfx_bsl 
 """
 
 import inspect
+import pathlib
 
 import pytest
 import tensorflow_datasets as tfds
@@ -131,3 +132,42 @@ def test_the_distribution_validator_keeps_normalized_abs_difference_and_reads_a_
     assert validator_executor._COMPARISON_ANOMALY_TYPES is stock
     with internals.distribution_validator_fixed({key: config}) as fixed:
         assert fixed[key] is config
+
+
+def test_local_dag_runner_logs_the_lines_progress_reads(tmp_path):
+    """Two runs of a one-node pipeline, the second from cache, as LocalDagRunner logs them."""
+    import logging
+
+    from tfx.v1.components import ImportSchemaGen
+    from tfx.orchestration import metadata, pipeline
+    from tfx.orchestration.local.local_dag_runner import LocalDagRunner
+
+    class Records(logging.Handler):
+        def __init__(self):
+            super().__init__(logging.INFO)
+            self.events = []
+
+        def emit(self, record):
+            event = internals.local_runner_progress(record)
+            if event[0]:
+                self.events.append(event)
+
+    schema = pathlib.Path(__file__).resolve().parent.parent / "transform" / "schema.pbtxt"
+    records = Records()
+    root = logging.getLogger()
+    saved_level = root.level
+    root.addHandler(records)
+    root.setLevel(logging.INFO)
+    try:
+        for _ in range(2):
+            LocalDagRunner().run(pipeline.Pipeline(
+                pipeline_name="progress", pipeline_root=str(tmp_path / "root"), enable_cache=True,
+                components=[ImportSchemaGen(schema_file=str(schema))],
+                metadata_connection_config=metadata.sqlite_metadata_connection_config(str(tmp_path / "m.sqlite"))))
+    finally:
+        root.removeHandler(records)
+        root.setLevel(saved_level)
+    kinds = [kind for kind, _ in records.events]
+    assert kinds == ["running", "finished", "running", "cached", "finished"], records.events
+    assert records.events[0][1] == "ImportSchemaGen" and isinstance(records.events[3][1], int)
+    assert internals.local_runner_progress(logging.LogRecord("x", logging.INFO, "f", 1, "other", None, None)) == ("", None)

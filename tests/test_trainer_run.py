@@ -211,12 +211,27 @@ def test_warm_start_skips_a_base_model_of_another_architecture(trained, caplog):
         np.testing.assert_array_equal(new, old)
 
 
-def test_the_backup_sits_beside_the_trainers_outputs_on_an_object_store_too():
+@pytest.mark.parametrize("model, logs, folder", [
+    # TFX's local layout: one folder per output, one per execution under it.
+    ("gs://b/root/Trainer/model/7/Format-Serving", "gs://b/root/Trainer/model_run/7", "gs://b/root/Trainer"),
+    # Kubeflow's: the task's folder holds its outputs; a TFJob's replicas write them to staging beside them.
+    ("gs://b/root/run-1/Trainer/model/Format-Serving", "gs://b/root/run-1/Trainer/model_run", "gs://b/root/run-1/Trainer"),
+    ("gs://b/t/tfjob-staging/model/Format-Serving", "gs://b/t/tfjob-staging/model_run", "gs://b/t/tfjob-staging"),
+    ("/pets/root/Trainer/model/9/Format-Serving", "/pets/root/Trainer/model_run/9", "/pets/root/Trainer"),
+])
+def test_the_backup_sits_in_the_folder_the_trainers_outputs_share(model, logs, folder):
     fn_args = types.SimpleNamespace(
         train_files=["gs://b/root/Transform/x/Split-train/*"], eval_files=["gs://b/root/Transform/x/Split-eval/*"],
         transform_output="gs://b/root/Transform/graph/3", base_model=None, custom_config={"model": {}},
-        serving_model_dir="gs://b/root/Trainer/model/7/Format-Serving")
-    assert run.backup_dir(fn_args).startswith("gs://b/root/Trainer/backup/")
+        serving_model_dir=model, model_run_dir=logs)
+    assert run.backup_dir(fn_args).rsplit("/", 2)[:2] == [folder, "backup"]
+
+
+def test_outputs_that_share_no_folder_are_refused():
+    fn_args = types.SimpleNamespace(train_files=[], eval_files=[], transform_output="", base_model=None,
+                                    custom_config={}, serving_model_dir="gs://a/model", model_run_dir="gs://b/logs")
+    with pytest.raises(ValueError, match="share no folder"):
+        run.backup_dir(fn_args)
 
 
 @pytest.mark.parametrize("tf_config, chief", [

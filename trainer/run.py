@@ -26,16 +26,30 @@ def backup_dir(fn_args) -> str:
     """A BackupAndRestore folder that a retry of the same training finds again.
 
     Each TFX execution (a retry too) gets fresh output URIs, so the folder is keyed on what defines
-    the training instead: its input artifacts and settings. It sits beside the Trainer's outputs
-    (`<pipeline_root>/<trainer id>/`) and is removed once training finishes.
+    the training instead: its input artifacts and settings. It sits in the deepest folder the Trainer's
+    two outputs (the model and its logs) share, whatever the orchestrator's layout below it: a local
+    run's `<pipeline_root>/Trainer/`, a Kubeflow task's own folder. It is removed once training finishes.
     """
     key = json.dumps({"train": sorted(fn_args.train_files), "eval": sorted(fn_args.eval_files),
                       "transform": fn_args.transform_output, "base": fn_args.base_model or "",
                       "config": fn_args.custom_config}, sort_keys=True)
-    # serving_model_dir is <pipeline_root>/<trainer id>/model/<execution id>/Format-Serving, a local
-    # path or a URI (gs://...): split as a string, since pathlib turns "gs://b" into "gs:/b".
-    trainer_root = fn_args.serving_model_dir.rstrip("/").rsplit("/", 3)[0]
-    return posixpath.join(trainer_root, "backup", hashlib.sha256(key.encode()).hexdigest()[:16])
+    return posixpath.join(_shared_folder(fn_args.serving_model_dir, fn_args.model_run_dir), "backup",
+                          hashlib.sha256(key.encode()).hexdigest()[:16])
+
+
+def _shared_folder(*uris: str) -> str:
+    """The deepest folder of local paths or URIs (gs://...) that holds them all; split as strings, since
+    pathlib and posixpath.commonpath turn "gs://b" into "gs:/b"."""
+    parts = [uri.rstrip("/").split("/") for uri in uris]
+    shared = []
+    for names in zip(*parts):
+        if len(set(names)) > 1:
+            break
+        shared.append(names[0])
+    folder = "/".join(shared)
+    if folder.rstrip("/").endswith(":") or not folder.strip("/"):
+        raise ValueError(f"the Trainer's outputs share no folder to keep a backup in: {', '.join(uris)}")
+    return folder
 
 
 def _warm_start(model: tf.keras.Model, base_model_dir: str) -> None:
