@@ -10,7 +10,7 @@ from config import names
 
 # Where a run keeps SavedModels of the segmentation model, in the order their bytes come to exist: the
 # Trainer exports, the Pusher places that export under serving/ (and may keep an artifact of its own),
-# and the next run's latest_blessed_model places the served version in its artifact.
+# and the next run's LatestBlessedModel places the served version in its artifact.
 MODEL_PLACES = (names.TRAINER_ID, names.PUSHER_ID, "serving", names.LATEST_BLESSED_MODEL_ID)
 SAVED_MODEL_FILE = "saved_model.pb"
 
@@ -137,7 +137,7 @@ def model_copies_figures(snapshots: List[Dict[str, List[Tuple[str, os.stat_resul
     """`model_copies_per_run`: model bytes the runs wrote / (one model's bytes x models they trained).
 
     `snapshots` are `model_files` taken after each run into the same output folder, in order; the
-    first run trains, exports and pushes, a later one finds the served version for latest_blessed_model,
+    first run trains, exports and pushes, a later one finds the served version for LatestBlessedModel,
     so together they write every copy a run makes. Each run's table says where the bytes went.
     """
     labels = labels or [f"run_{i + 1}" for i in range(len(snapshots))]

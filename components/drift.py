@@ -86,7 +86,7 @@ def validator_config(drift: DriftConfig) -> distribution_validator_pb2.Distribut
 
 
 def holds_statistics(statistics: types.Artifact) -> bool:
-    """Whether an ExampleStatistics artifact has the compared split (latest_blessed_model's may be empty)."""
+    """Whether an ExampleStatistics artifact has the compared split (LatestBlessedModel's may be empty)."""
     return TRAIN in artifact_utils.decode_split_names(statistics.split_names or "[]") and fileio.exists(
         os.path.join(artifact_utils.get_split_uri([statistics], TRAIN), stats_artifact_utils.BINARY_PB_BASENAME))
 
@@ -131,7 +131,7 @@ def compare(anomalies: anomalies_pb2.Anomalies,
 class Executor(validator_executor.Executor):
     """TFX's DistributionValidator executor (see `internals.distribution_validator_fixed`), saying what it found.
 
-    - A baseline without statistics (latest_blessed_model before the first push, or a version pushed
+    - A baseline without statistics (LatestBlessedModel before the first push, or a version pushed
       without them) is "no baseline": the run goes on, as TFX does for an empty baseline channel.
     - Every comparison's value, threshold and verdict go to `drift.json` in the anomalies artifact,
       which the gate, summary.json and the dashboard read.
@@ -192,7 +192,7 @@ def describe(report: Dict[str, Any]) -> str:
 class DriftValidator(DistributionValidator):
     """Drop-in for `tfx.components.DistributionValidator` that runs on every orchestrator and writes `drift.json`.
 
-    Wire its `baseline_statistics` to latest_blessed_model's `statistics`: what the served model's newest
+    Wire its `baseline_statistics` to LatestBlessedModel's `statistics`: what the served model's newest
     span looked like, or nothing before the first push.
     """
 

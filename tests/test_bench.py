@@ -112,7 +112,7 @@ def test_model_copies_count_each_inode_once(tmp_path):
     serving_dir.place(str(trainer), str(tmp_path / "serving" / "100"))  # hard links on one filesystem
     first = model_bytes.model_files(str(tmp_path))
     shutil.copytree(tmp_path / "serving" / "100",
-                    tmp_path / "pipeline_root" / "latest_blessed_model" / "model" / "9" / "Format-Serving")
+                    tmp_path / "pipeline_root" / "LatestBlessedModel" / "model" / "9" / "Format-Serving")
     second = model_bytes.model_files(str(tmp_path))
 
     figures = model_bytes.model_copies_figures([first, second], one_model, ["first", "second"])
@@ -120,7 +120,7 @@ def test_model_copies_count_each_inode_once(tmp_path):
     assert run1["Trainer"]["bytes_written"] == one_model
     assert run1["serving"]["bytes_named"] == one_model and run1["serving"]["bytes_written"] == 0
     assert run2["Trainer"]["bytes_written"] == 0 and run2["serving"]["bytes_written"] == 0
-    assert run2["latest_blessed_model"]["bytes_written"] == one_model  # a copy is written anew
+    assert run2["LatestBlessedModel"]["bytes_written"] == one_model  # a copy is written anew
     assert figures["model_copies_per_run"] == 2.0 and figures["trainer_exports"] == 1
 
 

@@ -108,7 +108,7 @@ def test_a_normalized_abs_difference_over_its_threshold_is_drift(spans, tmp_path
 
 
 def test_no_served_statistics_is_no_baseline_and_the_gate_lets_the_run_go_on(spans, tmp_path):
-    # What latest_blessed_model hands on before the first push: an artifact without statistics.
+    # What LatestBlessedModel hands on before the first push: an artifact without statistics.
     model, statistics = standard_artifacts.Model(), standard_artifacts.ExampleStatistics()
     model.uri, statistics.uri = str(tmp_path / "model"), str(tmp_path / "baseline")
     blessed_model.Executor().Do({}, {"model": [model], "statistics": [statistics]},

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
 from config import names
 from support import kfp_backend
@@ -98,3 +99,19 @@ def test_backend_compiler_accepts_the_petseg_pipeline(tmp_path):
     for name, task in tasks.items():
         if name != names.TRAINER_ID:
             assert _effective_requests(task) == {}, name
+
+
+def test_argo_refuses_a_task_name_it_cannot_depend_on(tiny_tfx_specs, tmp_path):
+    """Argo's own validation, which its controller runs before starting a workflow: no `_` in a task's name.
+
+    The KFP compile accepts the spec; a task depending on one named `schema_gen` is refused.
+    """
+    spec = yaml.safe_load(tiny_tfx_specs["plain"].read_text())
+    tasks = spec["root"]["dag"]["tasks"]
+    tasks["schema_gen"] = tasks.pop("ImportSchemaGen")
+    tasks["follower"] = dict(tasks["schema_gen"], dependentTasks=["schema_gen"],
+                             taskInfo={"name": "follower"})
+    edited = tmp_path / "edited.yaml"
+    edited.write_text(yaml.safe_dump(spec))
+    with pytest.raises(kfp_backend.BackendRejected, match="Argo workflow validation: .*invalid dependency schema"):
+        kfp_backend.check(edited, pipeline_root=PIPELINE_ROOT)

@@ -24,7 +24,7 @@ ROOT = "gs://petseg-bucket/pipeline_root"
 BEAM_ARGS = ["--runner=DataflowRunner", "--project=demo-project", "--region=europe-west4",
              "--temp_location=gs://petseg-bucket/tmp"]
 TASKS = {"TfdsExampleGen", "ImportSchemaGen", "StatisticsGen", "ExampleValidator", "ValidationGate", "Transform",
-         "latest_blessed_model", "DistributionValidator", "DriftGate", "Trainer", "Evaluator", "Pusher"}
+         "LatestBlessedModel", "DistributionValidator", "DriftGate", "Trainer", "Evaluator", "Pusher"}
 RUN_EXECUTOR = ["python", "-m", "kubeflow.entrypoint"]
 
 
@@ -122,21 +122,21 @@ def test_paths_point_into_the_image_and_the_pipeline_root(spec):
 def test_latest_span_and_latest_pushed_model_are_read_every_run(spec):
     tasks = spec["root"]["dag"]["tasks"]
     # Both read what changes between runs of one compiled spec: never a cache hit. The rest may be.
-    uncached = {"TfdsExampleGen", "latest_blessed_model"}
+    uncached = {"TfdsExampleGen", "LatestBlessedModel"}
     assert all(tasks[t]["cachingOptions"] == {} for t in uncached)
     assert constant(spec, "TfdsExampleGen", "span") == -1
     assert all(tasks[t]["cachingOptions"] == {"enableCache": True} for t in TASKS - uncached)
-    assert constant(spec, "latest_blessed_model", "serving_dir") == f"{ROOT}/serving"
+    assert constant(spec, "LatestBlessedModel", "serving_dir") == f"{ROOT}/serving"
     for task, key in (("Trainer", "base_model"), ("Evaluator", "baseline_model")):
         assert tasks[task]["inputs"]["artifacts"][key]["taskOutputArtifact"] == {
-            "producerTask": "latest_blessed_model", "outputArtifactKey": "model"}
+            "producerTask": "LatestBlessedModel", "outputArtifactKey": "model"}
 
 
 def test_a_pinned_baseline_keeps_latest_blessed_model_cached(tmp_path):
     assert cli.main(compile_args(tmp_path / "p.yaml", "--set", "eval.baseline_version=1700000000")) == 0
     spec = yaml.safe_load((tmp_path / "p.yaml").read_text())
-    assert spec["root"]["dag"]["tasks"]["latest_blessed_model"]["cachingOptions"] == {"enableCache": True}
-    assert constant(spec, "latest_blessed_model", "version") == 1700000000
+    assert spec["root"]["dag"]["tasks"]["LatestBlessedModel"]["cachingOptions"] == {"enableCache": True}
+    assert constant(spec, "LatestBlessedModel", "version") == 1700000000
 
 
 def test_pinned_span_keeps_example_gen_cached(tmp_path):
@@ -151,7 +151,7 @@ def test_the_drift_gate_sits_between_the_statistics_and_transform(spec):
     validator = tasks[names.DRIFT_VALIDATOR_ID]["inputs"]
     assert validator["artifacts"]["statistics"]["taskOutputArtifact"] == {
         "producerTask": names.STATISTICS_GEN_ID, "outputArtifactKey": "statistics"}
-    # The served model's training statistics: latest_blessed_model reads them beside it, no resolver.
+    # The served model's training statistics: LatestBlessedModel reads them beside it, no resolver.
     assert validator["artifacts"]["baseline_statistics"]["taskOutputArtifact"] == {
         "producerTask": names.LATEST_BLESSED_MODEL_ID, "outputArtifactKey": "statistics"}
     config = json.loads(constant(spec, names.DRIFT_VALIDATOR_ID, "distribution_validator_config"))

@@ -12,7 +12,7 @@ from support import petseg
 pytestmark = pytest.mark.slow  # whole pipeline runs
 
 ALL_COMPONENTS = ["TfdsExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator", "ValidationGate",
-                  "latest_blessed_model", "DistributionValidator", "DriftGate", "Transform", "Trainer", "Evaluator",
+                  "LatestBlessedModel", "DistributionValidator", "DriftGate", "Transform", "Trainer", "Evaluator",
                   "Pusher"]
 # Enough training that the tiny model clearly beats an untrained one.
 TINY = ["--profile", "tiny", "--set", "train.epochs=6"]
@@ -86,9 +86,9 @@ def test_unchanged_rerun_is_served_from_cache(first_run):
     summary = petseg_run(output)
     cached = {name: c["cached"] for name, c in summary["components"].items()}
     # The serving dir now holds the first run's model (it held none when the first run started), so
-    # the baseline is that version (latest_blessed_model may come from the cache of an earlier run that
+    # the baseline is that version (LatestBlessedModel may come from the cache of an earlier run that
     # pinned the same one) and the Evaluator and Pusher, whose baseline changed, rerun...
-    rerun = {"latest_blessed_model", "DistributionValidator", "DriftGate", "Evaluator", "Pusher"}
+    rerun = {"LatestBlessedModel", "DistributionValidator", "DriftGate", "Evaluator", "Pusher"}
     assert all(cached[name] for name in ALL_COMPONENTS if name not in rerun), cached
     assert not cached["Evaluator"] and not cached["Pusher"], cached
     # Its data is compared with the data the served model was trained on: the same span, no drift.

@@ -5,7 +5,9 @@
 // created (backend/src/apiserver/template/v2_template.go: NewV2SpecTemplate on upload, then
 // V2Spec.RunWorkflow, which builds the PipelineJob and calls argocompiler.Compile). A spec the
 // backend cannot run (for example one with a `resolver` executor) fails here with the API
-// server's message and a non-zero exit.
+// server's message and a non-zero exit. The Workflow it compiles then goes through Argo's own
+// validation (workflow/validate, the Argo release KFP pins), which Argo's controller runs before it
+// starts a workflow: a task name Argo refuses (it allows no `_`) fails here too.
 //
 // Usage: kfpcheck [-pipeline-root URI] pipeline.yaml > report.json
 package main
@@ -18,6 +20,7 @@ import (
 	"sort"
 
 	wfapi "github.com/argoproj/argo-workflows/v3/pkg/apis/workflow/v1alpha1"
+	"github.com/argoproj/argo-workflows/v3/workflow/validate"
 	"github.com/kubeflow/pipelines/api/v2alpha1/go/pipelinespec"
 	"github.com/kubeflow/pipelines/backend/src/apiserver/model"
 	"github.com/kubeflow/pipelines/backend/src/apiserver/template"
@@ -64,6 +67,10 @@ func main() {
 	wf, name, err := compile(flag.Arg(0), *root)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	if _, err := validate.ValidateWorkflow(nil, nil, wf, validate.ValidateOpts{}); err != nil {
+		fmt.Fprintln(os.Stderr, "Argo workflow validation:", err)
 		os.Exit(1)
 	}
 	rep, err := describe(wf, name)
