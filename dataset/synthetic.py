@@ -54,8 +54,7 @@ MISSING_XMLS = frozenset({"Abyssinian_104", "Bengal_111", "Bengal_175", "Egyptia
 PET, BACKGROUND, BORDER = 1, 2, 3
 
 # Bump whenever the pictures drawn change: data prepared, and pipeline runs cached, with another
-# version are then rebuilt or refused instead of silently reused. 2: pets fill ~27 % of the photo.
-# 3: drawn in float32 with one grain value per pixel, the real BREED_ID column.
+# version are then rebuilt or refused instead of silently reused.
 GENERATOR_VERSION = 3
 
 # Fewer samples are drawn in this process: starting worker processes costs more than it saves.

@@ -92,7 +92,7 @@ def test_the_checker_finds_a_cycle_through_a_function_level_import():
     graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
     assert cycles(graph) == [["a", "b", "c"]]
     modules = project_modules()
-    # pipeline.cli imports local_runner inside a function; the parser must see it.
+    # cli.main imports pipeline.local_runner inside a function; the parser must see it.
     assert "pipeline.local_runner" in imports_of("cli.main", modules["cli.main"], modules)
 
 

@@ -8,7 +8,7 @@ import subprocess
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 HEADING = "## What happens when ..."
-# The cases issue 7 asks for, as they must appear in the table's first column.
+# The cases the table must cover, as they appear in its first column.
 REQUIRED_CASES = ["truncated JPEG", "no image", "PNG named", "grayscale", "RGBA", "CMYK", "another size",
                   "outside {1, 2, 3}", "trimap or an image is missing", "split ends up empty", "malformed",
                   "`--strict`", "TFRecord", "killed during the Trainer", "killed during the Pusher", "corrupt",

@@ -107,7 +107,7 @@ def main():
     strategy = choose_strategy(train_config)
     task = json.loads(os.environ.get("TF_CONFIG", "{}")).get("task", {}).get("index", 0)
     with strategy.scope():
-        # Inside the scope, where the Trainer used to decide it: the decision must not depend on it.
+        # Inside the scope: the decision must not depend on the scope it is asked in.
         policy = precision.training_policy(args.precision, MODEL, train_config, strategy)
         model = model_lib.build_model(MODEL, policy, dropout=0)
         _deterministic_weights(model)
