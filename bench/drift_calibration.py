@@ -33,8 +33,9 @@ DRIFTS: Dict[str, synthetic.SpanStyle] = {
 }
 HALF_THE_IMAGES = "half the images"
 # Every threshold this close to 0 reports every comparison's value (nothing passes unmeasured).
-_MEASURE_ALL = DriftConfig(**{key: 1e-9 for _, _, key in drift.COMPARISONS}, min_examples_ratio=1.0,
-                           max_examples_ratio=1.0)
+_MEASURE_ALL = DriftConfig(
+    **{key: 1e-9 for _, _, key in drift.COMPARISONS}, min_examples_ratio=1.0, max_examples_ratio=1.0
+)
 
 
 def split_sizes(images: int) -> tuple:
@@ -51,17 +52,29 @@ def span_statistics(raw_dir: pathlib.Path, work: pathlib.Path):
 
     examples = standard_artifacts.Examples()
     examples.uri = str(work / "examples")
-    example_gen.Executor().Do({}, {example_gen.EXAMPLES_KEY: [examples]}, {
-        "data_dir": str(work / "tfds"), "raw_dir": str(raw_dir), "source": "raw-dir", "version": "4.*.*",
-        "strict": 0, "synthetic_train_images": 0, "synthetic_test_images": 0, "synthetic_seed": 0})
+    example_gen.Executor().Do(
+        {},
+        {example_gen.EXAMPLES_KEY: [examples]},
+        {
+            "data_dir": str(work / "tfds"),
+            "raw_dir": str(raw_dir),
+            "source": "raw-dir",
+            "version": "4.*.*",
+            "strict": 0,
+            "synthetic_train_images": 0,
+            "synthetic_test_images": 0,
+            "synthetic_seed": 0,
+        },
+    )
     schema = standard_artifacts.Schema()
     schema.uri = str(work / "schema")  # StatisticsGen reads the only file of the artifact's folder
     pathlib.Path(schema.uri).mkdir(parents=True, exist_ok=True)
     shutil.copy(SCHEMA_FILE, schema.uri)
     statistics = standard_artifacts.ExampleStatistics()
     statistics.uri = str(work / "statistics")
-    statistics_executor.Executor().Do({"examples": [examples], "schema": [schema]}, {"statistics": [statistics]},
-                                      {"exclude_splits": "[]"})
+    statistics_executor.Executor().Do(
+        {"examples": [examples], "schema": [schema]}, {"statistics": [statistics]}, {"exclude_splits": "[]"}
+    )
     statistics.span = examples.span
     return statistics
 
@@ -72,14 +85,20 @@ def measure(current, baseline, work: pathlib.Path, config: DriftConfig = _MEASUR
 
     anomalies = standard_artifacts.ExampleAnomalies()
     anomalies.uri = str(work)
-    drift.Executor().Do({"statistics": [current], "baseline_statistics": [baseline]}, {"anomalies": [anomalies]},
-                        {"distribution_validator_config": drift.validator_config(config),
-                         "include_split_pairs": json.dumps([list(drift.SPLIT_PAIR)])})
+    drift.Executor().Do(
+        {"statistics": [current], "baseline_statistics": [baseline]},
+        {"anomalies": [anomalies]},
+        {
+            "distribution_validator_config": drift.validator_config(config),
+            "include_split_pairs": json.dumps([list(drift.SPLIT_PAIR)]),
+        },
+    )
     return drift.load_report(anomalies)
 
 
-def make_span(root: pathlib.Path, images: int, seed: int, style: synthetic.SpanStyle = RANDOM,
-              like_oxford: bool = False):
+def make_span(
+    root: pathlib.Path, images: int, seed: int, style: synthetic.SpanStyle = RANDOM, like_oxford: bool = False
+):
     """Writes a synthetic span of `images` pets and returns its statistics."""
     raw = synthetic.write_archive(root / "raw", *split_sizes(images), seed=seed, like_oxford=like_oxford, style=style)
     return span_statistics(raw, root)
@@ -90,8 +109,9 @@ def values(report: Dict[str, Any]) -> Dict[str, float]:
     return {f"{row['feature']} {row['comparator']}": row["value"] for row in report["features"]}
 
 
-def calibrate(work: pathlib.Path, pairs: int, seed: int = 0, like_oxford: bool = False,
-              log=sys.stderr) -> Dict[str, Any]:
+def calibrate(
+    work: pathlib.Path, pairs: int, seed: int = 0, like_oxford: bool = False, log=sys.stderr
+) -> Dict[str, Any]:
     """Undrifted pairs' values (sizes drawn in [MIN_IMAGES, MAX_IMAGES]) and each drift of DRIFTS on one pair."""
     rng = np.random.default_rng(seed)
     undrifted: List[Dict[str, float]] = []
@@ -103,8 +123,9 @@ def calibrate(work: pathlib.Path, pairs: int, seed: int = 0, like_oxford: bool =
         new = make_span(work / f"pair-{pair}-b", second, seed * 1000 + 2 * pair + 1, like_oxford=like_oxford)
         undrifted.append(values(measure(new, base, work / f"pair-{pair}-anomalies")))
         sizes.append((images, second))
-        print(f"[calibration] pair {pair + 1}/{pairs}: {images} vs {second} images: {undrifted[-1]}",
-              file=log, flush=True)
+        print(
+            f"[calibration] pair {pair + 1}/{pairs}: {images} vs {second} images: {undrifted[-1]}", file=log, flush=True
+        )
     drifted: Dict[str, Dict[str, float]] = {}
     base = make_span(work / "drift-base", MAX_IMAGES // 2, seed * 1000 + 999, like_oxford=like_oxford)
     for name, style in DRIFTS.items():
@@ -123,8 +144,10 @@ def table(result: Dict[str, Any], defaults: Optional[DriftConfig] = None) -> str
     thresholds[f"{drift.NUM_EXAMPLES} max_fraction_threshold"] = defaults.max_examples_ratio
     names = list(result["undrifted"][0])
     drifts = list(result["drifted"])
-    lines = ["| comparison | p50 | p90 | p99 | max | default | " + " | ".join(drifts) + " |",
-             "|---|---|---|---|---|---|" + "---|" * len(drifts)]
+    lines = [
+        "| comparison | p50 | p90 | p99 | max | default | " + " | ".join(drifts) + " |",
+        "|---|---|---|---|---|---|" + "---|" * len(drifts),
+    ]
     for name in names:
         column = np.array([pair[name] for pair in result["undrifted"]], dtype=float)
         low = name.endswith("min_fraction_threshold")

@@ -28,8 +28,11 @@ def latencies_ms(fn: Callable[[], object], calls: int) -> Dict[str, float]:
         start = time.perf_counter()
         fn()
         times.append((time.perf_counter() - start) * 1e3)
-    return {"p50_ms": float(np.percentile(times, 50)), "p99_ms": float(np.percentile(times, 99)),
-            "mean_ms": float(np.mean(times))}
+    return {
+        "p50_ms": float(np.percentile(times, 50)),
+        "p99_ms": float(np.percentile(times, 99)),
+        "mean_ms": float(np.mean(times)),
+    }
 
 
 def matmul_flops_per_second(dtype: tf.DType, size: int = 2048, repeats: int = 5, chain: int = 4) -> float:
@@ -44,7 +47,7 @@ def matmul_flops_per_second(dtype: tf.DType, size: int = 2048, repeats: int = 5,
 
     run().numpy()  # trace and warm up
     seconds = best_seconds(lambda: run().numpy(), repeats)
-    return 2.0 * size ** 3 * chain / seconds
+    return 2.0 * size**3 * chain / seconds
 
 
 def conv_macs(model: tf.keras.Model) -> Dict[str, int]:
@@ -115,10 +118,15 @@ def machine() -> Dict[str, object]:
     """What the figures were measured on, including how busy the machine was."""
     from trainer.precision import cpu_supports_bf16
 
-    return {"cpus": os.cpu_count(), "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()], **cpu(),
-            "avx512_bf16": cpu_supports_bf16(), "gpus": [d.name for d in tf.config.list_physical_devices("GPU")],
-            "tensorflow": tf.__version__,
-            "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default (on for x86 Linux)")}
+    return {
+        "cpus": os.cpu_count(),
+        "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()],
+        **cpu(),
+        "avx512_bf16": cpu_supports_bf16(),
+        "gpus": [d.name for d in tf.config.list_physical_devices("GPU")],
+        "tensorflow": tf.__version__,
+        "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default (on for x86 Linux)"),
+    }
 
 
 def ratio(numerator: float, denominator: float) -> float:

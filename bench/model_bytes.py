@@ -75,19 +75,26 @@ def served_model_figures(serving_dir: str) -> Dict[str, object]:
     stored = folder_bytes(variables)
     return {
         "served_model_bytes_ratio": round(stored / weights, 3),
-        "served_model": {"version": version, "variables_bytes": stored, "parameters": params,
-                         "weight_bytes": weights, "saved_model_bytes": folder_bytes(model_dir),
-                         "stored_values": stored_values(os.path.join(variables, "variables"))},
+        "served_model": {
+            "version": version,
+            "variables_bytes": stored,
+            "parameters": params,
+            "weight_bytes": weights,
+            "saved_model_bytes": folder_bytes(model_dir),
+            "stored_values": stored_values(os.path.join(variables, "variables")),
+        },
     }
 
 
 def model_files(output_dir: str) -> Dict[str, List[Tuple[str, os.stat_result]]]:
     """Files of the segmentation model's SavedModels under a run's output folder, by MODEL_PLACES entry."""
     root = pathlib.Path(output_dir)
-    places = {names.TRAINER_ID: root / "pipeline_root" / names.TRAINER_ID,
-              names.PUSHER_ID: root / "pipeline_root" / names.PUSHER_ID,
-              "serving": root / "serving",
-              names.LATEST_BLESSED_MODEL_ID: root / "pipeline_root" / names.LATEST_BLESSED_MODEL_ID}
+    places = {
+        names.TRAINER_ID: root / "pipeline_root" / names.TRAINER_ID,
+        names.PUSHER_ID: root / "pipeline_root" / names.PUSHER_ID,
+        "serving": root / "serving",
+        names.LATEST_BLESSED_MODEL_ID: root / "pipeline_root" / names.LATEST_BLESSED_MODEL_ID,
+    }
     found: Dict[str, List[Tuple[str, os.stat_result]]] = {}
     for place in MODEL_PLACES:
         files = found[place] = []
@@ -109,8 +116,9 @@ def inodes(files: Dict[str, List[Tuple[str, os.stat_result]]]) -> Set[Inode]:
     return {(st.st_dev, st.st_ino) for entries in files.values() for _, st in entries}
 
 
-def written_by_place(files: Dict[str, List[Tuple[str, os.stat_result]]],
-                     before: Iterable[Inode] = ()) -> Dict[str, Dict[str, int]]:
+def written_by_place(
+    files: Dict[str, List[Tuple[str, os.stat_result]]], before: Iterable[Inode] = ()
+) -> Dict[str, Dict[str, int]]:
     """Per place: bytes its names hold, and bytes first written there (inodes not in `before`, nor earlier places).
 
     A hard link shares an earlier name's inode and so writes nothing; a copy is a new inode.
@@ -127,13 +135,18 @@ def written_by_place(files: Dict[str, List[Tuple[str, os.stat_result]]],
                 continue
             seen.add(key)
             written += st.st_size
-        table[place] = {"files": len(files.get(place, [])), "bytes_named": named, "bytes_written": written,
-                        "files_linked_to_earlier": links}
+        table[place] = {
+            "files": len(files.get(place, [])),
+            "bytes_named": named,
+            "bytes_written": written,
+            "files_linked_to_earlier": links,
+        }
     return table
 
 
-def model_copies_figures(snapshots: List[Dict[str, List[Tuple[str, os.stat_result]]]],
-                         model_bytes: int, labels: Optional[List[str]] = None) -> Dict[str, object]:
+def model_copies_figures(
+    snapshots: List[Dict[str, List[Tuple[str, os.stat_result]]]], model_bytes: int, labels: Optional[List[str]] = None
+) -> Dict[str, object]:
     """`model_copies_per_run`: model bytes the runs wrote / (one model's bytes x models they trained).
 
     `snapshots` are `model_files` taken after each run into the same output folder, in order; the
@@ -147,9 +160,16 @@ def model_copies_figures(snapshots: List[Dict[str, List[Tuple[str, os.stat_resul
         tables[label] = table
         total += sum(row["bytes_written"] for row in table.values())
         before |= inodes(files)
-    trainer_exports = {os.path.dirname(p) for p, _ in snapshots[-1].get(names.TRAINER_ID, [])
-                       if os.path.basename(p) == SAVED_MODEL_FILE}
+    trainer_exports = {
+        os.path.dirname(p)
+        for p, _ in snapshots[-1].get(names.TRAINER_ID, [])
+        if os.path.basename(p) == SAVED_MODEL_FILE
+    }
     per_model = model_bytes * max(1, len(trainer_exports))
-    return {"model_copies_per_run": round(total / per_model, 3) if model_bytes else None,
-            "model_bytes": model_bytes, "model_bytes_written": total, "trainer_exports": len(trainer_exports),
-            "model_bytes_by_place": tables}
+    return {
+        "model_copies_per_run": round(total / per_model, 3) if model_bytes else None,
+        "model_bytes": model_bytes,
+        "model_bytes_written": total,
+        "trainer_exports": len(trainer_exports),
+        "model_bytes_by_place": tables,
+    }

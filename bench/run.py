@@ -19,17 +19,41 @@ from bench import scale
 from config import names
 
 # Figures for every stage, in the order they are printed.
-HEADLINE = ("trainer_mfu", "input_pipeline_ratio", "input_pipeline_ratio_streaming", "transform_ratio",
-            "transform_marginal_ratio", "transformed_bytes_ratio", "evaluator_ratio", "serving_overhead_ratio",
-            "cached_rerun_ratio", "served_model_bytes_ratio", "model_copies_per_run")
-SCALE_HEADLINE = ("served_model_bytes_ratio", "scale_time_per_image_ratio", "scale_peak_rss_ratio",
-                  "validation_epoch_share")
-GOALS = {"trainer_mfu": ">= 0.5", "input_pipeline_ratio": ">= 0.95", "input_pipeline_ratio_streaming": ">= 0.95",
-         "transform_ratio": ">= 0.5", "transform_marginal_ratio": ">= 0.5", "transformed_bytes_ratio": "<= 1.1",
-         "evaluator_ratio": "<= 2.0", "serving_overhead_ratio": "<= 1.1", "cached_rerun_ratio": "<= 0.1",
-         "served_model_bytes_ratio": "<= 1.05", "model_copies_per_run": "<= 1.0 (local)",
-         "scale_time_per_image_ratio": "<= 1.0", "scale_peak_rss_ratio": "<= 1.5",
-         "validation_epoch_share": "<= 0.15"}
+HEADLINE = (
+    "trainer_mfu",
+    "input_pipeline_ratio",
+    "input_pipeline_ratio_streaming",
+    "transform_ratio",
+    "transform_marginal_ratio",
+    "transformed_bytes_ratio",
+    "evaluator_ratio",
+    "serving_overhead_ratio",
+    "cached_rerun_ratio",
+    "served_model_bytes_ratio",
+    "model_copies_per_run",
+)
+SCALE_HEADLINE = (
+    "served_model_bytes_ratio",
+    "scale_time_per_image_ratio",
+    "scale_peak_rss_ratio",
+    "validation_epoch_share",
+)
+GOALS = {
+    "trainer_mfu": ">= 0.5",
+    "input_pipeline_ratio": ">= 0.95",
+    "input_pipeline_ratio_streaming": ">= 0.95",
+    "transform_ratio": ">= 0.5",
+    "transform_marginal_ratio": ">= 0.5",
+    "transformed_bytes_ratio": "<= 1.1",
+    "evaluator_ratio": "<= 2.0",
+    "serving_overhead_ratio": "<= 1.1",
+    "cached_rerun_ratio": "<= 0.1",
+    "served_model_bytes_ratio": "<= 1.05",
+    "model_copies_per_run": "<= 1.0 (local)",
+    "scale_time_per_image_ratio": "<= 1.0",
+    "scale_peak_rss_ratio": "<= 1.5",
+    "validation_epoch_share": "<= 0.15",
+}
 
 
 @contextlib.contextmanager
@@ -38,8 +62,11 @@ def stage(name: str) -> Iterator[None]:
     start = time.perf_counter()
     print(f"[bench] {name} ...", file=sys.stderr, flush=True)
     yield
-    print(f"[bench] {name} done in {time.perf_counter() - start:.0f} s (load {os.getloadavg()[0]:.1f})",
-          file=sys.stderr, flush=True)
+    print(
+        f"[bench] {name} done in {time.perf_counter() - start:.0f} s (load {os.getloadavg()[0]:.1f})",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def pipeline_runs(profile: str, overrides: List[str], output: pathlib.Path) -> Tuple[Dict[str, object], list]:
@@ -50,8 +77,17 @@ def pipeline_runs(profile: str, overrides: List[str], output: pathlib.Path) -> T
     from bench import model_bytes
 
     shutil.rmtree(output, ignore_errors=True)
-    command = [sys.executable, "-m", "cli.main", "run", "--profile", profile, "--output", str(output),
-               *_set_args(overrides)]
+    command = [
+        sys.executable,
+        "-m",
+        "cli.main",
+        "run",
+        "--profile",
+        profile,
+        "--output",
+        str(output),
+        *_set_args(overrides),
+    ]
     seconds, components, snapshots = [], [], []
     for _ in range(2):
         start = time.perf_counter()
@@ -71,8 +107,20 @@ def replica_sweep(profile: str, overrides: List[str], counts: List[int], steps: 
     """Training img/s per logical-CPU replica count; one process each (devices split only at start-up)."""
     sweep = {}
     for n in counts:
-        stdout = _run([sys.executable, "-m", "bench.training", "--replicas", str(n), "--profile", profile,
-                       "--steps", str(steps), *_set_args(overrides)])
+        stdout = _run(
+            [
+                sys.executable,
+                "-m",
+                "bench.training",
+                "--replicas",
+                str(n),
+                "--profile",
+                profile,
+                "--steps",
+                str(steps),
+                *_set_args(overrides),
+            ]
+        )
         sweep[str(n)] = json.loads(stdout.strip().splitlines()[-1])
     return sweep
 
@@ -100,8 +148,11 @@ def measure_all(args: argparse.Namespace) -> Dict[str, object]:
     if args.images:
         overrides += [f"data.synthetic_train_images={args.images[0]}", f"data.synthetic_test_images={args.images[1]}"]
     overrides += args.set
-    results: Dict[str, object] = {"profile": args.profile, "overrides": overrides,
-                                  "machine_at_start": measure.machine()}
+    results: Dict[str, object] = {
+        "profile": args.profile,
+        "overrides": overrides,
+        "machine_at_start": measure.machine(),
+    }
     started = time.perf_counter()
     snapshots = []
     if not args.reuse_run:
@@ -129,8 +180,10 @@ def measure_all(args: argparse.Namespace) -> Dict[str, object]:
         results.update(model_figures(config, snapshots))
     gpu = bool(tf.config.list_physical_devices("GPU"))
     with stage("matmul peak"):
-        peak = {"float32": measure.matmul_flops_per_second(tf.float32),
-                "bfloat16": measure.matmul_flops_per_second(tf.bfloat16)}
+        peak = {
+            "float32": measure.matmul_flops_per_second(tf.float32),
+            "bfloat16": measure.matmul_flops_per_second(tf.bfloat16),
+        }
         if gpu:
             peak["float16"] = measure.matmul_flops_per_second(tf.float16)
     results["matmul_gflops"] = {k: round(v / 1e9, 1) for k, v in peak.items()}
@@ -139,9 +192,17 @@ def measure_all(args: argparse.Namespace) -> Dict[str, object]:
     examples = run.get(names.EXAMPLE_GEN_ID, "examples")
     train_examples = int(examples.get_int_custom_property("num_train") or config.data.synthetic_train_images)
     with stage("trainer: MFU, input pipeline, batch sweep"):
-        results.update(training.trainer_figures(
-            config, run.get(names.TRANSFORM_ID, "transformed_examples").uri, run.get(names.TRANSFORM_ID, "transform_graph").uri,
-            train_examples, args.batch_sizes, peak, args.train_steps))
+        results.update(
+            training.trainer_figures(
+                config,
+                run.get(names.TRANSFORM_ID, "transformed_examples").uri,
+                run.get(names.TRANSFORM_ID, "transform_graph").uri,
+                train_examples,
+                args.batch_sizes,
+                peak,
+                args.train_steps,
+            )
+        )
     # On a GPU machine the trainer figures above ran on the GPU (TensorFlow's default device).
     results["gpu_mfu"] = results["trainer_mfu"] if gpu else "skipped: no GPU"
     with stage("transform: Beam executor vs tf.data"):
@@ -163,7 +224,8 @@ def measure_all(args: argparse.Namespace) -> Dict[str, object]:
         results.update(stages.serving_figures(config, run))
     with stage("replicas: one process per count"):
         results["train_images_per_second_by_replicas"] = replica_sweep(
-            args.profile, args.set, args.replicas, args.train_steps)
+            args.profile, args.set, args.replicas, args.train_steps
+        )
     results["peak_rss_mb"] = round(measure.peak_rss_mb())
     results["machine_at_end"] = measure.machine()
     results["bench_seconds"] = round(time.perf_counter() - started, 1)
@@ -181,10 +243,14 @@ def model_figures(config, snapshots: list) -> Dict[str, object]:
     one_model = model_bytes.folder_bytes(os.path.join(trainer_model.uri, "Format-Serving"))
     # On a reused run only its final state is known: bytes per run cannot be told apart then.
     snapshots = snapshots or [model_bytes.model_files(str(config.output_dir))]
-    return {**model_bytes.served_model_figures(config.serving_dir),
-            **model_bytes.model_copies_figures(snapshots, one_model,
-                                               ["first_run", "cached_rerun"][:len(snapshots)] if len(snapshots) > 1
-                                               else ["final_state"])}
+    return {
+        **model_bytes.served_model_figures(config.serving_dir),
+        **model_bytes.model_copies_figures(
+            snapshots,
+            one_model,
+            ["first_run", "cached_rerun"][: len(snapshots)] if len(snapshots) > 1 else ["final_state"],
+        ),
+    }
 
 
 def measure_scale(args: argparse.Namespace) -> Dict[str, object]:
@@ -196,10 +262,19 @@ def measure_scale(args: argparse.Namespace) -> Dict[str, object]:
     results: Dict[str, object] = {"machine_at_start": measure.machine()}
     started = time.perf_counter()
     with stage(f"scale: {profile} at {args.scale_sizes} images"):
-        results.update(scale.scale_figures(
-            profile, args.set, args.scale_sizes, work, evaluator_model=args.scale_evaluator_model,
-            train_batch=args.scale_train_batch, train_steps=args.scale_train_steps,
-            validation_profile=args.validation_profile, matmul_size=args.matmul_size))
+        results.update(
+            scale.scale_figures(
+                profile,
+                args.set,
+                args.scale_sizes,
+                work,
+                evaluator_model=args.scale_evaluator_model,
+                train_batch=args.scale_train_batch,
+                train_steps=args.scale_train_steps,
+                validation_profile=args.validation_profile,
+                matmul_size=args.matmul_size,
+            )
+        )
     results["machine_at_end"] = measure.machine()
     results["bench_seconds"] = round(time.perf_counter() - started, 1)
     if not args.work:
@@ -227,44 +302,86 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--profile", default="quick", help="config profile whose model and data are measured")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
-    parser.add_argument("--pipeline-epochs", type=int, default=1,
-                        help="epochs of the measured pipeline runs (timing needs a model, not a good one)")
+    parser.add_argument(
+        "--pipeline-epochs",
+        type=int,
+        default=1,
+        help="epochs of the measured pipeline runs (timing needs a model, not a good one)",
+    )
     # The profile's own data by default: Transform's and TFMA's fixed start-up weigh what they weigh
     # in `make run`, not what they would on a toy split.
-    parser.add_argument("--images", type=_ints, metavar="TRAIN,EVAL",
-                        help="synthetic images per split (default: the profile's own)")
+    parser.add_argument(
+        "--images", type=_ints, metavar="TRAIN,EVAL", help="synthetic images per split (default: the profile's own)"
+    )
     parser.add_argument("--train-steps", type=int, default=10, help="timed training steps per figure")
     parser.add_argument("--batch-sizes", type=_ints, default=[4, 8, 16, 32, 64])
     parser.add_argument("--replicas", type=_ints, default=[1, 2])
     parser.add_argument("--work", help="keep the runs and outputs here (default: a temporary folder)")
-    parser.add_argument("--reuse-run", action="store_true",
-                        help="measure the stages on the finished run in --work/run instead of running the pipeline")
-    parser.add_argument("--engines", action="store_true",
-                        help="also time Transform and Evaluator on a local Flink cluster vs DirectRunner")
-    parser.add_argument("--only-engines", action="store_true",
-                        help="with --reuse-run: only the engines stage (skips trainer, serving and replica figures)")
-    parser.add_argument("--scale", action="store_true",
-                        help="only the cost growth: data stages at --scale-sizes images, each executor in its own "
-                             "process, and the full model's train step (not part of `make bench`)")
-    parser.add_argument("--scale-profile", default="rehearsal",
-                        help="profile --scale runs: the seed recipe on offline data like the real set's")
-    parser.add_argument("--scale-sizes", type=_ints, default=list(scale.SIZES), metavar="N,N,...",
-                        help="images (train + test, split as the Oxford set) per --scale round")
-    parser.add_argument("--scale-evaluator-model", choices=("small", "profile"), default="small",
-                        help="the Evaluator's model at --scale: a small one of the same signatures (TFMA's cost per "
-                             "image, not the model's), or the profile's own")
-    parser.add_argument("--scale-train-batch", type=int, default=8,
-                        help="batch of --scale's full-model train step and of its one-step Trainer runs")
-    parser.add_argument("--scale-train-steps", type=int, default=3,
-                        help="timed steps of --scale's full-model train step figures (several seconds each on CPU)")
-    parser.add_argument("--validation-profile", default="seed",
-                        help="the recipe whose validation share --scale reports (with the --set overrides)")
-    parser.add_argument("--matmul-size", type=int, default=2048,
-                        help="side of the dense matmul whose FLOP/s --scale's MFU divides by")
+    parser.add_argument(
+        "--reuse-run",
+        action="store_true",
+        help="measure the stages on the finished run in --work/run instead of running the pipeline",
+    )
+    parser.add_argument(
+        "--engines",
+        action="store_true",
+        help="also time Transform and Evaluator on a local Flink cluster vs DirectRunner",
+    )
+    parser.add_argument(
+        "--only-engines",
+        action="store_true",
+        help="with --reuse-run: only the engines stage (skips trainer, serving and replica figures)",
+    )
+    parser.add_argument(
+        "--scale",
+        action="store_true",
+        help="only the cost growth: data stages at --scale-sizes images, each executor in its own "
+        "process, and the full model's train step (not part of `make bench`)",
+    )
+    parser.add_argument(
+        "--scale-profile",
+        default="rehearsal",
+        help="profile --scale runs: the seed recipe on offline data like the real set's",
+    )
+    parser.add_argument(
+        "--scale-sizes",
+        type=_ints,
+        default=list(scale.SIZES),
+        metavar="N,N,...",
+        help="images (train + test, split as the Oxford set) per --scale round",
+    )
+    parser.add_argument(
+        "--scale-evaluator-model",
+        choices=("small", "profile"),
+        default="small",
+        help="the Evaluator's model at --scale: a small one of the same signatures (TFMA's cost per "
+        "image, not the model's), or the profile's own",
+    )
+    parser.add_argument(
+        "--scale-train-batch",
+        type=int,
+        default=8,
+        help="batch of --scale's full-model train step and of its one-step Trainer runs",
+    )
+    parser.add_argument(
+        "--scale-train-steps",
+        type=int,
+        default=3,
+        help="timed steps of --scale's full-model train step figures (several seconds each on CPU)",
+    )
+    parser.add_argument(
+        "--validation-profile",
+        default="seed",
+        help="the recipe whose validation share --scale reports (with the --set overrides)",
+    )
+    parser.add_argument(
+        "--matmul-size", type=int, default=2048, help="side of the dense matmul whose FLOP/s --scale's MFU divides by"
+    )
     parser.add_argument("--output", help="default: bench/results.json, or bench/scale_results.json with --scale")
     args = parser.parse_args(argv)
-    args.output = args.output or str(pathlib.Path(__file__).parent / (
-        "scale_results.json" if args.scale else "results.json"))
+    args.output = args.output or str(
+        pathlib.Path(__file__).parent / ("scale_results.json" if args.scale else "results.json")
+    )
     if args.reuse_run and not args.work:
         parser.error("--reuse-run needs --work")
     if args.only_engines and not args.reuse_run:

@@ -24,8 +24,9 @@ STAGES = (names.EXAMPLE_GEN_ID, names.STATISTICS_GEN_ID, names.TRANSFORM_ID, nam
 # The Evaluator's stand-in model: the tiny profile's shape (at the scale profile's image size, so
 # decoding, resizing and the metrics cost per image what they cost in the real run), 1/83 of the
 # full model's inference FLOPs at 224x224, with the same signatures because the real Trainer exports it.
-SMALL_MODEL = tuple(f"{k}={v}" for k, v in PROFILES["tiny"].items()
-                    if k.startswith("model.") and k != "model.image_size") + ("model.encoder_weights=none",)
+SMALL_MODEL = tuple(
+    f"{k}={v}" for k, v in PROFILES["tiny"].items() if k.startswith("model.") and k != "model.image_size"
+) + ("model.encoder_weights=none",)
 
 
 def split(total: int) -> Tuple[int, int]:
@@ -64,14 +65,20 @@ class Stage:
     def __init__(self, profile: str, overrides: Sequence[str], work: pathlib.Path):
         self.profile, self.overrides, self.work = profile, list(overrides), work
 
-    def __call__(self, component_id: str, inputs: Dict[str, list], label: str,
-                 extra: Sequence[str] = ()) -> Tuple[Dict[str, list], Dict[str, float]]:
+    def __call__(
+        self, component_id: str, inputs: Dict[str, list], label: str, extra: Sequence[str] = ()
+    ) -> Tuple[Dict[str, list], Dict[str, float]]:
         from tfx.utils import json_utils
 
         out_dir = self.work / label
         out_dir.mkdir(parents=True, exist_ok=True)
-        spec = {"profile": self.profile, "overrides": self.overrides + list(extra), "component": component_id,
-                "inputs": json_utils.dumps(inputs), "out_dir": str(out_dir)}
+        spec = {
+            "profile": self.profile,
+            "overrides": self.overrides + list(extra),
+            "component": component_id,
+            "inputs": json_utils.dumps(inputs),
+            "out_dir": str(out_dir),
+        }
         (out_dir / "spec.json").write_text(json.dumps(spec, indent=1))
         _child(["--stage", str(out_dir / "spec.json")], out_dir / "stage.log")
         result = json.loads((out_dir / "result.json").read_text())
@@ -82,18 +89,24 @@ def _child(args: List[str], log: pathlib.Path) -> None:
     with open(log, "w") as stream:
         proc = subprocess.run([sys.executable, "-m", "bench.scale", *args], stdout=stream, stderr=subprocess.STDOUT)
     if proc.returncode:
-        raise RuntimeError(f"bench.scale {' '.join(args)} failed (exit {proc.returncode}):\n"
-                           f"{log.read_text()[-4000:]}")
+        raise RuntimeError(f"bench.scale {' '.join(args)} failed (exit {proc.returncode}):\n{log.read_text()[-4000:]}")
 
 
 def _progress(text: str) -> None:
     print(f"[bench] {text} (load {os.getloadavg()[0]:.1f})", file=sys.stderr, flush=True)
 
 
-def scale_figures(profile: str, overrides: Sequence[str], sizes: Sequence[int], work: pathlib.Path,
-                  evaluator_model: str = "small", train_batch: int = 8, train_steps: int = 3,
-                  validation_profile: str = "seed",
-                  matmul_size: int = 2048) -> Dict[str, object]:
+def scale_figures(
+    profile: str,
+    overrides: Sequence[str],
+    sizes: Sequence[int],
+    work: pathlib.Path,
+    evaluator_model: str = "small",
+    train_batch: int = 8,
+    train_steps: int = 3,
+    validation_profile: str = "seed",
+    matmul_size: int = 2048,
+) -> Dict[str, object]:
     """Every figure of `--scale`; `overrides` (the user's --set) apply to the scale and the validation profile."""
     from tfx.types import standard_artifacts
 
@@ -104,13 +117,24 @@ def scale_figures(profile: str, overrides: Sequence[str], sizes: Sequence[int], 
     per_size: Dict[int, Dict[str, Dict[str, float]]] = {}
     counts: Dict[int, Dict[str, int]] = {}
     model = schema = None
-    results: Dict[str, object] = {"scale_profile": profile, "scale_overrides": list(overrides),
-                                  "scale_evaluator_model": evaluator_model}
+    results: Dict[str, object] = {
+        "scale_profile": profile,
+        "scale_overrides": list(overrides),
+        "scale_evaluator_model": evaluator_model,
+    }
     for total in sizes:
         train, test = split(total)
         folder = work / f"images-{total}"
-        run = Stage(profile, [*overrides, f"data.synthetic_train_images={train}",
-                              f"data.synthetic_test_images={test}", f"output={folder}"], folder / "stages")
+        run = Stage(
+            profile,
+            [
+                *overrides,
+                f"data.synthetic_train_images={train}",
+                f"data.synthetic_test_images={test}",
+                f"output={folder}",
+            ],
+            folder / "stages",
+        )
         config = load_config(profile, overrides=run.overrides)
         figures = per_size[total] = {}
         by_id, beam_args = stages.components(config)
@@ -119,8 +143,10 @@ def scale_figures(profile: str, overrides: Sequence[str], sizes: Sequence[int], 
         examples, figures[names.EXAMPLE_GEN_ID] = run(names.EXAMPLE_GEN_ID, {}, names.EXAMPLE_GEN_ID)
         _progress(f"scale {total}: {names.EXAMPLE_GEN_ID} {figures[names.EXAMPLE_GEN_ID]}")
         example = examples["examples"][0]
-        counts[total] = {"train": example.get_int_custom_property("num_train"),
-                         "eval": example.get_int_custom_property("num_eval")}
+        counts[total] = {
+            "train": example.get_int_custom_property("num_train"),
+            "eval": example.get_int_custom_property("num_eval"),
+        }
         data_inputs = {"examples": examples["examples"], "schema": schema["schema"]}
         _, figures[names.STATISTICS_GEN_ID] = run(names.STATISTICS_GEN_ID, data_inputs, names.STATISTICS_GEN_ID)
         _progress(f"scale {total}: {names.STATISTICS_GEN_ID} {figures[names.STATISTICS_GEN_ID]}")
@@ -130,18 +156,26 @@ def scale_figures(profile: str, overrides: Sequence[str], sizes: Sequence[int], 
             results["scale_imports_only_peak_rss_mb"] = run(IMPORTS_ONLY, {}, IMPORTS_ONLY)[1]["peak_rss_mb"]
         if model is None:
             # One model for every size: the Evaluator's per-image cost must not change with the model.
-            examples_for_trainer = short_eval(transformed["transformed_examples"][0], train_batch,
-                                              folder / "transformed_short_eval")
-            trainer_inputs = {"examples": [examples_for_trainer],
-                              "transform_graph": transformed["transform_graph"], "schema": schema["schema"]}
+            examples_for_trainer = short_eval(
+                transformed["transformed_examples"][0], train_batch, folder / "transformed_short_eval"
+            )
+            trainer_inputs = {
+                "examples": [examples_for_trainer],
+                "transform_graph": transformed["transform_graph"],
+                "schema": schema["schema"],
+            }
             short = ["train.epochs=1", "train.steps_per_epoch=1", f"train.batch_size={train_batch}"]
             full, trained = run(names.TRAINER_ID, trainer_inputs, "Trainer-profile-model", short)
             _progress(f"scale: the profile's model trained one step and exported in {trained['seconds']} s")
             blessing = standard_artifacts.ModelBlessing()
             blessing.uri = str(folder / "blessing")
             blessing.set_int_custom_property("blessed", 1)
-            stages.execute(by_id[names.PUSHER_ID], {"model": full["model"], "model_blessing": [blessing]},
-                           str(folder / names.PUSHER_ID), beam_args)
+            stages.execute(
+                by_id[names.PUSHER_ID],
+                {"model": full["model"], "model_blessing": [blessing]},
+                str(folder / names.PUSHER_ID),
+                beam_args,
+            )
             # Loading the full model to count its weights takes GBs: not in this process, which launches the rest.
             served = folder / "served.json"
             _child(["--served", config.serving_dir, str(served)], folder / "served.log")
@@ -151,16 +185,23 @@ def scale_figures(profile: str, overrides: Sequence[str], sizes: Sequence[int], 
             if evaluator_model == "small":
                 small, _ = run(names.TRAINER_ID, trainer_inputs, "Trainer-small-model", short + list(SMALL_MODEL))
                 model = small["model"]
-        _, figures[names.EVALUATOR_ID] = run(names.EVALUATOR_ID, {"examples": examples["examples"], "model": model},
-                                             names.EVALUATOR_ID)
+        _, figures[names.EVALUATOR_ID] = run(
+            names.EVALUATOR_ID, {"examples": examples["examples"], "model": model}, names.EVALUATOR_ID
+        )
         _progress(f"scale {total}: {names.EVALUATOR_ID} {figures[names.EVALUATOR_ID]}")
     results.update(growth(per_size, counts))
 
     full_dir = work / "full_model"
     full_dir.mkdir(parents=True, exist_ok=True)
-    spec = {"profile": profile, "overrides": list(overrides), "validation_profile": validation_profile,
-            "validation_overrides": list(overrides), "batch": train_batch, "steps": train_steps,
-            "matmul_size": matmul_size}
+    spec = {
+        "profile": profile,
+        "overrides": list(overrides),
+        "validation_profile": validation_profile,
+        "validation_overrides": list(overrides),
+        "batch": train_batch,
+        "steps": train_steps,
+        "matmul_size": matmul_size,
+    }
     (full_dir / "spec.json").write_text(json.dumps(spec, indent=1))
     _progress("scale: the full model's train step, float32 and bfloat16, and the validation share")
     _child(["--full-model", str(full_dir / "spec.json")], full_dir / "full_model.log")
@@ -182,17 +223,24 @@ def growth(per_size: Dict[int, Dict[str, Dict[str, float]]], counts: Dict[int, D
         rows = {}
         for size in sizes:
             f = per_size[size][stage]
-            rows[str(size)] = {"images": images(stage, size), "seconds": f["seconds"],
-                               "ms_per_image": round(1e3 * f["seconds"] / images(stage, size), 2),
-                               "peak_rss_mb": f["peak_rss_mb"]}
+            rows[str(size)] = {
+                "images": images(stage, size),
+                "seconds": f["seconds"],
+                "ms_per_image": round(1e3 * f["seconds"] / images(stage, size), 2),
+                "peak_rss_mb": f["peak_rss_mb"],
+            }
         table[stage] = rows
         time_ratio[stage] = round(rows[str(large)]["ms_per_image"] / rows[str(small)]["ms_per_image"], 3)
         rss_ratio[stage] = round(rows[str(large)]["peak_rss_mb"] / rows[str(small)]["peak_rss_mb"], 3)
         # Seconds per extra image between consecutive sizes: rising from one interval to the next is
         # what growing faster than linearly looks like, free of the fixed start-up.
-        marginal[stage] = {f"{a}-{b}": round(1e3 * (rows[str(b)]["seconds"] - rows[str(a)]["seconds"])
-                                             / max(1, images(stage, b) - images(stage, a)), 2)
-                           for a, b in zip(sizes, sizes[1:])}
+        marginal[stage] = {
+            f"{a}-{b}": round(
+                1e3 * (rows[str(b)]["seconds"] - rows[str(a)]["seconds"]) / max(1, images(stage, b) - images(stage, a)),
+                2,
+            )
+            for a, b in zip(sizes, sizes[1:])
+        }
     return {
         "scale_time_per_image_ratio": max(time_ratio.values()),
         "scale_peak_rss_ratio": max(rss_ratio.values()),
@@ -241,9 +289,15 @@ def _run_full_model(spec_file: str) -> None:
     spec = json.loads(pathlib.Path(spec_file).read_text())
     config = load_config(spec["profile"], overrides=spec["overrides"])
     validation = load_config(spec["validation_profile"], overrides=spec["validation_overrides"])
-    result = training.full_model_figures(config, validation, spec["batch"], spec["steps"],
-                                         real_train_images=OXFORD_SPLIT[0], real_eval_images=OXFORD_SPLIT[1],
-                                         matmul_size=spec["matmul_size"])
+    result = training.full_model_figures(
+        config,
+        validation,
+        spec["batch"],
+        spec["steps"],
+        real_train_images=OXFORD_SPLIT[0],
+        real_eval_images=OXFORD_SPLIT[1],
+        matmul_size=spec["matmul_size"],
+    )
     result["full_model_peak_rss_mb"] = _peak_rss_mb()["peak_rss_mb"]
     pathlib.Path(spec_file).with_name("result.json").write_text(json.dumps(result))
 
@@ -252,8 +306,9 @@ def _main(argv: Optional[List[str]] = None) -> None:
     import argparse
     import warnings
 
-    parser = argparse.ArgumentParser(description="One --scale child: a stage's executor, the full model's step, "
-                                                 "or the served model's bytes.")
+    parser = argparse.ArgumentParser(
+        description="One --scale child: a stage's executor, the full model's step, or the served model's bytes."
+    )
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--stage", metavar="SPEC_JSON")
     mode.add_argument("--full-model", metavar="SPEC_JSON")

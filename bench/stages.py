@@ -30,8 +30,10 @@ def _records(files: List[str]) -> tf.data.Dataset:
 
 def decoded(files: List[str], image_size: int, with_mask: bool = True) -> tf.data.Dataset:
     """Plain tf.data decode + resize of raw examples, one example per parallel map call: the limit."""
-    spec = {features.RAW_IMAGE_KEY: tf.io.FixedLenFeature([], tf.string),
-            features.RAW_MASK_KEY: tf.io.FixedLenFeature([], tf.string)}
+    spec = {
+        features.RAW_IMAGE_KEY: tf.io.FixedLenFeature([], tf.string),
+        features.RAW_MASK_KEY: tf.io.FixedLenFeature([], tf.string),
+    }
 
     def decode(record):
         raw = tf.io.parse_single_example(record, spec)
@@ -73,7 +75,8 @@ def execute(component, inputs: Dict[str, list], out_dir: str, beam_args: List[st
     properties = {k: _serialize_property(v) for k, v in component.exec_properties.items() if v is not None}
     properties["current_component_id"] = component.id
     context = base_beam_executor.BaseBeamExecutor.Context(
-        beam_pipeline_args=beam_args, tmp_dir=os.path.join(out_dir, "tmp"), unique_id="bench")
+        beam_pipeline_args=beam_args, tmp_dir=os.path.join(out_dir, "tmp"), unique_id="bench"
+    )
     executor = component.executor_spec.executor_class(context)
     start = time.perf_counter()
     executor.Do(inputs, outputs, properties)
@@ -100,11 +103,18 @@ def transform_figures(config: PipelineConfig, run: RunArtifacts, work: str, copi
     count = sum(1 for _ in _records(files))
     size = config.model.image_size
     data_seconds = measure.best_seconds(lambda: sum(1 for _ in decoded(files, size)), 2)
-    once = run_executor(by_id[names.TRANSFORM_ID], {"examples": [examples], "schema": [schema]},
-                        os.path.join(work, "transform_x1"), beam_args)
-    many = run_executor(by_id[names.TRANSFORM_ID], {"examples": [_copies(examples, ("train", "eval"), copies, work)],
-                                             "schema": [schema]},
-                        os.path.join(work, f"transform_x{copies}"), beam_args)
+    once = run_executor(
+        by_id[names.TRANSFORM_ID],
+        {"examples": [examples], "schema": [schema]},
+        os.path.join(work, "transform_x1"),
+        beam_args,
+    )
+    many = run_executor(
+        by_id[names.TRANSFORM_ID],
+        {"examples": [_copies(examples, ("train", "eval"), copies, work)], "schema": [schema]},
+        os.path.join(work, f"transform_x{copies}"),
+        beam_args,
+    )
     marginal = _marginal(once, many, (copies - 1) * count)
     # Transform maps examples one to one, so its splits hold `count` examples too.
     stored = transformed_bytes_per_example(run.get(names.TRANSFORM_ID, "transformed_examples").uri, count)
@@ -116,11 +126,12 @@ def transform_figures(config: PipelineConfig, run: RunArtifacts, work: str, copi
         "transformed_bytes_ratio": measure.ratio(stored, size * size * 4),
         "transform_marginal_ratio": marginal and measure.ratio(data_seconds / count, marginal),
         # Whole runs on more images: the fixed cost weighs less with each, as it would on real data.
-        "transform_ratio_by_images": {count: whole_run,
-                                      copies * count: measure.ratio(copies * data_seconds, many)},
-        "transform_images_per_second": {"beam_whole_run": round(count / once, 1),
-                                        "beam_marginal": marginal and round(1 / marginal, 1),
-                                        "tf_data_decode": round(count / data_seconds, 1)},
+        "transform_ratio_by_images": {count: whole_run, copies * count: measure.ratio(copies * data_seconds, many)},
+        "transform_images_per_second": {
+            "beam_whole_run": round(count / once, 1),
+            "beam_marginal": marginal and round(1 / marginal, 1),
+            "tf_data_decode": round(count / data_seconds, 1),
+        },
         "transform_seconds": {"x1": round(once, 1), f"x{copies}": round(many, 1)},
         "transform_images": count,
         "beam_args": beam_args,
@@ -172,10 +183,15 @@ def evaluator_figures(config: PipelineConfig, run: RunArtifacts, work: str, copi
     files = record_files(examples.uri, ("eval",))
     count = sum(1 for _ in _records(files))
     evaluator = by_id[names.EVALUATOR_ID]
-    once = run_executor(evaluator, {"examples": [examples], "model": [model]},
-                        os.path.join(work, "evaluator_x1"), beam_args)
-    many = run_executor(evaluator, {"examples": [_copies(examples, ("eval",), copies, work)], "model": [model]},
-                        os.path.join(work, f"evaluator_x{copies}"), beam_args)
+    once = run_executor(
+        evaluator, {"examples": [examples], "model": [model]}, os.path.join(work, "evaluator_x1"), beam_args
+    )
+    many = run_executor(
+        evaluator,
+        {"examples": [_copies(examples, ("eval",), copies, work)], "model": [model]},
+        os.path.join(work, f"evaluator_x{copies}"),
+        beam_args,
+    )
 
     keras_model = load_keras(os.path.join(model.uri, "Format-Serving"))
     batch = config.eval.batch_size
@@ -190,11 +206,12 @@ def evaluator_figures(config: PipelineConfig, run: RunArtifacts, work: str, copi
     return {
         "evaluator_ratio": whole_run,
         "evaluator_marginal_ratio": marginal and measure.ratio(marginal, bare),
-        "evaluator_ratio_by_images": {count: whole_run,
-                                      copies * count: measure.ratio(many / (copies * count), bare)},
-        "evaluator_ms_per_image": {"tfma_whole_run": round(1e3 * once / count, 2),
-                                   "tfma_marginal": marginal and round(1e3 * marginal, 2),
-                                   "bare_model": round(1e3 * bare, 3)},
+        "evaluator_ratio_by_images": {count: whole_run, copies * count: measure.ratio(many / (copies * count), bare)},
+        "evaluator_ms_per_image": {
+            "tfma_whole_run": round(1e3 * once / count, 2),
+            "tfma_marginal": marginal and round(1e3 * marginal, 2),
+            "bare_model": round(1e3 * bare, 3),
+        },
         "evaluator_seconds": {"x1": round(once, 1), f"x{copies}": round(many, 1)},
         "evaluator_images": count,
         "bare_inference_batch": batch,
@@ -226,6 +243,7 @@ def serving_figures(config: PipelineConfig, run: RunArtifacts) -> Dict[str, obje
         def call():
             state["i"] += 1
             return fn(payloads[state["i"] % len(payloads)])
+
         return call
 
     signature = cycle(lambda p: serve(image_bytes=p)["mask"].numpy())
@@ -239,7 +257,9 @@ def serving_figures(config: PipelineConfig, run: RunArtifacts) -> Dict[str, obje
     base = {k: min(second[k], third[k]) for k in second}
     return {
         "serving_overhead_ratio": measure.ratio(sig["p50_ms"], base["p50_ms"]),
-        "serving_latency_ms": {"serving_default": measure.round_all(sig, 3),
-                               "decode_plus_model": measure.round_all(base, 3)},
+        "serving_latency_ms": {
+            "serving_default": measure.round_all(sig, 3),
+            "decode_plus_model": measure.round_all(base, 3),
+        },
         "serving_payload_format": "JPEG" if tf.io.is_jpeg(payloads[0][0]).numpy() else "PNG/other",
     }

@@ -31,8 +31,11 @@ def data_accessor(examples_uri: str):
     examples.uri = examples_uri
     examples.split_names = '["train", "eval"]'
     examples_utils.set_payload_format(examples, example_gen_pb2.FORMAT_TF_EXAMPLE)
-    return DataAccessor(tf_dataset_factory=tfxio_utils.get_tf_dataset_factory_from_artifact([examples], ["bench"]),
-                        record_batch_factory=None, data_view_decode_fn=None)
+    return DataAccessor(
+        tf_dataset_factory=tfxio_utils.get_tf_dataset_factory_from_artifact([examples], ["bench"]),
+        record_batch_factory=None,
+        data_view_decode_fn=None,
+    )
 
 
 def build(config: PipelineConfig, policy: Optional[str] = None) -> tf.keras.Model:
@@ -43,14 +46,15 @@ def build(config: PipelineConfig, policy: Optional[str] = None) -> tf.keras.Mode
     Call it inside a strategy scope if any.
     """
     if policy is None:
-        policy = precision.training_policy(config.model.mixed_precision, config.model, config.train,
-                                           tf.distribute.get_strategy())
+        policy = precision.training_policy(
+            config.model.mixed_precision, config.model, config.train, tf.distribute.get_strategy()
+        )
     return model_lib.compile_model(model_lib.build_model(config.model, policy, load_weights=False), config.train)
 
 
-def images_per_second(model: tf.keras.Model, make_dataset, batch: int, steps: int,
-                      repeats: int = REPEATS) -> float:
+def images_per_second(model: tf.keras.Model, make_dataset, batch: int, steps: int, repeats: int = REPEATS) -> float:
     """Training img/s of `model.fit` over `steps` batches of a fresh `make_dataset()` each repeat."""
+
     def fit():
         model.fit(make_dataset(), epochs=1, steps_per_epoch=steps, verbose=0)
 
@@ -67,14 +71,24 @@ def in_memory(batches: Sequence[tuple]) -> tf.data.Dataset:
 def synthetic_batches(image_size: int, batch: int, count: int, seed: int = 0) -> List[tuple]:
     """Batches shaped and typed as the Trainer's input_fn yields them: uint8 pixels and class ids."""
     rng = np.random.default_rng(seed)
-    return [(tf.constant(rng.integers(0, 256, (batch, image_size, image_size, 3), np.uint8)),
-             tf.constant(rng.integers(0, 3, (batch, image_size, image_size), np.uint8)))
-            for _ in range(count)]
+    return [
+        (
+            tf.constant(rng.integers(0, 256, (batch, image_size, image_size, 3), np.uint8)),
+            tf.constant(rng.integers(0, 3, (batch, image_size, image_size), np.uint8)),
+        )
+        for _ in range(count)
+    ]
 
 
-def trainer_figures(config: PipelineConfig, transformed_uri: str, transform_graph_uri: str,
-                    train_examples: int, batch_sizes: Sequence[int], peak_flops: Dict[str, float],
-                    steps: int) -> Dict[str, object]:
+def trainer_figures(
+    config: PipelineConfig,
+    transformed_uri: str,
+    transform_graph_uri: str,
+    train_examples: int,
+    batch_sizes: Sequence[int],
+    peak_flops: Dict[str, float],
+    steps: int,
+) -> Dict[str, object]:
     """MFU, input-pipeline ratios, float32 vs bfloat16 and the batch sweep, in this process against `peak_flops`."""
     import tensorflow_transform as tft
 
@@ -84,8 +98,17 @@ def trainer_figures(config: PipelineConfig, transformed_uri: str, transform_grap
     files = [f"{transformed_uri}/Split-train/*"]
 
     def real_input(cache: bool = True):
-        return data.input_fn(files, accessor, tf_transform_output, batch, config.model.image_size, training=True,
-                             shuffle_buffer=config.train.shuffle_buffer, repeat=True, cache=cache)
+        return data.input_fn(
+            files,
+            accessor,
+            tf_transform_output,
+            batch,
+            config.model.image_size,
+            training=True,
+            shuffle_buffer=config.train.shuffle_buffer,
+            repeat=True,
+            cache=cache,
+        )
 
     model = build(config)
     flops = measure.training_flops_per_image(model)
@@ -113,20 +136,24 @@ def trainer_figures(config: PipelineConfig, transformed_uri: str, transform_grap
         batches = synthetic_batches(config.model.image_size, size, 4)
         model.fit(in_memory(batches), epochs=1, steps_per_epoch=2, verbose=0)
         # The same number of images at every size, so each point costs about the same time.
-        sweep[str(size)] = round(images_per_second(model, lambda: in_memory(batches), size,
-                                                   max(2, steps * batch // size), repeats=2), 1)
+        sweep[str(size)] = round(
+            images_per_second(model, lambda: in_memory(batches), size, max(2, steps * batch // size), repeats=2), 1
+        )
     precisions = precision_figures(config, held, batch, max(2, steps))
     result = {
         "trainer_mfu": measure.ratio(memory_ips * flops, peak),
         "input_pipeline_ratio": measure.ratio(cached_ips, memory_ips),
         "input_pipeline_ratio_streaming": measure.ratio(streaming_ips, memory_ips),
-        "train_images_per_second": {"in_memory": round(memory_ips, 1), "real_input_cached": round(cached_ips, 1),
-                                    "real_input_streaming": round(streaming_ips, 1)},
+        "train_images_per_second": {
+            "in_memory": round(memory_ips, 1),
+            "real_input_cached": round(cached_ips, 1),
+            "real_input_streaming": round(streaming_ips, 1),
+        },
         **precisions,
         "train_ms_per_step": round(1e3 * batch / memory_ips, 1),
         "train_gflop_per_image": round(flops / 1e9, 3),
         "flop_count": "conv/deconv MACs x2 (FLOP) x3 (fwd + bwd input + bwd weights) for trainable layers, "
-                      "x1 for frozen ones; elementwise ops excluded",
+        "x1 for frozen ones; elementwise ops excluded",
         "train_compute_dtype": policy,
         "train_batch_size": batch,
         "train_jit_compile": bool(getattr(config.train, "jit_compile", False)),
@@ -151,13 +178,16 @@ def precision_figures(config: PipelineConfig, held: Sequence[tuple], batch: int,
         speeds[name] = round(images_per_second(model, lambda: in_memory(held), batch, steps, repeats=2), 1)
         del model
         tf.keras.backend.clear_session()
-    return {"train_images_per_second_by_precision": speeds,
-            "bf16_speedup": measure.ratio(speeds["bfloat16"], speeds["float32"]),
-            "mixed_precision_auto_picks": precision.decide_auto(config.model, config.train)}
+    return {
+        "train_images_per_second_by_precision": speeds,
+        "bf16_speedup": measure.ratio(speeds["bfloat16"], speeds["float32"]),
+        "mixed_precision_auto_picks": precision.decide_auto(config.model, config.train),
+    }
 
 
-def step_figures(model: tf.keras.Model, batches: Sequence[tuple], batch: int, steps: int,
-                 matmul_size: int = 2048) -> Dict[str, float]:
+def step_figures(
+    model: tf.keras.Model, batches: Sequence[tuple], batch: int, steps: int, matmul_size: int = 2048
+) -> Dict[str, float]:
     """Train step time, img/s and MFU of `model` on in-memory batches (one warm-up step traces it).
 
     The MFU's limit is the matmul peak in the model's compute dtype measured just before and just
@@ -169,10 +199,16 @@ def step_figures(model: tf.keras.Model, batches: Sequence[tuple], batch: int, st
     ips = images_per_second(model, lambda: in_memory(batches), batch, steps, repeats=1)
     peak = max(before, measure.matmul_flops_per_second(dtype, size=matmul_size))
     flops = measure.training_flops_per_image(model)
-    figures = {"ms_per_step": round(1e3 * batch / ips, 1), "images_per_second": round(ips, 3),
-               "train_gflop_per_image": round(flops / 1e9, 2), "mfu": measure.ratio(ips * flops, peak),
-               "matmul_gflops": round(peak / 1e9, 1), "compute_dtype": dtype.name, "batch": batch,
-               "timed_steps": steps}
+    figures = {
+        "ms_per_step": round(1e3 * batch / ips, 1),
+        "images_per_second": round(ips, 3),
+        "train_gflop_per_image": round(flops / 1e9, 2),
+        "mfu": measure.ratio(ips * flops, peak),
+        "matmul_gflops": round(peak / 1e9, 1),
+        "compute_dtype": dtype.name,
+        "batch": batch,
+        "timed_steps": steps,
+    }
     print(f"[bench] train step of {model.count_params():,} parameters: {figures}", file=sys.stderr, flush=True)
     return figures
 
@@ -183,8 +219,15 @@ def forward_seconds_per_image(model: tf.keras.Model, batches: Sequence[tuple], b
     return measure.best_seconds(lambda: model.evaluate(in_memory(batches), steps=steps, verbose=0), 2) / (batch * steps)
 
 
-def full_model_figures(config: PipelineConfig, validation: PipelineConfig, batch: int, steps: int,
-                       real_train_images: int, real_eval_images: int, matmul_size: int = 2048) -> Dict[str, object]:
+def full_model_figures(
+    config: PipelineConfig,
+    validation: PipelineConfig,
+    batch: int,
+    steps: int,
+    real_train_images: int,
+    real_eval_images: int,
+    matmul_size: int = 2048,
+) -> Dict[str, object]:
     """The `config` model's train step in float32 and mixed bfloat16 with MFU, and `validation`'s validation share.
 
     `validation_epoch_share`: seconds of one epoch's Keras validation on `train.validation_images`
@@ -200,8 +243,9 @@ def full_model_figures(config: PipelineConfig, validation: PipelineConfig, batch
         del model
         tf.keras.backend.clear_session()
 
-    policy = precision.training_policy(validation.model.mixed_precision, validation.model, validation.train,
-                                       tf.distribute.get_strategy())
+    policy = precision.training_policy(
+        validation.model.mixed_precision, validation.model, validation.train, tf.distribute.get_strategy()
+    )
     model = build(validation, policy)
     val_batches = synthetic_batches(validation.model.image_size, batch, 2)
     train = step_figures(model, val_batches, batch, steps, matmul_size)
@@ -213,21 +257,27 @@ def full_model_figures(config: PipelineConfig, validation: PipelineConfig, batch
     epoch_validation = validation_images * forward
     return {
         "full_model_train_step": by_precision,
-        "full_model_bf16_speedup": measure.ratio(by_precision["bfloat16"]["images_per_second"],
-                                                 by_precision["float32"]["images_per_second"]),
+        "full_model_bf16_speedup": measure.ratio(
+            by_precision["bfloat16"]["images_per_second"], by_precision["float32"]["images_per_second"]
+        ),
         "full_model_parameters": parameters,
         "matmul_size": matmul_size,
         "cpu_bf16_instructions": precision.cpu_supports_bf16(),
         "validation_epoch_share": round(epoch_validation / epoch_train, 3),
-        "validation": {"profile": validation.profile, "compute_dtype": policy,
-                       "encoder_frozen": validation.model.encoder_weights != "none"
-                       and not validation.model.fine_tune_encoder,
-                       "train_step": train, "forward_ms_per_image": round(1e3 * forward, 1),
-                       "validation_images": validation_images,
-                       "epoch_train_images": real_train_images, "profile_batch": validation.train.batch_size,
-                       "epoch_train_seconds": round(epoch_train, 1), "epoch_validation_seconds": round(epoch_validation, 1),
-                       # The most images one epoch can validate on within the 0.15 goal.
-                       "validation_images_within_goal": int(0.15 * epoch_train / forward)},
+        "validation": {
+            "profile": validation.profile,
+            "compute_dtype": policy,
+            "encoder_frozen": validation.model.encoder_weights != "none" and not validation.model.fine_tune_encoder,
+            "train_step": train,
+            "forward_ms_per_image": round(1e3 * forward, 1),
+            "validation_images": validation_images,
+            "epoch_train_images": real_train_images,
+            "profile_batch": validation.train.batch_size,
+            "epoch_train_seconds": round(epoch_train, 1),
+            "epoch_validation_seconds": round(epoch_validation, 1),
+            # The most images one epoch can validate on within the 0.15 goal.
+            "validation_images_within_goal": int(0.15 * epoch_train / forward),
+        },
     }
 
 
@@ -245,8 +295,7 @@ def replica_images_per_second(config: PipelineConfig, replicas: int, steps: int)
     batches = synthetic_batches(config.model.image_size, global_batch, 4)
     model.fit(in_memory(batches), epochs=1, steps_per_epoch=2, verbose=0)
     ips = images_per_second(model, lambda: in_memory(batches), global_batch, steps)
-    return {"replicas": strategy.num_replicas_in_sync, "global_batch": global_batch,
-            "images_per_second": round(ips, 1)}
+    return {"replicas": strategy.num_replicas_in_sync, "global_batch": global_batch, "images_per_second": round(ips, 1)}
 
 
 def _main(argv: Optional[List[str]] = None) -> None:

@@ -94,4 +94,3 @@ def quiet(log_file: pathlib.Path) -> Iterator[TextIO]:
         os.dup2(saved, 2)
         os.close(saved)
         console.close()
-

@@ -23,28 +23,43 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run the whole pipeline locally (LocalDagRunner)")
     add_config_args(run)
-    run.add_argument("--output-dir", dest="output", metavar="DIR",
-                     help="folder for everything the run writes (default: runs/default)")
-    run.add_argument("--dataset", choices=DATASETS,
-                     help="embedded synthetic pets (default) or the real Oxford-IIIT Pet")
-    run.add_argument("--oxford-raw-dir", metavar="DIR",
-                     help="extracted Oxford-IIIT Pet archives (images/, annotations/), built offline")
+    run.add_argument(
+        "--output-dir",
+        dest="output",
+        metavar="DIR",
+        help="folder for everything the run writes (default: runs/default)",
+    )
+    run.add_argument(
+        "--dataset", choices=DATASETS, help="embedded synthetic pets (default) or the real Oxford-IIIT Pet"
+    )
+    run.add_argument(
+        "--oxford-raw-dir",
+        metavar="DIR",
+        help="extracted Oxford-IIIT Pet archives (images/, annotations/), built offline",
+    )
     run.add_argument("--data-dir", metavar="DIR", help="TFDS data dir (default: <output>/tfds)")
-    run.add_argument("--strict", action="store_true",
-                     help="fail on the first broken image/trimap instead of skipping it")
+    run.add_argument(
+        "--strict", action="store_true", help="fail on the first broken image/trimap instead of skipping it"
+    )
     run.set_defaults(func=_run)
 
     report = sub.add_parser("report", help="write a run's self-contained HTML evaluation dashboard")
     source = report.add_mutually_exclusive_group(required=True)
     source.add_argument("--run", metavar="DIR", help="a `petseg run --output-dir` folder")
-    source.add_argument("--kubeflow-runs", metavar="URI",
-                        help="the folder of a Kubeflow pipeline's run folders (<pipeline root>/<pipeline name>; "
-                             "Vertex: <pipeline root>/<project number>): writes their history page (needs --output)")
-    report.add_argument("--output-file", dest="output", metavar="FILE", help="where to write it (default: DIR/report/index.html)")
+    source.add_argument(
+        "--kubeflow-runs",
+        metavar="URI",
+        help="the folder of a Kubeflow pipeline's run folders (<pipeline root>/<pipeline name>; "
+        "Vertex: <pipeline root>/<project number>): writes their history page (needs --output)",
+    )
+    report.add_argument(
+        "--output-file", dest="output", metavar="FILE", help="where to write it (default: DIR/report/index.html)"
+    )
     report.set_defaults(func=_report)
 
-    settings = sub.add_parser("config", help="list every setting --set and --config take: type, default, value, "
-                                             "meaning")
+    settings = sub.add_parser(
+        "config", help="list every setting --set and --config take: type, default, value, meaning"
+    )
     add_config_args(settings)
     settings.set_defaults(func=_settings)
 
@@ -59,13 +74,17 @@ def _settings(args: argparse.Namespace) -> int:
 
     config = load_config(args.profile, args.config, args.overrides)
     rows = [("key", "type", "default", f"value ({config.profile})", "meaning")]
-    rows += [(s.key, s.type, _scalar(s.default), _scalar(s.value) + (" *" if s.value != s.default else ""), s.meaning)
-             for s in reference.settings(config)]
+    rows += [
+        (s.key, s.type, _scalar(s.default), _scalar(s.value) + (" *" if s.value != s.default else ""), s.meaning)
+        for s in reference.settings(config)
+    ]
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[4])
-    print("\n* differs from the default. Set one with --set key=value or a YAML file (--config), e.g. "
-          "--set train.epochs=5.")
+    print(
+        "\n* differs from the default. Set one with --set key=value or a YAML file (--config), e.g. "
+        "--set train.epochs=5."
+    )
     return 0
 
 
@@ -84,32 +103,44 @@ def _add_flink_parser(sub) -> None:
     parser = sub.add_parser("flink", help="start, report or stop a local Flink cluster (beam.runner=flink)")
     commands = parser.add_subparsers(dest="flink_command", required=True)
     defaults = flink.ClusterSpec()
-    for name, helptext in (("up", "start JobManager, TaskManagers, Beam's job server and an SDK worker pool"),
-                           ("status", "say what runs"), ("down", "stop every process `up` started")):
+    for name, helptext in (
+        ("up", "start JobManager, TaskManagers, Beam's job server and an SDK worker pool"),
+        ("status", "say what runs"),
+        ("down", "stop every process `up` started"),
+    ):
         command = commands.add_parser(name, help=helptext)
         command.add_argument("--dir", default="", help="state and logs (default: .tools/flink-cluster)")
         command.set_defaults(func=_flink, flink_command=name)
         if name != "up":
             continue
         for field in flink.PORT_FIELDS:
-            command.add_argument(f"--{field.replace('_', '-')}", type=_port, default=getattr(defaults, field),
-                                 dest=field, help=f"default {getattr(defaults, field)}")
-        command.add_argument("--taskmanagers", type=int, default=defaults.taskmanagers,
-                             help=f"default {defaults.taskmanagers}")
+            command.add_argument(
+                f"--{field.replace('_', '-')}",
+                type=_port,
+                default=getattr(defaults, field),
+                dest=field,
+                help=f"default {getattr(defaults, field)}",
+            )
+        command.add_argument(
+            "--taskmanagers", type=int, default=defaults.taskmanagers, help=f"default {defaults.taskmanagers}"
+        )
 
 
 def _port(text: str) -> int:
     if not text.isdigit() or not 1 <= int(text) <= 65535:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port from 1 to 65535 (each process of the cluster "
-                                         "listens on exactly the port it is given)")
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a port from 1 to 65535 (each process of the cluster "
+            "listens on exactly the port it is given)"
+        )
     return int(text)
 
 
 def _flink(args: argparse.Namespace) -> int:
     fields = {f.name for f in dataclasses.fields(flink.ClusterSpec)}
     try:
-        spec = flink.ClusterSpec(state_dir=args.dir, **{k: v for k, v in vars(args).items()
-                                                         if k in fields and k != "state_dir"})
+        spec = flink.ClusterSpec(
+            state_dir=args.dir, **{k: v for k, v in vars(args).items() if k in fields and k != "state_dir"}
+        )
     except ValueError as exc:
         print(f"petseg: {exc}", file=sys.stderr)
         return 2
@@ -138,13 +169,17 @@ def _print_status(report) -> None:
         print(f"  {proc['name']:<16} pid {proc['pid']:<8} {'alive' if proc['alive'] else 'DEAD'}   {proc['log']}")
     if "overview" in report:
         o = report["overview"]
-        print(f"  REST {report['rest']}: Flink {o['flink-version']}, {o['taskmanagers']} TaskManagers, "
-              f"{o['slots-available']}/{o['slots-total']} slots free, jobs running {o['jobs-running']}, "
-              f"finished {o['jobs-finished']}, failed {o['jobs-failed']}")
+        print(
+            f"  REST {report['rest']}: Flink {o['flink-version']}, {o['taskmanagers']} TaskManagers, "
+            f"{o['slots-available']}/{o['slots-total']} slots free, jobs running {o['jobs-running']}, "
+            f"finished {o['jobs-finished']}, failed {o['jobs-failed']}"
+        )
     else:
         print(f"  REST {report['rest']}: {report.get('rest_error')}")
-    print(f"  job server {report['job_endpoint']}: {'listening' if report['job_server_listening'] else 'DOWN'}; "
-          f"SDK worker pool {report['worker_pool']}: {'listening' if report['worker_pool_listening'] else 'DOWN'}")
+    print(
+        f"  job server {report['job_endpoint']}: {'listening' if report['job_server_listening'] else 'DOWN'}; "
+        f"SDK worker pool {report['worker_pool']}: {'listening' if report['worker_pool_listening'] else 'DOWN'}"
+    )
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -153,8 +188,11 @@ def _run(args: argparse.Namespace) -> int:
     # TensorFlow's C++ start-up lines come with the import, so the console is quiet before it.
     with console.quiet(log_file) as stream:
         # Said before the imports, which take seconds.
-        print(f"[petseg] profile {config.profile}; outputs under {config.output_dir}; full log {log_file}",
-              file=stream, flush=True)
+        print(
+            f"[petseg] profile {config.profile}; outputs under {config.output_dir}; full log {log_file}",
+            file=stream,
+            flush=True,
+        )
         with gc_tuning.heavy_imports():  # heavy imports only once the arguments are known good
             from pipeline import local_runner
             from pipeline.progress import ProgressTracker

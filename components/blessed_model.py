@@ -42,16 +42,22 @@ class LatestBlessedModelSpec(types.ComponentSpec):
         "version": ExecutionParameter(type=int),
     }
     INPUTS: Dict[str, ChannelParameter] = {}
-    OUTPUTS = {MODEL_KEY: ChannelParameter(type=standard_artifacts.Model),
-               STATISTICS_KEY: ChannelParameter(type=standard_artifacts.ExampleStatistics)}
+    OUTPUTS = {
+        MODEL_KEY: ChannelParameter(type=standard_artifacts.Model),
+        STATISTICS_KEY: ChannelParameter(type=standard_artifacts.ExampleStatistics),
+    }
 
 
 class Executor(base_executor.BaseExecutor):
     """Places the served version in the output Model's Format-Serving folder (see `serving_dir.place`), and the
     statistics the Pusher published beside it in the output ExampleStatistics."""
 
-    def Do(self, input_dict: Dict[str, List[types.Artifact]], output_dict: Dict[str, List[types.Artifact]],
-           exec_properties: Dict[str, Any]) -> None:
+    def Do(
+        self,
+        input_dict: Dict[str, List[types.Artifact]],
+        output_dict: Dict[str, List[types.Artifact]],
+        exec_properties: Dict[str, Any],
+    ) -> None:
         base = exec_properties["serving_dir"]
         version = int(exec_properties["version"])
         model = artifact_utils.get_single_instance(output_dict[MODEL_KEY])
@@ -59,7 +65,9 @@ class Executor(base_executor.BaseExecutor):
         if version == NEWEST:
             version = serving.latest_version(base)
         elif not serving.holds_model(os.path.join(base, str(version))):
-            raise FileNotFoundError(f"served version {version} is not in {base} (found {serving.served_versions(base)})")
+            raise FileNotFoundError(
+                f"served version {version} is not in {base} (found {serving.served_versions(base)})"
+            )
         if version is None:
             # An output with no SavedModel: the Trainer starts fresh and the Evaluator judges alone.
             io_utils.write_string_file(os.path.join(model.uri, NO_MODEL_FILE), f"No blessed model in {base} yet.\n")
@@ -102,6 +110,11 @@ class LatestBlessedModel(base_component.BaseComponent):
     EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(Executor)
 
     def __init__(self, serving_dir: str, version: int = NEWEST):
-        super().__init__(spec=LatestBlessedModelSpec(
-            serving_dir=serving_dir, version=int(version), model=types.Channel(type=standard_artifacts.Model),
-            statistics=types.Channel(type=standard_artifacts.ExampleStatistics)))
+        super().__init__(
+            spec=LatestBlessedModelSpec(
+                serving_dir=serving_dir,
+                version=int(version),
+                model=types.Channel(type=standard_artifacts.Model),
+                statistics=types.Channel(type=standard_artifacts.ExampleStatistics),
+            )
+        )

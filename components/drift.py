@@ -52,18 +52,27 @@ _Type, _Measurement = anomalies_pb2.AnomalyInfo.Type, anomalies_pb2.DriftSkewInf
 # TFDV comparator -> (the measurement it records, the anomaly it raises above its threshold).
 _COMPARATOR_KINDS = {
     "infinity_norm": (_Measurement.L_INFTY, _Type.COMPARATOR_L_INFTY_HIGH),
-    "jensen_shannon_divergence": (_Measurement.JENSEN_SHANNON_DIVERGENCE,
-                                  _Type.COMPARATOR_JENSEN_SHANNON_DIVERGENCE_HIGH),
-    "normalized_abs_difference": (_Measurement.NORMALIZED_ABSOLUTE_DIFFERENCE,
-                                  _Type.COMPARATOR_NORMALIZED_ABSOLUTE_DIFFERENCE_HIGH),
+    "jensen_shannon_divergence": (
+        _Measurement.JENSEN_SHANNON_DIVERGENCE,
+        _Type.COMPARATOR_JENSEN_SHANNON_DIVERGENCE_HIGH,
+    ),
+    "normalized_abs_difference": (
+        _Measurement.NORMALIZED_ABSOLUTE_DIFFERENCE,
+        _Type.COMPARATOR_NORMALIZED_ABSOLUTE_DIFFERENCE_HIGH,
+    ),
 }
 # num_examples_comparator field -> the anomaly that says the count is past it.
-_COUNT_LIMITS = {"min_fraction_threshold": _Type.COMPARATOR_LOW_NUM_EXAMPLES,
-                 "max_fraction_threshold": _Type.COMPARATOR_HIGH_NUM_EXAMPLES}
-COMPARATOR_NAMES = {"infinity_norm": "L-infinity distance", "jensen_shannon_divergence": "Jensen-Shannon divergence",
-             "normalized_abs_difference": "normalized absolute difference",
-             "min_fraction_threshold": "ratio to the baseline's count, at least",
-             "max_fraction_threshold": "ratio to the baseline's count, at most"}
+_COUNT_LIMITS = {
+    "min_fraction_threshold": _Type.COMPARATOR_LOW_NUM_EXAMPLES,
+    "max_fraction_threshold": _Type.COMPARATOR_HIGH_NUM_EXAMPLES,
+}
+COMPARATOR_NAMES = {
+    "infinity_norm": "L-infinity distance",
+    "jensen_shannon_divergence": "Jensen-Shannon divergence",
+    "normalized_abs_difference": "normalized absolute difference",
+    "min_fraction_threshold": "ratio to the baseline's count, at least",
+    "max_fraction_threshold": "ratio to the baseline's count, at most",
+}
 
 
 class DriftFoundError(RuntimeError):
@@ -78,7 +87,9 @@ def validator_config(drift: DriftConfig) -> distribution_validator_pb2.Distribut
         entry.path.step.append(feature)
         getattr(entry.distribution_comparator, comparator).threshold = getattr(drift, key)
         if comparator == "jensen_shannon_divergence":
-            entry.distribution_comparator.jensen_shannon_divergence.source.type = schema_pb2.HistogramSelection.QUANTILES
+            entry.distribution_comparator.jensen_shannon_divergence.source.type = (
+                schema_pb2.HistogramSelection.QUANTILES
+            )
     counts = config.default_slice_config.num_examples_comparator
     counts.min_fraction_threshold = drift.min_examples_ratio
     counts.max_fraction_threshold = drift.max_examples_ratio
@@ -88,43 +99,63 @@ def validator_config(drift: DriftConfig) -> distribution_validator_pb2.Distribut
 def holds_statistics(statistics: types.Artifact) -> bool:
     """Whether an ExampleStatistics artifact has the compared split (LatestBlessedModel's may be empty)."""
     return TRAIN in artifact_utils.decode_split_names(statistics.split_names or "[]") and fileio.exists(
-        os.path.join(artifact_utils.get_split_uri([statistics], TRAIN), stats_artifact_utils.BINARY_PB_BASENAME))
+        os.path.join(artifact_utils.get_split_uri([statistics], TRAIN), stats_artifact_utils.BINARY_PB_BASENAME)
+    )
 
 
 def _num_examples(statistics: types.Artifact) -> int:
     return stats_artifact_utils.load_statistics(statistics, TRAIN).proto().datasets[0].num_examples
 
 
-def compare(anomalies: anomalies_pb2.Anomalies,
-            config: distribution_validator_pb2.DistributionValidatorConfig,
-            num_examples: int, baseline_num_examples: int) -> List[Dict[str, Any]]:
+def compare(
+    anomalies: anomalies_pb2.Anomalies,
+    config: distribution_validator_pb2.DistributionValidatorConfig,
+    num_examples: int,
+    baseline_num_examples: int,
+) -> List[Dict[str, Any]]:
     """One row per configured comparison: feature, comparator, value, threshold, drifted.
 
     Values and verdicts are TFDV's (the validator's drift measurements and anomalies); only the example
     count's ratio, which TFDV states in prose, is recomputed here for display.
     """
-    measured = {".".join(info.path.step): {m.type: m.value for m in info.drift_measurements}
-                for info in anomalies.drift_skew_info}
+    measured = {
+        ".".join(info.path.step): {m.type: m.value for m in info.drift_measurements}
+        for info in anomalies.drift_skew_info
+    }
     rows = []
     for entry in config.default_slice_config.feature:
         name = ".".join(entry.path.step)
-        reasons = {reason.type for reason in anomalies.anomaly_info[name].reason} if name in anomalies.anomaly_info \
-            else set()
+        reasons = (
+            {reason.type for reason in anomalies.anomaly_info[name].reason} if name in anomalies.anomaly_info else set()
+        )
         for comparator, (measurement, anomaly) in _COMPARATOR_KINDS.items():
             if not entry.distribution_comparator.HasField(comparator):
                 continue
             value = measured.get(name, {}).get(measurement)
             # A comparison TFDV could not make (the feature missing on one side) counts as drift.
-            rows.append({"feature": name, "comparator": comparator, "value": value,
-                         "threshold": getattr(entry.distribution_comparator, comparator).threshold,
-                         "drifted": anomaly in reasons or value is None})
+            rows.append(
+                {
+                    "feature": name,
+                    "comparator": comparator,
+                    "value": value,
+                    "threshold": getattr(entry.distribution_comparator, comparator).threshold,
+                    "drifted": anomaly in reasons or value is None,
+                }
+            )
     counts = config.default_slice_config.num_examples_comparator
     dataset_reasons = {reason.type for reason in anomalies.dataset_anomaly_info.reason}
     ratio = num_examples / baseline_num_examples if baseline_num_examples else None
     for limit, anomaly in _COUNT_LIMITS.items():
         if counts.HasField(limit):
-            rows.append({"feature": NUM_EXAMPLES, "comparator": limit, "value": ratio,
-                         "threshold": getattr(counts, limit), "drifted": anomaly in dataset_reasons})
+            rows.append(
+                {
+                    "feature": NUM_EXAMPLES,
+                    "comparator": limit,
+                    "value": ratio,
+                    "threshold": getattr(counts, limit),
+                    "drifted": anomaly in dataset_reasons,
+                }
+            )
     return rows
 
 
@@ -137,15 +168,24 @@ class Executor(validator_executor.Executor):
       which the gate, summary.json and the dashboard read.
     """
 
-    def Do(self, input_dict: Dict[str, List[types.Artifact]], output_dict: Dict[str, List[types.Artifact]],
-           exec_properties: Dict[str, Any]):
+    def Do(
+        self,
+        input_dict: Dict[str, List[types.Artifact]],
+        output_dict: Dict[str, List[types.Artifact]],
+        exec_properties: Dict[str, Any],
+    ):
         key = standard_component_specs.BASELINE_STATISTICS_KEY
         statistics = artifact_utils.get_single_instance(input_dict[standard_component_specs.STATISTICS_KEY])
         baseline = next(iter(input_dict.get(key) or []), None)
         if baseline is not None and not holds_statistics(baseline):
             baseline = None
-        report: Dict[str, Any] = {"verdict": NO_BASELINE, "span": statistics.span, "baseline_version": None,
-                                  "baseline_span": None, "features": []}
+        report: Dict[str, Any] = {
+            "verdict": NO_BASELINE,
+            "span": statistics.span,
+            "baseline_version": None,
+            "baseline_span": None,
+            "features": [],
+        }
         with internals.distribution_validator_fixed(exec_properties) as fixed:
             result = super().Do({**input_dict, key: [baseline] if baseline else []}, output_dict, fixed)
             config = fixed[standard_component_specs.DISTRIBUTION_VALIDATOR_CONFIG_KEY]
@@ -155,12 +195,20 @@ class Executor(validator_executor.Executor):
         else:
             anomalies = load_anomalies(anomalies_artifact)
             rows = compare(anomalies, config, _num_examples(statistics), _num_examples(baseline))
-            version = baseline.get_int_custom_property(names.PUSHED_VERSION) if baseline.has_custom_property(
-                names.PUSHED_VERSION) else None
-            report.update(verdict=DRIFTED if any(row["drifted"] for row in rows) else PASSED, features=rows,
-                          baseline_version=version, baseline_span=baseline.span)
-        io_utils.write_string_file(os.path.join(anomalies_artifact.uri, REPORT_FILE),
-                                   json.dumps(report, indent=2) + "\n")
+            version = (
+                baseline.get_int_custom_property(names.PUSHED_VERSION)
+                if baseline.has_custom_property(names.PUSHED_VERSION)
+                else None
+            )
+            report.update(
+                verdict=DRIFTED if any(row["drifted"] for row in rows) else PASSED,
+                features=rows,
+                baseline_version=version,
+                baseline_span=baseline.span,
+            )
+        io_utils.write_string_file(
+            os.path.join(anomalies_artifact.uri, REPORT_FILE), json.dumps(report, indent=2) + "\n"
+        )
         return result
 
 
@@ -186,7 +234,10 @@ def describe(report: Dict[str, Any]) -> str:
     """One line per drifted comparison: feature, what was measured, value and threshold; "" when none drifted."""
     return "\n".join(
         f"  {row['feature']}: {COMPARATOR_NAMES.get(row['comparator'], row['comparator'])} {_number(row['value'])}"
-        f" (threshold {row['threshold']:g})" for row in report["features"] if row["drifted"])
+        f" (threshold {row['threshold']:g})"
+        for row in report["features"]
+        if row["drifted"]
+    )
 
 
 class DriftValidator(DistributionValidator):
@@ -199,8 +250,12 @@ class DriftValidator(DistributionValidator):
     EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(Executor)
 
     def __init__(self, statistics: types.BaseChannel, baseline_statistics: types.BaseChannel, drift: DriftConfig):
-        super().__init__(statistics=statistics, baseline_statistics=baseline_statistics,
-                         config=validator_config(drift), include_split_pairs=[SPLIT_PAIR])
+        super().__init__(
+            statistics=statistics,
+            baseline_statistics=baseline_statistics,
+            config=validator_config(drift),
+            include_split_pairs=[SPLIT_PAIR],
+        )
 
 
 @component
@@ -215,11 +270,11 @@ def DriftGate(anomalies: InputArtifact[standard_artifacts.ExampleAnomalies], act
     if report["verdict"] != DRIFTED:
         log.info("Drift gate: %s", report["verdict"])
         return
-    against = (f"the served model's training data (version {report['baseline_version']}, "
-               f"span {report['baseline_span']})")
+    against = f"the served model's training data (version {report['baseline_version']}, span {report['baseline_span']})"
     found = f"Span {report['span']} drifted from {against}:\n{describe(report)}"
     if action == "stop":
         raise DriftFoundError(
             f"{found}\nStopped before Transform: nothing was trained or pushed. Review the span (summary.json's "
-            "`drift`, the dashboard); to train on it anyway, run again with --set drift.action=warn.")
+            "`drift`, the dashboard); to train on it anyway, run again with --set drift.action=warn."
+        )
     log.warning("%s\ndrift.action=warn: training on it anyway.", found)

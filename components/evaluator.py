@@ -25,8 +25,12 @@ class Executor(evaluator_executor.Executor):
       (see `internals.evaluator_reads_batches_of`).
     """
 
-    def Do(self, input_dict: Dict[str, List[types.Artifact]], output_dict: Dict[str, List[types.Artifact]],
-           exec_properties: Dict[str, Any]) -> None:
+    def Do(
+        self,
+        input_dict: Dict[str, List[types.Artifact]],
+        output_dict: Dict[str, List[types.Artifact]],
+        exec_properties: Dict[str, Any],
+    ) -> None:
         key = standard_component_specs.BASELINE_MODEL_KEY
         baseline = input_dict.get(key)
         if baseline and not blessed_model.holds_model(baseline[0]):
@@ -44,8 +48,10 @@ def inference_batch_size(eval_config_json: Optional[str]) -> Optional[int]:
     eval_config = proto_utils.json_to_proto(eval_config_json, tfma.EvalConfig())
     sizes = {spec.inference_batch_size for spec in eval_config.model_specs if spec.inference_batch_size}
     if len(sizes) > 1:
-        raise ValueError(f"model_specs ask for different inference_batch_size values {sorted(sizes)}; "
-                         "the candidate and the baseline read the same batches, so give them one")
+        raise ValueError(
+            f"model_specs ask for different inference_batch_size values {sorted(sizes)}; "
+            "the candidate and the baseline read the same batches, so give them one"
+        )
     return sizes.pop() if sizes else None
 
 

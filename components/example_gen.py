@@ -80,27 +80,41 @@ class Executor(base_executor.BaseExecutor):
     Every record gains the per-image numbers of `features.IMAGE_STATISTICS_KEYS` on the way.
     """
 
-    def Do(self, input_dict: Dict[str, List[types.Artifact]], output_dict: Dict[str, List[types.Artifact]],
-           exec_properties: Dict[str, Any]) -> None:
+    def Do(
+        self,
+        input_dict: Dict[str, List[types.Artifact]],
+        output_dict: Dict[str, List[types.Artifact]],
+        exec_properties: Dict[str, Any],
+    ) -> None:
         data_dir, raw_dir = exec_properties["data_dir"], exec_properties.get("raw_dir") or None
         window: List[Tuple[int, Optional[str]]] = [(0, raw_dir)]
         if spans.has_span(raw_dir):
             requested = exec_properties.get("span")
-            window = spans.span_window(raw_dir, None if requested is None else int(requested),
-                                       int(exec_properties.get("span_window") or 1))
-            log.info("Reading span%s %s from %s", "s" if len(window) > 1 else "",
-                     ", ".join(str(s) for s, _ in window), raw_dir)
-        prepared = {span: tfds_prepare.prepare(
-            data_dir=spans.span_data_dir(data_dir, span) if spans.has_span(raw_dir) else data_dir,
-            source=exec_properties["source"],
-            raw_dir=folder,
-            synthetic=(int(exec_properties["synthetic_train_images"]),
-                       int(exec_properties["synthetic_test_images"]),
-                       int(exec_properties["synthetic_seed"])),
-            synthetic_like_oxford=bool(exec_properties.get("synthetic_like_oxford") or 0),
-            version=exec_properties["version"],
-            strict=bool(exec_properties["strict"]),
-        ) for span, folder in window}
+            window = spans.span_window(
+                raw_dir, None if requested is None else int(requested), int(exec_properties.get("span_window") or 1)
+            )
+            log.info(
+                "Reading span%s %s from %s",
+                "s" if len(window) > 1 else "",
+                ", ".join(str(s) for s, _ in window),
+                raw_dir,
+            )
+        prepared = {
+            span: tfds_prepare.prepare(
+                data_dir=spans.span_data_dir(data_dir, span) if spans.has_span(raw_dir) else data_dir,
+                source=exec_properties["source"],
+                raw_dir=folder,
+                synthetic=(
+                    int(exec_properties["synthetic_train_images"]),
+                    int(exec_properties["synthetic_test_images"]),
+                    int(exec_properties["synthetic_seed"]),
+                ),
+                synthetic_like_oxford=bool(exec_properties.get("synthetic_like_oxford") or 0),
+                version=exec_properties["version"],
+                strict=bool(exec_properties["strict"]),
+            )
+            for span, folder in window
+        }
         newest, newest_dir = window[-1]
         # TFX split -> (span's prepared dataset, TFDS split): the newest span whole, older ones' train only.
         splits = {split: (prepared[newest], tfds_split) for tfds_split, split in SPLITS.items()}
@@ -114,8 +128,10 @@ class Executor(base_executor.BaseExecutor):
             fileio.makedirs(split_dir)
             # New files, not links: the artifact must stay valid if the TFDS data_dir is deleted or moved.
             # Uncompressed is fine: TFXIO picks GZIP only for *.gz names, so these files are read as is.
-            counts[split] = sum(add_image_statistics(path, os.path.join(split_dir, os.path.basename(path)))
-                                for path in dataset.files[tfds_split])
+            counts[split] = sum(
+                add_image_statistics(path, os.path.join(split_dir, os.path.basename(path)))
+                for path in dataset.files[tfds_split]
+            )
             log.info("Split %s: %d examples from TFDS %s of %s", split, counts[split], tfds_split, dataset.data_dir)
 
         examples_utils.set_payload_format(examples, example_gen_pb2.FORMAT_TF_EXAMPLE)
@@ -126,8 +142,11 @@ class Executor(base_executor.BaseExecutor):
         examples.span = newest
         examples.set_string_custom_property(
             example_gen_utils.FINGERPRINT_PROPERTY_NAME,
-            "\n".join(io_utils.generate_fingerprint(split, dataset.file_patterns[tfds_split])
-                      for split, (dataset, tfds_split) in splits.items()))
+            "\n".join(
+                io_utils.generate_fingerprint(split, dataset.file_patterns[tfds_split])
+                for split, (dataset, tfds_split) in splits.items()
+            ),
+        )
         latest = prepared[newest]
         examples.set_string_custom_property("tfds_name", latest.name)
         examples.set_string_custom_property("tfds_version", latest.version)
@@ -137,9 +156,15 @@ class Executor(base_executor.BaseExecutor):
         examples.set_int_custom_property("num_train", counts["train"])
         examples.set_int_custom_property("num_eval", counts["eval"])
         # The window, oldest first, and the train examples each span gives the Trainer.
-        examples.set_string_custom_property("spans", json.dumps([
-            {"span": span, "train": counts["train" if span == newest else window_split(span)]}
-            for span, _ in window]))
+        examples.set_string_custom_property(
+            "spans",
+            json.dumps(
+                [
+                    {"span": span, "train": counts["train" if span == newest else window_split(span)]}
+                    for span, _ in window
+                ]
+            ),
+        )
         for key in ("skipped", "repaired"):
             total = collections.Counter()
             for dataset in prepared.values():
@@ -164,8 +189,9 @@ def add_image_statistics(source: str, target: str) -> int:
 
     Decoding runs in parallel in tf.data; the records keep their order and every other feature.
     """
-    records = tf.data.TFRecordDataset(source).map(_with_image_statistics, num_parallel_calls=tf.data.AUTOTUNE,
-                                                  deterministic=True)
+    records = tf.data.TFRecordDataset(source).map(
+        _with_image_statistics, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+    )
     count = 0
     with tf.io.TFRecordWriter(target) as writer:
         for record, height, width, brightness in records.as_numpy_iterator():
@@ -190,10 +216,20 @@ class TfdsExampleGen(base_component.BaseComponent):
     SPEC_CLASS = TfdsExampleGenSpec
     EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(Executor)
 
-    def __init__(self, data_dir: str, source: str = "synthetic", raw_dir: Optional[str] = None,
-                 version: str = "4.*.*", synthetic_train_images: int = 480, synthetic_test_images: int = 120,
-                 synthetic_seed: int = 0, strict: bool = False, span: Optional[int] = None,
-                 synthetic_like_oxford: bool = False, span_window: int = 1):
+    def __init__(
+        self,
+        data_dir: str,
+        source: str = "synthetic",
+        raw_dir: Optional[str] = None,
+        version: str = "4.*.*",
+        synthetic_train_images: int = 480,
+        synthetic_test_images: int = 120,
+        synthetic_seed: int = 0,
+        strict: bool = False,
+        span: Optional[int] = None,
+        synthetic_like_oxford: bool = False,
+        span_window: int = 1,
+    ):
         """raw_dir may hold `{SPAN}` (e.g. /data/pets/span-{SPAN}); span None reads the latest span, and
         span_window the newest that-many spans up to it."""
         tfds_prepare.check_source(source, raw_dir)
@@ -202,13 +238,21 @@ class TfdsExampleGen(base_component.BaseComponent):
             raise ValueError(f"span={span} needs a raw_dir with {spans.SPAN_TOKEN}, got {raw_dir!r}")
         if span_window != 1 and not spanned:
             raise ValueError(f"span_window={span_window} needs a raw_dir with {spans.SPAN_TOKEN}, got {raw_dir!r}")
-        super().__init__(spec=TfdsExampleGenSpec(
-            source=source, data_dir=data_dir, raw_dir=raw_dir or "", version=version,
-            synthetic_train_images=int(synthetic_train_images), synthetic_test_images=int(synthetic_test_images),
-            synthetic_seed=int(synthetic_seed), strict=int(bool(strict)),
-            synthetic_like_oxford=int(bool(synthetic_like_oxford)) if source == "synthetic" else None,
-            span=(-1 if span is None else int(span)) if spanned else None,
-            synthetic_generator=synthetic.GENERATOR_VERSION if source == "synthetic" else None,
-            span_window=int(span_window) if span_window != 1 else None,
-            image_statistics=IMAGE_STATISTICS_VERSION,
-            examples=types.Channel(type=standard_artifacts.Examples)))
+        super().__init__(
+            spec=TfdsExampleGenSpec(
+                source=source,
+                data_dir=data_dir,
+                raw_dir=raw_dir or "",
+                version=version,
+                synthetic_train_images=int(synthetic_train_images),
+                synthetic_test_images=int(synthetic_test_images),
+                synthetic_seed=int(synthetic_seed),
+                strict=int(bool(strict)),
+                synthetic_like_oxford=int(bool(synthetic_like_oxford)) if source == "synthetic" else None,
+                span=(-1 if span is None else int(span)) if spanned else None,
+                synthetic_generator=synthetic.GENERATOR_VERSION if source == "synthetic" else None,
+                span_window=int(span_window) if span_window != 1 else None,
+                image_statistics=IMAGE_STATISTICS_VERSION,
+                examples=types.Channel(type=standard_artifacts.Examples),
+            )
+        )

@@ -33,13 +33,15 @@ def check_versions(installed: Callable[[str], str] = importlib.metadata.version)
         raise IncompatibleLibraryError(
             f"components/internals.py reaches into private code of {found}. Check each of its functions "
             "against the installed version (tests/test_internals.py has one test per function), then "
-            "update WRITTEN_FOR.")
+            "update WRITTEN_FOR."
+        )
 
 
 check_versions()
 
 
 # ---------------------------------------------------------------- TFX Transform: plain record sink
+
 
 @contextlib.contextmanager
 def transform_writes_plain_records() -> Iterator[None]:
@@ -76,16 +78,20 @@ def _plain_records_processor(base: type) -> type:
         def _EncodeAndWrite(pcoll, schema, file_format: str, output_path: str):
             if file_format != labels.FORMAT_TFRECORD:
                 return pcoll | "EncodeAndWrite" >> base._EncodeAndWrite(  # pylint: disable=no-value-for-parameter
-                    schema=schema, file_format=file_format, output_path=output_path)
-            return (pcoll
-                    | "EncodeAndSerialize" >> beam.ParDo(base._RecordBatchToExamplesFn(schema))
-                    | "ExtractExamples" >> beam.Values()
-                    | "WriteToTFRecord" >> beam.io.WriteToTFRecord(output_path))
+                    schema=schema, file_format=file_format, output_path=output_path
+                )
+            return (
+                pcoll
+                | "EncodeAndSerialize" >> beam.ParDo(base._RecordBatchToExamplesFn(schema))
+                | "ExtractExamples" >> beam.Values()
+                | "WriteToTFRecord" >> beam.io.WriteToTFRecord(output_path)
+            )
 
     return PlainRecordsProcessor
 
 
 # ---------------------------------------------------------------- TFX Evaluator: fixed model batches
+
 
 @contextlib.contextmanager
 def evaluator_reads_batches_of(batch_size: int) -> Iterator[None]:
@@ -128,6 +134,7 @@ class _BatchedTfxioUtils:
 
 # ---------------------------------------------------------------- TFX DistributionValidator: its config and verdicts
 
+
 @contextlib.contextmanager
 def distribution_validator_fixed(exec_properties: Dict[str, Any]) -> Iterator[Dict[str, Any]]:
     """Within the block, TFX's DistributionValidator executor judges every comparator; yields its exec properties
@@ -152,7 +159,8 @@ def distribution_validator_fixed(exec_properties: Dict[str, Any]) -> Iterator[Di
         config = proto_utils.json_to_proto(config, distribution_validator_pb2.DistributionValidatorConfig())
     original = validator_executor._COMPARISON_ANOMALY_TYPES  # pylint: disable=protected-access
     validator_executor._COMPARISON_ANOMALY_TYPES = original | {  # pylint: disable=protected-access
-        anomalies_pb2.AnomalyInfo.Type.COMPARATOR_NORMALIZED_ABSOLUTE_DIFFERENCE_HIGH}
+        anomalies_pb2.AnomalyInfo.Type.COMPARATOR_NORMALIZED_ABSOLUTE_DIFFERENCE_HIGH
+    }
     try:
         yield {**exec_properties, key: config} if key in exec_properties else dict(exec_properties)
     finally:
@@ -164,8 +172,11 @@ def distribution_validator_fixed(exec_properties: Dict[str, Any]) -> Iterator[Di
 # The log records LocalDagRunner (tfx/orchestration/local/local_dag_runner.py) and its launcher
 # (orchestration/portable/launcher.py) write as a node starts, reuses a cached execution and ends:
 # TFX has no progress callback, so these messages, by their format string, are the only signal.
-_LOCAL_RUNNER_LINES = {"Component %s is running.": "running", "A cached execution %d is used.": "cached",
-                       "Component %s is finished.": "finished"}
+_LOCAL_RUNNER_LINES = {
+    "Component %s is running.": "running",
+    "A cached execution %d is used.": "cached",
+    "Component %s is finished.": "finished",
+}
 
 
 def local_runner_progress(record: logging.LogRecord) -> Tuple[str, Any]:
@@ -175,6 +186,7 @@ def local_runner_progress(record: logging.LogRecord) -> Tuple[str, Any]:
 
 
 # ---------------------------------------------------------------- TFX Kubeflow V2 task entrypoint
+
 
 def parse_kubeflow_v2_executor_flags(argv: List[str]) -> Tuple[Any, List[str]]:
     """(TFX's parsed flags, Beam args) for `kubeflow_v2_run_executor.main`, split exactly as TFX splits them.
@@ -188,6 +200,7 @@ def parse_kubeflow_v2_executor_flags(argv: List[str]) -> Tuple[Any, List[str]]:
 
 
 # ---------------------------------------------------------------- TFDS: the real builder, offline
+
 
 def tfds_reencoded_names() -> FrozenSet[str]:
     """Samples the `oxford_iiit_pet` builder re-encodes with tf.io.encode_jpeg (which takes 1 or 3 channels)."""
@@ -218,9 +231,17 @@ def extracted_tfds_builder(dataset_name: str, list_files: Tuple[Tuple[str, str],
         def _split_generators(self, dl_manager):
             # What the real builder derives from download_and_extract(): <root>/images and <root>/annotations.
             images, annotations = self._archive_root / "images", self._archive_root / "annotations"
-            return [tfds.core.SplitGenerator(name=split, gen_kwargs={
-                "images_dir_path": os.fspath(images), "annotations_dir_path": os.fspath(annotations),
-                "images_list_file": os.fspath(annotations / list_name)}) for split, list_name in list_files]
+            return [
+                tfds.core.SplitGenerator(
+                    name=split,
+                    gen_kwargs={
+                        "images_dir_path": os.fspath(images),
+                        "annotations_dir_path": os.fspath(annotations),
+                        "images_list_file": os.fspath(annotations / list_name),
+                    },
+                )
+                for split, list_name in list_files
+            ]
 
         # TFDS prints these to stdout for downloads a user may want to cancel; nothing is downloaded here.
         def _log_download_bytes(self) -> None:

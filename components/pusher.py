@@ -102,10 +102,13 @@ def remove_abandoned(base: str, now: Optional[float] = None) -> List[str]:
     removed = []
     for name in sorted(os.listdir(base)) if os.path.isdir(base) else []:
         path = os.path.join(base, name)
-        if name.endswith(_OWNER_SUFFIX) and _STAGING.match(name[:-len(_OWNER_SUFFIX)]):
+        if name.endswith(_OWNER_SUFFIX) and _STAGING.match(name[: -len(_OWNER_SUFFIX)]):
             # Left alone while its folder exists; an orphan is a push that died between creating the two.
-            if os.path.lexists(path) and not os.path.exists(path[:-len(_OWNER_SUFFIX)]) \
-                    and now - os.lstat(path).st_mtime > LEASE_SECONDS:
+            if (
+                os.path.lexists(path)
+                and not os.path.exists(path[: -len(_OWNER_SUFFIX)])
+                and now - os.lstat(path).st_mtime > LEASE_SECONDS
+            ):
                 os.remove(path)
             continue
         if not _STAGING.match(name):
@@ -143,8 +146,9 @@ def publish(model_path: str, base: str, version: str, statistics: Optional[types
     a kill at any moment leaves either no version or a complete one.
     """
     if not serving.holds_model(model_path):
-        raise FileNotFoundError(f"{model_path} has no {serving.SAVED_MODEL_FILE}; refusing to push a model "
-                                "TF Serving could not load")
+        raise FileNotFoundError(
+            f"{model_path} has no {serving.SAVED_MODEL_FILE}; refusing to push a model TF Serving could not load"
+        )
     target = os.path.join(base, version)
     os.makedirs(base, exist_ok=True)
     staging = begin_staging(base, version)
@@ -179,10 +183,15 @@ class Executor(pusher_executor.Executor):
       (`serving.STATISTICS_DIR`): the next run's baseline for drift, published as atomically as the model.
     """
 
-    def Do(self, input_dict: Dict[str, List[types.Artifact]], output_dict: Dict[str, List[types.Artifact]],
-           exec_properties: Dict[str, Any]) -> None:
+    def Do(
+        self,
+        input_dict: Dict[str, List[types.Artifact]],
+        output_dict: Dict[str, List[types.Artifact]],
+        exec_properties: Dict[str, Any],
+    ) -> None:
         destination = proto_utils.json_to_proto(
-            exec_properties[standard_component_specs.PUSH_DESTINATION_KEY], pusher_pb2.PushDestination())
+            exec_properties[standard_component_specs.PUSH_DESTINATION_KEY], pusher_pb2.PushDestination()
+        )
         fs_config = destination.filesystem
         if destination.WhichOneof("destination") != "filesystem":
             return super().Do(input_dict, output_dict, exec_properties)
@@ -196,7 +205,9 @@ class Executor(pusher_executor.Executor):
         statistics = next(iter(input_dict.get(STATISTICS_KEY) or []), None)
         base = fs_config.base_directory
         newest = serving.latest_version(base)
-        if newest is not None and serving.fingerprint(os.path.join(base, str(newest))) == serving.fingerprint(model_path):
+        if newest is not None and serving.fingerprint(os.path.join(base, str(newest))) == serving.fingerprint(
+            model_path
+        ):
             version = str(newest)
             logging.info("Model %s is already served as version %s; not pushed again.", model_path, version)
         else:
@@ -219,8 +230,10 @@ class Executor(pusher_executor.Executor):
 class AtomicPusherSpec(standard_component_specs.PusherSpec):
     """TFX's Pusher spec and the statistics to publish with the model."""
 
-    INPUTS = {**standard_component_specs.PusherSpec.INPUTS,
-              STATISTICS_KEY: ChannelParameter(type=standard_artifacts.ExampleStatistics, optional=True)}
+    INPUTS = {
+        **standard_component_specs.PusherSpec.INPUTS,
+        STATISTICS_KEY: ChannelParameter(type=standard_artifacts.ExampleStatistics, optional=True),
+    }
 
 
 class AtomicPusher(pusher_component.Pusher):
@@ -229,15 +242,30 @@ class AtomicPusher(pusher_component.Pusher):
     SPEC_CLASS = AtomicPusherSpec
     EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(Executor)
 
-    def __init__(self, model=None, model_blessing=None, infra_blessing=None, push_destination=None,
-                 custom_config=None, statistics=None):
+    def __init__(
+        self,
+        model=None,
+        model_blessing=None,
+        infra_blessing=None,
+        push_destination=None,
+        custom_config=None,
+        statistics=None,
+    ):
         # TFX's own "push_destination is required" check only fires for its stock executor class.
         if push_destination is None:
             raise ValueError("AtomicPusher needs push_destination (a filesystem base directory)")
         if model is None:
             raise ValueError("AtomicPusher needs the model to push")
         # TFX's Pusher builds its own spec, which has no `statistics`; the base class takes ours.
-        base_component.BaseComponent.__init__(self, spec=AtomicPusherSpec(
-            model=model, model_blessing=model_blessing, infra_blessing=infra_blessing,
-            push_destination=push_destination, custom_config=json_utils.dumps(custom_config),
-            statistics=statistics, pushed_model=types.Channel(type=standard_artifacts.PushedModel)))
+        base_component.BaseComponent.__init__(
+            self,
+            spec=AtomicPusherSpec(
+                model=model,
+                model_blessing=model_blessing,
+                infra_blessing=infra_blessing,
+                push_destination=push_destination,
+                custom_config=json_utils.dumps(custom_config),
+                statistics=statistics,
+                pushed_model=types.Channel(type=standard_artifacts.PushedModel),
+            ),
+        )

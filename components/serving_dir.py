@@ -31,15 +31,20 @@ def served_versions(serving_dir: str) -> List[int]:
     The Pusher publishes only blessed models and a version counts once its saved_model.pb exists
     (written last, or renamed into place whole), which is also when TF Serving loads it.
     """
-    return sorted(version for version in _numbered(serving_dir)
-                  if holds_model(os.path.join(serving_dir, str(version))))
+    return sorted(version for version in _numbered(serving_dir) if holds_model(os.path.join(serving_dir, str(version))))
 
 
 def latest_version(serving_dir: str) -> Optional[int]:
     """The version TF Serving's default policy serves, or None before the first push."""
     # Newest first, stopping at the first complete one: each check is a request on gs://.
-    return next((version for version in sorted(_numbered(serving_dir), reverse=True)
-                 if holds_model(os.path.join(serving_dir, str(version)))), None)
+    return next(
+        (
+            version
+            for version in sorted(_numbered(serving_dir), reverse=True)
+            if holds_model(os.path.join(serving_dir, str(version)))
+        ),
+        None,
+    )
 
 
 def _numbered(serving_dir: str) -> List[int]:
@@ -72,8 +77,9 @@ def place(source: str, target: str, before_model: Optional[Callable[[str], None]
     `before_model(target)` runs just before saved_model.pb goes in, so what it adds appears with the model.
     """
     if not holds_model(source):
-        raise FileNotFoundError(f"{source} has no {SAVED_MODEL_FILE}; refusing to place a model TF Serving "
-                                "could not load")
+        raise FileNotFoundError(
+            f"{source} has no {SAVED_MODEL_FILE}; refusing to place a model TF Serving could not load"
+        )
     last = (os.path.join(source, SAVED_MODEL_FILE), os.path.join(target, SAVED_MODEL_FILE))
     if _same_local_filesystem(source, os.path.dirname(target.rstrip("/")) or "."):
         for root, _, files in os.walk(source):
@@ -98,8 +104,9 @@ def write_statistics(statistics: types.Artifact, splits: Sequence[str], version_
     for split in splits:
         source = artifact_utils.get_split_uri([statistics], split)
         _copy_stats(source, os.path.join(target, os.path.basename(source.rstrip("/"))))
-    io_utils.write_string_file(os.path.join(target, _STATISTICS_PROPERTIES),
-                               json.dumps({"span": statistics.span, "split_names": list(splits)}))
+    io_utils.write_string_file(
+        os.path.join(target, _STATISTICS_PROPERTIES), json.dumps({"span": statistics.span, "split_names": list(splits)})
+    )
 
 
 def read_statistics(version_dir: str, statistics: types.Artifact) -> bool:

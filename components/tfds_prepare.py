@@ -66,11 +66,12 @@ def check_source(source: str, raw_dir: Optional[PathLike]) -> None:
         raise ValueError("source='raw-dir' needs raw_dir (the folder holding images/ and annotations/)")
 
 
-
 def archive_urls(builder) -> Dict[str, str]:
     """{"images": URL, "annotations": URL}: the two archives the builder downloads, from its checksums file."""
-    urls = {pathlib.PurePosixPath(urllib.parse.urlparse(url).path).name.split(".")[0]: url
-            for url in builder.url_infos or {}}
+    urls = {
+        pathlib.PurePosixPath(urllib.parse.urlparse(url).path).name.split(".")[0]: url
+        for url in builder.url_infos or {}
+    }
     if set(urls) != {"images", "annotations"}:
         raise RuntimeError(f"the {NAME} builder no longer downloads images and annotations archives: {urls}")
     return urls
@@ -112,17 +113,25 @@ def _resolve(host: str, port: int, timeout: float) -> list:
 
 
 def _offline_help(urls: Mapping[str, str], problem: str) -> str:
-    return (f"{NAME} must be downloaded, but {problem}. On a machine without internet, fetch the two "
-            f"archives elsewhere:\n  {urls['images']}\n  {urls['annotations']}\n"
-            "extract both into one folder (tar -xf images.tar.gz -C DIR; tar -xf annotations.tar.gz -C DIR; "
-            "DIR then holds images/ and annotations/) and run with --oxford-raw-dir DIR "
-            "(data.oxford_raw_dir: DIR in a config file).")
+    return (
+        f"{NAME} must be downloaded, but {problem}. On a machine without internet, fetch the two "
+        f"archives elsewhere:\n  {urls['images']}\n  {urls['annotations']}\n"
+        "extract both into one folder (tar -xf images.tar.gz -C DIR; tar -xf annotations.tar.gz -C DIR; "
+        "DIR then holds images/ and annotations/) and run with --oxford-raw-dir DIR "
+        "(data.oxford_raw_dir: DIR in a config file)."
+    )
 
 
-def prepare(data_dir: PathLike, source: str, raw_dir: Optional[PathLike] = None,
-            synthetic: Tuple[int, int, int] = (480, 120, 0), version: str = "4.*.*",
-            strict: bool = False, synthetic_like_oxford: bool = False,
-            download_urls: Optional[Mapping[str, str]] = None) -> PreparedDataset:
+def prepare(
+    data_dir: PathLike,
+    source: str,
+    raw_dir: Optional[PathLike] = None,
+    synthetic: Tuple[int, int, int] = (480, 120, 0),
+    version: str = "4.*.*",
+    strict: bool = False,
+    synthetic_like_oxford: bool = False,
+    download_urls: Optional[Mapping[str, str]] = None,
+) -> PreparedDataset:
     """Builds `oxford_iiit_pet` into data_dir unless it is already there; returns where it is.
 
     synthetic: (train images, test images, seed), used when source == "synthetic";
@@ -156,8 +165,9 @@ def prepare(data_dir: PathLike, source: str, raw_dir: Optional[PathLike] = None,
     elif source == "synthetic":
         train, test, seed = (int(v) for v in synthetic)
         style = "-like-oxford" if synthetic_like_oxford else ""
-        raw = synthetic_archive.write_archive(work / f"synthetic_raw-{train}-{test}-{seed}{style}", train, test,
-                                              seed, like_oxford=synthetic_like_oxford)
+        raw = synthetic_archive.write_archive(
+            work / f"synthetic_raw-{train}-{test}-{seed}{style}", train, test, seed, like_oxford=synthetic_like_oxford
+        )
     elif remote:
         raw = _copy_to_local(os.fspath(raw_dir), work / "raw")
     else:
@@ -173,8 +183,14 @@ def prepare(data_dir: PathLike, source: str, raw_dir: Optional[PathLike] = None,
     prepared = _describe(builder, data_dir, origin, skipped, repaired)
     work.mkdir(parents=True, exist_ok=True)
     record.write_text(json.dumps(dataclasses.asdict(prepared), indent=2, sort_keys=True))
-    log.info("Prepared %s %s: %s examples, skipped %s, repaired %s", NAME, prepared.version,
-             prepared.num_examples, skipped or "none", repaired or "none")
+    log.info(
+        "Prepared %s %s: %s examples, skipped %s, repaired %s",
+        NAME,
+        prepared.version,
+        prepared.num_examples,
+        skipped or "none",
+        repaired or "none",
+    )
     return prepared
 
 
@@ -195,8 +211,9 @@ def _copy_to_local(remote: str, local: pathlib.Path) -> pathlib.Path:
     return local
 
 
-def _download(builder, data_dir: pathlib.Path, work: pathlib.Path,
-              download_urls: Optional[Mapping[str, str]]) -> pathlib.Path:
+def _download(
+    builder, data_dir: pathlib.Path, work: pathlib.Path, download_urls: Optional[Mapping[str, str]]
+) -> pathlib.Path:
     """Downloads and extracts the two archives with TFDS's download manager; returns a folder of both.
 
     The builder's own download_and_prepare would hand the real archive straight to the builder, which
@@ -209,8 +226,10 @@ def _download(builder, data_dir: pathlib.Path, work: pathlib.Path,
     check_reachable(urls)
     log.info("Downloading %s into %s", ", ".join(urls.values()), data_dir / "downloads")
     manager = tfds.download.DownloadManager(
-        download_dir=data_dir / "downloads", dataset_name=NAME,
-        url_infos=builder.url_infos if download_urls is None else None)
+        download_dir=data_dir / "downloads",
+        dataset_name=NAME,
+        url_infos=builder.url_infos if download_urls is None else None,
+    )
     extracted = manager.download_and_extract(urls)
     # Each archive extracts to a folder holding images/ or annotations/; staging wants both side by side.
     raw = work / "downloaded"
@@ -227,14 +246,18 @@ def _reuse(builder, data_dir: pathlib.Path, record: pathlib.Path, origin: Dict[s
     if record.exists():
         previous = json.loads(record.read_text())
         if previous["origin"] != origin:
-            raise ValueError(f"{builder.data_dir} already holds {NAME} prepared from {previous['origin']}, "
-                             f"not {origin}; use another data_dir or delete that one")
+            raise ValueError(
+                f"{builder.data_dir} already holds {NAME} prepared from {previous['origin']}, "
+                f"not {origin}; use another data_dir or delete that one"
+            )
         skipped, repaired = previous["skipped"], previous["repaired"]
     elif origin["source"] == "download":
         skipped, repaired = {}, {}  # prepared by plain TFDS elsewhere: the real dataset
     else:
-        raise ValueError(f"{builder.data_dir} holds a {NAME} not prepared by this module (no {record}); "
-                         f"it cannot be the {origin['source']} data asked for; use another data_dir")
+        raise ValueError(
+            f"{builder.data_dir} holds a {NAME} not prepared by this module (no {record}); "
+            f"it cannot be the {origin['source']} data asked for; use another data_dir"
+        )
     log.info("Reusing %s %s in %s (skipped %s)", NAME, builder.version, builder.data_dir, skipped or "none")
     return _describe(builder, data_dir, origin, skipped, repaired)
 
@@ -243,17 +266,26 @@ def _describe(builder, data_dir: pathlib.Path, origin, skipped, repaired) -> Pre
     splits = builder.info.splits
     files = {s: sorted(os.fspath(p) for p in splits[s].filepaths) for s in LIST_FILES}
     return PreparedDataset(
-        name=NAME, version=str(builder.version), data_dir=os.fspath(data_dir),
-        dataset_dir=os.fspath(builder.data_dir), source=str(origin["source"]),
-        file_patterns={s: os.path.join(builder.data_dir, f"{NAME}-{s}.{builder.info.file_format.value}*")
-                       for s in LIST_FILES},
-        files=files, num_examples={s: int(splits[s].num_examples) for s in LIST_FILES},
-        skipped=dict(skipped), repaired=dict(repaired), origin=dict(origin))
+        name=NAME,
+        version=str(builder.version),
+        data_dir=os.fspath(data_dir),
+        dataset_dir=os.fspath(builder.data_dir),
+        source=str(origin["source"]),
+        file_patterns={
+            s: os.path.join(builder.data_dir, f"{NAME}-{s}.{builder.info.file_format.value}*") for s in LIST_FILES
+        },
+        files=files,
+        num_examples={s: int(splits[s].num_examples) for s in LIST_FILES},
+        skipped=dict(skipped),
+        repaired=dict(repaired),
+        origin=dict(origin),
+    )
 
 
 def _build_offline(builder, archive_root: pathlib.Path) -> None:
     """Runs the real builder's example generation and writers on an extracted archive folder."""
     log.info("Building %s %s from %s", NAME, builder.version, archive_root)
     extracted = internals.extracted_tfds_builder(NAME, tuple(LIST_FILES.items()))(
-        archive_root, data_dir=builder.data_dir_root, version=str(builder.version))
+        archive_root, data_dir=builder.data_dir_root, version=str(builder.version)
+    )
     extracted.download_and_prepare()

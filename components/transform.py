@@ -31,8 +31,12 @@ class Executor(transform_executor.Executor):
     own, and on every orchestrator, whichever spans a scheduled run finds.
     """
 
-    def Do(self, input_dict: Dict[str, List[types.Artifact]], output_dict: Dict[str, List[types.Artifact]],
-           exec_properties: Dict[str, Any]) -> None:
+    def Do(
+        self,
+        input_dict: Dict[str, List[types.Artifact]],
+        output_dict: Dict[str, List[types.Artifact]],
+        exec_properties: Dict[str, Any],
+    ) -> None:
         with internals.transform_writes_plain_records():
             super().Do(input_dict, output_dict, exec_properties)
         for artifact in output_dict.get("transformed_examples", []):

@@ -28,8 +28,9 @@ def load_anomalies(anomalies: standard_artifacts.ExampleAnomalies) -> Dict[str, 
         split_dir = artifact_utils.get_split_uri([anomalies], split)
         path = os.path.join(split_dir, ANOMALIES_FILE)
         if not fileio.exists(path):
-            raise FileNotFoundError(f"no {ANOMALIES_FILE} for split {split!r} in {split_dir}; "
-                                    "is this the output of ExampleValidator?")
+            raise FileNotFoundError(
+                f"no {ANOMALIES_FILE} for split {split!r} in {split_dir}; is this the output of ExampleValidator?"
+            )
         by_split[split] = anomalies_pb2.Anomalies.FromString(io_utils.read_bytes_file(path))
     return by_split
 
@@ -47,8 +48,13 @@ def describe_anomalies(by_split: Mapping[str, anomalies_pb2.Anomalies]) -> str:
             lines.append(f"  split {split!r}, feature {feature!r}: {_describe(proto.anomaly_info[feature])}")
     if not lines:
         return ""
-    return "\n".join(["ExampleValidator found anomalies; stopping before Transform:", *lines,
-                      "Fix the data, or update transform/schema.pbtxt if the data is right."])
+    return "\n".join(
+        [
+            "ExampleValidator found anomalies; stopping before Transform:",
+            *lines,
+            "Fix the data, or update transform/schema.pbtxt if the data is right.",
+        ]
+    )
 
 
 def _describe(info: anomalies_pb2.AnomalyInfo) -> str:

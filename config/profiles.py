@@ -54,8 +54,9 @@ PROFILES: Dict[str, Dict[str, Any]] = {
 }
 
 
-def load_config(profile: str = "quick", config_file: Optional[str] = None,
-                overrides: Iterable[str] = (), validate: bool = True) -> PipelineConfig:
+def load_config(
+    profile: str = "quick", config_file: Optional[str] = None, overrides: Iterable[str] = (), validate: bool = True
+) -> PipelineConfig:
     """Profile, then the YAML config file, then `key=value` overrides; validated unless the caller sets more."""
     if profile not in PROFILES:
         raise ConfigError(f"profile: unknown profile {profile!r}; choose one of {sorted(PROFILES)}")

@@ -41,11 +41,15 @@ def attribute_docs(cls: type) -> Dict[str, str]:
 @functools.lru_cache(maxsize=None)
 def _attribute_docs(cls: type) -> tuple:
     body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body
-    return tuple((stmt.target.id, " ".join(following.value.value.split()))
-                 for stmt, following in zip(body, body[1:])
-                 if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name)
-                 and isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant)
-                 and isinstance(following.value.value, str))
+    return tuple(
+        (stmt.target.id, " ".join(following.value.value.split()))
+        for stmt, following in zip(body, body[1:])
+        if isinstance(stmt, ast.AnnAssign)
+        and isinstance(stmt.target, ast.Name)
+        and isinstance(following, ast.Expr)
+        and isinstance(following.value, ast.Constant)
+        and isinstance(following.value.value, str)
+    )
 
 
 def type_name(hint: Any) -> str:
@@ -68,5 +72,12 @@ def _walk(defaults: Any, config: Any, prefix: str, rows: List[Setting]) -> None:
         if dataclasses.is_dataclass(value):
             _walk(getattr(defaults, field.name), value, f"{prefix}{field.name}.", rows)
             continue
-        rows.append(Setting(prefix + field.name, type_name(hints[field.name]), getattr(defaults, field.name), value,
-                            docs.get(field.name, "")))
+        rows.append(
+            Setting(
+                prefix + field.name,
+                type_name(hints[field.name]),
+                getattr(defaults, field.name),
+                value,
+                docs.get(field.name, ""),
+            )
+        )

@@ -193,7 +193,7 @@ class TrainConfig:
     """Examples in the training shuffle buffer."""
     # A split whose transformed records take up to this many bytes is held in memory after the first
     # epoch (uint8 pixels: about the same size decoded); a larger one streams from its files each epoch.
-    cache_max_bytes: int = 2 * 1024 ** 3
+    cache_max_bytes: int = 2 * 1024**3
     """A train split up to this size is held in memory after its first epoch."""
     warm_start: bool = False
     """Start from the served model's weights when its architecture matches."""
@@ -263,28 +263,39 @@ class PipelineConfig:
         _check(self.data.synthetic_train_images >= 1, "data.synthetic_train_images", "must be >= 1")
         _check(self.data.synthetic_test_images >= 1, "data.synthetic_test_images", "must be >= 1")
         if self.data.oxford_raw_dir is not None:
-            _check(self.data.dataset == "oxford_iiit_pet", "data.oxford_raw_dir",
-                   "needs data.dataset=oxford_iiit_pet")
+            _check(self.data.dataset == "oxford_iiit_pet", "data.oxford_raw_dir", "needs data.dataset=oxford_iiit_pet")
         if self.data.span is not None:
             _check(self.data.span >= 0, "data.span", "must be >= 0 or null (the latest span)")
-            _check("{SPAN}" in (self.data.oxford_raw_dir or ""), "data.span",
-                   "needs a data.oxford_raw_dir with {SPAN}, e.g. /data/pets/span-{SPAN}")
+            _check(
+                "{SPAN}" in (self.data.oxford_raw_dir or ""),
+                "data.span",
+                "needs a data.oxford_raw_dir with {SPAN}, e.g. /data/pets/span-{SPAN}",
+            )
         _check(self.data.span_window >= 1, "data.span_window", "must be >= 1")
         if self.data.span_window > 1:
-            _check("{SPAN}" in (self.data.oxford_raw_dir or ""), "data.span_window",
-                   "needs a data.oxford_raw_dir with {SPAN}, e.g. /data/pets/span-{SPAN}")
+            _check(
+                "{SPAN}" in (self.data.oxford_raw_dir or ""),
+                "data.span_window",
+                "needs a data.oxford_raw_dir with {SPAN}, e.g. /data/pets/span-{SPAN}",
+            )
         for key, why in _model_and_train_problems(self.model, self.train):
             raise ConfigError(f"{key}: {why}")
         _check(0 <= self.eval.min_mean_iou <= 1, "eval.min_mean_iou", "must be in [0, 1]")
         _check(0 <= self.eval.max_regression <= 1, "eval.max_regression", "must be in [0, 1]")
         _check(self.eval.report_images >= 0, "eval.report_images", "must be >= 0")
         _check(self.eval.batch_size >= 1, "eval.batch_size", "must be >= 1")
-        _check(self.eval.baseline_version is None or self.eval.baseline_version >= 0, "eval.baseline_version",
-               "must be a served version number or null (the newest)")
+        _check(
+            self.eval.baseline_version is None or self.eval.baseline_version >= 0,
+            "eval.baseline_version",
+            "must be a served version number or null (the newest)",
+        )
         _validate_drift(self.drift)
         _validate_beam(self.beam)
-        _check(bool(self.name) and self.name.replace("-", "").replace("_", "").isalnum(), "name",
-               "must be letters, digits, '-' or '_'")
+        _check(
+            bool(self.name) and self.name.replace("-", "").replace("_", "").isalnum(),
+            "name",
+            "must be letters, digits, '-' or '_'",
+        )
         return self
 
 
@@ -302,30 +313,48 @@ def _validate_beam(beam: BeamConfig) -> None:
     _check(beam.runner in BEAM_RUNNERS, "beam.runner", f"must be one of {BEAM_RUNNERS}")
     _check(beam.direct_workers >= 1, "beam.direct_workers", "must be >= 1")
     for arg in beam.args:
-        _check(not arg.startswith(("--runner", "--job_endpoint", "--environment_type")), "beam.args",
-               f"{arg!r}: set beam.runner / beam.job_endpoint / beam.environment instead")
+        _check(
+            not arg.startswith(("--runner", "--job_endpoint", "--environment_type")),
+            "beam.args",
+            f"{arg!r}: set beam.runner / beam.job_endpoint / beam.environment instead",
+        )
     if beam.runner != "direct":
         _check(beam.direct_workers == 1, "beam.direct_workers", "only applies to beam.runner=direct")
     if beam.runner in ("flink", "spark"):
-        _check(_host_port(beam.job_endpoint), "beam.job_endpoint",
-               f"must be host:port of Beam's {beam.runner} job server, got {beam.job_endpoint!r}")
+        _check(
+            _host_port(beam.job_endpoint),
+            "beam.job_endpoint",
+            f"must be host:port of Beam's {beam.runner} job server, got {beam.job_endpoint!r}",
+        )
         _check(beam.environment in BEAM_ENVIRONMENTS, "beam.environment", f"must be one of {BEAM_ENVIRONMENTS}")
         if beam.environment == "EXTERNAL":
-            _check(_host_port(beam.environment_config), "beam.environment_config",
-                   f"EXTERNAL needs the SDK worker pool as host:port, got {beam.environment_config!r}")
+            _check(
+                _host_port(beam.environment_config),
+                "beam.environment_config",
+                f"EXTERNAL needs the SDK worker pool as host:port, got {beam.environment_config!r}",
+            )
         elif beam.environment == "PROCESS":
-            _check(beam.environment_config.lstrip().startswith("{") and '"command"' in beam.environment_config,
-                   "beam.environment_config", 'PROCESS needs JSON like {"command": "/opt/apache/beam/boot"}')
+            _check(
+                beam.environment_config.lstrip().startswith("{") and '"command"' in beam.environment_config,
+                "beam.environment_config",
+                'PROCESS needs JSON like {"command": "/opt/apache/beam/boot"}',
+            )
         _check(beam.environment_cache_millis >= 0, "beam.environment_cache_millis", "must be >= 0")
         _check(bool(beam.sdk_image), "beam.sdk_image", "must name the SDK harness image")
     if beam.runner == "flink":
         _check(beam.parallelism >= 1, "beam.parallelism", "must be >= 1")
-        _check(_host_port(beam.flink_master), "beam.flink_master",
-               f"must be host:port of Flink's REST API, got {beam.flink_master!r}")
+        _check(
+            _host_port(beam.flink_master),
+            "beam.flink_master",
+            f"must be host:port of Flink's REST API, got {beam.flink_master!r}",
+        )
     if beam.runner == "dataflow":
         for flag in ("--project", "--region", "--temp_location"):
-            _check(any(a.startswith(flag + "=") for a in beam.args), "beam.args",
-                   f"beam.runner=dataflow needs {flag}=... in beam.args")
+            _check(
+                any(a.startswith(flag + "=") for a in beam.args),
+                "beam.args",
+                f"beam.runner=dataflow needs {flag}=... in beam.args",
+            )
 
 
 def _host_port(value: str) -> bool:
@@ -342,15 +371,24 @@ def _model_and_train_problems(model: ModelConfig, train: TrainConfig) -> List[Tu
     """(dotted key, why) for each invalid value, in field order; empty when all are valid."""
     weights = model.encoder_weights
     checks = [
-        (model.image_size >= 32 and model.image_size % 32 == 0, "model.image_size",
-         "must be a multiple of 32 (five 2x poolings), at least 32"),
+        (
+            model.image_size >= 32 and model.image_size % 32 == 0,
+            "model.image_size",
+            "must be a multiple of 32 (five 2x poolings), at least 32",
+        ),
         (0 < model.width_multiplier <= 1, "model.width_multiplier", "must be in (0, 1]"),
         (model.head_width >= 1, "model.head_width", "must be >= 1"),
         (0 <= model.dropout < 1, "model.dropout", "must be in [0, 1)"),
-        (weights in ENCODER_WEIGHTS or weights.endswith(".h5"), "model.encoder_weights",
-         f"must be one of {ENCODER_WEIGHTS} or a path to an .h5 file"),
-        (weights == "none" or model.width_multiplier == 1, "model.encoder_weights",
-         "pretrained VGG16 weights need model.width_multiplier=1"),
+        (
+            weights in ENCODER_WEIGHTS or weights.endswith(".h5"),
+            "model.encoder_weights",
+            f"must be one of {ENCODER_WEIGHTS} or a path to an .h5 file",
+        ),
+        (
+            weights == "none" or model.width_multiplier == 1,
+            "model.encoder_weights",
+            "pretrained VGG16 weights need model.width_multiplier=1",
+        ),
         (model.mixed_precision in MIXED_PRECISION, "model.mixed_precision", f"must be one of {MIXED_PRECISION}"),
         (model.serving_max_pixels >= 1, "model.serving_max_pixels", "must be >= 1"),
         (train.epochs >= 0, "train.epochs", "must be >= 0"),

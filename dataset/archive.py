@@ -17,15 +17,43 @@ CAT, DOG = 1, 2  # SPECIES_ID column
 # The real archive's 37 breeds in CLASS_ID order, as its file names spell them (`<breed>_<n>.jpg`): cats
 # capitalised, dogs in lower case. The TFDS builder's `label` names are this list in this order.
 _BREED_SPECIES: Tuple[Tuple[str, int], ...] = (
-    ("Abyssinian", CAT), ("american_bulldog", DOG), ("american_pit_bull_terrier", DOG), ("basset_hound", DOG),
-    ("beagle", DOG), ("Bengal", CAT), ("Birman", CAT), ("Bombay", CAT), ("boxer", DOG),
-    ("British_Shorthair", CAT), ("chihuahua", DOG), ("Egyptian_Mau", CAT), ("english_cocker_spaniel", DOG),
-    ("english_setter", DOG), ("german_shorthaired", DOG), ("great_pyrenees", DOG), ("havanese", DOG),
-    ("japanese_chin", DOG), ("keeshond", DOG), ("leonberger", DOG), ("Maine_Coon", CAT),
-    ("miniature_pinscher", DOG), ("newfoundland", DOG), ("Persian", CAT), ("pomeranian", DOG), ("pug", DOG),
-    ("Ragdoll", CAT), ("Russian_Blue", CAT), ("saint_bernard", DOG), ("samoyed", DOG),
-    ("scottish_terrier", DOG), ("shiba_inu", DOG), ("Siamese", CAT), ("Sphynx", CAT),
-    ("staffordshire_bull_terrier", DOG), ("wheaten_terrier", DOG), ("yorkshire_terrier", DOG),
+    ("Abyssinian", CAT),
+    ("american_bulldog", DOG),
+    ("american_pit_bull_terrier", DOG),
+    ("basset_hound", DOG),
+    ("beagle", DOG),
+    ("Bengal", CAT),
+    ("Birman", CAT),
+    ("Bombay", CAT),
+    ("boxer", DOG),
+    ("British_Shorthair", CAT),
+    ("chihuahua", DOG),
+    ("Egyptian_Mau", CAT),
+    ("english_cocker_spaniel", DOG),
+    ("english_setter", DOG),
+    ("german_shorthaired", DOG),
+    ("great_pyrenees", DOG),
+    ("havanese", DOG),
+    ("japanese_chin", DOG),
+    ("keeshond", DOG),
+    ("leonberger", DOG),
+    ("Maine_Coon", CAT),
+    ("miniature_pinscher", DOG),
+    ("newfoundland", DOG),
+    ("Persian", CAT),
+    ("pomeranian", DOG),
+    ("pug", DOG),
+    ("Ragdoll", CAT),
+    ("Russian_Blue", CAT),
+    ("saint_bernard", DOG),
+    ("samoyed", DOG),
+    ("scottish_terrier", DOG),
+    ("shiba_inu", DOG),
+    ("Siamese", CAT),
+    ("Sphynx", CAT),
+    ("staffordshire_bull_terrier", DOG),
+    ("wheaten_terrier", DOG),
+    ("yorkshire_terrier", DOG),
 )
 
 
@@ -40,8 +68,9 @@ class Breed:
 
 
 BREEDS: Tuple[Breed, ...] = tuple(
-    Breed(name, class_id, species, 1 + sum(1 for _, s in _BREED_SPECIES[:class_id - 1] if s == species))
-    for class_id, (name, species) in enumerate(_BREED_SPECIES, 1))
+    Breed(name, class_id, species, 1 + sum(1 for _, s in _BREED_SPECIES[: class_id - 1] if s == species))
+    for class_id, (name, species) in enumerate(_BREED_SPECIES, 1)
+)
 NUM_BREEDS, NUM_SPECIES = len(BREEDS), 2
 
 

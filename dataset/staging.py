@@ -25,7 +25,6 @@ log = logging.getLogger(__name__)
 KEPT_IMAGE_FORMATS = ("JPEG", "PNG")
 
 
-
 class BrokenSampleError(ValueError):
     """strict=True met a broken sample; the message names the file."""
 
@@ -40,8 +39,9 @@ class _Skip(Exception):
         self.reason = reason
 
 
-def stage(raw: PathLike, staging: PathLike, strict: bool = False,
-          reencoded_names: Collection[str] = ()) -> Tuple[Dict[str, int], Dict[str, int]]:
+def stage(
+    raw: PathLike, staging: PathLike, strict: bool = False, reencoded_names: Collection[str] = ()
+) -> Tuple[Dict[str, int], Dict[str, int]]:
     """Checks every listed sample of an extracted archive and writes a clean copy of it to staging.
 
     Good files are symlinked, odd-but-valid ones re-encoded, broken samples left out of the
@@ -53,8 +53,9 @@ def stage(raw: PathLike, staging: PathLike, strict: bool = False,
     images, annotations = raw / "images", raw / "annotations"
     for needed in (images, annotations):
         if not needed.is_dir():
-            raise FileNotFoundError(f"{needed} does not exist; the raw folder must hold the extracted "
-                                    "images/ and annotations/ archives")
+            raise FileNotFoundError(
+                f"{needed} does not exist; the raw folder must hold the extracted images/ and annotations/ archives"
+            )
     shutil.rmtree(staging, ignore_errors=True)  # a leftover from an interrupted run
     for sub in ("images", "annotations/trimaps", "annotations/xmls"):
         (staging / sub).mkdir(parents=True, exist_ok=True)
@@ -89,8 +90,10 @@ def stage(raw: PathLike, staging: PathLike, strict: bool = False,
                 continue
             kept.append(line.strip())
         if not kept:
-            raise EmptySplitError(f"split {split!r} is empty: none of the {len(lines)} lines of {list_path} "
-                                  f"names a usable sample (skipped so far: {dict(skipped) or 'none'})")
+            raise EmptySplitError(
+                f"split {split!r} is empty: none of the {len(lines)} lines of {list_path} "
+                f"names a usable sample (skipped so far: {dict(skipped) or 'none'})"
+            )
         (staging / "annotations" / list_name).write_text("\n".join(kept) + "\n")
         log.info("Split %s: %d samples kept from %s", split, len(kept), list_path)
     return dict(skipped), dict(repaired)
@@ -115,8 +118,11 @@ def _parse_line(line: str, list_path: pathlib.Path, number: int) -> str:
 
 def _stage_sample(raw: pathlib.Path, staging: pathlib.Path, name: str, corrupt_names, strict: bool) -> List[str]:
     """Validates one sample and puts it into staging; returns repair reasons; raises _Skip."""
-    image_path, trimap_path, xml_path = (archive.image_path(raw, name), archive.trimap_path(raw, name),
-                                         archive.xml_path(raw, name))
+    image_path, trimap_path, xml_path = (
+        archive.image_path(raw, name),
+        archive.trimap_path(raw, name),
+        archive.xml_path(raw, name),
+    )
     repairs: List[str] = []
 
     image = _open(image_path, "image")

@@ -22,7 +22,8 @@ log = logging.getLogger(__name__)
 
 # The small default archive: six real breeds, both species, small photos; it trains in minutes.
 QUICK_BREEDS: Tuple[archive.Breed, ...] = tuple(
-    archive.breed(name) for name in ("Abyssinian", "Bengal", "Persian", "beagle", "pug", "samoyed"))
+    archive.breed(name) for name in ("Abyssinian", "Bengal", "Persian", "beagle", "pug", "samoyed")
+)
 MIN_SIDE, MAX_SIDE = 100, 260
 
 # Like the real archive (`like_oxford=True`): all 37 breeds, and photo sizes spread like the real ones:
@@ -36,19 +37,39 @@ OXFORD_ASPECT_WEIGHTS = (0.45, 0.2, 0.1, 0.1, 0.1, 0.05)
 # the TFDS builder re-encodes those it lists as corrupt (components.internals.tfds_reencoded_names)
 # exactly as it does the real ones, and staging repairs the rest as it would the real ones.
 ODD_IMAGES: Dict[str, str] = {
-    "Abyssinian_5": "rgba_png", "Egyptian_Mau_14": "rgba_png", "Egyptian_Mau_186": "rgba_png",
+    "Abyssinian_5": "rgba_png",
+    "Egyptian_Mau_14": "rgba_png",
+    "Egyptian_Mau_186": "rgba_png",
     "Egyptian_Mau_156": "png",
-    "Abyssinian_34": "gif", "Egyptian_Mau_139": "gif", "Egyptian_Mau_145": "gif",
-    "Egyptian_Mau_167": "gif", "Egyptian_Mau_177": "gif", "Egyptian_Mau_191": "gif",
-    "staffordshire_bull_terrier_2": "grayscale_jpeg", "staffordshire_bull_terrier_22": "grayscale_jpeg",
+    "Abyssinian_34": "gif",
+    "Egyptian_Mau_139": "gif",
+    "Egyptian_Mau_145": "gif",
+    "Egyptian_Mau_167": "gif",
+    "Egyptian_Mau_177": "gif",
+    "Egyptian_Mau_191": "gif",
+    "staffordshire_bull_terrier_2": "grayscale_jpeg",
+    "staffordshire_bull_terrier_22": "grayscale_jpeg",
     # libjpeg warns "Corrupt JPEG data: N extraneous bytes before marker 0xd9" on these and decodes them.
-    "beagle_116": "corrupt_jpeg", "chihuahua_121": "corrupt_jpeg",
+    "beagle_116": "corrupt_jpeg",
+    "chihuahua_121": "corrupt_jpeg",
     # No real image is CMYK, but photos from other sources often are: a rehearsal must decode them too.
-    "Bombay_3": "cmyk_jpeg", "boxer_7": "cmyk_jpeg",
+    "Bombay_3": "cmyk_jpeg",
+    "boxer_7": "cmyk_jpeg",
 }
 # Real trainval samples without a head-box XML: the builder stores an empty box for them, as for test.
-MISSING_XMLS = frozenset({"Abyssinian_104", "Bengal_111", "Bengal_175", "Egyptian_Mau_14", "Egyptian_Mau_156",
-                          "Egyptian_Mau_186", "Ragdoll_199", "saint_bernard_15", "samoyed_10"})
+MISSING_XMLS = frozenset(
+    {
+        "Abyssinian_104",
+        "Bengal_111",
+        "Bengal_175",
+        "Egyptian_Mau_14",
+        "Egyptian_Mau_156",
+        "Egyptian_Mau_186",
+        "Ragdoll_199",
+        "saint_bernard_15",
+        "samoyed_10",
+    }
+)
 
 # Trimap values, as in the real annotations/trimaps PNGs.
 PET, BACKGROUND, BORDER = 1, 2, 3
@@ -97,8 +118,7 @@ def _colour(rng: np.random.Generator) -> np.ndarray:
     return rng.uniform(0, 255, size=3).astype(np.float32)
 
 
-def _texture(rng: np.random.Generator, ys: np.ndarray, xs: np.ndarray
-             ) -> Tuple[Optional[np.ndarray], np.ndarray]:
+def _texture(rng: np.random.Generator, ys: np.ndarray, xs: np.ndarray) -> Tuple[Optional[np.ndarray], np.ndarray]:
     """A flat, striped or spotted pattern over rows ys x columns xs: (where the second colour shows, or
     None for flat; that colour). Used for pets and distractors alike."""
     kind = rng.integers(0, 3)
@@ -107,8 +127,7 @@ def _texture(rng: np.random.Generator, ys: np.ndarray, xs: np.ndarray
     other = _colour(rng)
     if kind == 1:
         angle, period = rng.uniform(0, math.pi), rng.uniform(6, 24)
-        phase = (xs[None, :] * np.float32(math.cos(angle) / period)
-                 + ys[:, None] * np.float32(math.sin(angle) / period))
+        phase = xs[None, :] * np.float32(math.cos(angle) / period) + ys[:, None] * np.float32(math.sin(angle) / period)
         on = (phase - np.floor(phase)) < rng.uniform(0.3, 0.6)
     else:
         layer = Image.new("L", (len(xs), len(ys)), 0)
@@ -160,8 +179,7 @@ def _background(rng: np.random.Generator, ys: np.ndarray, xs: np.ndarray) -> np.
         if kind == 0:
             draw.rectangle([cx - sx, cy - sy, cx + sx, cy + sy], fill=255)
         elif kind == 1:
-            draw.polygon([(cx - sx, cy + sy), (cx + sx, cy + sy), (cx + rng.uniform(-sx, sx), cy - sy)],
-                         fill=255)
+            draw.polygon([(cx - sx, cy + sy), (cx + sx, cy + sy), (cx + rng.uniform(-sx, sx), cy - sy)], fill=255)
         else:
             draw.line([cx - sx, cy - sy, cx + sx, cy + sy], fill=255, width=int(rng.integers(3, 12)))
         _paint(rng, img, ys, xs, layer)
@@ -187,8 +205,14 @@ def _pet_mask(rng: np.random.Generator, h: int, w: int, species: int) -> Tuple[I
         ear_h, ear_w = r * rng.uniform(0.7, 1.0), r * rng.uniform(0.45, 0.6)
         for side in (-1, 1):
             base = hx + side * r * 0.5
-            draw.polygon([(base - ear_w / 2, hy - r * 0.55), (base + ear_w / 2, hy - r * 0.55),
-                          (base + side * ear_w * 0.3, hy - r - ear_h)], fill=255)
+            draw.polygon(
+                [
+                    (base - ear_w / 2, hy - r * 0.55),
+                    (base + ear_w / 2, hy - r * 0.55),
+                    (base + side * ear_w * 0.3, hy - r - ear_h),
+                ],
+                fill=255,
+            )
         top = hy - r - ear_h
     else:
         ear_w, ear_h = r * rng.uniform(0.35, 0.5), r * rng.uniform(1.0, 1.4)
@@ -204,8 +228,12 @@ def _pet_mask(rng: np.random.Generator, h: int, w: int, species: int) -> Tuple[I
 def _clip_box(box: Sequence[float], w: int, h: int) -> Tuple[int, int, int, int]:
     # VOC boxes are 1-based inclusive pixel coordinates.
     x0, y0, x1, y1 = box
-    return (int(np.clip(x0, 0, w - 1)) + 1, int(np.clip(y0, 0, h - 1)) + 1,
-            int(np.clip(x1, 0, w - 1)) + 1, int(np.clip(y1, 0, h - 1)) + 1)
+    return (
+        int(np.clip(x0, 0, w - 1)) + 1,
+        int(np.clip(y0, 0, h - 1)) + 1,
+        int(np.clip(x1, 0, w - 1)) + 1,
+        int(np.clip(y1, 0, h - 1)) + 1,
+    )
 
 
 def _any_within(mask: np.ndarray, radius: int) -> np.ndarray:
@@ -217,11 +245,15 @@ def _any_within(mask: np.ndarray, radius: int) -> np.ndarray:
     out = mask
     for axis in (0, 1):
         n = out.shape[axis]
-        sums = np.concatenate([np.zeros_like(np.take(out, [0], axis=axis), dtype=np.int32),
-                               np.cumsum(out, axis=axis, dtype=np.int32)], axis=axis)
+        sums = np.concatenate(
+            [np.zeros_like(np.take(out, [0], axis=axis), dtype=np.int32), np.cumsum(out, axis=axis, dtype=np.int32)],
+            axis=axis,
+        )
         index = np.arange(n)
-        out = (np.take(sums, np.minimum(index + radius + 1, n), axis=axis)
-               - np.take(sums, np.maximum(index - radius, 0), axis=axis)) > 0
+        out = (
+            np.take(sums, np.minimum(index + radius + 1, n), axis=axis)
+            - np.take(sums, np.maximum(index - radius, 0), axis=axis)
+        ) > 0
     return out
 
 
@@ -233,8 +265,10 @@ def trimap_from_mask(mask: np.ndarray, band: int) -> np.ndarray:
         return trimap
     # Only the pet's box, widened by more than the band, can change; beyond it all stays background.
     h, w = mask.shape
-    box = np.s_[max(rows[0] - band - 1, 0):min(rows[-1] + band + 2, h),
-                max(cols[0] - band - 1, 0):min(cols[-1] + band + 2, w)]
+    box = np.s_[
+        max(rows[0] - band - 1, 0) : min(rows[-1] + band + 2, h),
+        max(cols[0] - band - 1, 0) : min(cols[-1] + band + 2, w),
+    ]
     crop = mask[box]
     grown, shrunk = _any_within(crop, band), ~_any_within(~crop, band)
     trimap[box][grown & ~shrunk] = BORDER
@@ -256,8 +290,9 @@ def _oxford_size(rng: np.random.Generator) -> Tuple[int, int]:
     return (short_side, long_side) if rng.random() < 0.65 else (long_side, short_side)
 
 
-def render(rng: np.random.Generator, species: int, like_oxford: bool = False,
-           style: SpanStyle = SpanStyle()) -> SyntheticPet:
+def render(
+    rng: np.random.Generator, species: int, like_oxford: bool = False, style: SpanStyle = SpanStyle()
+) -> SyntheticPet:
     """One synthetic photo of a cat (species 1) or dog (species 2), sized like the real set's if `like_oxford`."""
     if like_oxford:
         h, w = _oxford_size(rng)
@@ -279,16 +314,19 @@ def render(rng: np.random.Generator, species: int, like_oxford: bool = False,
 def _xml(name: str, pet: SyntheticPet, species: int) -> str:
     h, w = pet.trimap.shape
     xmin, ymin, xmax, ymax = pet.head_box
-    return (f"<annotation><folder>OXIIIT</folder><filename>{name}.jpg</filename>"
-            f"<size><width>{w}</width><height>{h}</height><depth>3</depth></size>"
-            f"<segmented>0</segmented><object><name>{('cat', 'dog')[species - 1]}</name>"
-            f"<pose>Frontal</pose><truncated>0</truncated><occluded>0</occluded>"
-            f"<bndbox><xmin>{xmin}</xmin><ymin>{ymin}</ymin><xmax>{xmax}</xmax><ymax>{ymax}</ymax>"
-            f"</bndbox><difficult>0</difficult></object></annotation>\n")
+    return (
+        f"<annotation><folder>OXIIIT</folder><filename>{name}.jpg</filename>"
+        f"<size><width>{w}</width><height>{h}</height><depth>3</depth></size>"
+        f"<segmented>0</segmented><object><name>{('cat', 'dog')[species - 1]}</name>"
+        f"<pose>Frontal</pose><truncated>0</truncated><occluded>0</occluded>"
+        f"<bndbox><xmin>{xmin}</xmin><ymin>{ymin}</ymin><xmax>{xmax}</xmax><ymax>{ymax}</ymax>"
+        f"</bndbox><difficult>0</difficult></object></annotation>\n"
+    )
 
 
-def sample_names(train_images: int, test_images: int, like_oxford: bool = False, seed: int = 0,
-                 style: SpanStyle = SpanStyle()) -> Tuple[List[Tuple[str, int, int, int]], ...]:
+def sample_names(
+    train_images: int, test_images: int, like_oxford: bool = False, seed: int = 0, style: SpanStyle = SpanStyle()
+) -> Tuple[List[Tuple[str, int, int, int]], ...]:
     """(NAME, CLASS_ID, SPECIES_ID, BREED_ID) rows of trainval.txt and test.txt.
 
     Breeds go round-robin, or are drawn at random with `seed` when `style.random_breeds`. Samples are
@@ -340,9 +378,15 @@ def encode_image(image: np.ndarray, kind: str = "jpeg", rng: np.random.Generator
     return data
 
 
-def write_archive(root: Union[str, pathlib.Path], train_images: int, test_images: int,
-                  seed: int = 0, like_oxford: bool = False, processes: int = 0,
-                  style: SpanStyle = SpanStyle()) -> pathlib.Path:
+def write_archive(
+    root: Union[str, pathlib.Path],
+    train_images: int,
+    test_images: int,
+    seed: int = 0,
+    like_oxford: bool = False,
+    processes: int = 0,
+    style: SpanStyle = SpanStyle(),
+) -> pathlib.Path:
     """Writes images/, annotations/{trimaps,xmls}/ and trainval.txt/test.txt under root; returns root.
 
     like_oxford: all 37 real breeds, photo sizes like the real set's, and the real set's odd image files
@@ -362,22 +406,52 @@ def write_archive(root: Union[str, pathlib.Path], train_images: int, test_images
         _write_samples(root, train_images, test_images, seed, like_oxford, style)
     for split, rows in (("train", train_rows), ("test", test_rows)):
         archive.list_path(root, split).write_text("".join(f"{' '.join(map(str, r))}\n" for r in rows))
-    log.info("Wrote %d train + %d test synthetic pets (seed %d%s) to %s", train_images, test_images, seed,
-             ", like the Oxford set" if like_oxford else "", root)
+    log.info(
+        "Wrote %d train + %d test synthetic pets (seed %d%s) to %s",
+        train_images,
+        test_images,
+        seed,
+        ", like the Oxford set" if like_oxford else "",
+        root,
+    )
     return root
 
 
-def _draw_in_processes(root: pathlib.Path, train_images: int, test_images: int, seed: int, like_oxford: bool,
-                       processes: int, style: SpanStyle) -> None:
+def _draw_in_processes(
+    root: pathlib.Path,
+    train_images: int,
+    test_images: int,
+    seed: int,
+    like_oxford: bool,
+    processes: int,
+    style: SpanStyle,
+) -> None:
     # Fresh interpreters running this module, not multiprocessing: fork would copy the threads of a
     # TensorFlow process mid-flight, and spawn re-imports the caller's __main__, which hangs or recurses
     # when a script or notebook calls this without a `__main__` guard.
     package_root = str(pathlib.Path(__file__).resolve().parents[1])
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])))
-    workers = [subprocess.Popen(
-        [sys.executable, "-m", __name__, str(root), str(train_images), str(test_images), str(seed),
-         str(int(like_oxford)), str(worker), str(processes), json.dumps(dataclasses.asdict(style))],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for worker in range(processes)]
+    workers = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                __name__,
+                str(root),
+                str(train_images),
+                str(test_images),
+                str(seed),
+                str(int(like_oxford)),
+                str(worker),
+                str(processes),
+                json.dumps(dataclasses.asdict(style)),
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        for worker in range(processes)
+    ]
     failed = []
     for worker in workers:
         _, stderr = worker.communicate()
@@ -387,8 +461,16 @@ def _draw_in_processes(root: pathlib.Path, train_images: int, test_images: int, 
         raise RuntimeError(f"drawing synthetic pets failed in {len(failed)} of {processes} processes:\n" + failed[0])
 
 
-def _write_samples(root: pathlib.Path, train_images: int, test_images: int, seed: int, like_oxford: bool,
-                   style: SpanStyle = SpanStyle(), worker: int = 0, workers: int = 1) -> None:
+def _write_samples(
+    root: pathlib.Path,
+    train_images: int,
+    test_images: int,
+    seed: int,
+    like_oxford: bool,
+    style: SpanStyle = SpanStyle(),
+    worker: int = 0,
+    workers: int = 1,
+) -> None:
     """Draws and writes every `workers`-th sample from `worker` on (interleaved: each gets a like mix of sizes)."""
     train_rows, test_rows = sample_names(train_images, test_images, like_oxford, seed, style)
     rows = train_rows + test_rows
@@ -407,5 +489,13 @@ def _write_samples(root: pathlib.Path, train_images: int, test_images: int, seed
 if __name__ == "__main__":  # one of write_archive's drawing processes
     _root, *_numbers, _style = sys.argv[1:]
     _train, _test, _seed, _like_oxford, _worker, _workers = map(int, _numbers)
-    _write_samples(pathlib.Path(_root), _train, _test, _seed, bool(_like_oxford), SpanStyle(**json.loads(_style)),
-                   _worker, _workers)
+    _write_samples(
+        pathlib.Path(_root),
+        _train,
+        _test,
+        _seed,
+        bool(_like_oxford),
+        SpanStyle(**json.loads(_style)),
+        _worker,
+        _workers,
+    )

@@ -22,12 +22,15 @@ def beam_pipeline_args(beam: BeamConfig) -> List[str]:
         else:
             args = []
     elif beam.runner in ("flink", "spark"):
-        args = ["--runner=PortableRunner", f"--job_endpoint={beam.job_endpoint}",
-                f"--environment_type={beam.environment}",
-                f"--environment_cache_millis={beam.environment_cache_millis}",
-                f"--sdk_container_image={beam.sdk_image}",
-                # Beam otherwise stages `pip freeze` of the submitter, which a uv venv (no pip) cannot run.
-                "--experiments=disable_logging_submission_environment"]
+        args = [
+            "--runner=PortableRunner",
+            f"--job_endpoint={beam.job_endpoint}",
+            f"--environment_type={beam.environment}",
+            f"--environment_cache_millis={beam.environment_cache_millis}",
+            f"--sdk_container_image={beam.sdk_image}",
+            # Beam otherwise stages `pip freeze` of the submitter, which a uv venv (no pip) cannot run.
+            "--experiments=disable_logging_submission_environment",
+        ]
         if beam.environment != "LOOPBACK":
             args.append(f"--environment_config={beam.environment_config}")
         if beam.runner == "flink":

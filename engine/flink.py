@@ -55,8 +55,10 @@ class ClusterSpec:
         ports = {field: getattr(self, field) for field in PORT_FIELDS}
         for field, port in ports.items():
             if not 1 <= port <= 65535:
-                raise ValueError(f"{field} {port} is not a port from 1 to 65535: each process of the cluster "
-                                 "listens on exactly the port it is given")
+                raise ValueError(
+                    f"{field} {port} is not a port from 1 to 65535: each process of the cluster "
+                    "listens on exactly the port it is given"
+                )
         shared = [f for f, port in ports.items() if list(ports.values()).count(port) > 1]
         if shared:
             raise ValueError(f"{' and '.join(shared)} are the same port: each process needs its own")
@@ -98,8 +100,10 @@ def up(spec: ClusterSpec, stream=sys.stderr, timeout: float = 300) -> Dict[str, 
     else:
         busy = [f"{HOST}:{getattr(spec, field)}" for field in PORT_FIELDS if _port_open(getattr(spec, field))]
         if busy:
-            raise ClusterError(f"{', '.join(busy)} already in use: stop what listens there, or choose other "
-                               "ports (petseg flink up --help)")
+            raise ClusterError(
+                f"{', '.join(busy)} already in use: stop what listens there, or choose other "
+                "ports (petseg flink up --help)"
+            )
     logs = spec.dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     home = install.ensure_flink(logs / "install.log")
@@ -126,13 +130,17 @@ def up(spec: ClusterSpec, stream=sys.stderr, timeout: float = 300) -> Dict[str, 
         _stop_all(state)
         (spec.dir / STATE_FILE).unlink(missing_ok=True)
         raise
-    _say(stream, f"Flink {install.FLINK_VERSION} up: REST {spec.rest_url}, {spec.taskmanagers} TaskManagers, "
-                 f"job server {spec.job_endpoint}, SDK worker pool {spec.worker_pool}; logs in {logs}")
+    _say(
+        stream,
+        f"Flink {install.FLINK_VERSION} up: REST {spec.rest_url}, {spec.taskmanagers} TaskManagers, "
+        f"job server {spec.job_endpoint}, SDK worker pool {spec.worker_pool}; logs in {logs}",
+    )
     return state
 
 
-def _commands(spec: ClusterSpec, home: pathlib.Path, jars: List[pathlib.Path], conf: pathlib.Path,
-              logs: pathlib.Path) -> Dict[str, tuple]:
+def _commands(
+    spec: ClusterSpec, home: pathlib.Path, jars: List[pathlib.Path], conf: pathlib.Path, logs: pathlib.Path
+) -> Dict[str, tuple]:
     """Each process of the cluster by name: its command line and environment, in start order."""
     env = dict(os.environ, FLINK_CONF_DIR=str(conf), FLINK_LOG_DIR=str(logs))
     env.pop("FLINK_HOME", None)
@@ -148,15 +156,34 @@ def _commands(spec: ClusterSpec, home: pathlib.Path, jars: List[pathlib.Path], c
     for i in range(spec.taskmanagers):
         commands[f"taskmanager-{i + 1}"] = ([str(home / "bin" / "taskmanager.sh"), "start-foreground"], flink_env)
     classpath = os.pathsep.join([str(j) for j in jars] + [str(p) for p in (home / "lib").glob("log4j-*.jar")])
-    commands["job-server"] = ([
-        shutil.which("java") or "java", f"-Dlog.file={logs / 'job-server.log'}",
-        f"-Dlog4j.configurationFile=file:{conf / 'log4j.properties'}",
-        "-cp", classpath, install.JOB_SERVER_MAIN, f"--flink-master={HOST}:{spec.rest_port}",
-        f"--flink-conf-dir={conf}", f"--job-host={HOST}", f"--job-port={spec.job_port}",
-        f"--artifact-port={spec.artifact_port}", f"--expansion-port={spec.expansion_port}",
-        f"--artifacts-dir={spec.dir / 'artifacts'}"], env)
-    commands["worker-pool"] = ([sys.executable, "-m", "engine.worker_pool", f"--port={spec.worker_pool_port}",
-                                f"--spares={spec.taskmanagers * spec.slots_per_taskmanager}"], _worker_env())
+    commands["job-server"] = (
+        [
+            shutil.which("java") or "java",
+            f"-Dlog.file={logs / 'job-server.log'}",
+            f"-Dlog4j.configurationFile=file:{conf / 'log4j.properties'}",
+            "-cp",
+            classpath,
+            install.JOB_SERVER_MAIN,
+            f"--flink-master={HOST}:{spec.rest_port}",
+            f"--flink-conf-dir={conf}",
+            f"--job-host={HOST}",
+            f"--job-port={spec.job_port}",
+            f"--artifact-port={spec.artifact_port}",
+            f"--expansion-port={spec.expansion_port}",
+            f"--artifacts-dir={spec.dir / 'artifacts'}",
+        ],
+        env,
+    )
+    commands["worker-pool"] = (
+        [
+            sys.executable,
+            "-m",
+            "engine.worker_pool",
+            f"--port={spec.worker_pool_port}",
+            f"--spares={spec.taskmanagers * spec.slots_per_taskmanager}",
+        ],
+        _worker_env(),
+    )
     return commands
 
 
@@ -167,9 +194,14 @@ def status(spec: ClusterSpec) -> Dict[str, object]:
         return {"running": False, "processes": [], "state_dir": str(spec.dir)}
     spec = ClusterSpec(**state["spec"])
     procs = [dict(p, alive=_alive(p["pid"])) for p in state["processes"]]
-    report: Dict[str, object] = {"running": all(p["alive"] for p in procs), "processes": procs,
-                                 "state_dir": str(spec.dir), "rest": spec.rest_url,
-                                 "job_endpoint": spec.job_endpoint, "worker_pool": spec.worker_pool}
+    report: Dict[str, object] = {
+        "running": all(p["alive"] for p in procs),
+        "processes": procs,
+        "state_dir": str(spec.dir),
+        "rest": spec.rest_url,
+        "job_endpoint": spec.job_endpoint,
+        "worker_pool": spec.worker_pool,
+    }
     try:
         report["overview"] = rest_get(spec.rest_url, "/overview")
         report["jobs"] = rest_get(spec.rest_url, "/jobs/overview")["jobs"]
@@ -218,8 +250,13 @@ def _worker_env() -> Dict[str, str]:
 def _write_conf(spec: ClusterSpec, home: pathlib.Path) -> pathlib.Path:
     conf = spec.dir / "conf"
     conf.mkdir(parents=True, exist_ok=True)
-    for name in ("log4j.properties", "log4j-console.properties", "log4j-cli.properties", "logback.xml",
-                 "logback-console.xml"):
+    for name in (
+        "log4j.properties",
+        "log4j-console.properties",
+        "log4j-cli.properties",
+        "logback.xml",
+        "logback-console.xml",
+    ):
         if (home / "conf" / name).exists():
             shutil.copy(home / "conf" / name, conf / name)
     java_opts = _java_opts(home)
@@ -228,25 +265,33 @@ def _write_conf(spec: ClusterSpec, home: pathlib.Path) -> pathlib.Path:
     # Flink 1.19 reads conf/config.yaml as standard YAML; JSON is YAML.
     config = {
         "env.java.opts.all": java_opts,
-        "jobmanager.bind-host": HOST, "jobmanager.rpc.address": HOST, "jobmanager.rpc.port": spec.rpc_port,
+        "jobmanager.bind-host": HOST,
+        "jobmanager.rpc.address": HOST,
+        "jobmanager.rpc.port": spec.rpc_port,
         "jobmanager.memory.process.size": spec.jobmanager_memory,
-        "taskmanager.bind-host": HOST, "taskmanager.host": HOST,
+        "taskmanager.bind-host": HOST,
+        "taskmanager.host": HOST,
         "taskmanager.numberOfTaskSlots": spec.slots_per_taskmanager,
         "taskmanager.memory.process.size": spec.taskmanager_memory,
         # TFX's Beam graphs run as 200+ DataSet tasks whose gates want ~512 network buffers at
         # once; Flink's default network share (10 %) fails them with "Insufficient number of network buffers".
-        "taskmanager.memory.network.min": "512mb", "taskmanager.memory.network.max": "512mb",
+        "taskmanager.memory.network.min": "512mb",
+        "taskmanager.memory.network.max": "512mb",
         "taskmanager.memory.managed.fraction": 0.2,
-        "rest.address": HOST, "rest.bind-address": HOST, "rest.port": spec.rest_port,
+        "rest.address": HOST,
+        "rest.bind-address": HOST,
+        "rest.port": spec.rest_port,
         "parallelism.default": spec.taskmanagers * spec.slots_per_taskmanager,
-        "io.tmp.dirs": str(tmp), "blob.storage.directory": str(tmp),
+        "io.tmp.dirs": str(tmp),
+        "blob.storage.directory": str(tmp),
         "restart-strategy.type": "fixed-delay",
         "restart-strategy.fixed-delay.attempts": spec.restart_attempts,
         "restart-strategy.fixed-delay.delay": "2 s",
         # A killed TaskManager is noticed within seconds all the same: heartbeats to it fail at once, and
         # two failed ones (heartbeat.rpc-failure-threshold) mark it lost. The timeout is for a live one
         # that is slow to answer, as a TaskManager on a loaded small machine is for many seconds.
-        "heartbeat.timeout": 120000, "heartbeat.interval": 3000,
+        "heartbeat.timeout": 120000,
+        "heartbeat.interval": 3000,
         # One restart of the whole job per failure: per-region failover counts each of the regions a
         # lost TaskManager held as an attempt and fails the job at once.
         "jobmanager.execution.failover-strategy": "full",
@@ -265,19 +310,28 @@ def _java_opts(home: pathlib.Path) -> str:
     return ""
 
 
-def _start(state: Dict[str, object], spec: ClusterSpec, name: str, command: List[str], env: Dict[str, str],
-           logs: pathlib.Path) -> None:
+def _start(
+    state: Dict[str, object], spec: ClusterSpec, name: str, command: List[str], env: Dict[str, str], logs: pathlib.Path
+) -> None:
     log = logs / f"{name}.out"
     with open(log, "ab") as out:
         # Own session: `down` stops the process group, including the SDK workers a pool spawns.
-        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=env, cwd=str(install.PROJECT_DIR), start_new_session=True)
+        proc = subprocess.Popen(
+            command,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            cwd=str(install.PROJECT_DIR),
+            start_new_session=True,
+        )
     state["processes"].append({"name": name, "log": str(log), "pid": proc.pid})
     (spec.dir / STATE_FILE).write_text(json.dumps(state, indent=1) + "\n")
 
 
-def _wait_ready(spec: ClusterSpec, state: Dict[str, object], wakeups: "_Wakeups", everything: bool,
-                deadline: float, timeout: float) -> None:
+def _wait_ready(
+    spec: ClusterSpec, state: Dict[str, object], wakeups: "_Wakeups", everything: bool, deadline: float, timeout: float
+) -> None:
     """Returns once Flink's REST API answers (and, with `everything`, the whole cluster does); raises
     when a process dies first or at `deadline`. Asks again only after a process wrote a log or died."""
     for proc in state["processes"]:
@@ -290,8 +344,7 @@ def _wait_ready(spec: ClusterSpec, state: Dict[str, object], wakeups: "_Wakeups"
         if missing is None:
             return
         if not wakeups.wait(deadline - time.monotonic()):
-            raise ClusterError(f"timed out after {timeout:.0f} s waiting for {missing}; "
-                               f"logs in {spec.dir / 'logs'}")
+            raise ClusterError(f"timed out after {timeout:.0f} s waiting for {missing}; logs in {spec.dir / 'logs'}")
 
 
 def _missing(spec: ClusterSpec, everything: bool) -> Optional[str]:

@@ -46,8 +46,24 @@ def ensure_flink(log: pathlib.Path) -> pathlib.Path:
         return home
     shutil.rmtree(home.parent, ignore_errors=True)
     # --target keeps it out of every venv; uv checks the hashes and caches the built sdist.
-    _run(_uv() + ["pip", "install", "--quiet", "--no-deps", "--require-hashes", "--target", str(home.parent),
-                  "--python", sys.executable, "-r", str(FLINK_REQUIREMENTS)], log, "Flink from PyPI")
+    _run(
+        _uv()
+        + [
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--require-hashes",
+            "--target",
+            str(home.parent),
+            "--python",
+            sys.executable,
+            "-r",
+            str(FLINK_REQUIREMENTS),
+        ],
+        log,
+        "Flink from PyPI",
+    )
     if not (home / "bin" / "jobmanager.sh").exists() or not (home / "lib" / f"flink-dist-{FLINK_VERSION}.jar").exists():
         raise InstallError(f"Flink installed into {home.parent} lacks bin/jobmanager.sh or lib/flink-dist; see {log}")
     for script in (home / "bin").glob("*.sh"):
@@ -65,8 +81,11 @@ def ensure_job_server(log: pathlib.Path) -> List[pathlib.Path]:
         mvn = shutil.which("mvn")
         if not mvn:
             raise InstallError("Maven (mvn) is needed to fetch Beam's Flink job server from Maven Central")
-        _run([mvn, "-B", "-q", "-f", str(JOB_SERVER_POM), "dependency:copy-dependencies",
-              f"-DoutputDirectory={lib}"], log, "Beam's Flink job server from Maven Central")
+        _run(
+            [mvn, "-B", "-q", "-f", str(JOB_SERVER_POM), "dependency:copy-dependencies", f"-DoutputDirectory={lib}"],
+            log,
+            "Beam's Flink job server from Maven Central",
+        )
         _verify_jars(lib)
         stamp.write_text(_digest(JOB_SERVER_SUMS))
     return sorted(lib.glob("*.jar"))
@@ -83,8 +102,9 @@ def _verify_jars(lib: pathlib.Path) -> None:
     extra = sorted(set(found) - set(expected))
     if wrong or extra:
         shutil.rmtree(lib.parent, ignore_errors=True)
-        raise InstallError(f"job server jars differ from {JOB_SERVER_SUMS}: missing or changed {wrong[:5]}, "
-                           f"unexpected {extra[:5]}")
+        raise InstallError(
+            f"job server jars differ from {JOB_SERVER_SUMS}: missing or changed {wrong[:5]}, unexpected {extra[:5]}"
+        )
 
 
 def _uv() -> List[str]:

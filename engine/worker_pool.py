@@ -109,15 +109,24 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--spares", type=int, default=1,
-                        help="workers kept ready with TF imported: the TaskManagers (slots) this pool serves")
+    parser.add_argument(
+        "--spares",
+        type=int,
+        default=1,
+        help="workers kept ready with TF imported: the TaskManagers (slots) this pool serves",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # No SO_REUSEPORT (gRPC's default): with it a second pool binds a port a first one holds, and the
     # two share its connections; without it the second fails to start, saying the port is in use.
-    server = grpc.server(thread_pool_executor.shared_unbounded_instance(),
-                         options=[("grpc.http2.max_pings_without_data", 0), ("grpc.http2.max_ping_strikes", 0),
-                                  ("grpc.so_reuseport", 0)])
+    server = grpc.server(
+        thread_pool_executor.shared_unbounded_instance(),
+        options=[
+            ("grpc.http2.max_pings_without_data", 0),
+            ("grpc.http2.max_ping_strikes", 0),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
     port = server.add_insecure_port(f"{args.host}:{args.port}")
     # One worker process per StartWorker: one per TaskManager and job.
     pool = WorkerPool(spares=args.spares)

@@ -56,9 +56,14 @@ def fill_types(executor_input: Dict[str, Any], inputs_spec: Dict[str, Any]) -> L
 def drop_launcher_outputs(executor_input: Dict[str, Any]) -> List[str]:
     """Removes the outputs the launcher itself writes (KFP `system.*` types); returns their keys."""
     outputs = executor_input.get("outputs", {}).get("artifacts", {})
-    own = [key for key, artifact_list in outputs.items()
-           if any((a.get("type") or {}).get("schemaTitle", "").startswith("system.")
-                  for a in artifact_list.get("artifacts", []))]
+    own = [
+        key
+        for key, artifact_list in outputs.items()
+        if any(
+            (a.get("type") or {}).get("schemaTitle", "").startswith("system.")
+            for a in artifact_list.get("artifacts", [])
+        )
+    ]
     for key in own:
         del outputs[key]
     return own
@@ -73,14 +78,14 @@ class Mirror:
     def local(self, uri: str) -> str:
         for scheme, folder in MIRRORS.items():
             if uri.startswith(scheme):
-                return os.path.join(self.root, folder, uri[len(scheme):])
+                return os.path.join(self.root, folder, uri[len(scheme) :])
         return uri
 
     def remote(self, path: str) -> str:
         for scheme, folder in MIRRORS.items():
             prefix = os.path.join(self.root, folder) + "/"
             if path.startswith(prefix):
-                return scheme + path[len(prefix):]
+                return scheme + path[len(prefix) :]
         return path
 
     def to_local(self, executor_input: Dict[str, Any]) -> Dict[str, Any]:

@@ -44,16 +44,26 @@ def args(inputs: Dict[str, list], outputs: Dict[str, list], exec_properties: Dic
     """run_executor's arguments for TFX artifacts and properties (the form TFX's extension passes a CustomJob)."""
     from tfx.types import artifact_utils
 
-    return ["--executor_class_path", GENERIC_EXECUTOR,
-            "--inputs", artifact_utils.jsonify_artifact_dict(inputs),
-            "--outputs", artifact_utils.jsonify_artifact_dict(outputs),
-            "--exec-properties", json.dumps(exec_properties, sort_keys=True)]
+    return [
+        "--executor_class_path",
+        GENERIC_EXECUTOR,
+        "--inputs",
+        artifact_utils.jsonify_artifact_dict(inputs),
+        "--outputs",
+        artifact_utils.jsonify_artifact_dict(outputs),
+        "--exec-properties",
+        json.dumps(exec_properties, sort_keys=True),
+    ]
 
 
 # What `petseg kubeflow tfjob-manifest` shows where only a run knows the values.
 PLACEHOLDER_ARGS = (
-    "--executor_class_path", GENERIC_EXECUTOR,
-    "--inputs", "<INPUTS: the Trainer task's input artifacts at their gs:// URIs; set by the task at run time>",
-    "--outputs", "<OUTPUTS: the Trainer task's output artifacts, moved under <task dir>/tfjob-staging/>",
-    "--exec-properties", "<EXEC_PROPERTIES: the Trainer's run_fn, train/eval args and custom_config>",
+    "--executor_class_path",
+    GENERIC_EXECUTOR,
+    "--inputs",
+    "<INPUTS: the Trainer task's input artifacts at their gs:// URIs; set by the task at run time>",
+    "--outputs",
+    "<OUTPUTS: the Trainer task's output artifacts, moved under <task dir>/tfjob-staging/>",
+    "--exec-properties",
+    "<EXEC_PROPERTIES: the Trainer's run_fn, train/eval args and custom_config>",
 )

@@ -74,43 +74,62 @@ class KubeflowSettings:
             raise SettingsError(f"--target: {self.target!r} is not one of {', '.join(TARGETS)}")
         root = self.pipeline_root
         if self.target == "vertex" and not (root or "").startswith("gs://"):
-            raise SettingsError("--pipeline-root: Vertex AI Pipelines needs a gs:// pipeline root, "
-                                f"got {root!r}")
+            raise SettingsError(f"--pipeline-root: Vertex AI Pipelines needs a gs:// pipeline root, got {root!r}")
         if root is not None and "://" not in root:
-            raise SettingsError(f"--pipeline-root: {root!r} is not a URI the launcher can store artifacts "
-                                "under; use gs://, minio:// or s3://")
+            raise SettingsError(
+                f"--pipeline-root: {root!r} is not a URI the launcher can store artifacts "
+                "under; use gs://, minio:// or s3://"
+            )
         if self.serving_dir is None and (root is None or root.startswith(_NOT_WRITABLE_BY_TF)):
             raise SettingsError(
                 "--serving-dir: needed when the pipeline root is the cluster's default or minio:// / s3://: "
                 "the Pusher writes served versions itself, so give a gs:// URI or a path on a volume mounted "
-                "into every task")
+                "into every task"
+            )
         if self.serving.startswith(_NOT_WRITABLE_BY_TF):
-            raise SettingsError(f"--serving-dir: {self.serving!r}: TensorFlow cannot write minio:// or s3:// "
-                                "paths; use gs:// or a path on a mounted volume")
+            raise SettingsError(
+                f"--serving-dir: {self.serving!r}: TensorFlow cannot write minio:// or s3:// "
+                "paths; use gs:// or a path on a mounted volume"
+            )
         self.trainer.checked()
         if self.target == "vertex" and self.trainer.gpus:
             self.trainer.vertex_gpu()
         if _trainer_is_a_custom_job(config, self):
             self.custom_job(config)
             return
-        unused = [flag for flag, value in (("--project", self.project), ("--region", self.region),
-                                           ("--machine-type", self.machine_type)) if value]
+        unused = [
+            flag
+            for flag, value in (
+                ("--project", self.project),
+                ("--region", self.region),
+                ("--machine-type", self.machine_type),
+            )
+            if value
+        ]
         if unused:
-            raise SettingsError(f"{'/'.join(unused)}: only used by --target vertex with train.workers > 1 (the "
-                                f"Trainer's CustomJob); this is --target {self.target} with "
-                                f"train.workers={config.train.workers}")
+            raise SettingsError(
+                f"{'/'.join(unused)}: only used by --target vertex with train.workers > 1 (the "
+                f"Trainer's CustomJob); this is --target {self.target} with "
+                f"train.workers={config.train.workers}"
+            )
         if _trainer_is_a_tfjob(config, self) and not (root or "").startswith("gs://"):
             raise SettingsError(
                 f"--pipeline-root: train.workers={config.train.workers} runs the Trainer as a TFJob whose replicas "
                 f"read and write artifacts themselves, so it needs a gs:// root, got "
                 f"{root or 'the cluster default (MinIO)'}: TensorFlow cannot open minio:// or s3:// (that needs "
-                "tensorflow-io's S3 filesystem in the image and credentials in every replica)")
+                "tensorflow-io's S3 filesystem in the image and credentials in every replica)"
+            )
 
     def custom_job(self, config: PipelineConfig) -> Dict[str, Any]:
         """The Vertex CustomJob of train.workers replicas that runs the Trainer."""
-        return vertex.training_job(project=self.project, region=self.region, image=self.image,
-                                   workers=config.train.workers, display_name=f"{config.name}-trainer",
-                                   replica=vertex.Replica(machine_type=self.machine_type, resources=self.trainer))
+        return vertex.training_job(
+            project=self.project,
+            region=self.region,
+            image=self.image,
+            workers=config.train.workers,
+            display_name=f"{config.name}-trainer",
+            replica=vertex.Replica(machine_type=self.machine_type, resources=self.trainer),
+        )
 
     @property
     def serving(self) -> str:
@@ -130,8 +149,12 @@ def build_pipeline(config: PipelineConfig, settings: KubeflowSettings):
 
     pipeline = create_pipeline(
         # TFX needs a root to compile; the spec leaves it out when the cluster's default applies.
-        config, pipeline_root=settings.pipeline_root or "", serving_dir=settings.serving,
-        schema_file=settings.in_image(SCHEMA_FILE), data_dir=settings.data_dir)
+        config,
+        pipeline_root=settings.pipeline_root or "",
+        serving_dir=settings.serving,
+        schema_file=settings.in_image(SCHEMA_FILE),
+        data_dir=settings.data_dir,
+    )
     resource_spec = pipeline_spec_pb2.PipelineDeploymentConfig.PipelineContainerSpec.ResourceSpec
     resources = resource_spec()
     trainer = settings.trainer
@@ -148,15 +171,19 @@ def build_pipeline(config: PipelineConfig, settings: KubeflowSettings):
     # Several machines: the Trainer's executor is swapped for one that runs TFX's on a job of replicas
     # (kubeflow/replicas.py), a Vertex CustomJob or a TFJob.
     if _trainer_is_a_custom_job(config, settings):
-        vertex.run_on_worker_pools(component(pipeline, names.TRAINER_ID), region=settings.region,
-                                   job=settings.custom_job(config))
+        vertex.run_on_worker_pools(
+            component(pipeline, names.TRAINER_ID), region=settings.region, job=settings.custom_job(config)
+        )
     elif _trainer_is_a_tfjob(config, settings):
         from kubeflow import tfjob_executor
 
         # The GPU type as the replicas' pods will ask for it, spelled out in the compiled spec.
-        tfjob_executor.run_on_tfjob(component(pipeline, names.TRAINER_ID), image=settings.image,
-                                    workers=config.train.workers,
-                                    resources=dataclasses.replace(trainer, gpu_type=trainer.kubernetes_gpu))
+        tfjob_executor.run_on_tfjob(
+            component(pipeline, names.TRAINER_ID),
+            image=settings.image,
+            workers=config.train.workers,
+            resources=dataclasses.replace(trainer, gpu_type=trainer.kubernetes_gpu),
+        )
     return pipeline
 
 
@@ -177,8 +204,9 @@ def compile_pipeline(config: PipelineConfig, settings: KubeflowSettings, output:
     settings.validate(config)
     check_output(output, settings)
     pipeline = build_pipeline(config, settings)
-    runner = v2.KubeflowV2DagRunner(v2.KubeflowV2DagRunnerConfig(
-        display_name=config.name, default_image=settings.image, use_pipeline_spec_2_1=True))
+    runner = v2.KubeflowV2DagRunner(
+        v2.KubeflowV2DagRunnerConfig(display_name=config.name, default_image=settings.image, use_pipeline_spec_2_1=True)
+    )
     job = runner.run(pipeline, write_out=False)
     spec = job["pipelineSpec"]
     if settings.pipeline_root:
@@ -207,11 +235,14 @@ def compile_pipeline(config: PipelineConfig, settings: KubeflowSettings, output:
 def check_output(output: str, settings: KubeflowSettings) -> None:
     """Raises SettingsError unless `output` names the file the target takes."""
     if not output.endswith((".yaml", ".yml", ".json")):
-        raise SettingsError(f"--output-file: {output}: the file name must end in .yaml (PipelineSpec) or "
-                            ".json (Vertex PipelineJob)")
+        raise SettingsError(
+            f"--output-file: {output}: the file name must end in .yaml (PipelineSpec) or .json (Vertex PipelineJob)"
+        )
     if output.endswith(".json") and settings.target != "vertex":
-        raise SettingsError(f"--output-file: {output}: a PipelineJob .json is for --target vertex; open-source "
-                            "KFP takes the PipelineSpec .yaml")
+        raise SettingsError(
+            f"--output-file: {output}: a PipelineJob .json is for --target vertex; open-source "
+            "KFP takes the PipelineSpec .yaml"
+        )
 
 
 def _trainer_is_a_tfjob(config: PipelineConfig, settings: KubeflowSettings) -> bool:

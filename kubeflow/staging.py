@@ -85,7 +85,8 @@ def plan(input_dict: Dict[str, list], output_dict: Dict[str, list], mirror: Opti
                     raise StagingError(
                         f"{side} artifact {key!r} is at {artifact.uri}: the TFJob's replicas read and write artifacts "
                         "themselves and TensorFlow cannot open minio:// or s3:// URIs; run with a gs:// pipeline root, "
-                        "or train.workers=1")
+                        "or train.workers=1"
+                    )
     name = job_name([artifact.uri for artifact_list in outputs.values() for artifact in artifact_list])
     copies = []
     for key, artifact_list in outputs.items():
@@ -114,7 +115,7 @@ def _copy_tree(tf, source: str, target: str) -> None:
         tf.io.gfile.copy(source, target, overwrite=True)
         return
     for folder, _, files in tf.io.gfile.walk(source):
-        relative = folder[len(source):].lstrip("/")
+        relative = folder[len(source) :].lstrip("/")
         destination = posixpath.join(target, relative) if relative else target
         tf.io.gfile.makedirs(destination)
         for name in files:

@@ -73,22 +73,33 @@ def check_name(name: str, workers: int) -> None:
     """Raises TFJobError unless `name` and every pod name derived from it are DNS-1035 labels."""
     longest = pod_name(name, "Worker", max(workers - 2, 0))
     if not _DNS_1035.match(name):
-        raise TFJobError(f"name: {name!r} must be lower-case letters, digits and '-', start with a letter "
-                         "and end with a letter or digit (a DNS-1035 label)")
+        raise TFJobError(
+            f"name: {name!r} must be lower-case letters, digits and '-', start with a letter "
+            "and end with a letter or digit (a DNS-1035 label)"
+        )
     if len(longest) > _MAX_LABEL:
         raise TFJobError(f"name: {name!r} is too long: its pod {longest!r} would exceed {_MAX_LABEL} characters")
 
 
-def build(*, name: str, namespace: str, image: str, workers: int, args: Sequence[str],
-          resources: Resources = Resources(), service_account: Optional[str] = None,
-          annotations: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
+def build(
+    *,
+    name: str,
+    namespace: str,
+    image: str,
+    workers: int,
+    args: Sequence[str],
+    resources: Resources = Resources(),
+    service_account: Optional[str] = None,
+    annotations: Optional[Dict[str, str]] = None,
+) -> Dict[str, Any]:
     """The TFJob dict: a Chief and `workers - 1` Workers, each running TFX's run_executor with `args` in `image`.
 
     `annotations` go on the job (not its pods).
     """
     if workers < 2:
-        raise TFJobError(f"workers: a TFJob needs 2 or more (a chief and workers), got {workers}; "
-                         "1 runs the Trainer in its own pod")
+        raise TFJobError(
+            f"workers: a TFJob needs 2 or more (a chief and workers), got {workers}; 1 runs the Trainer in its own pod"
+        )
     if not image:
         raise TFJobError("image: required")
     if not namespace:
@@ -100,24 +111,38 @@ def build(*, name: str, namespace: str, image: str, workers: int, args: Sequence
 
     def replica(count: int) -> models.KubeflowOrgV1ReplicaSpec:
         container = client.V1Container(
-            name=CONTAINER, image=image, command=list(replicas.COMMAND), args=list(args),
+            name=CONTAINER,
+            image=image,
+            command=list(replicas.COMMAND),
+            args=list(args),
             env=[client.V1EnvVar(**variable) for variable in replicas.ENV],
-            resources=client.V1ResourceRequirements(limits=limits) if limits else None)
+            resources=client.V1ResourceRequirements(limits=limits) if limits else None,
+        )
         return models.KubeflowOrgV1ReplicaSpec(
-            replicas=count, restart_policy=RESTART_POLICY, template=client.V1PodTemplateSpec(
+            replicas=count,
+            restart_policy=RESTART_POLICY,
+            template=client.V1PodTemplateSpec(
                 metadata=client.V1ObjectMeta(labels=dict(LABELS), annotations=dict(POD_ANNOTATIONS)),
-                spec=client.V1PodSpec(containers=[container], service_account_name=service_account)))
+                spec=client.V1PodSpec(containers=[container], service_account_name=service_account),
+            ),
+        )
 
     job = models.KubeflowOrgV1TFJob(
-        api_version=API_VERSION, kind=KIND,
-        metadata=client.V1ObjectMeta(name=name, namespace=namespace, labels=dict(LABELS),
-                                     annotations=dict(annotations) if annotations else None),
+        api_version=API_VERSION,
+        kind=KIND,
+        metadata=client.V1ObjectMeta(
+            name=name, namespace=namespace, labels=dict(LABELS), annotations=dict(annotations) if annotations else None
+        ),
         spec=models.KubeflowOrgV1TFJobSpec(
             # Only here does the operator read these; at spec's top level a lenient API server drops them.
             run_policy=models.KubeflowOrgV1RunPolicy(
-                clean_pod_policy=CLEAN_POD_POLICY, ttl_seconds_after_finished=TTL_SECONDS_AFTER_FINISHED,
-                backoff_limit=backoff_limit(workers)),
-            tf_replica_specs={"Chief": replica(1), "Worker": replica(workers - 1)}))
+                clean_pod_policy=CLEAN_POD_POLICY,
+                ttl_seconds_after_finished=TTL_SECONDS_AFTER_FINISHED,
+                backoff_limit=backoff_limit(workers),
+            ),
+            tf_replica_specs={"Chief": replica(1), "Worker": replica(workers - 1)},
+        ),
+    )
     # The client's own serializer: camelCase field names, unset fields left out.
     return client.ApiClient().sanitize_for_serialization(job)
 
@@ -131,7 +156,7 @@ def condition(job: Dict[str, Any], kind: str) -> Optional[Dict[str, Any]]:
 
 
 def finished(job: Dict[str, Any]) -> Optional[str]:
-    """"Succeeded" or "Failed" once the operator says so, else None."""
+    """ "Succeeded" or "Failed" once the operator says so, else None."""
     for kind in ("Succeeded", "Failed"):
         if condition(job, kind):
             return kind
@@ -150,9 +175,24 @@ def containers(job: Dict[str, Any]) -> List[Dict[str, Any]]:
 PLACEHOLDER_NAME = "petseg-trainer"
 
 
-def review_manifest(*, image: str, workers: int, resources: Resources, namespace: str,
-                    service_account: Optional[str], name: str = PLACEHOLDER_NAME) -> Dict[str, Any]:
+def review_manifest(
+    *,
+    image: str,
+    workers: int,
+    resources: Resources,
+    namespace: str,
+    service_account: Optional[str],
+    name: str = PLACEHOLDER_NAME,
+) -> Dict[str, Any]:
     """The TFJob the task submits, with placeholders for what only a run knows (its name and arguments)."""
     # At run time the name is staging.NAME_PREFIX + 12 hex digits of the task's output URIs.
-    return build(name=name, namespace=namespace, image=image, workers=workers, args=replicas.PLACEHOLDER_ARGS,
-                 resources=resources, service_account=service_account, annotations={TASK_ANNOTATION: name})
+    return build(
+        name=name,
+        namespace=namespace,
+        image=image,
+        workers=workers,
+        args=replicas.PLACEHOLDER_ARGS,
+        resources=resources,
+        service_account=service_account,
+        annotations={TASK_ANNOTATION: name},
+    )

@@ -59,23 +59,34 @@ class Cluster:
             if exc.status != 409:
                 raise TaskFailed(f"creating TFJob {self.namespace}/{name}: {_api_message(exc)}") from None
         existing = self.custom.get_namespaced_custom_object(
-            tfjob.GROUP, tfjob.VERSION, self.namespace, tfjob.PLURAL, name)
+            tfjob.GROUP, tfjob.VERSION, self.namespace, tfjob.PLURAL, name
+        )
         mine = job["metadata"]["annotations"][tfjob.TASK_ANNOTATION]
         if (existing["metadata"].get("annotations") or {}).get(tfjob.TASK_ANNOTATION) != mine:
-            raise TaskFailed(f"TFJob {self.namespace}/{name} exists and was not created by this task; "
-                             f"delete it (kubectl delete tfjob -n {self.namespace} {name}) or rename it")
-        print(f"petseg: following TFJob {self.namespace}/{name}, created by an earlier attempt of this task",
-              file=self.out, flush=True)
+            raise TaskFailed(
+                f"TFJob {self.namespace}/{name} exists and was not created by this task; "
+                f"delete it (kubectl delete tfjob -n {self.namespace} {name}) or rename it"
+            )
+        print(
+            f"petseg: following TFJob {self.namespace}/{name}, created by an earlier attempt of this task",
+            file=self.out,
+            flush=True,
+        )
         return existing
 
     def _create_strictly(self, job: Dict[str, Any]) -> Dict[str, Any]:
         """POST with fieldValidation=Strict: the server refuses unknown and duplicate fields rather than dropping
         them (the kubernetes 26.1 client's create_namespaced_custom_object cannot ask for it)."""
         return self.api_client.call_api(
-            f"/apis/{tfjob.GROUP}/{tfjob.VERSION}/namespaces/{self.namespace}/{tfjob.PLURAL}", "POST",
-            query_params=[("fieldValidation", "Strict")], body=job,
+            f"/apis/{tfjob.GROUP}/{tfjob.VERSION}/namespaces/{self.namespace}/{tfjob.PLURAL}",
+            "POST",
+            query_params=[("fieldValidation", "Strict")],
+            body=job,
             header_params={"Content-Type": "application/json", "Accept": "application/json"},
-            auth_settings=["BearerToken"], response_type="object", _return_http_data_only=True)
+            auth_settings=["BearerToken"],
+            response_type="object",
+            _return_http_data_only=True,
+        )
 
     def _selector(self, name: str) -> str:
         return f"metadata.name={name}"
@@ -95,8 +106,11 @@ class Cluster:
                 return job
             try:
                 for event in watch.Watch().stream(
-                        self.custom.list_namespaced_custom_object, *args, field_selector=self._selector(name),
-                        resource_version=listing["metadata"]["resourceVersion"]):
+                    self.custom.list_namespaced_custom_object,
+                    *args,
+                    field_selector=self._selector(name),
+                    resource_version=listing["metadata"]["resourceVersion"],
+                ):
                     if event["type"] == "DELETED":
                         raise TaskFailed(f"TFJob {self.namespace}/{name} was deleted before it finished")
                     if tfjob.finished(event["object"]):
@@ -111,7 +125,8 @@ class Cluster:
 
         try:
             self.custom.delete_namespaced_custom_object(
-                tfjob.GROUP, tfjob.VERSION, self.namespace, tfjob.PLURAL, name, propagation_policy="Background")
+                tfjob.GROUP, tfjob.VERSION, self.namespace, tfjob.PLURAL, name, propagation_policy="Background"
+            )
         except ApiException as exc:
             if exc.status != 404:
                 raise
@@ -125,9 +140,12 @@ class Cluster:
         listing = self.core.list_namespaced_pod(self.namespace, field_selector=self._selector(pod))
         for item in listing.items:
             yield item
-        for event in watch.Watch().stream(self.core.list_namespaced_pod, self.namespace,
-                                          field_selector=self._selector(pod),
-                                          resource_version=listing.metadata.resource_version):
+        for event in watch.Watch().stream(
+            self.core.list_namespaced_pod,
+            self.namespace,
+            field_selector=self._selector(pod),
+            resource_version=listing.metadata.resource_version,
+        ):
             if event["type"] != "DELETED":
                 yield event["object"]
 
@@ -142,8 +160,11 @@ class Cluster:
                     if stop.is_set():
                         return
                     found = _container_status(state)
-                    if found is not None and (found.state.running or found.state.terminated) \
-                            and found.restart_count > shown_restarts:
+                    if (
+                        found is not None
+                        and (found.state.running or found.state.terminated)
+                        and found.restart_count > shown_restarts
+                    ):
                         status = found
                         break
                 if status is None:
@@ -160,8 +181,9 @@ class Cluster:
         """Prints the container's lines until it ends (its log stream closes then)."""
         self.streaming.set()  # before the request, so a job that ends meanwhile still waits for these lines
         try:
-            response = self.core.read_namespaced_pod_log(pod, self.namespace, container=tfjob.CONTAINER,
-                                                         follow=True, _preload_content=False)
+            response = self.core.read_namespaced_pod_log(
+                pod, self.namespace, container=tfjob.CONTAINER, follow=True, _preload_content=False
+            )
         except BaseException:
             self.streaming.clear()
             raise

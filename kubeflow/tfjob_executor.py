@@ -44,8 +44,9 @@ class Cancelled(BaseException):
 def run_on_tfjob(trainer, *, image: str, workers: int, resources: Resources) -> None:
     """Makes an already-built Trainer run as a TFJob of `workers` replicas, each with `resources`."""
     resources.checked()  # refuses bad values now
-    replicas.run_trainer_with(trainer, Executor, {SETTINGS_KEY: {
-        "image": image, "workers": workers, **dataclasses.asdict(resources)}})
+    replicas.run_trainer_with(
+        trainer, Executor, {SETTINGS_KEY: {"image": image, "workers": workers, **dataclasses.asdict(resources)}}
+    )
 
 
 def _settings(exec_properties: Dict[str, Any]) -> Dict[str, Any]:
@@ -55,16 +56,23 @@ def _settings(exec_properties: Dict[str, Any]) -> Dict[str, Any]:
     return custom_config
 
 
-def manifest(p: staging.Plan, exec_properties: Dict[str, Any], *, namespace: str,
-             service_account: Optional[str]) -> Dict[str, Any]:
+def manifest(
+    p: staging.Plan, exec_properties: Dict[str, Any], *, namespace: str, service_account: Optional[str]
+) -> Dict[str, Any]:
     """The TFJob for a plan: its replicas get the Trainer's properties without this executor's settings."""
     custom_config = _settings(exec_properties)
     settings = custom_config.pop(SETTINGS_KEY)
     properties = {**exec_properties, standard_component_specs.CUSTOM_CONFIG_KEY: json_utils.dumps(custom_config)}
-    return tfjob.build(name=p.name, namespace=namespace, image=settings["image"], workers=settings["workers"],
-                       args=replicas.args(p.inputs, p.outputs, properties),
-                       resources=Resources(**{f.name: settings[f.name] for f in dataclasses.fields(Resources)}),
-                       service_account=service_account, annotations={tfjob.TASK_ANNOTATION: p.name})
+    return tfjob.build(
+        name=p.name,
+        namespace=namespace,
+        image=settings["image"],
+        workers=settings["workers"],
+        args=replicas.args(p.inputs, p.outputs, properties),
+        resources=Resources(**{f.name: settings[f.name] for f in dataclasses.fields(Resources)}),
+        service_account=service_account,
+        annotations={tfjob.TASK_ANNOTATION: p.name},
+    )
 
 
 class Executor(base_executor.BaseExecutor):
@@ -81,8 +89,9 @@ class Executor(base_executor.BaseExecutor):
         staging.collect(p)
 
 
-def run(p: staging.Plan, exec_properties: Dict[str, Any], api_client, namespace: str,
-        out: TextIO = sys.stdout) -> Dict[str, Any]:
+def run(
+    p: staging.Plan, exec_properties: Dict[str, Any], api_client, namespace: str, out: TextIO = sys.stdout
+) -> Dict[str, Any]:
     """Submits the plan's TFJob (or adopts the one an earlier pod of the task created) and follows it to the end."""
     cluster = tfjob_client.Cluster(api_client, namespace, out)
     job = manifest(p, exec_properties, namespace=namespace, service_account=cluster.own_service_account())
@@ -92,8 +101,12 @@ def run(p: staging.Plan, exec_properties: Dict[str, Any], api_client, namespace:
     final = None
     try:
         cluster.submit(job)
-        print(f"petseg: TFJob {namespace}/{name}: {counts['Chief']} chief + {counts['Worker']} worker(s); "
-              "waiting for it to finish", file=out, flush=True)
+        print(
+            f"petseg: TFJob {namespace}/{name}: {counts['Chief']} chief + {counts['Worker']} worker(s); "
+            "waiting for it to finish",
+            file=out,
+            flush=True,
+        )
         follower.start()
         final = cluster.wait(name)
     finally:
@@ -109,7 +122,8 @@ def run(p: staging.Plan, exec_properties: Dict[str, Any], api_client, namespace:
     if tfjob.finished(final) == "Failed":
         failed = tfjob.condition(final, "Failed")
         raise tfjob_client.TaskFailed(
-            f"TFJob {namespace}/{name} failed: {failed.get('reason', '')}: {failed.get('message', '')}")
+            f"TFJob {namespace}/{name} failed: {failed.get('reason', '')}: {failed.get('message', '')}"
+        )
     print(f"petseg: TFJob {namespace}/{name} succeeded", file=out, flush=True)
     return final
 
@@ -117,6 +131,7 @@ def run(p: staging.Plan, exec_properties: Dict[str, Any], api_client, namespace:
 @contextlib.contextmanager
 def cancel_on_sigterm():
     """Turns SIGTERM (a terminated run) into Cancelled in the main thread, so `run` deletes its job."""
+
     def cancel(signum, frame):
         raise Cancelled()
 

@@ -25,7 +25,8 @@ DEFAULT_MACHINE_TYPE = "n1-standard-4"
 _N1_MACHINES = sorted(
     [(f"n1-standard-{n}", n, 3.75 * n) for n in (4, 8, 16, 32, 64, 96)]
     + [(f"n1-highmem-{n}", n, 6.5 * n) for n in (2, 4, 8, 16, 32, 64, 96)],
-    key=lambda machine: (machine[1], machine[2]))
+    key=lambda machine: (machine[1], machine[2]),
+)
 N1_GPUS = ("NVIDIA_TESLA_T4", "NVIDIA_TESLA_V100", "NVIDIA_TESLA_P100", "NVIDIA_TESLA_P4")
 
 
@@ -53,50 +54,73 @@ class Replica:
         r = self.resources
         if self.machine_type:
             if r.cpu or r.memory_gb:
-                raise VertexError("--cpu/--memory: Vertex sizes each replica by its machine type; give either "
-                                  f"--machine-type ({self.machine_type!r}) or --cpu/--memory, not both")
+                raise VertexError(
+                    "--cpu/--memory: Vertex sizes each replica by its machine type; give either "
+                    f"--machine-type ({self.machine_type!r}) or --cpu/--memory, not both"
+                )
             return self.machine_type
         if r.gpus and r.vertex_gpu() not in N1_GPUS:
-            raise VertexError(f"--machine-type: {r.gpu_type} GPUs come with their own machine types (e.g. "
-                              "a2-highgpu-1g for one NVIDIA_TESLA_A100, g2-standard-8 for one NVIDIA_L4); "
-                              f"--cpu/--memory choose among N1 machines, which take {', '.join(N1_GPUS)}")
+            raise VertexError(
+                f"--machine-type: {r.gpu_type} GPUs come with their own machine types (e.g. "
+                "a2-highgpu-1g for one NVIDIA_TESLA_A100, g2-standard-8 for one NVIDIA_L4); "
+                f"--cpu/--memory choose among N1 machines, which take {', '.join(N1_GPUS)}"
+            )
         if not (r.cpu or r.memory_gb):
             return DEFAULT_MACHINE_TYPE
         for name, vcpus, memory in _N1_MACHINES:
             if vcpus >= (r.cpu or 0) and memory >= (r.memory_gb or 0):
                 return name
-        raise VertexError(f"--cpu/--memory: no N1 machine has {r.cpu or 0:g} vCPUs and {r.memory_gb or 0:g} GB "
-                          f"(the largest is {_N1_MACHINES[-1][0]}); give --machine-type")
+        raise VertexError(
+            f"--cpu/--memory: no N1 machine has {r.cpu or 0:g} vCPUs and {r.memory_gb or 0:g} GB "
+            f"(the largest is {_N1_MACHINES[-1][0]}); give --machine-type"
+        )
 
 
 def worker_pool_specs(*, image: str, workers: int, replica: Replica) -> List[Dict[str, Any]]:
     """[chief x1, workers x N-1], each running in `image` on `replica`'s machine (the command is TFX's)."""
     if workers < 2:
-        raise VertexError(f"train.workers: Vertex worker pools need 2 or more (a chief and workers), got {workers}; "
-                          "1 runs the Trainer in its own task")
+        raise VertexError(
+            f"train.workers: Vertex worker pools need 2 or more (a chief and workers), got {workers}; "
+            "1 runs the Trainer in its own task"
+        )
     if not image:
         raise VertexError("--image: required")
     machine = replica.machine_spec()
 
     def pool(count: int) -> Dict[str, Any]:
-        return {"replica_count": count, "machine_spec": dict(machine),
-                "container_spec": {"image_uri": image, "env": [dict(e) for e in replicas.ENV]}}
+        return {
+            "replica_count": count,
+            "machine_spec": dict(machine),
+            "container_spec": {"image_uri": image, "env": [dict(e) for e in replicas.ENV]},
+        }
 
     return [pool(1), pool(workers - 1)]
 
 
-def training_job(*, project: Optional[str], region: Optional[str], image: str, workers: int, replica: Replica,
-                 display_name: Optional[str] = None) -> Dict[str, Any]:
+def training_job(
+    *,
+    project: Optional[str],
+    region: Optional[str],
+    image: str,
+    workers: int,
+    replica: Replica,
+    display_name: Optional[str] = None,
+) -> Dict[str, Any]:
     """The CustomJob TFX's extension creates (it takes `project` out), checked without importing TFX."""
     if not project:
-        raise VertexError(f"--project: required for --target vertex with train.workers={workers} (the Google Cloud "
-                          "project the Trainer's CustomJob runs in)")
+        raise VertexError(
+            f"--project: required for --target vertex with train.workers={workers} (the Google Cloud "
+            "project the Trainer's CustomJob runs in)"
+        )
     if not region:
-        raise VertexError(f"--region: required for --target vertex with train.workers={workers} (the Vertex AI "
-                          "region of the Trainer's CustomJob, e.g. us-central1)")
-    job: Dict[str, Any] = {"project": project,
-                           "job_spec": {"worker_pool_specs": worker_pool_specs(
-                               image=image, workers=workers, replica=replica)}}
+        raise VertexError(
+            f"--region: required for --target vertex with train.workers={workers} (the Vertex AI "
+            "region of the Trainer's CustomJob, e.g. us-central1)"
+        )
+    job: Dict[str, Any] = {
+        "project": project,
+        "job_spec": {"worker_pool_specs": worker_pool_specs(image=image, workers=workers, replica=replica)},
+    }
     if display_name:
         job["display_name"] = display_name
     return job

@@ -37,8 +37,9 @@ def build_eval_config(eval_config: EvalConfig) -> tfma.EvalConfig:
         value_threshold=tfma.GenericValueThreshold(lower_bound={"value": eval_config.min_mean_iou}),
         # TFX's Evaluator drops change thresholds when there is no baseline yet (first model).
         change_threshold=tfma.GenericChangeThreshold(
-            direction=tfma.MetricDirection.HIGHER_IS_BETTER,
-            absolute={"value": -eval_config.max_regression}))
+            direction=tfma.MetricDirection.HIGHER_IS_BETTER, absolute={"value": -eval_config.max_regression}
+        ),
+    )
     metrics = [tfma.MetricConfig(class_name=EXAMPLE_COUNT_CLASS)]
     for metric in sm.METRICS:
         config = tfma.MetricConfig(class_name=metric.__name__, module=sm.__name__)
@@ -46,15 +47,22 @@ def build_eval_config(eval_config: EvalConfig) -> tfma.EvalConfig:
             config.per_slice_thresholds.add(slicing_specs=[overall], threshold=gate)
         metrics.append(config)
     return tfma.EvalConfig(
-        model_specs=[tfma.ModelSpec(
-            model_type=MODEL_TYPE,
-            signature_name=SIGNATURE_NAME,
-            preprocessing_function_names=[PREPROCESSING_FUNCTION],
-            label_key=MASK_KEY,
-            prediction_key=MASK_KEY,
-            # components.evaluator batches the examples at this size (TFX's source does not).
-            inference_batch_size=eval_config.batch_size)],
-        slicing_specs=[overall, tfma.SlicingSpec(feature_keys=[SPECIES_KEY]),
-                       tfma.SlicingSpec(feature_keys=[LABEL_KEY])],
+        model_specs=[
+            tfma.ModelSpec(
+                model_type=MODEL_TYPE,
+                signature_name=SIGNATURE_NAME,
+                preprocessing_function_names=[PREPROCESSING_FUNCTION],
+                label_key=MASK_KEY,
+                prediction_key=MASK_KEY,
+                # components.evaluator batches the examples at this size (TFX's source does not).
+                inference_batch_size=eval_config.batch_size,
+            )
+        ],
+        slicing_specs=[
+            overall,
+            tfma.SlicingSpec(feature_keys=[SPECIES_KEY]),
+            tfma.SlicingSpec(feature_keys=[LABEL_KEY]),
+        ],
         metrics_specs=[tfma.MetricsSpec(metrics=metrics)],
-        options=tfma.Options(include_default_metrics={"value": False}))
+        options=tfma.Options(include_default_metrics={"value": False}),
+    )

@@ -54,17 +54,16 @@ def class_key(prefix: str, class_name: str) -> str:
     return f"{prefix}/{class_name}"
 
 
-def scores_from_confusion_matrix(matrix: np.ndarray,
-                                 class_names: Sequence[str] = CLASS_NAMES) -> Dict[str, float]:
+def scores_from_confusion_matrix(matrix: np.ndarray, class_names: Sequence[str] = CLASS_NAMES) -> Dict[str, float]:
     """Every score of this module, keyed by metric name, from a truth x prediction matrix.
 
     [C, C + 1]: the last column counts pixels predicted as no class; a [C, C] matrix has none.
     """
     matrix = np.asarray(matrix, dtype=np.float64)
-    invalid = matrix[:, len(class_names):].sum()
-    true_positive = np.diag(matrix[:, :len(class_names)])
+    invalid = matrix[:, len(class_names) :].sum()
+    true_positive = np.diag(matrix[:, : len(class_names)])
     truth_pixels = matrix.sum(axis=1)  # includes pixels predicted as no class: they are misses
-    predicted_pixels = matrix[:, :len(class_names)].sum(axis=0)
+    predicted_pixels = matrix[:, : len(class_names)].sum(axis=0)
     union = truth_pixels + predicted_pixels - true_positive
     with np.errstate(divide="ignore", invalid="ignore"):
         # 0/0 -> NaN for absent classes, by design (module docstring).
@@ -102,8 +101,7 @@ class _ConfusionMatrixCombiner(beam.CombineFn):
     def create_accumulator(self) -> np.ndarray:
         return np.zeros((self._num_classes, self._num_classes + 1), dtype=np.int64)
 
-    def add_input(self, accumulator: np.ndarray,
-                  element: metric_types.StandardMetricInputs) -> np.ndarray:
+    def add_input(self, accumulator: np.ndarray, element: metric_types.StandardMetricInputs) -> np.ndarray:
         # '' means "not keyed"; get_by_key would look for a literal '' key.
         model_name = self._key.model_name or None
         output_name = self._key.output_name or None
@@ -111,17 +109,20 @@ class _ConfusionMatrixCombiner(beam.CombineFn):
         prediction = element.get_predictions(model_name, output_name)
         if isinstance(prediction, Mapping):
             if self._prediction_key not in prediction:
-                raise ValueError(f"prediction output {self._prediction_key!r} not in model outputs "
-                                 f"{sorted(prediction)}; set ModelSpec.prediction_key")
+                raise ValueError(
+                    f"prediction output {self._prediction_key!r} not in model outputs "
+                    f"{sorted(prediction)}; set ModelSpec.prediction_key"
+                )
             prediction = prediction[self._prediction_key]
         if label is None or prediction is None:
-            raise ValueError("segmentation metrics need a label mask (ModelSpec.label_key) and a "
-                             f"predicted mask; got label={label is not None}, "
-                             f"prediction={prediction is not None}")
+            raise ValueError(
+                "segmentation metrics need a label mask (ModelSpec.label_key) and a "
+                f"predicted mask; got label={label is not None}, "
+                f"prediction={prediction is not None}"
+            )
         label, prediction = np.asarray(label), np.asarray(prediction)
         if label.size != prediction.size:
-            raise ValueError(f"label mask shape {label.shape} does not match predicted mask "
-                             f"shape {prediction.shape}")
+            raise ValueError(f"label mask shape {label.shape} does not match predicted mask shape {prediction.shape}")
         label = label.reshape(-1).astype(np.int64)
         prediction = prediction.reshape(-1).astype(np.int64)
         classes = self._num_classes
@@ -130,8 +131,10 @@ class _ConfusionMatrixCombiner(beam.CombineFn):
         no_class = prediction == INVALID_CLASS
         bad = (prediction < 0) | ((prediction >= classes) & ~no_class)
         if bad.any():
-            raise ValueError(f"prediction class ids must be in [0, {classes}) or {INVALID_CLASS} (no class), "
-                             f"got {sorted(set(prediction[bad].tolist()))[:5]}")
+            raise ValueError(
+                f"prediction class ids must be in [0, {classes}) or {INVALID_CLASS} (no class), "
+                f"got {sorted(set(prediction[bad].tolist()))[:5]}"
+            )
         prediction = np.where(no_class, classes, prediction)
         counts = np.bincount(label * (classes + 1) + prediction, minlength=classes * (classes + 1))
         accumulator += counts.reshape(classes, classes + 1)
@@ -153,31 +156,47 @@ class _SegmentationMetric(metric_types.Metric):
 
     DEFAULT_NAME = ""
 
-    def __init__(self, name: Optional[str] = None, class_names: Sequence[str] = CLASS_NAMES,
-                 prediction_key: str = MASK_KEY):
-        super().__init__(metric_util.merge_per_key_computations(self._computations),
-                         name=name or self.DEFAULT_NAME, class_names=list(class_names),
-                         prediction_key=prediction_key)
+    def __init__(
+        self, name: Optional[str] = None, class_names: Sequence[str] = CLASS_NAMES, prediction_key: str = MASK_KEY
+    ):
+        super().__init__(
+            metric_util.merge_per_key_computations(self._computations),
+            name=name or self.DEFAULT_NAME,
+            class_names=list(class_names),
+            prediction_key=prediction_key,
+        )
 
     def _reported_scores(self, name: str, class_names: Sequence[str]) -> Dict[str, str]:
         """Reported metric name -> name in `scores_from_confusion_matrix`."""
         return {name: self.DEFAULT_NAME}
 
-    def _computations(self, name: str, class_names: List[str], prediction_key: str,
-                      eval_config: Optional[config_pb2.EvalConfig] = None,
-                      model_name: str = "", output_name: str = "",
-                      example_weighted: bool = False) -> metric_types.MetricComputations:
+    def _computations(
+        self,
+        name: str,
+        class_names: List[str],
+        prediction_key: str,
+        eval_config: Optional[config_pb2.EvalConfig] = None,
+        model_name: str = "",
+        output_name: str = "",
+        example_weighted: bool = False,
+    ) -> metric_types.MetricComputations:
         prediction_key = _model_prediction_key(eval_config, model_name) or prediction_key
         # The matrix name encodes its arguments so differently configured metrics never share it.
         matrix_key = metric_types.MetricKey(
             name=metric_util.generate_private_name_from_arguments(
-                CONFUSION_MATRIX_NAME, class_names=class_names, prediction_key=prediction_key),
-            model_name=model_name, output_name=output_name, example_weighted=example_weighted)
+                CONFUSION_MATRIX_NAME, class_names=class_names, prediction_key=prediction_key
+            ),
+            model_name=model_name,
+            output_name=output_name,
+            example_weighted=example_weighted,
+        )
         sources = self._reported_scores(name, class_names)
-        keys = {reported: metric_types.MetricKey(name=reported, model_name=model_name,
-                                                 output_name=output_name,
-                                                 example_weighted=example_weighted)
-                for reported in sources}
+        keys = {
+            reported: metric_types.MetricKey(
+                name=reported, model_name=model_name, output_name=output_name, example_weighted=example_weighted
+            )
+            for reported in sources
+        }
 
         def result(metrics: Dict[metric_types.MetricKey, Any]) -> Dict[metric_types.MetricKey, float]:
             scores = scores_from_confusion_matrix(metrics[matrix_key], class_names)
@@ -185,8 +204,10 @@ class _SegmentationMetric(metric_types.Metric):
 
         return [
             metric_types.MetricComputation(
-                keys=[matrix_key], preprocessors=None,
-                combiner=_ConfusionMatrixCombiner(matrix_key, len(class_names), prediction_key)),
+                keys=[matrix_key],
+                preprocessors=None,
+                combiner=_ConfusionMatrixCombiner(matrix_key, len(class_names), prediction_key),
+            ),
             metric_types.DerivedMetricComputation(keys=list(keys.values()), result=result),
         ]
 

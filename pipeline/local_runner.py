@@ -38,7 +38,8 @@ def run(config: PipelineConfig, progress: Optional[ProgressTracker] = None) -> N
     progress = progress or ProgressTracker(None)
     pipeline = create_pipeline(
         freshness.pin(config, config.serving_dir),
-        metadata_connection_config=metadata.sqlite_metadata_connection_config(config.metadata_path))
+        metadata_connection_config=metadata.sqlite_metadata_connection_config(config.metadata_path),
+    )
     absl_logger = logging.getLogger("absl")
     try:
         with metadata_guard(config.metadata_path):
@@ -51,7 +52,8 @@ def run(config: PipelineConfig, progress: Optional[ProgressTracker] = None) -> N
         where = ""
         if config.beam.runner == "flink":
             where = f"\nFlink jobs and their exceptions: http://{config.beam.flink_master}/#/job/completed"
-        raise PipelineFailed(f"{progress.current or 'the pipeline'} failed: {errors.readable(str(exc))}{where}",
-                             progress.current) from exc
+        raise PipelineFailed(
+            f"{progress.current or 'the pipeline'} failed: {errors.readable(str(exc))}{where}", progress.current
+        ) from exc
     finally:
         absl_logger.removeHandler(progress)

@@ -28,7 +28,8 @@ def metadata_guard(path: str, timeout: float = 10.0) -> Iterator[None]:
         except BlockingIOError:
             raise MetadataUnavailable(
                 f"{path} is in use by another petseg run (it holds {lock_path}); wait for that run to "
-                "finish or use another --output-dir") from None
+                "finish or use another --output-dir"
+            ) from None
         if os.path.exists(path):  # MLMD creates a missing one
             _check_sqlite(path, timeout)
         yield
@@ -47,8 +48,10 @@ def _check_sqlite(path: str, timeout: float) -> None:
             raise MetadataUnavailable(f"cannot open the metadata store {path}: {exc}") from exc
         raise MetadataUnavailable(
             f"{path} is locked by another process (waited {timeout:.0f} s): another program holds a "
-            "write transaction on it; stop it and rerun") from exc
+            "write transaction on it; stop it and rerun"
+        ) from exc
     except sqlite3.DatabaseError as exc:
         raise MetadataUnavailable(
             f"{path} is not a usable metadata database ({exc}). Move it aside to start afresh (the cache "
-            "and lineage of earlier runs are lost; serving/ keeps its models) or restore a backup") from exc
+            "and lineage of earlier runs are lost; serving/ keeps its models) or restore a backup"
+        ) from exc

@@ -38,11 +38,16 @@ def local_beam_args(config: PipelineConfig) -> List[str]:
     return beam_pipeline_args(config.beam)
 
 
-def create_pipeline(config: PipelineConfig, *, pipeline_root: Optional[str] = None,
-                    serving_dir: Optional[str] = None, schema_file: str = SCHEMA_FILE,
-                    data_dir: Optional[str] = None,
-                    metadata_connection_config=None,
-                    beam_pipeline_args: Optional[List[str]] = None) -> tfx_pipeline.Pipeline:
+def create_pipeline(
+    config: PipelineConfig,
+    *,
+    pipeline_root: Optional[str] = None,
+    serving_dir: Optional[str] = None,
+    schema_file: str = SCHEMA_FILE,
+    data_dir: Optional[str] = None,
+    metadata_connection_config=None,
+    beam_pipeline_args: Optional[List[str]] = None,
+) -> tfx_pipeline.Pipeline:
     """Builds the pipeline; paths default to the config's output folder (runners may relocate them)."""
     data = config.data
     example_gen = TfdsExampleGen(
@@ -61,9 +66,11 @@ def create_pipeline(config: PipelineConfig, *, pipeline_root: Optional[str] = No
     schema_gen = ImportSchemaGen(schema_file=schema_file).with_id(names.SCHEMA_GEN_ID)
     # With the schema, image bytes get image statistics instead of being counted as categories.
     statistics_gen = StatisticsGen(
-        examples=example_gen.outputs["examples"], schema=schema_gen.outputs["schema"]).with_id(names.STATISTICS_GEN_ID)
+        examples=example_gen.outputs["examples"], schema=schema_gen.outputs["schema"]
+    ).with_id(names.STATISTICS_GEN_ID)
     example_validator = ExampleValidator(
-        statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"],
+        statistics=statistics_gen.outputs["statistics"],
+        schema=schema_gen.outputs["schema"],
     ).with_id(names.EXAMPLE_VALIDATOR_ID)
     validation_gate = ValidationGate(anomalies=example_validator.outputs["anomalies"]).with_id(names.VALIDATION_GATE_ID)
 
@@ -71,16 +78,20 @@ def create_pipeline(config: PipelineConfig, *, pipeline_root: Optional[str] = No
     # The model to beat and to warm-start from is the one being served: the newest version the
     # Pusher published. An ordinary task, so open-source KFP, Vertex and LocalDagRunner all run it.
     latest_blessed_model = LatestBlessedModel(
-        serving_dir=serving, version=NEWEST if config.eval.baseline_version is None else config.eval.baseline_version,
+        serving_dir=serving,
+        version=NEWEST if config.eval.baseline_version is None else config.eval.baseline_version,
     ).with_id(names.LATEST_BLESSED_MODEL_ID)
     # The newest span against the span the served model was trained on (published with it); before the
     # first push there is nothing to compare with, and the gate lets the run go on.
     drift_validator = DriftValidator(
         statistics=statistics_gen.outputs["statistics"],
-        baseline_statistics=latest_blessed_model.outputs["statistics"], drift=config.drift,
+        baseline_statistics=latest_blessed_model.outputs["statistics"],
+        drift=config.drift,
     ).with_id(names.DRIFT_VALIDATOR_ID)
-    drift_gate = DriftGate(anomalies=drift_validator.outputs["anomalies"], action=config.drift.action,
-                           ).with_id(names.DRIFT_GATE_ID)
+    drift_gate = DriftGate(
+        anomalies=drift_validator.outputs["anomalies"],
+        action=config.drift.action,
+    ).with_id(names.DRIFT_GATE_ID)
 
     transform = Transform(
         examples=example_gen.outputs["examples"],
@@ -101,8 +112,7 @@ def create_pipeline(config: PipelineConfig, *, pipeline_root: Optional[str] = No
         transform_graph=transform.outputs["transform_graph"],
         schema=schema_gen.outputs["schema"],
         base_model=latest_blessed_model.outputs["model"] if config.train.warm_start else None,
-        custom_config={"model": dataclasses.asdict(config.model),
-                       "train": dataclasses.asdict(config.train)},
+        custom_config={"model": dataclasses.asdict(config.model), "train": dataclasses.asdict(config.train)},
     ).with_id(names.TRAINER_ID)
 
     evaluator = Evaluator(
@@ -119,17 +129,28 @@ def create_pipeline(config: PipelineConfig, *, pipeline_root: Optional[str] = No
         model_blessing=evaluator.outputs["blessing"],
         statistics=statistics_gen.outputs["statistics"],
         push_destination=pusher_pb2.PushDestination(
-            filesystem=pusher_pb2.PushDestination.Filesystem(
-                base_directory=serving)),
+            filesystem=pusher_pb2.PushDestination.Filesystem(base_directory=serving)
+        ),
     ).with_id(names.PUSHER_ID)
 
     return tfx_pipeline.Pipeline(
         pipeline_name=config.name,
         pipeline_root=pipeline_root or config.pipeline_root,
-        components=[example_gen, statistics_gen, schema_gen, example_validator, validation_gate,
-                    latest_blessed_model, drift_validator, drift_gate, transform, trainer, evaluator, pusher],
+        components=[
+            example_gen,
+            statistics_gen,
+            schema_gen,
+            example_validator,
+            validation_gate,
+            latest_blessed_model,
+            drift_validator,
+            drift_gate,
+            transform,
+            trainer,
+            evaluator,
+            pusher,
+        ],
         enable_cache=True,
         metadata_connection_config=metadata_connection_config,
         beam_pipeline_args=beam_pipeline_args if beam_pipeline_args is not None else local_beam_args(config),
     )
-

@@ -9,7 +9,6 @@ from typing import Optional, TextIO
 from components import internals
 
 
-
 class ProgressTracker(logging.Handler):
     """Turns LocalDagRunner's log records into one console line per component.
 

@@ -79,14 +79,21 @@ class RunArtifacts:
 
     def _linked(self, execution: Execution, event_type: int, key: str) -> List[Artifact]:
         """The artifacts an execution's events of `event_type` link under `key`, in their list order."""
-        events = sorted((e for e in self.store.get_events_by_execution_ids([execution.id])
-                         if e.type == event_type and e.path.steps and e.path.steps[0].key == key),
-                        key=lambda e: e.path.steps[1].index if len(e.path.steps) > 1 else 0)
+        events = sorted(
+            (
+                e
+                for e in self.store.get_events_by_execution_ids([execution.id])
+                if e.type == event_type and e.path.steps and e.path.steps[0].key == key
+            ),
+            key=lambda e: e.path.steps[1].index if len(e.path.steps) > 1 else 0,
+        )
         if not events:
             return []
         found = {a.id: a for a in self.store.get_artifacts_by_id([e.artifact_id for e in events])}
-        return [artifact_utils.deserialize_artifact(self._type(found[e.artifact_id].type_id), found[e.artifact_id])
-                for e in events]
+        return [
+            artifact_utils.deserialize_artifact(self._type(found[e.artifact_id].type_id), found[e.artifact_id])
+            for e in events
+        ]
 
     def _type(self, type_id: int) -> metadata_store_pb2.ArtifactType:
         if type_id not in self._types:
@@ -95,18 +102,21 @@ class RunArtifacts:
 
     def node_ids(self) -> List[str]:
         prefix = f"{self.pipeline}."
-        return [c.name[len(prefix):] for c in self.store.get_contexts_by_type(constants.NODE_CONTEXT_TYPE_NAME)
-                if c.name.startswith(prefix)]
+        return [
+            c.name[len(prefix) :]
+            for c in self.store.get_contexts_by_type(constants.NODE_CONTEXT_TYPE_NAME)
+            if c.name.startswith(prefix)
+        ]
 
     def latest_run_id(self) -> Optional[str]:
         """The pipeline run of this pipeline's newest execution (each execution belongs to one run)."""
-        newest = max((e for node in self.node_ids() for e in self.executions(node)[-1:]),
-                     key=lambda e: e.id, default=None)
+        newest = max(
+            (e for node in self.node_ids() for e in self.executions(node)[-1:]), key=lambda e: e.id, default=None
+        )
         if newest is None:
             return None
         run_type = self.store.get_context_type(constants.PIPELINE_RUN_CONTEXT_TYPE_NAME)
-        return next((c.name for c in self.store.get_contexts_by_execution(newest.id) if c.type_id == run_type.id),
-                    None)
+        return next((c.name for c in self.store.get_contexts_by_execution(newest.id) if c.type_id == run_type.id), None)
 
     def component_times(self) -> Dict[str, Dict[str, object]]:
         """{node: {"seconds", "cached"}} of the latest pipeline run, in the order the nodes started.
@@ -122,9 +132,13 @@ class RunArtifacts:
             executions = self.executions(node, run_id)
             if executions:
                 latest[node] = executions[-1]
-        return {node: {"seconds": round((e.last_update_time_since_epoch - e.create_time_since_epoch) / 1000, 2),
-                       "cached": e.last_known_state == Execution.CACHED}
-                for node, e in sorted(latest.items(), key=lambda item: (item[1].create_time_since_epoch, item[1].id))}
+        return {
+            node: {
+                "seconds": round((e.last_update_time_since_epoch - e.create_time_since_epoch) / 1000, 2),
+                "cached": e.last_known_state == Execution.CACHED,
+            }
+            for node, e in sorted(latest.items(), key=lambda item: (item[1].create_time_since_epoch, item[1].id))
+        }
 
     def close(self) -> None:
         """Nothing to release: the store closes its connection when it is collected."""

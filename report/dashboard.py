@@ -22,11 +22,24 @@ def _static(name: str) -> Markup:
     return Markup(resources.files("report").joinpath("static", name).read_text(encoding="utf-8"))
 
 
-_ENV = jinja2.Environment(loader=jinja2.PackageLoader("report", "templates"), autoescape=True,
-                          undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+_ENV = jinja2.Environment(
+    loader=jinja2.PackageLoader("report", "templates"),
+    autoescape=True,
+    undefined=jinja2.StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
 _ENV.globals.update(hint=hint, NA=NA)  # macros see globals, not the page context
-_ENV.filters.update(f1="{:.1f}".format, f2="{:.2f}".format, f3="{:.3f}".format, f4="{:.4f}".format,
-                    f6="{:.6f}".format, g="{:g}".format, g3="{:.3g}".format, tint=tint)
+_ENV.filters.update(
+    f1="{:.1f}".format,
+    f2="{:.2f}".format,
+    f3="{:.3f}".format,
+    f4="{:.4f}".format,
+    f6="{:.6f}".format,
+    g="{:g}".format,
+    g3="{:.3g}".format,
+    tint=tint,
+)
 
 
 def _assets():
@@ -44,7 +57,8 @@ def write_history_page(runs_dir: str, output: str) -> str:
     as one self-contained page; returns its path."""
     rows = history.folder_history(runs_dir)
     page = _ENV.get_template("history_page.html.j2").render(
-        history=history_view(rows), source=runs_dir, title=f"petseg runs · {len(rows)}", **_assets())
+        history=history_view(rows), source=runs_dir, title=f"petseg runs · {len(rows)}", **_assets()
+    )
     path = pathlib.Path(output)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(page, encoding="utf-8")

@@ -44,7 +44,7 @@ def run_history(metadata_path: str, pipeline_name: str) -> List[Dict[str, Any]]:
     for context in mlmd.contexts(constants.NODE_CONTEXT_TYPE_NAME):
         if context.name.startswith(prefix):
             for execution in mlmd.store.get_executions_by_context(context.id):
-                node_of[execution.id] = context.name[len(prefix):]
+                node_of[execution.id] = context.name[len(prefix) :]
     runs = []
     for context in mlmd.contexts(constants.PIPELINE_RUN_CONTEXT_TYPE_NAME):
         executions = [e for e in mlmd.store.get_executions_by_context(context.id) if e.id in node_of]
@@ -53,8 +53,9 @@ def run_history(metadata_path: str, pipeline_name: str) -> List[Dict[str, Any]]:
     return [_row(mlmd, run_id, started, executions, node_of) for started, run_id, executions in sorted(runs)]
 
 
-def _row(mlmd: RunArtifacts, run_id: str, started: int, executions: List[Execution],
-         node_of: Dict[int, str]) -> Dict[str, Any]:
+def _row(
+    mlmd: RunArtifacts, run_id: str, started: int, executions: List[Execution], node_of: Dict[int, str]
+) -> Dict[str, Any]:
     """run, date, spans, drift verdict, candidate and baseline mean IoU, blessed, pushed version, status, and the
     Evaluator's output."""
     latest: Dict[str, Execution] = {}
@@ -142,8 +143,14 @@ def _folder_row(run: str, run_id: str) -> Optional[Dict[str, Any]]:
         return None  # not a run of this pipeline
     report = json.loads(tf.io.gfile.GFile(report_file).read()) if report_file else {}
     # The newest span is the one drift was measured on; a window's older spans are its train_span_<N> splits.
-    older = sorted(int(os.path.basename(p.rstrip("/"))[len("Split-train_span_"):])
-                   for p in tf.io.gfile.glob(f"{examples}/Split-train_span_*")) if examples else []
+    older = (
+        sorted(
+            int(os.path.basename(p.rstrip("/"))[len("Split-train_span_") :])
+            for p in tf.io.gfile.glob(f"{examples}/Split-train_span_*")
+        )
+        if examples
+        else []
+    )
     spans = older + ([report["span"]] if "span" in report else [])
     evaluation = _output(run, names.EVALUATOR_ID, "evaluation")
     candidate = baseline = None

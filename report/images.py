@@ -37,8 +37,7 @@ def write_report_images(model_dir: str, eval_examples_dir: str, report_dir: str,
         predicted = serve(image_bytes=tf.constant([image_bytes]))["mask"][0].numpy()
         size = predicted.shape[0]
         image = preprocessing.decode_image(tf.constant(image_bytes), size).numpy()
-        truth = preprocessing.decode_mask(
-            tf.constant(feature[features.RAW_MASK_KEY].bytes_list.value[0]), size).numpy()
+        truth = preprocessing.decode_mask(tf.constant(feature[features.RAW_MASK_KEY].bytes_list.value[0]), size).numpy()
         panel = np.concatenate([image, _colour_mask(truth), _colour_mask(predicted)], axis=1)
         name = feature[features.FILE_NAME_KEY].bytes_list.value[0].decode().rsplit(".", 1)[0]
         path = out / f"{i:02d}_{name}.png"

@@ -20,8 +20,7 @@ def load_breed_names(data_dir: str) -> List[str]:
     return tfds.builder("oxford_iiit_pet", data_dir=data_dir).info.features["label"].names
 
 
-def load_metrics(evaluation_uri: str, breed_names: Sequence[str] = (),
-                 baseline: bool = False) -> Dict[str, Any]:
+def load_metrics(evaluation_uri: str, breed_names: Sequence[str] = (), baseline: bool = False) -> Dict[str, Any]:
     """Evaluator output as {"overall": {...}, "slices": {"species:cat": {...}, ...}}.
 
     Each slice maps to `mean_iou`, `mean_dice`, `pixel_accuracy`, `iou`/`dice` ({class: value}),
@@ -40,8 +39,7 @@ def load_metrics(evaluation_uri: str, breed_names: Sequence[str] = (),
     return loaded
 
 
-def load_baseline_metrics(evaluation_uri: str,
-                          breed_names: Sequence[str] = ()) -> Optional[Dict[str, Any]]:
+def load_baseline_metrics(evaluation_uri: str, breed_names: Sequence[str] = ()) -> Optional[Dict[str, Any]]:
     """The baseline model's metrics in `load_metrics` form, or None without a baseline."""
     if _baseline_spec_name(evaluation_uri) is None:
         return None
@@ -85,7 +83,8 @@ def gate_thresholds(evaluation_uri: str) -> Dict[str, Optional[float]]:
             if metric.class_name not in gated:
                 continue
             thresholds = [t.threshold for t in metric.per_slice_thresholds] + (
-                [metric.threshold] if metric.HasField("threshold") else [])
+                [metric.threshold] if metric.HasField("threshold") else []
+            )
             for threshold in thresholds:
                 if threshold.value_threshold.HasField("lower_bound"):
                     found["min_mean_iou"] = threshold.value_threshold.lower_bound.value
@@ -97,8 +96,11 @@ def gate_thresholds(evaluation_uri: str) -> Dict[str, Optional[float]]:
 def validation_failures(evaluation_uri: str) -> List[str]:
     """TFMA's reasons for not blessing, one readable line each."""
     result = tfma.load_validation_result(evaluation_uri)
-    lines = [f"{failure.metric_key.name or 'metric'}: {failure.message}".strip()
-             for per_slice in result.metric_validations_per_slice for failure in per_slice.failures]
+    lines = [
+        f"{failure.metric_key.name or 'metric'}: {failure.message}".strip()
+        for per_slice in result.metric_validations_per_slice
+        for failure in per_slice.failures
+    ]
     lines += [f"slice not found: {s}" for s in result.missing_slices]
     if result.missing_thresholds:
         lines.append(f"{len(result.missing_thresholds)} threshold(s) name a metric that was not computed")
@@ -116,10 +118,12 @@ def _baseline_spec_name(evaluation_uri: str) -> Optional[str]:
 
 def _plain_metrics(raw: Mapping[str, Mapping[str, Any]]) -> Dict[str, Any]:
     """TFMA's {name: {"doubleValue": v}} as the summary's nested floats."""
-    values = {name: float(value["doubleValue"]) for name, value in raw.items()
-              if isinstance(value, Mapping) and "doubleValue" in value}
-    plain: Dict[str, Any] = {name: values.get(name) for name in
-                             (sm.MEAN_IOU, sm.MEAN_DICE, sm.PIXEL_ACCURACY)}
+    values = {
+        name: float(value["doubleValue"])
+        for name, value in raw.items()
+        if isinstance(value, Mapping) and "doubleValue" in value
+    }
+    plain: Dict[str, Any] = {name: values.get(name) for name in (sm.MEAN_IOU, sm.MEAN_DICE, sm.PIXEL_ACCURACY)}
     for prefix in (sm.IOU_PREFIX, sm.DICE_PREFIX):
         plain[prefix] = {c: values.get(sm.class_key(prefix, c)) for c in CLASS_NAMES}
     plain["pixels"] = _maybe_int(values.get(sm.PIXEL_COUNT))
@@ -132,8 +136,7 @@ def _maybe_int(value: Optional[float]) -> Optional[int]:
 
 
 def _slice_name(slice_key: Tuple[Tuple[str, Any], ...], breed_names: Sequence[str]) -> str:
-    return ",".join(f"{column}:{_value_name(column, value, breed_names)}"
-                    for column, value in slice_key)
+    return ",".join(f"{column}:{_value_name(column, value, breed_names)}" for column, value in slice_key)
 
 
 def _value_name(column: str, value: Any, breed_names: Sequence[str]) -> str:

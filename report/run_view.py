@@ -95,8 +95,21 @@ def load_run(run_dir: str, pipeline_name: str = PipelineConfig.name) -> RunView:
         thresholds = metrics.gate_thresholds(uri)
         failures = metrics.validation_failures(uri)
     # The run's own images; report/ may also hold an earlier run's (a run stopped before training has none).
-    pngs = summary["report_images"] if "report_images" in summary else sorted(
-        str(p) for p in pathlib.Path(layout.report_dir).glob("*.png"))
-    return RunView(str(root), summary, uri, found or summary.get("metrics"), baseline, blessed,
-                   thresholds, failures, training_history(summary.get("model_run")), pngs,
-                   run_history(layout.metadata_path, pipeline_name))
+    pngs = (
+        summary["report_images"]
+        if "report_images" in summary
+        else sorted(str(p) for p in pathlib.Path(layout.report_dir).glob("*.png"))
+    )
+    return RunView(
+        str(root),
+        summary,
+        uri,
+        found or summary.get("metrics"),
+        baseline,
+        blessed,
+        thresholds,
+        failures,
+        training_history(summary.get("model_run")),
+        pngs,
+        run_history(layout.metadata_path, pipeline_name),
+    )

@@ -8,8 +8,10 @@ from typing import Any, Optional
 # What an undefined or missing score shows as, on the page and in its charts.
 NA = "\u2014"
 # Why a score shows as NA instead of a number (metrics.segmentation explains the convention).
-ABSENT_CLASS_HINT = ("Undefined: this class has no pixels in this slice's truth or predictions (0/0). "
-                     "It is left out of the slice's mean IoU / mean Dice.")
+ABSENT_CLASS_HINT = (
+    "Undefined: this class has no pixels in this slice's truth or predictions (0/0). "
+    "It is left out of the slice's mean IoU / mean Dice."
+)
 NO_PIXELS_HINT = "Undefined: this slice has no pixels."
 MISSING_HINT = "Not computed for this model."
 

@@ -75,8 +75,11 @@ def build_summary(config: PipelineConfig, run: RunArtifacts, stopped: Optional[s
 
 
 # Console table columns: (header, metric key as report.metrics.metric_value reads it).
-_TABLE = ([("mIoU", "mean_iou")] + [(c[:6], f"iou/{c}") for c in CLASS_NAMES]
-          + [("mDice", "mean_dice"), ("acc", "pixel_accuracy")])
+_TABLE = (
+    [("mIoU", "mean_iou")]
+    + [(c[:6], f"iou/{c}") for c in CLASS_NAMES]
+    + [("mDice", "mean_dice"), ("acc", "pixel_accuracy")]
+)
 
 
 def _row(name: str, m: Dict[str, Any]) -> str:
@@ -93,8 +96,12 @@ def drift_line(block: Optional[Dict[str, Any]]) -> Optional[str]:
     against = f"against version {block['baseline_version']} (span {block['baseline_span']})"
     if block["verdict"] == drift.PASSED:
         return f"drift: passed {against}"
-    found = ", ".join(f"{row['feature']} {row['value'] if row['value'] is None else round(row['value'], 4)} "
-                      f"(threshold {row['threshold']:g})" for row in block["features"] if row["drifted"])
+    found = ", ".join(
+        f"{row['feature']} {row['value'] if row['value'] is None else round(row['value'], 4)} "
+        f"(threshold {row['threshold']:g})"
+        for row in block["features"]
+        if row["drifted"]
+    )
     return f"drift: DRIFTED {against}: {found}"
 
 
@@ -116,8 +123,11 @@ def print_summary(summary: Dict[str, Any], stream: TextIO) -> None:
         baseline_text = f"{baseline['mean_iou']:.3f}" if baseline else "none (first model)"
         lines.append(f"blessed: {summary['blessed']}   baseline mean IoU: {baseline_text}")
         lines.append(f"pushed model: {summary['pushed_model'] or 'nothing pushed'}")
-    slow = ", ".join(f"{k} {v['seconds']:.0f}s{' (cached)' if v['cached'] else ''}"
-                     for k, v in summary["components"].items() if v.get("seconds") is not None)
+    slow = ", ".join(
+        f"{k} {v['seconds']:.0f}s{' (cached)' if v['cached'] else ''}"
+        for k, v in summary["components"].items()
+        if v.get("seconds") is not None
+    )
     lines.append(f"components: {slow}")
     print("\n".join(lines), file=stream, flush=True)
 
@@ -156,13 +166,15 @@ def finish_run(config: PipelineConfig, stream: TextIO, stopped: Optional[str] = 
         source = {"model": model_dir, "examples": summary["eval_examples"], "count": config.eval.report_images}
         previous = read_summary(str(config.output_dir)) or {}
         if previous.get("report_images_source") == source and all(
-                pathlib.Path(p).exists() for p in previous.get("report_images", [])):
+            pathlib.Path(p).exists() for p in previous.get("report_images", [])
+        ):
             # Artifacts are immutable, so the same model on the same examples draws the same PNGs;
             # skipping the model load keeps an unchanged re-run short.
             summary["report_images"] = previous["report_images"]
         else:
             summary["report_images"] = images.write_report_images(
-                model_dir, summary["eval_examples"], config.report_dir, config.eval.report_images)
+                model_dir, summary["eval_examples"], config.report_dir, config.eval.report_images
+            )
         summary["report_images_source"] = source
     else:
         summary["report_images"] = []  # earlier runs' PNGs in report/ are not this run's

@@ -31,7 +31,7 @@ def training_history(model_run: Optional[str]) -> Dict[str, List[float]]:
             if tag.startswith("epoch_"):
                 # TF2 event files carry no restart marker, so the accumulator keeps repeated steps.
                 by_epoch = {e.step: float(tf.make_ndarray(e.tensor_proto)) for e in events.Tensors(tag)}
-                history[prefix + tag[len("epoch_"):]] = [by_epoch[step] for step in sorted(by_epoch)]
+                history[prefix + tag[len("epoch_") :]] = [by_epoch[step] for step in sorted(by_epoch)]
                 epochs.update(by_epoch)
     if history:
         history["epoch"] = sorted(epochs)

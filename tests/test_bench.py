@@ -36,9 +36,11 @@ def test_conv_macs_by_hand():
 @pytest.fixture
 def clock(monkeypatch):
     """perf_counter reads these instants in turn: each timed call lasts exactly as long as the test says."""
+
     def set_instants(*instants):
         readings = iter(instants)
         monkeypatch.setattr(measure.time, "perf_counter", lambda: next(readings))
+
     return set_instants
 
 
@@ -53,7 +55,7 @@ def test_the_best_of_the_repeats_divides_the_work(clock):
     assert fits == [2, 2, 2]
     # A chain of 4 matmuls of 64² (2·64³ FLOP each) in its best run of 0.5 s; the first call traces.
     clock(0.0, 1.0, 3.0, 3.5)
-    assert measure.matmul_flops_per_second(tf.float32, size=64, repeats=2, chain=4) == 2 * 64 ** 3 * 4 / 0.5
+    assert measure.matmul_flops_per_second(tf.float32, size=64, repeats=2, chain=4) == 2 * 64**3 * 4 / 0.5
 
 
 def test_decoded_matches_preprocessing(tmp_path):
@@ -111,8 +113,10 @@ def test_model_copies_count_each_inode_once(tmp_path):
     one_model = sum(p.stat().st_size for p in trainer.rglob("*") if p.is_file())
     serving_dir.place(str(trainer), str(tmp_path / "serving" / "100"))  # hard links on one filesystem
     first = model_bytes.model_files(str(tmp_path))
-    shutil.copytree(tmp_path / "serving" / "100",
-                    tmp_path / "pipeline_root" / "LatestBlessedModel" / "model" / "9" / "Format-Serving")
+    shutil.copytree(
+        tmp_path / "serving" / "100",
+        tmp_path / "pipeline_root" / "LatestBlessedModel" / "model" / "9" / "Format-Serving",
+    )
     second = model_bytes.model_files(str(tmp_path))
 
     figures = model_bytes.model_copies_figures([first, second], one_model, ["first", "second"])
@@ -151,9 +155,32 @@ def test_scale_runs_at_tiny_sizes(tmp_path):
     from bench import run, scale
 
     output = tmp_path / "scale.json"
-    assert run.main(["--scale", "--scale-profile", "tiny", "--validation-profile", "tiny", "--scale-sizes", "40,80",
-                     "--scale-evaluator-model", "profile", "--scale-train-batch", "2", "--scale-train-steps", "1",
-                     "--matmul-size", "256", "--work", str(tmp_path / "work"), "--output", str(output)]) == 0
+    assert (
+        run.main(
+            [
+                "--scale",
+                "--scale-profile",
+                "tiny",
+                "--validation-profile",
+                "tiny",
+                "--scale-sizes",
+                "40,80",
+                "--scale-evaluator-model",
+                "profile",
+                "--scale-train-batch",
+                "2",
+                "--scale-train-steps",
+                "1",
+                "--matmul-size",
+                "256",
+                "--work",
+                str(tmp_path / "work"),
+                "--output",
+                str(output),
+            ]
+        )
+        == 0
+    )
     results = json.loads(output.read_text())
     assert all(isinstance(results[key], float) for key in run.SCALE_HEADLINE)
     assert 1.0 <= results["served_model_bytes_ratio"] <= 1.05  # the weights alone

@@ -31,40 +31,70 @@ def test_loading_order_is_profile_then_file_then_set_then_flags(tmp_path):
     profile = load_config("tiny")
     # Values no layer above would pick by chance: each one beside the profile's own.
     epochs, batch, lr = profile.train.epochs + 3, profile.train.batch_size + 5, profile.train.learning_rate * 3
-    config_file = write(tmp_path / "c.yaml", f"train:\n  epochs: {epochs}\n  batch_size: {batch}\n"
-                                              f"  learning_rate: {lr}\noutput: from-file\n")
+    config_file = write(
+        tmp_path / "c.yaml",
+        f"train:\n  epochs: {epochs}\n  batch_size: {batch}\n  learning_rate: {lr}\noutput: from-file\n",
+    )
     config = load_config("tiny", config_file, [f"train.batch_size={batch + 1}", "output=from-set"])
     assert (config.train.epochs, config.train.batch_size, config.train.learning_rate) == (epochs, batch + 1, lr)
     # What no layer names keeps the profile's value: a file section merges into it, never replaces it.
     assert config.model == profile.model and config.data == profile.data
     assert config.train.shuffle_buffer == profile.train.shuffle_buffer
     # Flags come last.
-    args = cli.build_parser().parse_args(["run", "--profile", "tiny", "--config", config_file,
-                                          "--set", "output=from-set", "--output-dir", str(tmp_path / "flag")])
+    args = cli.build_parser().parse_args(
+        [
+            "run",
+            "--profile",
+            "tiny",
+            "--config",
+            config_file,
+            "--set",
+            "output=from-set",
+            "--output-dir",
+            str(tmp_path / "flag"),
+        ]
+    )
     assert cli.config_from_args(args).output_dir == tmp_path / "flag"
 
 
 def test_cli_flags_override_the_set_values(tmp_path):
     args = cli.build_parser().parse_args(
-        ["run", "--set", "output=elsewhere", "--set", "data.strict=false", "--output-dir", str(tmp_path),
-         "--oxford-raw-dir", str(tmp_path), "--strict"])
+        [
+            "run",
+            "--set",
+            "output=elsewhere",
+            "--set",
+            "data.strict=false",
+            "--output-dir",
+            str(tmp_path),
+            "--oxford-raw-dir",
+            str(tmp_path),
+            "--strict",
+        ]
+    )
     config = cli.config_from_args(args)
     assert config.output_dir == tmp_path
     assert (config.data.dataset, config.data.oxford_raw_dir, config.data.strict) == (
-        "oxford_iiit_pet", str(tmp_path), True)
+        "oxford_iiit_pet",
+        str(tmp_path),
+        True,
+    )
     assert config.tfds_data_dir == str(tmp_path / "tfds")
 
 
-@pytest.mark.parametrize("override, value", [
-    ("train.learning_rate=1e-4", 1e-4),  # the README's notation; YAML 1.1 reads it as a string
-    ("train.learning_rate=0.0005", 0.0005),
-    ("train.learning_rate=1", 1.0),
-    ("train.steps_per_epoch=null", None),
-    ("train.steps_per_epoch=7", 7),
-    ("data.strict=true", True),
-    ("beam.args=--a=1,--b=x", ["--a=1", "--b=x"]),
-    ("name=run-2", "run-2"),
-])
+@pytest.mark.parametrize(
+    "override, value",
+    [
+        ("train.learning_rate=1e-4", 1e-4),  # the README's notation; YAML 1.1 reads it as a string
+        ("train.learning_rate=0.0005", 0.0005),
+        ("train.learning_rate=1", 1.0),
+        ("train.steps_per_epoch=null", None),
+        ("train.steps_per_epoch=7", 7),
+        ("data.strict=true", True),
+        ("beam.args=--a=1,--b=x", ["--a=1", "--b=x"]),
+        ("name=run-2", "run-2"),
+    ],
+)
 def test_set_values_are_typed_by_the_field(override, value):
     key = override.split("=", 1)[0]
     section, _, leaf = key.rpartition(".")
@@ -73,33 +103,39 @@ def test_set_values_are_typed_by_the_field(override, value):
     assert got == value and type(got) is type(value), got
 
 
-@pytest.mark.parametrize("override, key, why", [
-    ("train.epochs=three", "train.epochs", "expected an integer"),
-    ("train.epochs=5.0", "train.epochs", "expected an integer"),
-    ("train.learning_rate=fast", "train.learning_rate", "expected a number"),
-    ("train.warm_start=maybe", "train.warm_start", "expected true or false"),
-    ("train.epoch=3", "train.epoch", "unknown key"),
-    ("trian.epochs=3", "trian.epochs", "unknown key"),
-    ("model=3", "model", "a section of settings, not a value"),
-    ("model.image_size=100", "model.image_size", "multiple of 32"),
-    ("data.dataset=mnist", "data.dataset", "must be one of"),
-    ("model.encoder_weights=imagenet", "model.encoder_weights", "width_multiplier=1"),  # quick's narrow VGG
-    ("eval.batch_size=0", "eval.batch_size", ">= 1"),
-    ("beam_workers=2", "beam_workers", "unknown key"),
-    ("train.epochs", "train.epochs", "key=value"),
-])
+@pytest.mark.parametrize(
+    "override, key, why",
+    [
+        ("train.epochs=three", "train.epochs", "expected an integer"),
+        ("train.epochs=5.0", "train.epochs", "expected an integer"),
+        ("train.learning_rate=fast", "train.learning_rate", "expected a number"),
+        ("train.warm_start=maybe", "train.warm_start", "expected true or false"),
+        ("train.epoch=3", "train.epoch", "unknown key"),
+        ("trian.epochs=3", "trian.epochs", "unknown key"),
+        ("model=3", "model", "a section of settings, not a value"),
+        ("model.image_size=100", "model.image_size", "multiple of 32"),
+        ("data.dataset=mnist", "data.dataset", "must be one of"),
+        ("model.encoder_weights=imagenet", "model.encoder_weights", "width_multiplier=1"),  # quick's narrow VGG
+        ("eval.batch_size=0", "eval.batch_size", ">= 1"),
+        ("beam_workers=2", "beam_workers", "unknown key"),
+        ("train.epochs", "train.epochs", "key=value"),
+    ],
+)
 def test_bad_set_values_name_the_key_and_why(override, key, why):
     with pytest.raises(ConfigError, match=f"^{re.escape(key)}: .*{re.escape(why)}"):
         load_config("quick", overrides=[override])
 
 
-@pytest.mark.parametrize("text, key, why", [
-    ("train:\n  epochs: three\n", "train.epochs", "expected an integer"),
-    ("trian:\n  epochs: 3\n", "trian", "unknown key"),
-    ("beam_workers: 2\n", "beam_workers", "unknown key"),
-    ("beam:\n  environment_config:\n    command: /boot\n  nope: 1\n", "beam.nope", "unknown key"),
-    ("model:\n  image_size: 100\n", "model.image_size", "multiple of 32"),
-])
+@pytest.mark.parametrize(
+    "text, key, why",
+    [
+        ("train:\n  epochs: three\n", "train.epochs", "expected an integer"),
+        ("trian:\n  epochs: 3\n", "trian", "unknown key"),
+        ("beam_workers: 2\n", "beam_workers", "unknown key"),
+        ("beam:\n  environment_config:\n    command: /boot\n  nope: 1\n", "beam.nope", "unknown key"),
+        ("model:\n  image_size: 100\n", "model.image_size", "multiple of 32"),
+    ],
+)
 def test_bad_file_values_name_the_key_and_why(tmp_path, text, key, why):
     with pytest.raises(ConfigError, match=f"^{re.escape(key)}: .*{re.escape(why)}"):
         load_config("quick", write(tmp_path / "c.yaml", text))
@@ -107,13 +143,21 @@ def test_bad_file_values_name_the_key_and_why(tmp_path, text, key, why):
 
 def test_a_file_and_set_take_the_same_values_the_same_way(tmp_path):
     """A mapping for a text setting, nested sections, dotted keys: one code path, one result."""
-    text = ("beam:\n  runner: flink\n  environment: PROCESS\n"
-            "  environment_config:\n    command: /opt/apache/beam/boot\n"
-            "train.epochs: 3\nmodel: {image_size: 96}\n")
+    text = (
+        "beam:\n  runner: flink\n  environment: PROCESS\n"
+        "  environment_config:\n    command: /opt/apache/beam/boot\n"
+        "train.epochs: 3\nmodel: {image_size: 96}\n"
+    )
     from_file = load_config("quick", write(tmp_path / "c.yaml", text))
-    from_set = load_config("quick", overrides=[
-        "beam={runner: flink, environment: PROCESS}",
-        'beam.environment_config={"command": "/opt/apache/beam/boot"}', "train.epochs=3", "model.image_size=96"])
+    from_set = load_config(
+        "quick",
+        overrides=[
+            "beam={runner: flink, environment: PROCESS}",
+            'beam.environment_config={"command": "/opt/apache/beam/boot"}',
+            "train.epochs=3",
+            "model.image_size=96",
+        ],
+    )
     assert from_file == from_set
     assert json.loads(from_file.beam.environment_config) == {"command": "/opt/apache/beam/boot"}
     assert (from_file.train.epochs, from_file.model.image_size, from_file.beam.runner) == (3, 96, "flink")
@@ -143,7 +187,7 @@ def readme_profiles() -> dict:
     start = next(i for i, line in enumerate(lines) if line.startswith("| profile |"))
     header = [cell.strip() for cell in lines[start].strip("|").split("|")]
     rows = {}
-    for line in lines[start + 2:]:
+    for line in lines[start + 2 :]:
         if not line.startswith("|"):
             break
         cells = dict(zip(header, (cell.strip() for cell in line.strip("|").split("|"))))
@@ -169,7 +213,9 @@ def test_readme_profile_table_matches_the_profiles():
         if data.dataset == "synthetic":
             sizes = re.fullmatch(r"synthetic, (\d+) / (\d+) images", row["data"])
             assert sizes and tuple(map(int, sizes.groups())) == (
-                data.synthetic_train_images, data.synthetic_test_images), name
+                data.synthetic_train_images,
+                data.synthetic_test_images,
+            ), name
         else:
             assert row["data"] == "real Oxford-IIIT Pet", name
         dropout = re.search(r"dropout ([\d.]+)", row["encoder"])
@@ -178,11 +224,20 @@ def test_readme_profile_table_matches_the_profiles():
 
 def test_every_setting_says_what_it_means():
     """`petseg config` prints each field's attribute docstring: a new setting without one fails here."""
-    sections = [PipelineConfig] + [type(getattr(PipelineConfig(), f.name)) for f in dataclasses.fields(PipelineConfig)
-                                   if dataclasses.is_dataclass(getattr(PipelineConfig(), f.name))]
-    missing = [f"{cls.__name__}.{f.name}" for cls in sections for f in dataclasses.fields(cls)
-               if not dataclasses.is_dataclass(f.type) and f.name not in reference.attribute_docs(cls)
-               and f.name not in reference.NOT_SETTINGS and f.default_factory not in sections]
+    sections = [PipelineConfig] + [
+        type(getattr(PipelineConfig(), f.name))
+        for f in dataclasses.fields(PipelineConfig)
+        if dataclasses.is_dataclass(getattr(PipelineConfig(), f.name))
+    ]
+    missing = [
+        f"{cls.__name__}.{f.name}"
+        for cls in sections
+        for f in dataclasses.fields(cls)
+        if not dataclasses.is_dataclass(f.type)
+        and f.name not in reference.attribute_docs(cls)
+        and f.name not in reference.NOT_SETTINGS
+        and f.default_factory not in sections
+    ]
     assert missing == []
 
 
@@ -190,8 +245,11 @@ def test_petseg_config_lists_every_key_with_type_default_value_and_meaning(capsy
     assert cli.main(["config", "--profile", "tiny", "--set", "train.epochs=3", "--set", "beam.args=--a=1,--b=2"]) == 0
     lines = capsys.readouterr().out.splitlines()
     rows = {line.split()[0]: line for line in lines[1:] if line and not line.startswith("*")}
-    leaves = [f"{section}.{f.name}" for section, cls in (("data", DataConfig), ("train", TrainConfig))
-              for f in dataclasses.fields(cls)]
+    leaves = [
+        f"{section}.{f.name}"
+        for section, cls in (("data", DataConfig), ("train", TrainConfig))
+        for f in dataclasses.fields(cls)
+    ]
     assert set(leaves) <= set(rows) and "profile" not in rows
     assert rows["train.epochs"].split()[:4] == ["train.epochs", "int", "40", "3"]
     assert rows["train.epochs"].split()[4] == "*" and rows["train.epochs"].endswith("Training epochs.")

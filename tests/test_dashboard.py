@@ -20,7 +20,8 @@ from transform.features import CLASS_NAMES
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 needs_chromium = pytest.mark.skipif(
-    CHROMIUM is None, reason="Debian `chromium` not installed (`make test` installs it: apt-get install chromium)")
+    CHROMIUM is None, reason="Debian `chromium` not installed (`make test` installs it: apt-get install chromium)"
+)
 # Chromium's own services still call home despite --disable-background-networking; a page can't reach these.
 BROWSER_HOSTS = re.compile(r"^https?://([\w.-]+\.)?(google\.com|googleapis\.com|gvt1\.com|gstatic\.com)[/:]")
 
@@ -28,10 +29,24 @@ BROWSER_HOSTS = re.compile(r"^https?://([\w.-]+\.)?(google\.com|googleapis\.com|
 def chromium(profile_dir, url, *args):
     """Runs headless Chromium on `url`; returns (stdout, list of URLs it requested, console lines)."""
     proc = subprocess.run(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--no-first-run", f"--user-data-dir={profile_dir}",
-         "--enable-logging=stderr", "--v=1", *args, url],
-        capture_output=True, text=True, timeout=180)
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--no-first-run",
+            f"--user-data-dir={profile_dir}",
+            "--enable-logging=stderr",
+            "--v=1",
+            *args,
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     requested = re.findall(r"NotifyBeforeURLRequest: (\S+)", proc.stderr)
     page_requests = [u for u in requested if not u.startswith(("file:", "data:")) and not BROWSER_HOSTS.match(u)]
@@ -76,8 +91,9 @@ def page(tiny_run, tmp_path_factory):
     """The dashboard `petseg report` writes for the tiny run, and Chromium's DOM of it sorted by mean IoU."""
     out = tmp_path_factory.mktemp("dashboard") / "dash.html"
     assert cli.main(["report", "--run", str(tiny_run), "--output-file", str(out)]) == 0
-    dom, requests, console = chromium(tmp_path_factory.mktemp("chromium"), out.as_uri() + "#sort=mean_iou-desc",
-                                      "--dump-dom")
+    dom, requests, console = chromium(
+        tmp_path_factory.mktemp("chromium"), out.as_uri() + "#sort=mean_iou-desc", "--dump-dom"
+    )
     return out, dom, requests, console
 
 
@@ -92,7 +108,8 @@ def test_page_is_self_contained(page):
     text = out.read_text()
     assert "://" not in text  # no http(s):// or file:// reference of any kind
     assert re.findall(r'<img src="([^"]{0,22})', text) and all(
-        src == "data:image/png;base64," for src in re.findall(r'<img src="([^"]{0,22})', text))
+        src == "data:image/png;base64," for src in re.findall(r'<img src="([^"]{0,22})', text)
+    )
     assert "default-src 'none'" in text  # the page's CSP would block and report any request
 
 
@@ -110,9 +127,15 @@ def test_rendered_page_has_slices_verdict_and_no_errors_or_requests(page, tiny_r
     assert any(r.startswith("label:") for r in rows)
     assert re.search(r'id="verdict"[^>]*data-blessed="true"', dom) and "BLESSED" in dom
     # `#sort=mean_iou-desc` sorted the table in the browser: mean IoU column descending.
-    table = dom[dom.index('id="slices"'):]
-    values = [float(v) for v in re.findall(r'<tr data-slice="[^"]+"[^>]*><th[^>]*>[^<]*</th>'
-                                           r'<td data-v="[^"]*">[^<]*</td><td data-v="([^"]+)"', table)]
+    table = dom[dom.index('id="slices"') :]
+    values = [
+        float(v)
+        for v in re.findall(
+            r'<tr data-slice="[^"]+"[^>]*><th[^>]*>[^<]*</th>'
+            r'<td data-v="[^"]*">[^<]*</td><td data-v="([^"]+)"',
+            table,
+        )
+    ]
     assert len(values) == len(rows) and values == sorted(values, reverse=True)
 
 
@@ -121,7 +144,7 @@ def test_gated_metric_and_its_gate_are_shown(page, tiny_run):
     _, dom, _, _ = page
     summary = json.loads((tiny_run / "summary.json").read_text())
     gate = load_config("tiny").eval.min_mean_iou
-    verdict = dom[dom.index('id="verdict"'):dom.index('class="cards"')]
+    verdict = dom[dom.index('id="verdict"') : dom.index('class="cards"')]
     assert f"mean IoU ≥ {gate:g}" in html.unescape(verdict)
     shown = re.search(r'<div class="label">mean IoU</div><div class="big">([^<]+)<', dom).group(1)
     assert float(shown) == pytest.approx(summary["metrics"]["overall"]["mean_iou"], abs=5e-4)
@@ -134,8 +157,10 @@ def test_bar_charts_plot_each_slices_scores_to_scale(page, tiny_run):
     _, dom, _, _ = page
     summary = json.loads((tiny_run / "summary.json").read_text())
     charts = ChartMarks(dom).charts
-    groups = {"overall": summary["metrics"]["overall"],
-              **{n: m for n, m in summary["metrics"]["slices"].items() if n.startswith("species:")}}
+    groups = {
+        "overall": summary["metrics"]["overall"],
+        **{n: m for n, m in summary["metrics"]["slices"].items() if n.startswith("species:")},
+    }
     for title, prefix in (("IoU per class", "iou"), ("Dice per class", "dice")):
         bars = [attrs for tag, attrs in charts[title] if tag in ("rect", "text")]
         plotted = {(b["data-series"], b["data-category"]): b for b in bars}
@@ -148,8 +173,11 @@ def test_bar_charts_plot_each_slices_scores_to_scale(page, tiny_run):
             else:
                 assert float(bar["data-value"]) == pytest.approx(expected, abs=1e-9), (title, series, category)
         # Bars are drawn to one scale: height / value is the same for every bar not clamped to the minimum.
-        scale = [float(b["height"]) / float(b["data-value"]) for b in bars
-                 if b["data-value"] and float(b["data-value"]) >= 0.05]
+        scale = [
+            float(b["height"]) / float(b["data-value"])
+            for b in bars
+            if b["data-value"] and float(b["data-value"]) >= 0.05
+        ]
         assert scale and max(scale) / min(scale) < 1.02, (title, scale)
         assert all(float(b["height"]) > 0 for b in bars if b.get("data-value") == "0.0"), "a 0 must stay visible"
 
@@ -193,8 +221,10 @@ def test_screenshot_is_drawn(page, tmp_path):
 def test_error_and_request_detection_work(tmp_path):
     """Negative control: the checks above do see a console error, an exception and a request."""
     bad = tmp_path / "bad.html"
-    bad.write_text('<!DOCTYPE html><script>console.error("boom")</script>'
-                   '<img src="http://petseg.invalid/x.png"><script>notDefined()</script>')
+    bad.write_text(
+        '<!DOCTYPE html><script>console.error("boom")</script>'
+        '<img src="http://petseg.invalid/x.png"><script>notDefined()</script>'
+    )
     _, requests, console = chromium(tmp_path / "profile", bad.as_uri(), "--dump-dom")
     assert requests == ["http://petseg.invalid/x.png"]
     assert any("boom" in line for line in console) and any("Uncaught" in line for line in console)
@@ -214,16 +244,27 @@ def test_page_error_hook_reports_a_script_error(page, tmp_path):
 
 def test_undefined_scores_refusal_and_gaps_in_history_are_explained():
     nan = math.nan
-    overall = {"mean_iou": 0.41, "mean_dice": 0.5, "pixel_accuracy": 0.8, "pixels": 10, "examples": 2,
-               "iou": {"pet": 0.6, "background": 0.22, "border": nan},
-               "dice": {"pet": 0.7, "background": 0.3, "border": nan}}
+    overall = {
+        "mean_iou": 0.41,
+        "mean_dice": 0.5,
+        "pixel_accuracy": 0.8,
+        "pixels": 10,
+        "examples": 2,
+        "iou": {"pet": 0.6, "background": 0.22, "border": nan},
+        "dice": {"pet": 0.7, "background": 0.3, "border": nan},
+    }
     view = RunView(
-        run_dir="/runs/x", summary={"profile": "tiny", "pushed_model": None, "components": {}},
-        evaluation_uri=None, metrics={"overall": overall, "slices": {"species:cat": dict(overall, mean_iou=nan)}},
-        baseline={"overall": dict(overall, mean_iou=0.5), "slices": {}}, blessed=False,
+        run_dir="/runs/x",
+        summary={"profile": "tiny", "pushed_model": None, "components": {}},
+        evaluation_uri=None,
+        metrics={"overall": overall, "slices": {"species:cat": dict(overall, mean_iou=nan)}},
+        baseline={"overall": dict(overall, mean_iou=0.5), "slices": {}},
+        blessed=False,
         thresholds={"min_mean_iou": 0.5, "max_regression": 0.01},
         failures=["mean_iou: 0.41 is below the lower bound 0.5"],
-        history={"loss": [0.9, nan, 0.5], "val_loss": [1.0, 0.8, 0.7]}, images=[])
+        history={"loss": [0.9, nan, 0.5], "val_loss": [1.0, 0.8, 0.7]},
+        images=[],
+    )
     page = dashboard.render_html(view)
     assert 'data-blessed="false"' in page and "NOT BLESSED" in page and "not pushed" in page
     assert html.escape("mean_iou: 0.41 is below the lower bound 0.5") in page
@@ -251,18 +292,22 @@ def test_undefined_scores_refusal_and_gaps_in_history_are_explained():
 def drift_pages(spans_scenario, tmp_path_factory):
     """Chromium's DOM of the dashboards of the run stopped by drift and of the last run, with requests and console."""
     profile = tmp_path_factory.mktemp("chromium-drift")
-    return {name: chromium(profile, spans_scenario.runs[name].dashboard.as_uri(), "--dump-dom")
-            for name in ("span3_stop", "window_again")}
+    return {
+        name: chromium(profile, spans_scenario.runs[name].dashboard.as_uri(), "--dump-dom")
+        for name in ("span3_stop", "window_again")
+    }
 
 
 def _rows(dom, table_id):
     """The <tr> start tags of a table's body, as attribute dicts, with their cells' text and data-v."""
-    body = dom[dom.index(f'id="{table_id}"'):]
-    body = body[body.index("<tbody>"):body.index("</tbody>")]
+    body = dom[dom.index(f'id="{table_id}"') :]
+    body = body[body.index("<tbody>") : body.index("</tbody>")]
     rows = []
     for attributes, cells in re.findall(r"<tr ([^>]*)>(.*?)</tr>", body, re.S):
         row = dict(re.findall(r'([\w-]+)="([^"]*)"', attributes))
-        row["cells"] = [html.unescape(re.sub(r"<[^>]+>", "", c)) for c in re.findall(r"<t[dh][^>]*>(.*?)</t[dh]>", cells)]
+        row["cells"] = [
+            html.unescape(re.sub(r"<[^>]+>", "", c)) for c in re.findall(r"<t[dh][^>]*>(.*?)</t[dh]>", cells)
+        ]
         row["values"] = re.findall(r'<td data-v="([^"]*)"', cells)
         rows.append(row)
     return rows
@@ -321,8 +366,9 @@ def test_history_lists_every_run_oldest_first_and_charts_mean_iou(drift_pages, s
         assert row["cells"][7] == (pushed or scores.NA)
     points = [a for tag, a in ChartMarks(dom).charts["mean IoU over runs"] if tag == "circle"]
     candidate = {int(p["data-epoch"]): float(p["data-value"]) for p in points if p["data-series"] == "candidate"}
-    assert candidate == pytest.approx({i: r.summary["metrics"]["overall"]["mean_iou"]
-                                       for i, r in enumerate(runs, 1) if r.summary["metrics"]})
+    assert candidate == pytest.approx(
+        {i: r.summary["metrics"]["overall"]["mean_iou"] for i, r in enumerate(runs, 1) if r.summary["metrics"]}
+    )
     assert "run (1–" in dom
 
 
@@ -332,7 +378,11 @@ def test_drift_and_history_screenshots_are_drawn(spans_scenario, tmp_path):
 
     for name in ("span3_stop", "window_again"):
         shot = tmp_path / f"{name}.png"
-        chromium(tmp_path / "profile", spans_scenario.runs[name].dashboard.as_uri(), f"--screenshot={shot}",
-                 "--window-size=1400,2400")
+        chromium(
+            tmp_path / "profile",
+            spans_scenario.runs[name].dashboard.as_uri(),
+            f"--screenshot={shot}",
+            "--window-size=1400,2400",
+        )
         colours = Image.open(shot).convert("RGB").getcolors(maxcolors=1 << 24)
         assert max(n for n, _ in colours) < 0.9 * 1400 * 2400 and len(colours) > 300, (name, len(colours))

@@ -26,8 +26,11 @@ pytestmark = pytest.mark.slow  # synthetic spans of up to 600 images, each built
 REPO = pathlib.Path(__file__).resolve().parent.parent
 CONFIG_KEY = "distribution_validator_config"
 DEFAULTS = DriftConfig()
-DRIFTED_FEATURES = {"dogs only": {"species"}, "brighter camera (+40)": {"image_brightness"},
-                    "larger photos (x1.5)": {"image_height", "image_width"}}
+DRIFTED_FEATURES = {
+    "dogs only": {"species"},
+    "brighter camera (+40)": {"image_brightness"},
+    "larger photos (x1.5)": {"image_height", "image_width"},
+}
 
 
 @pytest.fixture(scope="module")
@@ -36,10 +39,13 @@ def spans(tmp_path_factory):
     work = tmp_path_factory.mktemp("spans")
     made = {}
     for name, images, seed, style in (
-            ("base150", 150, 1, calibration.RANDOM), ("new150", 150, 2, calibration.RANDOM),
-            ("base600", 600, 3, calibration.RANDOM), ("new600", 600, 4, calibration.RANDOM),
-            ("half600", 300, 5, calibration.RANDOM),
-            *((drift_name, 150, 6 + i, style) for i, (drift_name, style) in enumerate(calibration.DRIFTS.items()))):
+        ("base150", 150, 1, calibration.RANDOM),
+        ("new150", 150, 2, calibration.RANDOM),
+        ("base600", 600, 3, calibration.RANDOM),
+        ("new600", 600, 4, calibration.RANDOM),
+        ("half600", 300, 5, calibration.RANDOM),
+        *((drift_name, 150, 6 + i, style) for i, (drift_name, style) in enumerate(calibration.DRIFTS.items())),
+    ):
         made[name] = calibration.make_span(work / name.replace(" ", "_"), images, seed, style)
     return made
 
@@ -49,10 +55,14 @@ def validate(current, baseline, tmp_path, config=DEFAULTS, executor=drift.Execut
     anomalies = standard_artifacts.ExampleAnomalies()
     anomalies.uri = str(tmp_path / "anomalies")
     proto = drift.validator_config(config) if isinstance(config, DriftConfig) else config
-    executor().Do({"statistics": [current], "baseline_statistics": [baseline] if baseline else []},
-                  {"anomalies": [anomalies]},
-                  {CONFIG_KEY: json_format.MessageToJson(proto) if as_json else proto,
-                   "include_split_pairs": json.dumps([list(drift.SPLIT_PAIR)])})
+    executor().Do(
+        {"statistics": [current], "baseline_statistics": [baseline] if baseline else []},
+        {"anomalies": [anomalies]},
+        {
+            CONFIG_KEY: json_format.MessageToJson(proto) if as_json else proto,
+            "include_split_pairs": json.dumps([list(drift.SPLIT_PAIR)]),
+        },
+    )
     return anomalies
 
 
@@ -65,7 +75,9 @@ def test_undrifted_spans_pass_with_every_value_below_its_threshold(spans, tmp_pa
     assert report["verdict"] == drift.PASSED and drifted(report) == set()
     rows = {(row["feature"], row["comparator"]): row for row in report["features"]}
     assert set(rows) == {(f, c) for f, c, _ in drift.COMPARISONS} | {
-        (drift.NUM_EXAMPLES, "min_fraction_threshold"), (drift.NUM_EXAMPLES, "max_fraction_threshold")}
+        (drift.NUM_EXAMPLES, "min_fraction_threshold"),
+        (drift.NUM_EXAMPLES, "max_fraction_threshold"),
+    }
     for feature, comparator, key in drift.COMPARISONS:
         row = rows[feature, comparator]
         assert row["threshold"] == pytest.approx(getattr(DEFAULTS, key)) and 0 <= row["value"] < row["threshold"]
@@ -88,8 +100,9 @@ def test_a_json_string_config_as_kubeflow_hands_it_over_works(spans, tmp_path):
     assert "species" in drifted(report)
     # TFX's own executor fails on the same input: the defect the fix is for.
     with pytest.raises(AttributeError, match="'str' object has no attribute 'default_slice_config'"):
-        validate(spans["dogs only"], spans["base150"], tmp_path / "stock", executor=stock_executor.Executor,
-                 as_json=True)
+        validate(
+            spans["dogs only"], spans["base150"], tmp_path / "stock", executor=stock_executor.Executor, as_json=True
+        )
 
 
 def test_a_normalized_abs_difference_over_its_threshold_is_drift(spans, tmp_path):
@@ -102,8 +115,9 @@ def test_a_normalized_abs_difference_over_its_threshold_is_drift(spans, tmp_path
     assert row["comparator"] == "normalized_abs_difference" and row["value"] > 0.1 and row["drifted"]
     assert report["verdict"] == drift.DRIFTED
     # TFX's executor measures the same value and blesses it anyway (its kept anomaly types leave this one out).
-    stock = validate(spans["dogs only"], spans["base150"], tmp_path / "stock", config=config,
-                     executor=stock_executor.Executor)
+    stock = validate(
+        spans["dogs only"], spans["base150"], tmp_path / "stock", config=config, executor=stock_executor.Executor
+    )
     assert stock.get_json_value_custom_property("blessed") == {"train_train": 1}
 
 
@@ -111,12 +125,20 @@ def test_no_served_statistics_is_no_baseline_and_the_gate_lets_the_run_go_on(spa
     # What LatestBlessedModel hands on before the first push: an artifact without statistics.
     model, statistics = standard_artifacts.Model(), standard_artifacts.ExampleStatistics()
     model.uri, statistics.uri = str(tmp_path / "model"), str(tmp_path / "baseline")
-    blessed_model.Executor().Do({}, {"model": [model], "statistics": [statistics]},
-                                {"serving_dir": str(tmp_path / "serving"), "version": blessed_model.NEWEST})
+    blessed_model.Executor().Do(
+        {},
+        {"model": [model], "statistics": [statistics]},
+        {"serving_dir": str(tmp_path / "serving"), "version": blessed_model.NEWEST},
+    )
     anomalies = validate(spans["new150"], statistics, tmp_path)
     report = drift.load_report(anomalies)
-    assert report == {"verdict": drift.NO_BASELINE, "span": 0, "baseline_version": None, "baseline_span": None,
-                      "features": []}
+    assert report == {
+        "verdict": drift.NO_BASELINE,
+        "span": 0,
+        "baseline_version": None,
+        "baseline_span": None,
+        "features": [],
+    }
     drift.DriftGate.test_call(anomalies=anomalies, action="stop")
     # TFX's executor never reaches its own empty-baseline path with such an artifact.
     with pytest.raises(ValueError, match="No split pairs"):
@@ -164,8 +186,25 @@ def test_the_defaults_catch_half_the_images_missing(spans, tmp_path):
 
 def test_the_compiled_validator_task_reaches_the_executor_with_its_config_as_a_proto(spans, tmp_path):
     package = tmp_path / "pipeline.yaml"
-    assert cli.main(["kubeflow", "compile", "--output-file", str(package), "--profile", "tiny", "--image", "local",
-                     "--serving-dir", str(tmp_path / "serving"), "--app-dir", str(REPO)]) == 0
+    assert (
+        cli.main(
+            [
+                "kubeflow",
+                "compile",
+                "--output-file",
+                str(package),
+                "--profile",
+                "tiny",
+                "--image",
+                "local",
+                "--serving-dir",
+                str(tmp_path / "serving"),
+                "--app-dir",
+                str(REPO),
+            ]
+        )
+        == 0
+    )
     spec = runner.load_spec(str(package))
     parameters = spec["root"]["dag"]["tasks"][names.DRIFT_VALIDATOR_ID]["inputs"]["parameters"]
     assert isinstance(parameters[CONFIG_KEY]["runtimeValue"]["constant"], str)  # JSON, as the compiler writes it
@@ -179,8 +218,10 @@ def test_the_compiled_validator_task_reaches_the_executor_with_its_config_as_a_p
             args[args.index("--executor_class_path") + 1] = executor_class
         run = kfp_launcher.Run(task_spec, tmp_path, run_id)
         # The upstream outputs as open-source KFP's launcher records them: minio:// URIs, properties as metadata.
-        for task, statistics, extra in ((names.STATISTICS_GEN_ID, spans["dogs only"], {}),
-                                        (names.LATEST_BLESSED_MODEL_ID, spans["base150"], {"pushed_version": 7})):
+        for task, statistics, extra in (
+            (names.STATISTICS_GEN_ID, spans["dogs only"], {}),
+            (names.LATEST_BLESSED_MODEL_ID, spans["base150"], {"pushed_version": 7}),
+        ):
             uri = f"{kfp_launcher.DEFAULT_ROOT}/{run.pipeline_name}/{run_id}-upstream/{task}/statistics"
             shutil.copytree(statistics.uri, run.store.path(uri))
             metadata = {"split_names": statistics.split_names, "span": statistics.span, **extra}
@@ -199,10 +240,22 @@ def test_the_compiled_validator_task_reaches_the_executor_with_its_config_as_a_p
 
 
 def test_calibration_table_lists_every_comparison(spans, tmp_path):
-    result = {"undrifted": [calibration.values(drift.load_report(validate(spans["new150"], spans["base150"], tmp_path,
-                                                                         config=calibration._MEASURE_ALL)))],
-              "drifted": {"dogs only": calibration.values(drift.load_report(
-                  validate(spans["dogs only"], spans["base150"], tmp_path / "d", config=calibration._MEASURE_ALL)))}}
+    result = {
+        "undrifted": [
+            calibration.values(
+                drift.load_report(
+                    validate(spans["new150"], spans["base150"], tmp_path, config=calibration._MEASURE_ALL)
+                )
+            )
+        ],
+        "drifted": {
+            "dogs only": calibration.values(
+                drift.load_report(
+                    validate(spans["dogs only"], spans["base150"], tmp_path / "d", config=calibration._MEASURE_ALL)
+                )
+            )
+        },
+    }
     lines = calibration.table(result).splitlines()
     assert len(lines) == 2 + len(drift.COMPARISONS) + 2
     assert lines[2].startswith("| species infinity_norm |") and lines[2].endswith(" |")

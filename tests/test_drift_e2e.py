@@ -48,7 +48,9 @@ def test_span_2_passes_drift_and_trains_warm_started(spans_scenario):
     block = run.summary["drift"]
     assert (block["verdict"], block["span"], block["baseline_span"]) == ("passed", 2, 1)
     assert block["baseline_version"] == version(first) and block["action"] == "stop"
-    assert all(row["value"] < row["threshold"] for row in block["features"] if row["comparator"] != "min_fraction_threshold")
+    assert all(
+        row["value"] < row["threshold"] for row in block["features"] if row["comparator"] != "min_fraction_threshold"
+    )
     assert run.summary["blessed"] and version(run) > version(first)
     with store(spans_scenario) as mlmd:
         [_, second] = mlmd.executions(names.TRAINER_ID)[:2]
@@ -64,8 +66,10 @@ def test_a_span_of_dogs_only_stops_before_transform_naming_the_feature(spans_sce
     [species] = [row for row in run.summary["drift"]["features"] if row["feature"] == "species"]
     assert species["drifted"] and species["threshold"] == DEFAULTS.species_linf
     # The console names the feature, its value and its threshold, and how to go on.
-    assert "petseg: DriftGate failed: Span 3 drifted from the served model's training data " \
-           f"(version {version(served)}, span 2):" in run.console
+    assert (
+        "petseg: DriftGate failed: Span 3 drifted from the served model's training data "
+        f"(version {version(served)}, span 2):" in run.console
+    )
     assert f"species: L-infinity distance {species['value']:.4g} (threshold {DEFAULTS.species_linf:g})" in run.console
     assert "--set drift.action=warn" in run.console
     # Its summary and dashboard are written all the same, and say why.
@@ -79,7 +83,8 @@ def test_a_span_of_dogs_only_stops_before_transform_naming_the_feature(spans_sce
         assert mlmd.executions(names.TRANSFORM_ID, run_id) == []
         assert mlmd.executions(names.TRAINER_ID, run_id) == []
         assert [e.last_known_state for e in mlmd.executions(names.DRIFT_GATE_ID, run_id)] == [
-            metadata_store_pb2.Execution.FAILED]
+            metadata_store_pb2.Execution.FAILED
+        ]
 
 
 def test_the_same_span_with_warn_trains_and_shows_the_drift(spans_scenario):
@@ -87,8 +92,9 @@ def test_the_same_span_with_warn_trains_and_shows_the_drift(spans_scenario):
     assert run.returncode == 0, run.console[-3000:]
     assert run.summary["drift"]["verdict"] == "drifted" and run.summary["drift"]["action"] == "warn"
     assert "species" in drifted(run.summary) and run.summary["stopped"] is None
-    assert re.search(r"\[petseg\] WARNING components.drift: Span 3 drifted .*\n  species: L-infinity distance",
-                     run.console)
+    assert re.search(
+        r"\[petseg\] WARNING components.drift: Span 3 drifted .*\n  species: L-infinity distance", run.console
+    )
     assert run.summary["components"][names.TRAINER_ID]["cached"] is False and run.summary["blessed"]
     # The data stages of the stopped run are reused.
     assert run.summary["components"][names.STATISTICS_GEN_ID]["cached"]
@@ -117,20 +123,29 @@ def test_a_window_of_two_spans_trains_on_both_train_splits(spans_scenario):
         trainer = mlmd.executions(names.TRAINER_ID)[-1]
         [transformed] = mlmd.inputs_of(trainer, "examples")
         [evaluated] = mlmd.inputs_of(mlmd.executions(names.EVALUATOR_ID)[-1], "examples")
-    counts = {split: sum(1 for path in tf.io.gfile.glob(f"{transformed.uri}/Split-{split}/*")
-                         for _ in tf.data.TFRecordDataset(path))
-              for split in json.loads(transformed.split_names)}
+    counts = {
+        split: sum(
+            1 for path in tf.io.gfile.glob(f"{transformed.uri}/Split-{split}/*") for _ in tf.data.TFRecordDataset(path)
+        )
+        for split in json.loads(transformed.split_names)
+    }
     assert counts == {"train": 2 * drift_scenario.TRAIN, "eval": drift_scenario.TEST}
     assert evaluated.get_int_custom_property("span") == 2 and json.loads(evaluated.split_names) == [
-        "train", "eval", "train_span_1"]
+        "train",
+        "eval",
+        "train_span_1",
+    ]
     # The same window again: its data stages come from cache (the spans were built once); what depends on
     # the served model, which the first window run replaced, runs again.
     again = spans_scenario.runs["window_again"]
     components = again.summary["components"]
-    assert again.returncode == 0 and all(components[node]["cached"] for node in (
-        names.EXAMPLE_GEN_ID, names.STATISTICS_GEN_ID, names.EXAMPLE_VALIDATOR_ID, names.TRANSFORM_ID)), components
+    assert again.returncode == 0 and all(
+        components[node]["cached"]
+        for node in (names.EXAMPLE_GEN_ID, names.STATISTICS_GEN_ID, names.EXAMPLE_VALIDATOR_ID, names.TRANSFORM_ID)
+    ), components
     assert "Building oxford_iiit_pet" not in "\n".join(
-        p.read_text() for p in sorted((spans_scenario.output / "logs").glob("*.log"))[-2:])
+        p.read_text() for p in sorted((spans_scenario.output / "logs").glob("*.log"))[-2:]
+    )
 
 
 def _pipeline_runs(mlmd):

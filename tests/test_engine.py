@@ -58,6 +58,7 @@ def test_status_and_down_of_a_folder_without_a_cluster(tmp_path):
 @pytest.fixture
 def no_install(monkeypatch):
     """`up` must refuse before it installs (or starts) anything."""
+
     def install(log):
         raise AssertionError("up went on to install Flink")
 
@@ -90,8 +91,13 @@ def test_a_worker_pool_refuses_a_port_another_grpc_server_holds():
     other = grpc.server(futures.ThreadPoolExecutor(1))  # gRPC's defaults, as Beam's own pool binds
     port = other.add_insecure_port(f"{flink.HOST}:0")
     other.start()
-    pool = subprocess.Popen([sys.executable, "-m", "engine.worker_pool", f"--port={port}", "--spares=0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=install.PROJECT_DIR)
+    pool = subprocess.Popen(
+        [sys.executable, "-m", "engine.worker_pool", f"--port={port}", "--spares=0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=install.PROJECT_DIR,
+    )
     try:
         output, _ = pool.communicate(timeout=120)
     except subprocess.TimeoutExpired:
@@ -106,8 +112,9 @@ def test_a_worker_pool_refuses_a_port_another_grpc_server_holds():
 def test_down_returns_only_once_every_thread_of_its_processes_ended(tmp_path):
     """A process whose main thread has ended shows as a zombie while its other threads still run (a JVM
     shutting down, its sockets still open): `down` waits for those threads too."""
-    proc = subprocess.Popen([sys.executable, "-c", LINGERING], stdout=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", LINGERING], stdout=subprocess.PIPE, text=True, start_new_session=True
+    )
     pidfd = os.pidfd_open(proc.pid)
     try:
         assert proc.stdout.readline() == "main thread ended\n"

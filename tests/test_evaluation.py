@@ -40,14 +40,21 @@ def setup(tmp_path_factory):
 
 
 def _reference(truth: np.ndarray, prediction: np.ndarray) -> dict:
-    counts = np.bincount(truth.ravel() * NUM_CLASSES + prediction.ravel(),
-                         minlength=NUM_CLASSES ** 2).reshape(NUM_CLASSES, NUM_CLASSES)
+    counts = np.bincount(truth.ravel() * NUM_CLASSES + prediction.ravel(), minlength=NUM_CLASSES**2).reshape(
+        NUM_CLASSES, NUM_CLASSES
+    )
     tp = np.diag(counts)
     iou = tp / (counts.sum(0) + counts.sum(1) - tp)
     dice = 2 * tp / (counts.sum(0) + counts.sum(1))
-    return {"mean_iou": iou.mean(), "mean_dice": dice.mean(), "pixel_accuracy": tp.sum() / counts.sum(),
-            "iou": dict(zip(CLASS_NAMES, iou)), "dice": dict(zip(CLASS_NAMES, dice)),
-            "pixels": int(counts.sum()), "examples": len(truth)}
+    return {
+        "mean_iou": iou.mean(),
+        "mean_dice": dice.mean(),
+        "pixel_accuracy": tp.sum() / counts.sum(),
+        "iou": dict(zip(CLASS_NAMES, iou)),
+        "dice": dict(zip(CLASS_NAMES, dice)),
+        "pixels": int(counts.sum()),
+        "examples": len(truth),
+    }
 
 
 def _assert_close(got: dict, expected: dict) -> None:
@@ -87,20 +94,21 @@ def test_value_threshold_fails_below_min_mean_iou(setup):
 
 def test_regression_against_better_baseline_is_not_blessed(setup):
     root, data, models, _, _ = setup
-    output = run_tfma(root, data, models["worse"], EvalConfig(min_mean_iou=0.0, max_regression=0.01),
-                  baseline=models["better"])
+    output = run_tfma(
+        root, data, models["worse"], EvalConfig(min_mean_iou=0.0, max_regression=0.01), baseline=models["better"]
+    )
     candidate = metrics.load_metrics(output, BREEDS)
     baseline = metrics.load_baseline_metrics(output, BREEDS)
     assert baseline["overall"]["mean_iou"] > candidate["overall"]["mean_iou"] + 0.01
     assert set(baseline["slices"]) == set(candidate["slices"])
     assert not metrics.is_blessed(output)
-    failures = [f for s in tfma.load_validation_result(output).metric_validations_per_slice
-                for f in s.failures]
+    failures = [f for s in tfma.load_validation_result(output).metric_validations_per_slice for f in s.failures]
     assert [(f.metric_key.name, f.metric_key.is_diff) for f in failures] == [("mean_iou", True)]
 
     # The same pair the other way round passes: the change threshold is what blocked it.
-    output = run_tfma(root, data, models["better"], EvalConfig(min_mean_iou=0.0, max_regression=0.01),
-                  baseline=models["worse"])
+    output = run_tfma(
+        root, data, models["better"], EvalConfig(min_mean_iou=0.0, max_regression=0.01), baseline=models["worse"]
+    )
     assert metrics.is_blessed(output)
 
 
@@ -116,8 +124,11 @@ def _check_source_batch_sizes(data: str, batch_size, check) -> None:
     # The name TFX's Evaluator `Do` reads, as the Evaluator's executor sets it (TFX's own without a size).
     with internals.evaluator_reads_batches_of(batch_size) if batch_size else contextlib.nullcontext():
         factory = evaluator_executor.tfxio_utils.get_tfxio_factory_from_artifact(
-            examples=[examples], telemetry_descriptors=["test"], schema=None,
-            raw_record_column_name=tfma.constants.ARROW_INPUT_COLUMN)
+            examples=[examples],
+            telemetry_descriptors=["test"],
+            schema=None,
+            raw_record_column_name=tfma.constants.ARROW_INPUT_COLUMN,
+        )
     with beam.Pipeline() as pipeline:
         sizes = pipeline | factory(os.path.join(split, "*")).BeamSource() | beam.Map(lambda batch: batch.num_rows)
         beam_util.assert_that(sizes, check)

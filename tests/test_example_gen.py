@@ -23,23 +23,42 @@ def test_raw_dir_source_needs_a_folder():
 
 
 def test_local_dag_runner_example_gen_then_statistics_gen(tmp_path):
-    example_gen = TfdsExampleGen(data_dir=str(tmp_path / "tfds"), source="synthetic",
-                                 synthetic_train_images=12, synthetic_test_images=6, synthetic_seed=1)
+    example_gen = TfdsExampleGen(
+        data_dir=str(tmp_path / "tfds"),
+        source="synthetic",
+        synthetic_train_images=12,
+        synthetic_test_images=6,
+        synthetic_seed=1,
+    )
     statistics_gen = StatisticsGen(examples=example_gen.outputs["examples"])
     metadata_config = metadata.sqlite_metadata_connection_config(str(tmp_path / "mlmd.sqlite"))
     # Not `tfx.v1`: importing it loads the Google Cloud extensions, ~15 s of a loaded 2-core box.
-    LocalDagRunner().run(pipeline.Pipeline(
-        pipeline_name="tfds_example_gen_test", pipeline_root=str(tmp_path / "root"),
-        components=[example_gen, statistics_gen], metadata_connection_config=metadata_config))
+    LocalDagRunner().run(
+        pipeline.Pipeline(
+            pipeline_name="tfds_example_gen_test",
+            pipeline_root=str(tmp_path / "root"),
+            components=[example_gen, statistics_gen],
+            metadata_connection_config=metadata_config,
+        )
+    )
 
     run = RunArtifacts(str(tmp_path / "mlmd.sqlite"), "tfds_example_gen_test")
     [examples] = run.outputs(example_gen.id, "examples")
     assert artifact_utils.decode_split_names(examples.split_names) == ["train", "eval"]
     assert examples_utils.get_payload_format_string(examples) == "FORMAT_TF_EXAMPLE"
-    props = {k: examples.get_custom_property(k) for k in
-             ("tfds_name", "tfds_version", "source", "num_train", "num_eval", "skipped", "span")}
-    assert props == {"tfds_name": "oxford_iiit_pet", "tfds_version": "4.0.0", "source": "synthetic",
-                     "num_train": 12, "num_eval": 6, "skipped": "{}", "span": 0}
+    props = {
+        k: examples.get_custom_property(k)
+        for k in ("tfds_name", "tfds_version", "source", "num_train", "num_eval", "skipped", "span")
+    }
+    assert props == {
+        "tfds_name": "oxford_iiit_pet",
+        "tfds_version": "4.0.0",
+        "source": "synthetic",
+        "num_train": 12,
+        "num_eval": 6,
+        "skipped": "{}",
+        "span": 0,
+    }
     assert examples.get_custom_property("tfds_data_dir") == str(tmp_path / "tfds")
     assert examples.get_custom_property("input_fingerprint")
     assert json.loads(examples.get_custom_property("repaired")) == {}
@@ -47,8 +66,9 @@ def test_local_dag_runner_example_gen_then_statistics_gen(tmp_path):
     # TFXIO, as Transform/Trainer would read the artifact (uncompressed tfrecords included).
     for split, count in (("train", 12), ("eval", 6)):
         io = tfxio_utils.get_split_tfxio([examples], split, telemetry_descriptors=["test"])
-        batches = list(io.RecordBatches(dataset_options.RecordBatchesOptions(
-            batch_size=100, shuffle=False, num_epochs=1)))
+        batches = list(
+            io.RecordBatches(dataset_options.RecordBatchesOptions(batch_size=100, shuffle=False, num_epochs=1))
+        )
         assert sum(b.num_rows for b in batches) == count
         assert {"image", "segmentation_mask", "label", "species"} <= set(batches[0].schema.names)
 
@@ -98,8 +118,9 @@ def test_a_window_of_spans_on_a_non_local_filesystem(tmp_path, caplog):
 
     remote = f"ram://{tmp_path.name}/pets"
     for span in (1, 2, 3):
-        local = synthetic.write_archive(tmp_path / f"span-{span}", 4 + span, 2, seed=span,
-                                        style=synthetic.SpanStyle(random_breeds=True))
+        local = synthetic.write_archive(
+            tmp_path / f"span-{span}", 4 + span, 2, seed=span, style=synthetic.SpanStyle(random_breeds=True)
+        )
         for path in local.rglob("*"):
             if path.is_file():
                 target = f"{remote}/span-{span}/{path.relative_to(local)}"
@@ -109,10 +130,21 @@ def test_a_window_of_spans_on_a_non_local_filesystem(tmp_path, caplog):
     def example_gen_run(name, **parameters):
         examples = standard_artifacts.Examples()
         examples.uri = str(tmp_path / name)
-        example_gen.Executor().Do({}, {"examples": [examples]}, {
-            "data_dir": str(tmp_path / "tfds"), "raw_dir": f"{remote}/span-{{SPAN}}", "source": "raw-dir",
-            "version": "4.*.*", "strict": 0, "synthetic_train_images": 0, "synthetic_test_images": 0,
-            "synthetic_seed": 0, **parameters})
+        example_gen.Executor().Do(
+            {},
+            {"examples": [examples]},
+            {
+                "data_dir": str(tmp_path / "tfds"),
+                "raw_dir": f"{remote}/span-{{SPAN}}",
+                "source": "raw-dir",
+                "version": "4.*.*",
+                "strict": 0,
+                "synthetic_train_images": 0,
+                "synthetic_test_images": 0,
+                "synthetic_seed": 0,
+                **parameters,
+            },
+        )
         return examples
 
     with caplog.at_level(logging.INFO, logger="components"):
@@ -121,9 +153,12 @@ def test_a_window_of_spans_on_a_non_local_filesystem(tmp_path, caplog):
     assert (window.span, window.get_int_custom_property("span")) == (3, 3)
     assert json.loads(window.get_string_custom_property("spans")) == [{"span": 2, "train": 6}, {"span": 3, "train": 7}]
     assert (window.get_int_custom_property("num_train"), window.get_int_custom_property("num_eval")) == (7, 2)
-    counts = {split: sum(1 for path in tf.io.gfile.glob(f"{window.uri}/Split-{split}/*")
-                         for _ in tf.data.TFRecordDataset(path))
-              for split in ("train", "eval", "train_span_2")}
+    counts = {
+        split: sum(
+            1 for path in tf.io.gfile.glob(f"{window.uri}/Split-{split}/*") for _ in tf.data.TFRecordDataset(path)
+        )
+        for split in ("train", "eval", "train_span_2")
+    }
     assert counts == {"train": 7, "eval": 2, "train_span_2": 6}
     assert "Reusing" not in caplog.text
 
@@ -133,7 +168,10 @@ def test_a_window_of_spans_on_a_non_local_filesystem(tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="components"):
         wider = example_gen_run("wider", span=-1, span_window=5)
     assert json.loads(wider.get_string_custom_property("spans")) == [
-        {"span": 1, "train": 5}, {"span": 2, "train": 6}, {"span": 3, "train": 7}]
+        {"span": 1, "train": 5},
+        {"span": 2, "train": 6},
+        {"span": 3, "train": 7},
+    ]
     assert caplog.text.count("Reusing oxford_iiit_pet") == 2 and caplog.text.count("Building oxford_iiit_pet") == 1
     # A pinned older span and its window: the spans up to it.
     pinned = example_gen_run("pinned", span=2, span_window=2)

@@ -33,7 +33,9 @@ METRIC_TOLERANCE = 1e-6
 TRANSFORM_SINK_OPENED = f"pipeline_root/{names.TRANSFORM_ID}/transformed_examples/*/Split-*/beam-temp-*"
 # A listening socket in /proc/net/tcp's state column (TCP_LISTEN in the kernel's tcp_states.h).
 TCP_LISTEN = "0A"
-REST_GET = "import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=60).read().decode())"
+REST_GET = (
+    "import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=60).read().decode())"
+)
 STATUS = "import json, sys; from engine import flink; print(json.dumps(flink.status(flink.ClusterSpec(state_dir=sys.argv[1]))))"
 
 
@@ -112,9 +114,16 @@ def _processes_naming(text):
 
 
 def _beam_sets(spec):
-    return ["--set", "beam.runner=flink", "--set", f"beam.job_endpoint={spec.job_endpoint}",
-            "--set", f"beam.environment_config={spec.worker_pool}",
-            "--set", f"beam.flink_master=127.0.0.1:{spec.rest_port}"]
+    return [
+        "--set",
+        "beam.runner=flink",
+        "--set",
+        f"beam.job_endpoint={spec.job_endpoint}",
+        "--set",
+        f"beam.environment_config={spec.worker_pool}",
+        "--set",
+        f"beam.flink_master=127.0.0.1:{spec.rest_port}",
+    ]
 
 
 @dataclasses.dataclass
@@ -152,8 +161,9 @@ def flink_run(network, cluster, tmp_path_factory):
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     jobs = [j for j in _rest(network, cluster, "/jobs/overview")["jobs"] if j["jid"] not in before]
-    return FlinkRun(output, proc.console_path.read_text(errors="replace"), proc.returncode, victim,
-                    running[0]["jid"], jobs)
+    return FlinkRun(
+        output, proc.console_path.read_text(errors="replace"), proc.returncode, victim, running[0]["jid"], jobs
+    )
 
 
 def _start_run(network, output: pathlib.Path, *args: str) -> subprocess.Popen:
@@ -161,8 +171,13 @@ def _start_run(network, output: pathlib.Path, *args: str) -> subprocess.Popen:
     output.mkdir(parents=True, exist_ok=True)
     console = output.parent / f"{output.name}.console"
     with open(console, "wb") as out:  # the child keeps its own descriptor
-        proc = subprocess.Popen(network.command(petseg.command(output, *args)), stdout=out,
-                                stderr=subprocess.STDOUT, cwd=petseg.REPO, start_new_session=True)
+        proc = subprocess.Popen(
+            network.command(petseg.command(output, *args)),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=petseg.REPO,
+            start_new_session=True,
+        )
     proc.console_path = console
     return proc
 
@@ -188,8 +203,15 @@ def test_beam_components_run_on_flink_with_parallelism_2(network, cluster, flink
     hosts = set()
     for job in flink_run.jobs:
         detail = _rest(network, cluster, f"/jobs/{job['jid']}")
-        print(job["name"], job["state"], f"{job['duration'] / 1000:.0f} s", len(detail["vertices"]), "vertices,",
-              "parallelism", sorted({v["parallelism"] for v in detail["vertices"]}))
+        print(
+            job["name"],
+            job["state"],
+            f"{job['duration'] / 1000:.0f} s",
+            len(detail["vertices"]),
+            "vertices,",
+            "parallelism",
+            sorted({v["parallelism"] for v in detail["vertices"]}),
+        )
         assert min(v["parallelism"] for v in detail["vertices"]) >= 2, job["name"]
         vertex = detail["vertices"][0]["id"]
         tms = _rest(network, cluster, f"/jobs/{job['jid']}/vertices/{vertex}/taskmanagers")
@@ -210,8 +232,9 @@ def test_transformed_examples_and_metrics_equal_a_direct_runner_run(flink_run, t
 
 def _taskmanagers(network, cluster) -> list:
     """Pids of the TaskManagers `petseg flink status` reports alive."""
-    return [p["pid"] for p in _status(network, cluster)["processes"]
-            if p["name"].startswith("taskmanager") and p["alive"]]
+    return [
+        p["pid"] for p in _status(network, cluster)["processes"] if p["name"].startswith("taskmanager") and p["alive"]
+    ]
 
 
 def test_flink_restarts_the_transform_job_when_a_taskmanager_dies(network, cluster, flink_run):

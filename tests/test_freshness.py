@@ -16,7 +16,9 @@ def test_the_local_runner_pins_what_it_sees_when_the_run_starts(tmp_path):
     _served(tmp_path / "serving", 1700000000)
     _served(tmp_path / "serving", 1700000500)
     (tmp_path / "serving" / "1800000000").mkdir()  # no saved_model.pb: a version TF Serving would not load
-    config = load_config("tiny", overrides=["data.dataset=oxford_iiit_pet", f"data.oxford_raw_dir={tmp_path}/raw/span-{{SPAN}}"])
+    config = load_config(
+        "tiny", overrides=["data.dataset=oxford_iiit_pet", f"data.oxford_raw_dir={tmp_path}/raw/span-{{SPAN}}"]
+    )
     assert freshness.resolved_when_run(config) == [names.EXAMPLE_GEN_ID, names.LATEST_BLESSED_MODEL_ID]
     pinned = freshness.pin(config, str(tmp_path / "serving"))
     assert (pinned.data.span, pinned.eval.baseline_version) == (3, 1700000500)
@@ -25,7 +27,9 @@ def test_the_local_runner_pins_what_it_sees_when_the_run_starts(tmp_path):
 
 
 def test_nothing_served_and_no_span_folder_stay_unpinned(tmp_path):
-    config = load_config("tiny", overrides=["data.dataset=oxford_iiit_pet", f"data.oxford_raw_dir={tmp_path}/span-{{SPAN}}"])
+    config = load_config(
+        "tiny", overrides=["data.dataset=oxford_iiit_pet", f"data.oxford_raw_dir={tmp_path}/span-{{SPAN}}"]
+    )
     pinned = freshness.pin(config, str(tmp_path / "serving"))
     assert (pinned.data.span, pinned.eval.baseline_version) == (None, None)
 
@@ -33,8 +37,15 @@ def test_nothing_served_and_no_span_folder_stay_unpinned(tmp_path):
 def test_a_user_pinned_span_and_baseline_are_kept(tmp_path):
     (tmp_path / "span-7").mkdir()
     _served(tmp_path / "serving", 1700000500)
-    config = load_config("tiny", overrides=["data.dataset=oxford_iiit_pet", f"data.oxford_raw_dir={tmp_path}/span-{{SPAN}}",
-                                            "data.span=2", "eval.baseline_version=1600000000"])
+    config = load_config(
+        "tiny",
+        overrides=[
+            "data.dataset=oxford_iiit_pet",
+            f"data.oxford_raw_dir={tmp_path}/span-{{SPAN}}",
+            "data.span=2",
+            "eval.baseline_version=1600000000",
+        ],
+    )
     assert freshness.resolved_when_run(config) == []
     pinned = freshness.pin(config, str(tmp_path / "serving"))
     assert (pinned.data.span, pinned.eval.baseline_version) == (2, 1600000000)

@@ -54,12 +54,17 @@ def test_the_petseg_executable_freezes_before_its_exit(tmp_path):
     hook.mkdir()
     report = tmp_path / "freeze_count"
     (hook / "sitecustomize.py").write_text(
-        "import atexit, gc\n"
-        f"atexit.register(lambda: open({str(report)!r}, 'w').write(str(gc.get_freeze_count())))\n")
+        f"import atexit, gc\natexit.register(lambda: open({str(report)!r}, 'w').write(str(gc.get_freeze_count())))\n"
+    )
     executable = pathlib.Path(sys.executable).parent / "petseg"
     # `flink status` on an empty folder: a command that needs no cluster, imports nothing heavy and ends normally.
-    proc = subprocess.run([str(executable), "flink", "status", "--dir", str(tmp_path / "none")], capture_output=True,
-                          text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(hook)})
+    proc = subprocess.run(
+        [str(executable), "flink", "status", "--dir", str(tmp_path / "none")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONPATH": str(hook)},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "no Flink cluster is running" in proc.stdout
     assert int(report.read_text()) > 0

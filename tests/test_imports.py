@@ -12,8 +12,20 @@ import config
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 # Bottom to top: a package imports only itself and the packages before it.
-LAYERS = ("config", "dataset", "transform", "trainer", "metrics", "engine", "components", "pipeline", "report",
-          "kubeflow", "cli", "bench")
+LAYERS = (
+    "config",
+    "dataset",
+    "transform",
+    "trainer",
+    "metrics",
+    "engine",
+    "components",
+    "pipeline",
+    "report",
+    "kubeflow",
+    "cli",
+    "bench",
+)
 
 
 def project_modules() -> Dict[str, pathlib.Path]:
@@ -37,7 +49,7 @@ def imports_of(name: str, path: pathlib.Path, modules: Dict[str, pathlib.Path]) 
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                anchor = package.split(".")[:len(package.split(".")) - node.level + 1]
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
                 base = ".".join(anchor + ([base] if base else []))
             # `from a import b` names module a.b when there is one, else something defined in a.
             targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base for alias in node.names]
@@ -113,15 +125,21 @@ def package_graph(graph: Dict[str, Set[str]]) -> Dict[str, Set[str]]:
 
 
 def upward_imports(graph: Dict[str, Set[str]]) -> List[str]:
-    """"module -> module" for every import of a package at or above the importer's own layer."""
+    """ "module -> module" for every import of a package at or above the importer's own layer."""
     rank = {package: i for i, package in enumerate(LAYERS)}
-    return sorted(f"{name} -> {target}" for name, targets in graph.items() if name.split(".")[0] in rank
-                  for target in targets if rank.get(target.split(".")[0], -1) > rank[name.split(".")[0]])
+    return sorted(
+        f"{name} -> {target}"
+        for name, targets in graph.items()
+        if name.split(".")[0] in rank
+        for target in targets
+        if rank.get(target.split(".")[0], -1) > rank[name.split(".")[0]]
+    )
 
 
 def test_the_layer_check_finds_an_upward_import():
     assert upward_imports({"trainer.run": {"config.settings", "pipeline.pipeline"}, "config.names": set()}) == [
-        "trainer.run -> pipeline.pipeline"]
+        "trainer.run -> pipeline.pipeline"
+    ]
 
 
 def test_packages_import_only_the_layers_below_them():
@@ -135,18 +153,25 @@ def test_packages_import_only_the_layers_below_them():
 
 
 def test_the_bottom_layer_loads_no_library_and_the_trainer_no_orchestration():
-    code = ("import sys, config.names, config.settings, config.profiles; "
-            "print(sorted({m.split('.')[0] for m in sys.modules} & {'tensorflow', 'tfx', 'apache_beam', 'numpy'}))")
+    code = (
+        "import sys, config.names, config.settings, config.profiles; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'tensorflow', 'tfx', 'apache_beam', 'numpy'}))"
+    )
     assert petseg.python(code) == "[]"
-    code = ("import sys, trainer.data, trainer.model, trainer.precision, trainer.run, trainer.signatures, trainer.strategy; "
-            "print(sorted({m.split('.')[0] for m in sys.modules} & {'pipeline', 'components', 'kubeflow', 'cli'}))")
+    code = (
+        "import sys, trainer.data, trainer.model, trainer.precision, trainer.run, trainer.signatures, trainer.strategy; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'pipeline', 'components', 'kubeflow', 'cli'}))"
+    )
     assert petseg.python(code) == "[]"
 
 
 def test_tests_share_code_through_support_only():
     graph = import_graph()
-    shared = {name: sorted(t for t in targets if t.startswith("test_") or t == "conftest")
-              for name, targets in graph.items() if name.startswith(("test_", "support", "conftest"))}
+    shared = {
+        name: sorted(t for t in targets if t.startswith("test_") or t == "conftest")
+        for name, targets in graph.items()
+        if name.startswith(("test_", "support", "conftest"))
+    }
     assert {name: targets for name, targets in shared.items() if targets} == {}
 
 
@@ -163,7 +188,9 @@ def test_every_package_sets_the_keras_switch_before_anything_else():
 
 def test_run_path_does_not_import_tfx_v1():
     # Start-up cost: `petseg run`'s modules must not pull in `tfx.v1` and its Google Cloud extensions.
-    code = ("import sys; import cli.main, pipeline.local_runner, report.summary, report.dashboard, "
-            "trainer.run, metrics.segmentation; "
-            "print(sorted(m for m in sys.modules if m == 'tfx.v1' or m.startswith('google.cloud.aiplatform')))")
+    code = (
+        "import sys; import cli.main, pipeline.local_runner, report.summary, report.dashboard, "
+        "trainer.run, metrics.segmentation; "
+        "print(sorted(m for m in sys.modules if m == 'tfx.v1' or m.startswith('google.cloud.aiplatform')))"
+    )
     assert petseg.python(code) == "[]"

@@ -19,8 +19,11 @@ from dataset import archive, synthetic
 
 def test_a_library_of_another_version_is_refused_by_name():
     installed = {"tfx": "1.21.0", "tensorflow-datasets": "4.9.9", "tensorflow": "2.21.0"}
-    with pytest.raises(internals.IncompatibleLibraryError, match=r"tfx 1\.21\.0 \(written for 1\.16\.\*\), "
-                                                                  r"tensorflow 2\.21\.0 \(written for 2\.16\.\*\)"):
+    with pytest.raises(
+        internals.IncompatibleLibraryError,
+        match=r"tfx 1\.21\.0 \(written for 1\.16\.\*\), "
+        r"tensorflow 2\.21\.0 \(written for 2\.16\.\*\)",
+    ):
         internals.check_versions(installed.__getitem__)
     internals.check_versions()  # the installed stack is the one the module was written for
 
@@ -34,8 +37,10 @@ def test_transform_builds_its_processor_by_the_name_the_block_replaces():
         processor = transform_executor.TransformProcessor
         assert issubclass(processor, stock) and processor is not stock
         # The sink it replaces is still the one TFX calls, with the arguments it is called with.
-        assert list(inspect.signature(stock._EncodeAndWrite).parameters)[:4] == list(
-            inspect.signature(processor._EncodeAndWrite).parameters)[:4]
+        assert (
+            list(inspect.signature(stock._EncodeAndWrite).parameters)[:4]
+            == list(inspect.signature(processor._EncodeAndWrite).parameters)[:4]
+        )
     assert transform_executor.TransformProcessor is stock
 
 
@@ -46,8 +51,14 @@ def _batch_sizes(tfxio, path) -> list:
     import apache_beam as beam
 
     with beam.Pipeline() as pipeline:
-        _ = (pipeline | tfxio.BeamSource() | beam.Map(lambda batch: batch.num_rows) | beam.combiners.ToList()
-             | beam.Map(lambda sizes: json.dumps(sorted(sizes))) | beam.io.WriteToText(str(path), shard_name_template=""))
+        _ = (
+            pipeline
+            | tfxio.BeamSource()
+            | beam.Map(lambda batch: batch.num_rows)
+            | beam.combiners.ToList()
+            | beam.Map(lambda sizes: json.dumps(sorted(sizes)))
+            | beam.io.WriteToText(str(path), shard_name_template="")
+        )
     return json.loads(path.read_text())
 
 
@@ -77,9 +88,17 @@ def test_the_evaluator_reads_the_tfxio_factory_by_the_name_the_block_replaces(tm
 
 
 def test_kubeflow_executor_flags_split_into_tfx_flags_and_beam_args():
-    args, beam_args = internals.parse_kubeflow_v2_executor_flags([
-        "prog", "--executor_class_path", "components.pusher.Executor", "--json_serialized_invocation_args", "{}",
-        "--runner=DirectRunner", "--direct_num_workers=2"])
+    args, beam_args = internals.parse_kubeflow_v2_executor_flags(
+        [
+            "prog",
+            "--executor_class_path",
+            "components.pusher.Executor",
+            "--json_serialized_invocation_args",
+            "{}",
+            "--runner=DirectRunner",
+            "--direct_num_workers=2",
+        ]
+    )
     assert args.executor_class_path == "components.pusher.Executor"
     assert args.json_serialized_invocation_args == "{}"
     # TFX keeps argv[0] among the Beam args (Beam ignores what is not a flag); the split must be TFX's own.
@@ -160,14 +179,22 @@ def test_local_dag_runner_logs_the_lines_progress_reads(tmp_path):
     root.setLevel(logging.INFO)
     try:
         for _ in range(2):
-            LocalDagRunner().run(pipeline.Pipeline(
-                pipeline_name="progress", pipeline_root=str(tmp_path / "root"), enable_cache=True,
-                components=[ImportSchemaGen(schema_file=str(schema))],
-                metadata_connection_config=metadata.sqlite_metadata_connection_config(str(tmp_path / "m.sqlite"))))
+            LocalDagRunner().run(
+                pipeline.Pipeline(
+                    pipeline_name="progress",
+                    pipeline_root=str(tmp_path / "root"),
+                    enable_cache=True,
+                    components=[ImportSchemaGen(schema_file=str(schema))],
+                    metadata_connection_config=metadata.sqlite_metadata_connection_config(str(tmp_path / "m.sqlite")),
+                )
+            )
     finally:
         root.removeHandler(records)
         root.setLevel(saved_level)
     kinds = [kind for kind, _ in records.events]
     assert kinds == ["running", "finished", "running", "cached", "finished"], records.events
     assert records.events[0][1] == "ImportSchemaGen" and isinstance(records.events[3][1], int)
-    assert internals.local_runner_progress(logging.LogRecord("x", logging.INFO, "f", 1, "other", None, None)) == ("", None)
+    assert internals.local_runner_progress(logging.LogRecord("x", logging.INFO, "f", 1, "other", None, None)) == (
+        "",
+        None,
+    )

@@ -34,19 +34,26 @@ def tiny_tfx_specs(tmp_path_factory):
     for name, with_resolver in (("plain", False), ("resolver", True)):
         # ImportSchemaGen, not an ExampleGen: TFX drops the platform config of file-based ExampleGens.
         schema_gen = tfx.components.ImportSchemaGen(schema_file="gs://bucket/schema.pbtxt")
-        schema_gen.with_platform_config(resources(cpu_limit=2, memory_limit=4, accelerator=resources.AcceleratorConfig(
-            type="nvidia.com/gpu", count=1)))
+        schema_gen.with_platform_config(
+            resources(
+                cpu_limit=2, memory_limit=4, accelerator=resources.AcceleratorConfig(type="nvidia.com/gpu", count=1)
+            )
+        )
         components = [schema_gen]
         if with_resolver:
-            components.append(tfx.dsl.Resolver(
-                strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
-                model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
-                model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
-            ).with_id("latest_blessed_model_resolver"))
+            components.append(
+                tfx.dsl.Resolver(
+                    strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+                    model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
+                    model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
+                ).with_id("latest_blessed_model_resolver")
+            )
         specs[name] = out / f"{name}.yaml"
         pipeline = tfx.dsl.Pipeline(pipeline_name=f"tiny-{name}", pipeline_root=PIPELINE_ROOT, components=components)
-        v2.KubeflowV2DagRunner(v2.KubeflowV2DagRunnerConfig(default_image=IMAGE, use_pipeline_spec_2_1=True),
-                               output_filename=str(specs[name])).run(pipeline)
+        v2.KubeflowV2DagRunner(
+            v2.KubeflowV2DagRunnerConfig(default_image=IMAGE, use_pipeline_spec_2_1=True),
+            output_filename=str(specs[name]),
+        ).run(pipeline)
     return specs
 
 
@@ -80,10 +87,36 @@ def test_backend_compiler_accepts_the_petseg_pipeline(tmp_path):
     # No --pipeline-root: the run names it. The Pusher then needs its own gs:// destination. A window of
     # spans on gs://, read anew at each run, and the drift gate in front of Transform.
     proc = subprocess.run(
-        [sys.executable, "-m", "cli.main", "kubeflow", "compile", "--profile", "tiny", "--output-file", str(spec),
-         "--image", IMAGE, "--gpus", "2", "--cpu", "4", "--memory", "16", "--serving-dir", "gs://bucket/serving",
-         "--oxford-raw-dir", "gs://bucket/pets/span-{SPAN}", "--set", "data.span_window=3"],
-        cwd=ROOT, capture_output=True, text=True, timeout=1800)
+        [
+            sys.executable,
+            "-m",
+            "cli.main",
+            "kubeflow",
+            "compile",
+            "--profile",
+            "tiny",
+            "--output-file",
+            str(spec),
+            "--image",
+            IMAGE,
+            "--gpus",
+            "2",
+            "--cpu",
+            "4",
+            "--memory",
+            "16",
+            "--serving-dir",
+            "gs://bucket/serving",
+            "--oxford-raw-dir",
+            "gs://bucket/pets/span-{SPAN}",
+            "--set",
+            "data.span_window=3",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
 
     report = kfp_backend.check(spec, pipeline_root=PIPELINE_ROOT)
@@ -109,8 +142,7 @@ def test_argo_refuses_a_task_name_it_cannot_depend_on(tiny_tfx_specs, tmp_path):
     spec = yaml.safe_load(tiny_tfx_specs["plain"].read_text())
     tasks = spec["root"]["dag"]["tasks"]
     tasks["schema_gen"] = tasks.pop("ImportSchemaGen")
-    tasks["follower"] = dict(tasks["schema_gen"], dependentTasks=["schema_gen"],
-                             taskInfo={"name": "follower"})
+    tasks["follower"] = dict(tasks["schema_gen"], dependentTasks=["schema_gen"], taskInfo={"name": "follower"})
     edited = tmp_path / "edited.yaml"
     edited.write_text(yaml.safe_dump(spec))
     with pytest.raises(kfp_backend.BackendRejected, match="Argo workflow validation: .*invalid dependency schema"):

@@ -29,9 +29,15 @@ class RecordingKfpApi(http.server.BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         body = json.loads(self.rfile.read(length)) if length else None
         url = urllib.parse.urlparse(self.path)
-        self.server.requests.append({"method": self.command, "path": url.path,
-                                     "query": urllib.parse.parse_qs(url.query), "body": body,
-                                     "authorization": self.headers.get("Authorization")})
+        self.server.requests.append(
+            {
+                "method": self.command,
+                "path": url.path,
+                "query": urllib.parse.parse_qs(url.query),
+                "body": body,
+                "authorization": self.headers.get("Authorization"),
+            }
+        )
         return url.path, body
 
     def do_GET(self):
@@ -40,9 +46,11 @@ class RecordingKfpApi(http.server.BaseHTTPRequestHandler):
 
     def do_POST(self):
         path, body = self._record()
-        replies = {"/apis/v2beta1/experiments": {"experiment_id": "exp-1", "display_name": body.get("display_name")},
-                   "/apis/v2beta1/runs": {"run_id": "run-1", "display_name": body.get("display_name")},
-                   "/apis/v2beta1/recurringruns": {"recurring_run_id": "rr-1"}}
+        replies = {
+            "/apis/v2beta1/experiments": {"experiment_id": "exp-1", "display_name": body.get("display_name")},
+            "/apis/v2beta1/runs": {"run_id": "run-1", "display_name": body.get("display_name")},
+            "/apis/v2beta1/recurringruns": {"recurring_run_id": "rr-1"},
+        }
         self._reply(replies[path])
 
     def log_message(self, *args):
@@ -63,8 +71,23 @@ def api():
 @pytest.fixture(scope="module")
 def package(tmp_path_factory):
     path = tmp_path_factory.mktemp("kfp") / "pipeline.yaml"
-    assert cli.main(["kubeflow", "compile", "--output-file", str(path), "--profile", "tiny",
-                     "--image", "registry.example.com/petseg:1", "--pipeline-root", ROOT]) == 0
+    assert (
+        cli.main(
+            [
+                "kubeflow",
+                "compile",
+                "--output-file",
+                str(path),
+                "--profile",
+                "tiny",
+                "--image",
+                "registry.example.com/petseg:1",
+                "--pipeline-root",
+                ROOT,
+            ]
+        )
+        == 0
+    )
     return path
 
 
@@ -75,9 +98,27 @@ def posts(server, path):
 def test_submit_posts_the_compiled_spec_as_a_run(api, package, monkeypatch):
     server, host = api
     monkeypatch.setenv("PETSEG_TEST_TOKEN", "t0ken-from-env")
-    assert cli.main(["kubeflow", "submit", "--host", host, "--package", str(package), "--run-name", "nightly",
-                     "--experiment", "petseg-exp", "--pipeline-root", RUN_ROOT,
-                     "--token-env", "PETSEG_TEST_TOKEN"]) == 0
+    assert (
+        cli.main(
+            [
+                "kubeflow",
+                "submit",
+                "--host",
+                host,
+                "--package",
+                str(package),
+                "--run-name",
+                "nightly",
+                "--experiment",
+                "petseg-exp",
+                "--pipeline-root",
+                RUN_ROOT,
+                "--token-env",
+                "PETSEG_TEST_TOKEN",
+            ]
+        )
+        == 0
+    )
 
     [experiment] = posts(server, "/apis/v2beta1/experiments")
     assert experiment["body"]["display_name"] == "petseg-exp"
@@ -94,8 +135,25 @@ def test_submit_posts_the_compiled_spec_as_a_run(api, package, monkeypatch):
 
 def test_submit_compiles_from_options_when_no_package_is_given(api):
     server, host = api
-    assert cli.main(["kubeflow", "submit", "--host", host, "--profile", "tiny", "--image", "img:2",
-                     "--pipeline-root", ROOT, "--gpus", "1"]) == 0
+    assert (
+        cli.main(
+            [
+                "kubeflow",
+                "submit",
+                "--host",
+                host,
+                "--profile",
+                "tiny",
+                "--image",
+                "img:2",
+                "--pipeline-root",
+                ROOT,
+                "--gpus",
+                "1",
+            ]
+        )
+        == 0
+    )
     [run] = posts(server, "/apis/v2beta1/runs")
     spec = run["body"]["pipeline_spec"]
     assert spec["defaultPipelineRoot"] == ROOT and run["body"]["runtime_config"]["pipeline_root"] == ROOT
@@ -105,8 +163,23 @@ def test_submit_compiles_from_options_when_no_package_is_given(api):
 
 def test_schedule_posts_a_recurring_run_with_cron_and_one_run_at_a_time(api, package):
     server, host = api
-    assert cli.main(["kubeflow", "schedule", "--host", host, "--package", str(package),
-                     "--cron", "0 0 3 * * 0", "--job-name", "weekly-retrain"]) == 0
+    assert (
+        cli.main(
+            [
+                "kubeflow",
+                "schedule",
+                "--host",
+                host,
+                "--package",
+                str(package),
+                "--cron",
+                "0 0 3 * * 0",
+                "--job-name",
+                "weekly-retrain",
+            ]
+        )
+        == 0
+    )
     [recurring] = posts(server, "/apis/v2beta1/recurringruns")
     body = recurring["body"]
     assert body["display_name"] == "weekly-retrain"
@@ -123,8 +196,21 @@ def test_schedule_posts_a_recurring_run_with_cron_and_one_run_at_a_time(api, pac
 def test_a_spec_compiled_without_a_root_runs_under_the_clusters_default(api, tmp_path):
     server, host = api
     package = tmp_path / "p.yaml"
-    assert cli.main(["kubeflow", "compile", "--output-file", str(package), "--profile", "tiny",
-                     "--serving-dir", "gs://models/petseg"]) == 0
+    assert (
+        cli.main(
+            [
+                "kubeflow",
+                "compile",
+                "--output-file",
+                str(package),
+                "--profile",
+                "tiny",
+                "--serving-dir",
+                "gs://models/petseg",
+            ]
+        )
+        == 0
+    )
     assert cli.main(["kubeflow", "submit", "--host", host, "--package", str(package)]) == 0
     [run] = posts(server, "/apis/v2beta1/runs")
     assert not run["body"]["runtime_config"].get("pipeline_root")
@@ -141,11 +227,31 @@ def test_schedule_refuses_a_five_field_crontab_line_before_calling_the_server(ap
 def test_compile_flags_beside_a_package_are_refused_not_ignored(api, package, command):
     server, host = api
     cron = ["--cron", "0 0 3 * * 0"] if command == "schedule" else []
-    with pytest.raises(SystemExit, match=r"^petseg: --set, --image, --gpus: shape the compiled pipeline, and "
-                                         r"--package .* is compiled already"):
-        cli.main(["kubeflow", command, "--host", host, "--package", str(package), *cron, "--gpus", "1",
-                  "--set", "train.epochs=3", "--image", "other:1"])
+    with pytest.raises(
+        SystemExit,
+        match=r"^petseg: --set, --image, --gpus: shape the compiled pipeline, and "
+        r"--package .* is compiled already",
+    ):
+        cli.main(
+            [
+                "kubeflow",
+                command,
+                "--host",
+                host,
+                "--package",
+                str(package),
+                *cron,
+                "--gpus",
+                "1",
+                "--set",
+                "train.epochs=3",
+                "--image",
+                "other:1",
+            ]
+        )
     assert server.requests == []
     # The run's own root is not a compile flag: it goes with the run.
-    assert cli.main(["kubeflow", command, "--host", host, "--package", str(package), *cron,
-                     "--pipeline-root", RUN_ROOT]) == 0
+    assert (
+        cli.main(["kubeflow", command, "--host", host, "--package", str(package), *cron, "--pipeline-root", RUN_ROOT])
+        == 0
+    )

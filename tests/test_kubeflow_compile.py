@@ -21,18 +21,54 @@ from support.beam_options import parse as parse_beam_args
 REPO = pathlib.Path(__file__).resolve().parent.parent
 IMAGE = "registry.example.com/team/petseg:1.2.3"
 ROOT = "gs://petseg-bucket/pipeline_root"
-BEAM_ARGS = ["--runner=DataflowRunner", "--project=demo-project", "--region=europe-west4",
-             "--temp_location=gs://petseg-bucket/tmp"]
-TASKS = {"TfdsExampleGen", "ImportSchemaGen", "StatisticsGen", "ExampleValidator", "ValidationGate", "Transform",
-         "LatestBlessedModel", "DistributionValidator", "DriftGate", "Trainer", "Evaluator", "Pusher"}
+BEAM_ARGS = [
+    "--runner=DataflowRunner",
+    "--project=demo-project",
+    "--region=europe-west4",
+    "--temp_location=gs://petseg-bucket/tmp",
+]
+TASKS = {
+    "TfdsExampleGen",
+    "ImportSchemaGen",
+    "StatisticsGen",
+    "ExampleValidator",
+    "ValidationGate",
+    "Transform",
+    "LatestBlessedModel",
+    "DistributionValidator",
+    "DriftGate",
+    "Trainer",
+    "Evaluator",
+    "Pusher",
+}
 RUN_EXECUTOR = ["python", "-m", "kubeflow.entrypoint"]
 
 
 def compile_args(output, *extra):
-    return ["kubeflow", "compile", "--output-file", str(output), "--profile", "tiny", "--image", IMAGE,
-            "--pipeline-root", ROOT, "--gpus", "2", "--cpu", "4", "--memory", "16",
-            "--oxford-raw-dir", "/mnt/pets/span-{SPAN}", "--set", "train.warm_start=true",
-            *[f"--beam-arg={a}" for a in BEAM_ARGS], *extra]
+    return [
+        "kubeflow",
+        "compile",
+        "--output-file",
+        str(output),
+        "--profile",
+        "tiny",
+        "--image",
+        IMAGE,
+        "--pipeline-root",
+        ROOT,
+        "--gpus",
+        "2",
+        "--cpu",
+        "4",
+        "--memory",
+        "16",
+        "--oxford-raw-dir",
+        "/mnt/pets/span-{SPAN}",
+        "--set",
+        "train.warm_start=true",
+        *[f"--beam-arg={a}" for a in BEAM_ARGS],
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +131,10 @@ def test_every_task_is_a_container_running_our_entrypoint_in_the_image_with_the_
         cloud = options.view_as(beam_options.GoogleCloudOptions)
         assert options.view_as(beam_options.StandardOptions).runner == "DataflowRunner", task
         assert (cloud.project, cloud.region, cloud.temp_location) == (
-            "demo-project", "europe-west4", "gs://petseg-bucket/tmp"), task
+            "demo-project",
+            "europe-west4",
+            "gs://petseg-bucket/tmp",
+        ), task
 
 
 def test_only_the_trainer_asks_for_gpus_cpu_and_memory(spec):
@@ -112,7 +151,8 @@ def test_paths_point_into_the_image_and_the_pipeline_root(spec):
     assert constant(spec, "TfdsExampleGen", "data_dir") == runner.DEFAULT_DATA_DIR
     assert constant(spec, "TfdsExampleGen", "raw_dir") == "/mnt/pets/span-{SPAN}"
     assert json.loads(constant(spec, "Pusher", "push_destination")) == {
-        "filesystem": {"base_directory": f"{ROOT}/serving"}}
+        "filesystem": {"base_directory": f"{ROOT}/serving"}
+    }
     # User code by dotted path, importable in the image; nothing staged at compile time.
     assert constant(spec, "Trainer", "run_fn") == "trainer.run.run_fn"
     assert constant(spec, "Transform", "preprocessing_fn") == "transform.preprocessing.preprocessing_fn"
@@ -129,7 +169,9 @@ def test_latest_span_and_latest_pushed_model_are_read_every_run(spec):
     assert constant(spec, "LatestBlessedModel", "serving_dir") == f"{ROOT}/serving"
     for task, key in (("Trainer", "base_model"), ("Evaluator", "baseline_model")):
         assert tasks[task]["inputs"]["artifacts"][key]["taskOutputArtifact"] == {
-            "producerTask": "LatestBlessedModel", "outputArtifactKey": "model"}
+            "producerTask": "LatestBlessedModel",
+            "outputArtifactKey": "model",
+        }
 
 
 def test_a_pinned_baseline_keeps_latest_blessed_model_cached(tmp_path):
@@ -150,24 +192,32 @@ def test_the_drift_gate_sits_between_the_statistics_and_transform(spec):
     tasks = spec["root"]["dag"]["tasks"]
     validator = tasks[names.DRIFT_VALIDATOR_ID]["inputs"]
     assert validator["artifacts"]["statistics"]["taskOutputArtifact"] == {
-        "producerTask": names.STATISTICS_GEN_ID, "outputArtifactKey": "statistics"}
+        "producerTask": names.STATISTICS_GEN_ID,
+        "outputArtifactKey": "statistics",
+    }
     # The served model's training statistics: LatestBlessedModel reads them beside it, no resolver.
     assert validator["artifacts"]["baseline_statistics"]["taskOutputArtifact"] == {
-        "producerTask": names.LATEST_BLESSED_MODEL_ID, "outputArtifactKey": "statistics"}
+        "producerTask": names.LATEST_BLESSED_MODEL_ID,
+        "outputArtifactKey": "statistics",
+    }
     config = json.loads(constant(spec, names.DRIFT_VALIDATOR_ID, "distribution_validator_config"))
     compared = {entry["path"]["step"][0] for entry in config["defaultSliceConfig"]["feature"]}
     assert compared == {"species", "label", "image_height", "image_width", "image_brightness"}
     assert json.loads(constant(spec, names.DRIFT_VALIDATOR_ID, "include_split_pairs")) == [["train", "train"]]
-    assert container(spec, names.DRIFT_VALIDATOR_ID)["args"][:2] == ["--executor_class_path", "components.drift.Executor"]
+    assert container(spec, names.DRIFT_VALIDATOR_ID)["args"][:2] == [
+        "--executor_class_path",
+        "components.drift.Executor",
+    ]
     assert constant(spec, names.DRIFT_GATE_ID, "action") == "stop"
     assert set(tasks[names.TRANSFORM_ID]["dependentTasks"]) >= {names.DRIFT_GATE_ID, names.VALIDATION_GATE_ID}
-    assert tasks[names.PUSHER_ID]["inputs"]["artifacts"]["statistics"]["taskOutputArtifact"]["producerTask"] == \
-        names.STATISTICS_GEN_ID
+    assert (
+        tasks[names.PUSHER_ID]["inputs"]["artifacts"]["statistics"]["taskOutputArtifact"]["producerTask"]
+        == names.STATISTICS_GEN_ID
+    )
 
 
 def test_a_span_window_is_read_anew_at_every_scheduled_run(tmp_path):
-    assert cli.main(compile_args(tmp_path / "p.yaml", "--set", "data.span_window=4",
-                                 "--set", "drift.action=warn")) == 0
+    assert cli.main(compile_args(tmp_path / "p.yaml", "--set", "data.span_window=4", "--set", "drift.action=warn")) == 0
     spec = yaml.safe_load((tmp_path / "p.yaml").read_text())
     assert constant(spec, "TfdsExampleGen", "span_window") == 4
     assert constant(spec, "TfdsExampleGen", "span") == -1
@@ -178,36 +228,58 @@ def test_a_span_window_is_read_anew_at_every_scheduled_run(tmp_path):
 def test_no_credentials_or_local_paths_in_the_spec(compiled):
     for name in ("pipeline.yaml", "pipeline.json"):
         text = (compiled / name).read_text()
-        assert not re.search(r"token|passw|secret|private.key|credential|AKIA[0-9A-Z]{16}|BEGIN [A-Z ]*KEY",
-                             text, re.IGNORECASE), name
+        assert not re.search(
+            r"token|passw|secret|private.key|credential|AKIA[0-9A-Z]{16}|BEGIN [A-Z ]*KEY", text, re.IGNORECASE
+        ), name
         assert str(REPO) not in text and str(pathlib.Path.home()) not in text, name
         assert '"env"' not in text and "\nenv:" not in text
 
 
 def test_without_a_root_the_clusters_default_applies(tmp_path):
-    assert cli.main(["kubeflow", "compile", "--output-file", str(tmp_path / "p.yaml"), "--profile", "tiny",
-                     "--serving-dir", "gs://models/petseg"]) == 0
+    assert (
+        cli.main(
+            [
+                "kubeflow",
+                "compile",
+                "--output-file",
+                str(tmp_path / "p.yaml"),
+                "--profile",
+                "tiny",
+                "--serving-dir",
+                "gs://models/petseg",
+            ]
+        )
+        == 0
+    )
     spec = yaml.safe_load((tmp_path / "p.yaml").read_text())
     assert "defaultPipelineRoot" not in spec
     assert json.loads(constant(spec, "Pusher", "push_destination")) == {
-        "filesystem": {"base_directory": "gs://models/petseg"}}
+        "filesystem": {"base_directory": "gs://models/petseg"}
+    }
 
 
-@pytest.mark.parametrize("extra, message", [
-    ([], "--serving-dir: needed when the pipeline root is the cluster's default"),
-    (["--pipeline-root", "minio://mlpipeline/petseg"], "--serving-dir: needed"),
-    (["--serving-dir", "s3://models/petseg"], "TensorFlow cannot write minio:// or s3://"),
-    (["--target", "vertex", "--serving-dir", "gs://m/s"], "Vertex AI Pipelines needs a gs:// pipeline root"),
-    (["--target", "vertex", "--pipeline-root", "minio://x/y"], "needs a gs:// pipeline root"),
-    (["--pipeline-root", "/local/root"], "not a URI the launcher can store artifacts under"),
-    (["--pipeline-root", ROOT, "--gpus", "-1"], "--gpus: must be >= 0"),
-    (["--pipeline-root", ROOT, "--memory", "0"], "--memory: must be > 0"),
-    # Vertex names its GPUs; Kubernetes' nvidia.com/gpu would be refused by Vertex at run time.
-    (["--target", "vertex", "--pipeline-root", ROOT, "--gpus", "1"],
-     "--gpu-type: Vertex names GPUs by type, one of NVIDIA_TESLA_K80, NVIDIA_TESLA_P100"),
-    (["--target", "vertex", "--pipeline-root", ROOT, "--gpus", "1", "--gpu-type", "nvidia.com/gpu"],
-     "got 'nvidia.com/gpu'"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ([], "--serving-dir: needed when the pipeline root is the cluster's default"),
+        (["--pipeline-root", "minio://mlpipeline/petseg"], "--serving-dir: needed"),
+        (["--serving-dir", "s3://models/petseg"], "TensorFlow cannot write minio:// or s3://"),
+        (["--target", "vertex", "--serving-dir", "gs://m/s"], "Vertex AI Pipelines needs a gs:// pipeline root"),
+        (["--target", "vertex", "--pipeline-root", "minio://x/y"], "needs a gs:// pipeline root"),
+        (["--pipeline-root", "/local/root"], "not a URI the launcher can store artifacts under"),
+        (["--pipeline-root", ROOT, "--gpus", "-1"], "--gpus: must be >= 0"),
+        (["--pipeline-root", ROOT, "--memory", "0"], "--memory: must be > 0"),
+        # Vertex names its GPUs; Kubernetes' nvidia.com/gpu would be refused by Vertex at run time.
+        (
+            ["--target", "vertex", "--pipeline-root", ROOT, "--gpus", "1"],
+            "--gpu-type: Vertex names GPUs by type, one of NVIDIA_TESLA_K80, NVIDIA_TESLA_P100",
+        ),
+        (
+            ["--target", "vertex", "--pipeline-root", ROOT, "--gpus", "1", "--gpu-type", "nvidia.com/gpu"],
+            "got 'nvidia.com/gpu'",
+        ),
+    ],
+)
 def test_settings_the_target_cannot_use_are_clear_errors(tmp_path, extra, message):
     with pytest.raises(SystemExit, match=re.escape(message)):
         cli.main(["kubeflow", "compile", "--output-file", str(tmp_path / "p.yaml"), "--profile", "tiny", *extra])
@@ -221,22 +293,44 @@ def test_vertex_gets_its_own_gpu_name(compiled):
 
 def test_a_flag_error_comes_before_tfx_is_imported(tmp_path):
     """The one-line refusal, without TensorFlow's start-up lines before it."""
-    code = ("import sys\nfrom cli import main\ntry:\n    main.main(sys.argv[1:])\nexcept SystemExit as exc:\n"
-            "    print(exc)\nprint(sorted({'tensorflow', 'tfx'} & set(sys.modules)))")
-    args = ["kubeflow", "compile", "--output-file", str(tmp_path / "p.json"), "--profile", "tiny",
-            "--target", "vertex", "--pipeline-root", ROOT, "--set", "train.workers=2"]
+    code = (
+        "import sys\nfrom cli import main\ntry:\n    main.main(sys.argv[1:])\nexcept SystemExit as exc:\n"
+        "    print(exc)\nprint(sorted({'tensorflow', 'tfx'} & set(sys.modules)))"
+    )
+    args = [
+        "kubeflow",
+        "compile",
+        "--output-file",
+        str(tmp_path / "p.json"),
+        "--profile",
+        "tiny",
+        "--target",
+        "vertex",
+        "--pipeline-root",
+        ROOT,
+        "--set",
+        "train.workers=2",
+    ]
     done = subprocess.run([sys.executable, "-c", code, *args], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.stdout.splitlines() == [
         "petseg: --project: required for --target vertex with train.workers=2 (the Google Cloud project the "
-        "Trainer's CustomJob runs in)", "[]"], done.stdout + done.stderr
+        "Trainer's CustomJob runs in)",
+        "[]",
+    ], done.stdout + done.stderr
     assert done.stderr == ""
 
 
 def test_compile_keeps_tensorflow_and_tfx_off_the_console(tmp_path):
     package, scratch = tmp_path / "p.yaml", tmp_path / "tmp"
     scratch.mkdir()
-    done = subprocess.run([sys.executable, "-m", "cli.main", *compile_args(package)], cwd=REPO, capture_output=True,
-                          text=True, timeout=900, env=dict(os.environ, TMPDIR=str(scratch)))
+    done = subprocess.run(
+        [sys.executable, "-m", "cli.main", *compile_args(package)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=dict(os.environ, TMPDIR=str(scratch)),
+    )
     assert (done.returncode, done.stdout, done.stderr) == (0, f"petseg: wrote {package}\n", "")
     assert list(scratch.iterdir()) == []  # the full log is kept only when compiling fails
 
@@ -246,11 +340,31 @@ def test_bad_target_and_file_names_are_clear_errors(tmp_path, capsys):
         cli.main(["kubeflow", "compile", "--output-file", str(tmp_path / "p.yaml"), "--target", "argo"])
     assert "invalid choice: 'argo'" in capsys.readouterr().err
     with pytest.raises(SystemExit, match=r"\.yaml"):
-        cli.main(["kubeflow", "compile", "--output-file", str(tmp_path / "p.txt"), "--profile", "tiny",
-                  "--pipeline-root", ROOT])
+        cli.main(
+            [
+                "kubeflow",
+                "compile",
+                "--output-file",
+                str(tmp_path / "p.txt"),
+                "--profile",
+                "tiny",
+                "--pipeline-root",
+                ROOT,
+            ]
+        )
     with pytest.raises(SystemExit, match="a PipelineJob .json is for --target vertex"):
-        cli.main(["kubeflow", "compile", "--output-file", str(tmp_path / "p.json"), "--profile", "tiny",
-                  "--pipeline-root", ROOT])
+        cli.main(
+            [
+                "kubeflow",
+                "compile",
+                "--output-file",
+                str(tmp_path / "p.json"),
+                "--profile",
+                "tiny",
+                "--pipeline-root",
+                ROOT,
+            ]
+        )
 
 
 # ---------------------------------------------------------------- the image
@@ -272,7 +386,7 @@ def dockerfile_instructions(path):
 def test_dockerfile_installs_the_lock_into_the_tfx_image_and_runs_as_non_root():
     instructions = dockerfile_instructions(REPO / "kubeflow" / "Dockerfile")
     stages = [i for i, (op, _) in enumerate(instructions) if op == "FROM"]
-    final = instructions[stages[-1]:]
+    final = instructions[stages[-1] :]
     lock = (REPO / "uv.lock").read_text()
     tfx_version = re.search(r'name = "tfx"\nversion = "([^"]+)"', lock).group(1)
     assert final[0] == ("FROM", f"tensorflow/tfx:{tfx_version}")
@@ -309,18 +423,43 @@ def test_dockerignore_keeps_what_the_dockerfile_copies():
 def test_flink_settings_reach_every_beam_task_of_the_compiled_spec(tmp_path):
     # The same `beam` section as `petseg run`: a job server service and a worker-pool sidecar on localhost.
     out = tmp_path / "flink.yaml"
-    assert cli.main(["kubeflow", "compile", "--output-file", str(out), "--profile", "tiny", "--image", IMAGE,
-                     "--pipeline-root", ROOT, "--set", "beam.runner=flink",
-                     "--set", "beam.job_endpoint=flink-jobserver:8099", "--set", "beam.parallelism=4",
-                     "--set", f"beam.sdk_image={IMAGE}", "--beam-arg=--max_parallelism=16",
-                     "--beam-arg=--parallelism=6"]) == 0
+    assert (
+        cli.main(
+            [
+                "kubeflow",
+                "compile",
+                "--output-file",
+                str(out),
+                "--profile",
+                "tiny",
+                "--image",
+                IMAGE,
+                "--pipeline-root",
+                ROOT,
+                "--set",
+                "beam.runner=flink",
+                "--set",
+                "beam.job_endpoint=flink-jobserver:8099",
+                "--set",
+                "beam.parallelism=4",
+                "--set",
+                f"beam.sdk_image={IMAGE}",
+                "--beam-arg=--max_parallelism=16",
+                "--beam-arg=--parallelism=6",
+            ]
+        )
+        == 0
+    )
     spec = yaml.safe_load(out.read_text())
     for task in (names.STATISTICS_GEN_ID, names.TRANSFORM_ID, names.EVALUATOR_ID):
         options = task_beam_options(spec, task)
         portable = options.view_as(beam_options.PortableOptions)
         assert options.view_as(beam_options.StandardOptions).runner == "PortableRunner", task
         assert (portable.job_endpoint, portable.environment_type, portable.environment_config) == (
-            "flink-jobserver:8099", "EXTERNAL", "127.0.0.1:50000"), task
+            "flink-jobserver:8099",
+            "EXTERNAL",
+            "127.0.0.1:50000",
+        ), task
         assert options.view_as(beam_options.WorkerOptions).sdk_container_image == IMAGE, task
         # The user's --beam-arg values come last and win over the `beam` section's.
         flink_options = options.view_as(beam_options.FlinkRunnerOptions)
@@ -329,6 +468,15 @@ def test_flink_settings_reach_every_beam_task_of_the_compiled_spec(tmp_path):
 
 def test_a_beam_runner_flag_in_beam_args_is_a_config_error_naming_the_key(tmp_path):
     with pytest.raises(SystemExit) as exit_info:
-        cli.main(["kubeflow", "compile", "--output-file", str(tmp_path / "x.yaml"), "--pipeline-root", ROOT,
-                  "--beam-arg=--runner=SamzaRunner"])
+        cli.main(
+            [
+                "kubeflow",
+                "compile",
+                "--output-file",
+                str(tmp_path / "x.yaml"),
+                "--pipeline-root",
+                ROOT,
+                "--beam-arg=--runner=SamzaRunner",
+            ]
+        )
     assert exit_info.value.code == 2

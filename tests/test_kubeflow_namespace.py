@@ -51,8 +51,9 @@ def shared_names() -> Dict[str, Dict[str, bool]]:
             continue
         for name in top_level_names(dist) & ours:
             theirs = pathlib.Path(dist.locate_file(name)) / "__init__.py"
-            found.setdefault(name, {})[dist.metadata["Name"]] = (
-                is_namespace_portion(REPO / name / "__init__.py") and is_namespace_portion(theirs))
+            found.setdefault(name, {})[dist.metadata["Name"]] = is_namespace_portion(
+                REPO / name / "__init__.py"
+            ) and is_namespace_portion(theirs)
     return found
 
 
@@ -62,7 +63,8 @@ def test_no_installed_distribution_provides_a_top_level_name_of_ours_unless_both
     shadowed = {name: dists for name, dists in shadowed.items() if dists}
     assert not shadowed, (
         f"these top-level names of ours are also installed by other distributions, which shadow ours or are shadowed "
-        f"by them: {shadowed}")
+        f"by them: {shadowed}"
+    )
     # The one name shared on purpose, so this test sees a real namespace on both sides.
     assert shared == {"kubeflow": {SDK: True}}
 
@@ -91,8 +93,14 @@ def test_the_kubeflow_sdk_imports_beside_our_kubeflow_package_in_either_order(tm
     env = {key: value for key, value in os.environ.items() if key != config.KERAS_SWITCH}
     env["PYTHONPATH"] = os.pathsep.join(entries)
     # cwd outside the repository, so only PYTHONPATH puts our packages on sys.path.
-    proc = subprocess.run([sys.executable, "-c", PROBE.format(switch=config.KERAS_SWITCH)], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", PROBE.format(switch=config.KERAS_SWITCH)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     seen = json.loads(proc.stdout.strip().splitlines()[-1])
     assert seen["path"].index(entries[0]) < seen["path"].index(entries[1])

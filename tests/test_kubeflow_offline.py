@@ -22,10 +22,32 @@ UPSTREAM = ["ImportSchemaGen", "TfdsExampleGen", "StatisticsGen", "ExampleValida
 def compile_spec(tmp: pathlib.Path, name: str, *extra: str):
     package = tmp / name
     # The local checkout plays the image: the project is at --app-dir, this venv is its python.
-    assert cli.main(["kubeflow", "compile", "--output-file", str(package), "--profile", "tiny", "--image", "local",
-                     "--data-dir", str(tmp / "tfds"), "--serving-dir", str(tmp / "serving"),
-                     "--app-dir", str(REPO), "--set", "train.warm_start=true", "--set", "train.epochs=1",
-                     *extra]) == 0
+    assert (
+        cli.main(
+            [
+                "kubeflow",
+                "compile",
+                "--output-file",
+                str(package),
+                "--profile",
+                "tiny",
+                "--image",
+                "local",
+                "--data-dir",
+                str(tmp / "tfds"),
+                "--serving-dir",
+                str(tmp / "serving"),
+                "--app-dir",
+                str(REPO),
+                "--set",
+                "train.warm_start=true",
+                "--set",
+                "train.epochs=1",
+                *extra,
+            ]
+        )
+        == 0
+    )
     return runner.load_spec(str(package))
 
 
@@ -117,8 +139,12 @@ def test_drift_is_measured_against_the_first_runs_published_statistics(runs):
     version = int(single(first, names.PUSHER_ID, "pushed_model")["metadata"]["pushed_version"])
     statistics = tmp / "serving" / str(version) / "assets.extra" / "statistics" / "Split-train" / "FeatureStats.pb"
     assert statistics.is_file()
-    reports = [json.loads((run.store.path(single(run, names.DRIFT_VALIDATOR_ID, "anomalies")["uri"])
-                           / "drift.json").read_text()) for run in (first, second)]
+    reports = [
+        json.loads(
+            (run.store.path(single(run, names.DRIFT_VALIDATOR_ID, "anomalies")["uri"]) / "drift.json").read_text()
+        )
+        for run in (first, second)
+    ]
     assert reports[0]["verdict"] == "no_baseline"
     assert (reports[1]["verdict"], reports[1]["baseline_version"]) == ("passed", version)
 

@@ -16,8 +16,25 @@ ROOT = "gs://petseg-bucket/pipeline_root"
 
 
 def compile_args(output, *extra):
-    return ["kubeflow", "compile", "--output-file", str(output), "--profile", "tiny", "--image", IMAGE,
-            "--gpus", "1", "--cpu", "4", "--memory", "16", "--set", "train.workers=3", *extra]
+    return [
+        "kubeflow",
+        "compile",
+        "--output-file",
+        str(output),
+        "--profile",
+        "tiny",
+        "--image",
+        IMAGE,
+        "--gpus",
+        "1",
+        "--cpu",
+        "4",
+        "--memory",
+        "16",
+        "--set",
+        "train.workers=3",
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +49,9 @@ def executors(spec):
 
 
 def custom_config(spec):
-    return json.loads(spec["root"]["dag"]["tasks"]["Trainer"]["inputs"]["parameters"]["custom_config"]
-                      ["runtimeValue"]["constant"])
+    return json.loads(
+        spec["root"]["dag"]["tasks"]["Trainer"]["inputs"]["parameters"]["custom_config"]["runtimeValue"]["constant"]
+    )
 
 
 def test_the_trainer_task_runs_the_tfjob_executor_and_its_pod_asks_for_nothing(compiled):
@@ -50,8 +68,14 @@ def test_the_trainer_task_runs_the_tfjob_executor_and_its_pod_asks_for_nothing(c
         assert container["command"] == ["python", "-m", "kubeflow.entrypoint"], label
     # The job's settings and train.workers travel with the spec, in the Trainer's custom_config.
     config = custom_config(spec)
-    assert config[tfjob_executor.SETTINGS_KEY] == {"cpu": 4.0, "gpu_type": "nvidia.com/gpu", "gpus": 1,
-                                                   "image": IMAGE, "memory_gb": 16.0, "workers": 3}
+    assert config[tfjob_executor.SETTINGS_KEY] == {
+        "cpu": 4.0,
+        "gpu_type": "nvidia.com/gpu",
+        "gpus": 1,
+        "image": IMAGE,
+        "memory_gb": 16.0,
+        "workers": 3,
+    }
     assert config["train"]["workers"] == 3
 
 
@@ -66,9 +90,13 @@ def test_kfp_backend_accepts_it(compiled):
 @pytest.mark.kube
 def test_the_job_the_compiled_settings_give_is_admitted_by_the_server_and_the_operators_webhook(compiled, cluster):
     settings = dict(custom_config(yaml.safe_load(compiled.read_text()))[tfjob_executor.SETTINGS_KEY])
-    job = tfjob.review_manifest(image=settings.pop("image"), workers=settings.pop("workers"),
-                                resources=Resources(**settings), namespace="kubeflow",
-                                service_account="pipeline-runner")
+    job = tfjob.review_manifest(
+        image=settings.pop("image"),
+        workers=settings.pop("workers"),
+        resources=Resources(**settings),
+        namespace="kubeflow",
+        service_account="pipeline-runner",
+    )
     assert tfjob.replica_counts(admit(cluster, job)) == {"Chief": 1, "Worker": 2}
     for container in tfjob.containers(job):
         assert container["resources"] == {"limits": {"cpu": "4", "memory": "16G", "nvidia.com/gpu": "1"}}

@@ -60,12 +60,19 @@ def last_status(events: Events, pod: str) -> dict:
 
 def audited(kube, **match):
     """Audit events whose fields (user, verb, resource, name, subresource) match."""
+
     def ok(event):
         ref = event.get("objectRef") or {}
-        fields = {"user": event["user"]["username"], "verb": event["verb"], "resource": ref.get("resource"),
-                  "name": ref.get("name"), "subresource": ref.get("subresource"),
-                  "code": event["responseStatus"]["code"]}
+        fields = {
+            "user": event["user"]["username"],
+            "verb": event["verb"],
+            "resource": ref.get("resource"),
+            "name": ref.get("name"),
+            "subresource": ref.get("subresource"),
+            "code": event["responseStatus"]["code"],
+        }
         return all(fields.get(key) == value for key, value in match.items())
+
     return kube_cluster.audit(kube.cluster.audit_log, ok)
 
 
@@ -79,7 +86,7 @@ def test_the_control_plane_is_real_and_listens_on_the_hosts_loopback_only(cluste
         if process.name != "relay-host":
             assert pathlib.Path(f"/proc/{process.pid}/ns/net").resolve() != host_net, process.name
     pids = cluster.cluster.pids() + cluster.node.pids() + [__import__("os").getpid()]
-    assert kube_cluster.host_listeners(pids) == [cluster.cluster.host_server[len("https://"):]]
+    assert kube_cluster.host_listeners(pids) == [cluster.cluster.host_server[len("https://") :]]
 
 
 def test_two_replicas_train_and_the_task_hands_over_one_export(cluster, events, transform_run):
@@ -98,22 +105,31 @@ def test_two_replicas_train_and_the_task_hands_over_one_export(cluster, events, 
         config = json.loads(kube_trainer.env(created, "TF_CONFIG"))
         print(f"{pod} TF_CONFIG={kube_trainer.env(created, 'TF_CONFIG')}")
         kind, index = ("chief", 0) if pod == chief else ("worker", 0)
-        assert config == {"cluster": {"chief": [f"{chief}.{NAMESPACE}.svc:2222"],
-                                      "worker": [f"{worker}.{NAMESPACE}.svc:2222"]},
-                          "task": {"type": kind, "index": index}, "environment": "cloud"}
+        assert config == {
+            "cluster": {"chief": [f"{chief}.{NAMESPACE}.svc:2222"], "worker": [f"{worker}.{NAMESPACE}.svc:2222"]},
+            "task": {"type": kind, "index": index},
+            "environment": "cloud",
+        }
         [owner] = created["metadata"]["ownerReferences"]
         assert (owner["kind"], owner["name"], owner["controller"]) == ("TFJob", job, True)
         # The task gave the replicas its own service account, read from its pod.
         assert created["spec"]["serviceAccountName"] == SERVICE_ACCOUNT
-        assert created["spec"]["containers"][0]["ports"] == [{"name": "tfjob-port", "containerPort": 2222,
-                                                              "protocol": "TCP"}]
+        assert created["spec"]["containers"][0]["ports"] == [
+            {"name": "tfjob-port", "containerPort": 2222, "protocol": "TCP"}
+        ]
     assert [c[:2] for c in events.conditions(job)] == [
-        ("Created", "TFJobCreated"), ("Running", "TFJobRunning"), ("Succeeded", "TFJobSucceeded")]
+        ("Created", "TFJobCreated"),
+        ("Running", "TFJobRunning"),
+        ("Succeeded", "TFJobSucceeded"),
+    ]
     print("conditions:", events.conditions(job))
-    assert {e["objectRef"]["name"] for e in audited(cluster, user=OPERATOR_USER, verb="create", resource="pods")} \
-        == {chief, worker}
-    assert {e["objectRef"]["name"] for e in audited(cluster, user=OPERATOR_USER, verb="create", resource="services")} \
-        == {chief, worker}
+    assert {e["objectRef"]["name"] for e in audited(cluster, user=OPERATOR_USER, verb="create", resource="pods")} == {
+        chief,
+        worker,
+    }
+    assert {
+        e["objectRef"]["name"] for e in audited(cluster, user=OPERATOR_USER, verb="create", resource="services")
+    } == {chief, worker}
     # The task created it with strict field validation, as pipeline-runner.
     [create] = audited(cluster, user=TASK_USER, verb="create", resource="tfjobs", name=job)
     assert "fieldValidation=Strict" in create["requestURI"] and create["responseStatus"]["code"] == 201
@@ -144,8 +160,17 @@ def test_two_replicas_train_and_the_task_hands_over_one_export(cluster, events, 
 def _epochs_per_events_file(model_run: pathlib.Path) -> list:
     """The epochs each TensorBoard writer logged (one writer per chief process), oldest first."""
     files = sorted((model_run / "train").glob("events.out.tfevents.*"), key=lambda f: int(f.name.split(".")[3]))
-    return [sorted({event.step for event in tf.compat.v1.train.summary_iterator(str(f))
-                    for value in event.summary.value if value.tag == "epoch_loss"}) for f in files]
+    return [
+        sorted(
+            {
+                event.step
+                for event in tf.compat.v1.train.summary_iterator(str(f))
+                for value in event.summary.value
+                if value.tag == "epoch_loss"
+            }
+        )
+        for f in files
+    ]
 
 
 def test_a_killed_replica_restarts_in_place_and_training_resumes_from_the_backup(cluster, events, transform_run):
@@ -169,9 +194,12 @@ def test_a_killed_replica_restarts_in_place_and_training_resumes_from_the_backup
     assert restarts[chief][-1] >= 1 and restarts[worker][-1] >= 1, restarts
     assert sum(counts[-1] for counts in restarts.values()) < tfjob.backoff_limit(2)
     assert [kind for kind, _ in events.pod_events(worker)].count("ADDED") == 1
-    killed = next(s["lastState"]["terminated"] for _, obj in events.pod_events(worker)
-                  for s in (obj.get("status") or {}).get("containerStatuses") or []
-                  if s.get("restartCount") == 1 and (s.get("lastState") or {}).get("terminated"))
+    killed = next(
+        s["lastState"]["terminated"]
+        for _, obj in events.pod_events(worker)
+        for s in (obj.get("status") or {}).get("containerStatuses") or []
+        if s.get("restartCount") == 1 and (s.get("lastState") or {}).get("terminated")
+    )
     assert (killed["exitCode"], killed["reason"]) == (128 + signal.SIGKILL, "Error")
     conditions = events.conditions(job)
     print("conditions:", conditions)
@@ -184,10 +212,12 @@ def test_a_killed_replica_restarts_in_place_and_training_resumes_from_the_backup
     assert sorted(p.parent for p in task.bucket.rglob("saved_model.pb")) == [task.uri("model") / "Format-Serving"]
 
 
-def test_a_replica_that_keeps_failing_fails_the_job_and_the_task_with_the_operators_reason(cluster, events,
-                                                                                          transform_run):
-    task = Task(cluster, "fails", transform_run, bucket(cluster, "fails"),
-                parameters={"run_fn": "trainer.run.no_such_run_fn"})
+def test_a_replica_that_keeps_failing_fails_the_job_and_the_task_with_the_operators_reason(
+    cluster, events, transform_run
+):
+    task = Task(
+        cluster, "fails", transform_run, bucket(cluster, "fails"), parameters={"run_fn": "trainer.run.no_such_run_fn"}
+    )
     job = task.job
     task.start("trainer-fails")
     phase = finished(events, "trainer-fails")
@@ -195,8 +225,9 @@ def test_a_replica_that_keeps_failing_fails_the_job_and_the_task_with_the_operat
     assert phase == "Failed", log[-6000:]
     failed = [c for c in events.conditions(job) if c[0] == "Failed"]
     print("conditions:", events.conditions(job))
-    assert failed == [("Failed", "TFJobFailed",
-                       f"Job {job} has failed because it has reached the specified backoff limit")]
+    assert failed == [
+        ("Failed", "TFJobFailed", f"Job {job} has failed because it has reached the specified backoff limit")
+    ]
     line = f"TaskFailed: TFJob {NAMESPACE}/{job} failed: TFJobFailed: {failed[0][2]}"
     assert line in log
     print(line)
@@ -208,8 +239,9 @@ def test_a_replica_that_keeps_failing_fails_the_job_and_the_task_with_the_operat
         assert events.gone(pod) or events.phase(pod) in ("Failed", "Succeeded"), pod
 
 
-def test_a_retried_task_pod_adopts_its_job_and_cancelling_it_deletes_the_job_and_its_pods(cluster, events,
-                                                                                          transform_run):
+def test_a_retried_task_pod_adopts_its_job_and_cancelling_it_deletes_the_job_and_its_pods(
+    cluster, events, transform_run
+):
     # Long enough that the job is still training when the run is terminated.
     task = Task(cluster, "cancel", transform_run, bucket(cluster, "cancel"), epochs=200)
     job = task.job
@@ -257,21 +289,34 @@ def test_a_retried_task_pod_adopts_its_job_and_cancelling_it_deletes_the_job_and
     # Who deleted the replicas: the garbage collector (or the operator); the running chief's deletion is
     # graceful, so the node ends its process and then deletes it for good. A replica that had already
     # ended by then (the worker, once the chief's collectives broke) is deleted at once, by the API server.
-    deleters = {pod: [e["user"]["username"] for e in audited(cluster, verb="delete", resource="pods", name=pod,
-                                                              code=200)] for pod in replicas}
+    deleters = {
+        pod: [e["user"]["username"] for e in audited(cluster, verb="delete", resource="pods", name=pod, code=200)]
+        for pod in replicas
+    }
     assert all(users and users[0] in (GC_USER, OPERATOR_USER) for users in deleters.values()), deleters
     assert deleters[tfjob.chief_pod(job)][-1] == NODE_USER, deleters
-    assert GC_USER in {e["user"]["username"] for p in replicas
-                       for e in audited(cluster, verb="delete", resource="pods", name=p)}
+    assert GC_USER in {
+        e["user"]["username"] for p in replicas for e in audited(cluster, verb="delete", resource="pods", name=p)
+    }
 
     # Every right kubeflow/rbac.yaml grants was used by the task's two pods, and nothing else was asked for.
     role = kube_trainer.rbac_objects()[0]
-    granted = {(group, resource, verb) for rule in role["rules"] for group in rule["apiGroups"]
-               for resource in rule["resources"] for verb in rule["verbs"]}
-    used = {(e["objectRef"].get("apiGroup", ""),
-             e["objectRef"]["resource"] + (f"/{e['objectRef']['subresource']}" if e["objectRef"].get("subresource")
-                                           else ""), e["verb"])
-            for e in audited(cluster, user=TASK_USER)}
+    granted = {
+        (group, resource, verb)
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+    used = {
+        (
+            e["objectRef"].get("apiGroup", ""),
+            e["objectRef"]["resource"]
+            + (f"/{e['objectRef']['subresource']}" if e["objectRef"].get("subresource") else ""),
+            e["verb"],
+        )
+        for e in audited(cluster, user=TASK_USER)
+    }
     assert used == granted
 
 
@@ -292,15 +337,23 @@ def test_a_right_taken_out_of_the_role_fails_the_task_with_the_servers_403(clust
         log = kube_trainer.pod_log(cluster, "trainer-rbac")
     finally:
         rbac.replace_namespaced_role(name, NAMESPACE, role)
-    line = (f'TaskFailed: creating TFJob {NAMESPACE}/{job}: tfjobs.kubeflow.org is forbidden: User "{TASK_USER}" '
-            f'cannot create resource "tfjobs" in API group "kubeflow.org" in the namespace "{NAMESPACE}"')
+    line = (
+        f'TaskFailed: creating TFJob {NAMESPACE}/{job}: tfjobs.kubeflow.org is forbidden: User "{TASK_USER}" '
+        f'cannot create resource "tfjobs" in API group "kubeflow.org" in the namespace "{NAMESPACE}"'
+    )
     print(line)
     assert line in log
     assert not events.replica_pods(job)
     assert "deleted TFJob" not in log  # there was none to delete
     # Restored, the same identity may create TFJobs again.
-    review = client.AuthorizationV1Api(cluster.client()).create_subject_access_review(client.V1SubjectAccessReview(
-        spec=client.V1SubjectAccessReviewSpec(user=TASK_USER, resource_attributes=client.V1ResourceAttributes(
-            namespace=NAMESPACE, group="kubeflow.org", resource="tfjobs", verb="create"))))
+    review = client.AuthorizationV1Api(cluster.client()).create_subject_access_review(
+        client.V1SubjectAccessReview(
+            spec=client.V1SubjectAccessReviewSpec(
+                user=TASK_USER,
+                resource_attributes=client.V1ResourceAttributes(
+                    namespace=NAMESPACE, group="kubeflow.org", resource="tfjobs", verb="create"
+                ),
+            )
+        )
+    )
     assert review.status.allowed
-

@@ -30,9 +30,29 @@ TIMEOUT = 600
 
 
 def compile_args(output, *extra):
-    return ["kubeflow", "compile", "--output-file", str(output), "--profile", "tiny", "--image", IMAGE,
-            "--pipeline-root", ROOT, "--gpus", "1", "--gpu-type", "NVIDIA_TESLA_T4", "--cpu", "8", "--memory", "30",
-            "--set", "train.workers=3", *extra]
+    return [
+        "kubeflow",
+        "compile",
+        "--output-file",
+        str(output),
+        "--profile",
+        "tiny",
+        "--image",
+        IMAGE,
+        "--pipeline-root",
+        ROOT,
+        "--gpus",
+        "1",
+        "--gpu-type",
+        "NVIDIA_TESLA_T4",
+        "--cpu",
+        "8",
+        "--memory",
+        "30",
+        "--set",
+        "train.workers=3",
+        *extra,
+    ]
 
 
 def vertex_args(output, *extra):
@@ -69,8 +89,11 @@ def test_the_trainer_task_runs_tfx_extension_executor_and_asks_for_nothing(job):
     assert container["args"][container["args"].index("--json_serialized_invocation_args") + 1] == "{{$}}"
     # The replicas get the machine; the task only waits for them.
     assert "resources" not in container
-    others = {label: e["container"] for label, e in spec["deploymentSpec"]["executors"].items()
-              if e["container"] is not container}
+    others = {
+        label: e["container"]
+        for label, e in spec["deploymentSpec"]["executors"].items()
+        if e["container"] is not container
+    }
     assert len(others) == 9
     for label, other in others.items():
         assert other["command"] == TASK_COMMAND, label
@@ -81,11 +104,15 @@ def test_custom_config_holds_the_worker_pools_for_the_extension_and_the_settings
     config = custom_config(job["pipelineSpec"])
     assert config["ai_platform_enable_vertex"] is True
     assert config["ai_platform_vertex_region"] == REGION
-    pool = {"machine_spec": MACHINE,
-            "container_spec": {"image_uri": IMAGE, "env": [{"name": "TF_USE_LEGACY_KERAS", "value": "1"}]}}
+    pool = {
+        "machine_spec": MACHINE,
+        "container_spec": {"image_uri": IMAGE, "env": [{"name": "TF_USE_LEGACY_KERAS", "value": "1"}]},
+    }
     assert config["ai_platform_training_args"] == {
-        "project": PROJECT, "display_name": "petseg-trainer",
-        "job_spec": {"worker_pool_specs": [{"replica_count": 1, **pool}, {"replica_count": 2, **pool}]}}
+        "project": PROJECT,
+        "display_name": "petseg-trainer",
+        "job_spec": {"worker_pool_specs": [{"replica_count": 1, **pool}, {"replica_count": 2, **pool}]},
+    }
     # run_fn still finds its own settings, train.workers among them.
     assert config["train"]["workers"] == 3 and config["model"]["image_size"] == 64
 
@@ -108,17 +135,26 @@ def test_kfpcheck_reads_only_the_pipeline_spec_inside_and_accepts_both_targets(j
     assert tasks["Trainer"]["command"] == ["python", "-m", "kubeflow.entrypoint"]
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--target", "vertex"], "--project: required for --target vertex with train.workers=3"),
-    (["--target", "vertex", "--project", PROJECT], "--region: required for --target vertex with train.workers=3"),
-    (["--target", "vertex", "--project", PROJECT, "--region", REGION, "--gpu-type", "nvidia.com/gpu"],
-     "--gpu-type: Vertex names GPUs by type"),
-    (["--target", "vertex", "--project", PROJECT, "--region", REGION, "--gpu-type", "NVIDIA_L4"],
-     "--machine-type: NVIDIA_L4 GPUs come with their own machine types"),
-    (["--target", "vertex", "--project", PROJECT, "--region", REGION, "--machine-type", "g2-standard-8"],
-     "give either --machine-type ('g2-standard-8') or --cpu/--memory, not both"),
-    (["--project", PROJECT], "--project: only used by --target vertex with train.workers > 1"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--target", "vertex"], "--project: required for --target vertex with train.workers=3"),
+        (["--target", "vertex", "--project", PROJECT], "--region: required for --target vertex with train.workers=3"),
+        (
+            ["--target", "vertex", "--project", PROJECT, "--region", REGION, "--gpu-type", "nvidia.com/gpu"],
+            "--gpu-type: Vertex names GPUs by type",
+        ),
+        (
+            ["--target", "vertex", "--project", PROJECT, "--region", REGION, "--gpu-type", "NVIDIA_L4"],
+            "--machine-type: NVIDIA_L4 GPUs come with their own machine types",
+        ),
+        (
+            ["--target", "vertex", "--project", PROJECT, "--region", REGION, "--machine-type", "g2-standard-8"],
+            "give either --machine-type ('g2-standard-8') or --cpu/--memory, not both",
+        ),
+        (["--project", PROJECT], "--project: only used by --target vertex with train.workers > 1"),
+    ],
+)
 def test_settings_vertex_worker_pools_cannot_use_are_clear_errors(tmp_path, extra, message):
     with pytest.raises(SystemExit) as refused:
         cli.main(compile_args(tmp_path / "p.yaml", *extra))
@@ -129,19 +165,41 @@ def test_settings_vertex_worker_pools_cannot_use_are_clear_errors(tmp_path, extr
 def test_machine_type_defaults_and_choices(tmp_path):
     def pools(*extra):
         path = tmp_path / "p.json"
-        assert cli.main(["kubeflow", "compile", "--output-file", str(path), "--profile", "tiny", "--target", "vertex",
-                         "--pipeline-root", ROOT, "--project", PROJECT, "--region", REGION,
-                         "--set", "train.workers=2", *extra]) == 0
-        return custom_config(json.loads(path.read_text())["pipelineSpec"])["ai_platform_training_args"][
-            "job_spec"]["worker_pool_specs"]
+        assert (
+            cli.main(
+                [
+                    "kubeflow",
+                    "compile",
+                    "--output-file",
+                    str(path),
+                    "--profile",
+                    "tiny",
+                    "--target",
+                    "vertex",
+                    "--pipeline-root",
+                    ROOT,
+                    "--project",
+                    PROJECT,
+                    "--region",
+                    REGION,
+                    "--set",
+                    "train.workers=2",
+                    *extra,
+                ]
+            )
+            == 0
+        )
+        return custom_config(json.loads(path.read_text())["pipelineSpec"])["ai_platform_training_args"]["job_spec"][
+            "worker_pool_specs"
+        ]
 
     [chief, workers] = pools()
     assert (chief["replica_count"], workers["replica_count"]) == (1, 1)
     assert chief["machine_spec"] == {"machine_type": "n1-standard-4"}  # the Vertex SDK's default
     assert pools("--memory", "40")[0]["machine_spec"] == {"machine_type": "n1-highmem-8"}
     assert pools("--machine-type", "a2-highgpu-1g", "--gpus", "1", "--gpu-type", "NVIDIA_TESLA_A100")[0][
-        "machine_spec"] == {"machine_type": "a2-highgpu-1g", "accelerator_type": "NVIDIA_TESLA_A100",
-                            "accelerator_count": 1}
+        "machine_spec"
+    ] == {"machine_type": "a2-highgpu-1g", "accelerator_type": "NVIDIA_TESLA_A100", "accelerator_count": 1}
 
 
 # ---------------------------------------------------------------- the task, against a loopback Vertex
@@ -152,17 +210,32 @@ def trainer_input(spec, output_file):
     task, component, _ = trainer(spec)
     run = f"{ROOT}/123456789/petseg-20261204"
     producers = {key: ref["taskOutputArtifact"]["producerTask"] for key, ref in task["inputs"]["artifacts"].items()}
-    artifacts = {key: {"artifacts": [{
-        "name": f"projects/{PROJECT}/locations/{REGION}/metadataStores/default/artifacts/{i}",
-        "uri": f"{run}/{producers[key]}_{i}/{key}", "type": definition["artifactType"],
-        "metadata": {"split_names": '["train", "eval"]'} if key == "examples" else {}}]}
-        for i, (key, definition) in enumerate(sorted(component["inputDefinitions"]["artifacts"].items()))}
-    outputs = {key: {"artifacts": [{"uri": f"{run}/Trainer_99/{key}", "type": definition["artifactType"]}]}
-               for key, definition in component["outputDefinitions"]["artifacts"].items()}
-    return {"inputs": {"parameterValues": {key: ref["runtimeValue"]["constant"]
-                                           for key, ref in task["inputs"]["parameters"].items()},
-                       "artifacts": artifacts},
-            "outputs": {"artifacts": outputs, "outputFile": str(output_file)}}
+    artifacts = {
+        key: {
+            "artifacts": [
+                {
+                    "name": f"projects/{PROJECT}/locations/{REGION}/metadataStores/default/artifacts/{i}",
+                    "uri": f"{run}/{producers[key]}_{i}/{key}",
+                    "type": definition["artifactType"],
+                    "metadata": {"split_names": '["train", "eval"]'} if key == "examples" else {},
+                }
+            ]
+        }
+        for i, (key, definition) in enumerate(sorted(component["inputDefinitions"]["artifacts"].items()))
+    }
+    outputs = {
+        key: {"artifacts": [{"uri": f"{run}/Trainer_99/{key}", "type": definition["artifactType"]}]}
+        for key, definition in component["outputDefinitions"]["artifacts"].items()
+    }
+    return {
+        "inputs": {
+            "parameterValues": {
+                key: ref["runtimeValue"]["constant"] for key, ref in task["inputs"]["parameters"].items()
+            },
+            "artifacts": artifacts,
+        },
+        "outputs": {"artifacts": outputs, "outputFile": str(output_file)},
+    }
 
 
 def run_task(spec, service, tmp_path):
@@ -171,10 +244,22 @@ def run_task(spec, service, tmp_path):
     executor_input = trainer_input(spec, tmp_path / "executor_output.json")
     args = [json.dumps(executor_input) if arg == "{{$}}" else arg for arg in container["args"]]
     assert container["command"][:2] == ["python", "-m"]
-    command = [sys.executable, str(REPO / "tests" / "support" / "vertex_api.py"),
-               "--host", f"{REGION}-aiplatform.googleapis.com={service.address}", container["command"][2], *args]
-    proc = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT, cwd=tmp_path,
-                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    command = [
+        sys.executable,
+        str(REPO / "tests" / "support" / "vertex_api.py"),
+        "--host",
+        f"{REGION}-aiplatform.googleapis.com={service.address}",
+        container["command"][2],
+        *args,
+    ]
+    proc = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     (tmp_path / "task.log").write_text(proc.stdout + proc.stderr)
     return proc.returncode, proc.stdout + proc.stderr, executor_input
 
@@ -203,8 +288,11 @@ def test_the_custom_job_has_a_chief_and_two_workers_on_our_image_running_tfx_tra
     pools = vertex_api.as_dict(create.request.custom_job)["jobSpec"]["workerPoolSpecs"]
     assert [p["replicaCount"] for p in pools] == ["1", "2"]  # int64: a string in JSON
     for pool in pools:
-        assert pool["machineSpec"] == {"machineType": "n1-standard-8", "acceleratorType": "NVIDIA_TESLA_T4",
-                                       "acceleratorCount": 1}
+        assert pool["machineSpec"] == {
+            "machineType": "n1-standard-8",
+            "acceleratorType": "NVIDIA_TESLA_T4",
+            "acceleratorCount": 1,
+        }
         container = pool["containerSpec"]
         assert container["imageUri"] == IMAGE
         assert container["env"] == [{"name": "TF_USE_LEGACY_KERAS", "value": "1"}]
@@ -214,9 +302,13 @@ def test_the_custom_job_has_a_chief_and_two_workers_on_our_image_running_tfx_tra
         assert set(flags) == {"--executor_class_path", "--inputs", "--outputs", "--exec-properties"}
         # The task's own artifacts, which every replica reads and writes on gs:// itself.
         for flag, side in (("--inputs", "inputs"), ("--outputs", "outputs")):
-            uris = {key: [a["artifact"]["uri"] for a in artifacts] for key, artifacts in json.loads(flags[flag]).items()}
-            assert uris == {key: [a["uri"] for a in listed["artifacts"]]
-                            for key, listed in executor_input[side]["artifacts"].items()}, flag
+            uris = {
+                key: [a["artifact"]["uri"] for a in artifacts] for key, artifacts in json.loads(flags[flag]).items()
+            }
+            assert uris == {
+                key: [a["uri"] for a in listed["artifacts"]]
+                for key, listed in executor_input[side]["artifacts"].items()
+            }, flag
         properties = json.loads(flags["--exec-properties"])
         assert properties["run_fn"] == "trainer.run.run_fn"
         assert json.loads(properties["custom_config"])["train"]["workers"] == 3
@@ -232,7 +324,8 @@ def test_the_task_polls_until_the_job_succeeded_then_stops_and_reports_the_outpu
     assert not service.calls("CancelCustomJob")
     written = json.loads((tmp_path / "executor_output.json").read_text())["artifacts"]
     assert {key: [a["uri"] for a in listed["artifacts"]] for key, listed in written.items()} == {
-        key: [a["uri"] for a in listed["artifacts"]] for key, listed in executor_input["outputs"]["artifacts"].items()}
+        key: [a["uri"] for a in listed["artifacts"]] for key, listed in executor_input["outputs"]["artifacts"].items()
+    }
 
 
 def test_a_failed_job_fails_the_task_with_vertex_message(job, tmp_path):
@@ -266,11 +359,18 @@ def test_a_replica_started_as_vertex_starts_it_finds_the_executor_and_run_fn_wit
         "run_fn = udf_utils.get_fn(json.loads(args.exec_properties), 'run_fn')\n"
         "import tensorflow as tf\n"
         "print(json.dumps({'executor': executor.__module__ + '.' + executor.__name__,\n"
-        "                  'run_fn': run_fn.__module__ + '.' + run_fn.__name__, 'keras': tf.keras.__name__}))\n")
+        "                  'run_fn': run_fn.__module__ + '.' + run_fn.__name__, 'keras': tf.keras.__name__}))\n"
+    )
     command = container["command"]
     assert command[:3] == REPLICA_COMMAND
-    proc = subprocess.run([sys.executable, "-c", probe, *command[3:]], capture_output=True, text=True,
-                          timeout=TIMEOUT, cwd=tmp_path, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-c", probe, *command[3:]],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        cwd=tmp_path,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     found = json.loads(proc.stdout.strip().splitlines()[-1])
     assert found["executor"] == TRAINER and found["run_fn"] == "trainer.run.run_fn"

@@ -79,8 +79,7 @@ def test_pretrained_encoder_loads_by_name_and_is_frozen(tmp_path):
 
 def test_without_loading_weights_a_pretrained_encoder_is_frozen_as_configured(tmp_path):
     """What the precision probe and the bench time: the Trainer's trainable set, no weights file read."""
-    config = ModelConfig(image_size=32, width_multiplier=1.0, head_width=8,
-                         encoder_weights=str(tmp_path / "absent.h5"))
+    config = ModelConfig(image_size=32, width_multiplier=1.0, head_width=8, encoder_weights=str(tmp_path / "absent.h5"))
     model = model_lib.build_model(config, "float32", load_weights=False)
     trainable = {v.name.split("/")[0] for v in model.trainable_variables}
     assert not trainable & set(model_lib.ENCODER_CONV_NAMES)
@@ -93,8 +92,9 @@ def test_pretrained_file_without_vgg_layers_is_refused(tmp_path):
     path = str(tmp_path / "other.h5")
     tf.keras.Sequential([tf.keras.Input((4,)), tf.keras.layers.Dense(2, name="dense")]).save_weights(path)
     with pytest.raises(ValueError, match="not a VGG16 weights file"):
-        model_lib.build_model(ModelConfig(image_size=32, width_multiplier=1.0, head_width=8,
-                                          encoder_weights=path), "float32")
+        model_lib.build_model(
+            ModelConfig(image_size=32, width_multiplier=1.0, head_width=8, encoder_weights=path), "float32"
+        )
 
 
 def test_mixed_bfloat16_computes_in_bf16_but_returns_float32_logits():
@@ -111,8 +111,9 @@ def test_mixed_float16_gets_loss_scaling():
 
 
 def test_seed_profile_parameter_counts():
-    model = model_lib.build_model(ModelConfig(image_size=224, width_multiplier=1.0, head_width=4096,
-                                              encoder_weights="none"), "float32")
+    model = model_lib.build_model(
+        ModelConfig(image_size=224, width_multiplier=1.0, head_width=4096, encoder_weights="none"), "float32"
+    )
     assert model.get_layer("fc6").count_params() == 7 * 7 * 512 * 4096 + 4096  # 102.8 M: the seed's 7x7 head conv
     assert 134.0e6 < model.count_params() < 134.5e6
 

@@ -11,9 +11,20 @@ from support import petseg
 
 pytestmark = pytest.mark.slow  # whole pipeline runs
 
-ALL_COMPONENTS = ["TfdsExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator", "ValidationGate",
-                  "LatestBlessedModel", "DistributionValidator", "DriftGate", "Transform", "Trainer", "Evaluator",
-                  "Pusher"]
+ALL_COMPONENTS = [
+    "TfdsExampleGen",
+    "StatisticsGen",
+    "ImportSchemaGen",
+    "ExampleValidator",
+    "ValidationGate",
+    "LatestBlessedModel",
+    "DistributionValidator",
+    "DriftGate",
+    "Transform",
+    "Trainer",
+    "Evaluator",
+    "Pusher",
+]
 # Enough training that the tiny model clearly beats an untrained one.
 TINY = ["--profile", "tiny", "--set", "train.epochs=6"]
 
@@ -93,7 +104,8 @@ def test_unchanged_rerun_is_served_from_cache(first_run):
     assert not cached["Evaluator"] and not cached["Pusher"], cached
     # Its data is compared with the data the served model was trained on: the same span, no drift.
     assert summary["drift"]["verdict"] == "passed" and summary["drift"]["baseline_version"] == int(
-        pathlib.Path(first["pushed_model"]).name)
+        pathlib.Path(first["pushed_model"]).name
+    )
     # ...and the Pusher, handed the model it already serves, publishes no second copy of it.
     assert summary["serving_versions"] == [pathlib.Path(first["pushed_model"]).name]
 

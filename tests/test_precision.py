@@ -42,20 +42,35 @@ EVEN = {"float32": 3.411, "bfloat16": 3.414}
 BARELY_FASTER = {"float32": 1.05, "bfloat16": 1.0}
 
 
-@pytest.mark.parametrize("gpu, cpu_bf16, seconds, policy", [
-    ((8, 0), False, None, "mixed_float16"),
-    ((7, 0), False, None, "mixed_float16"),
-    ((7, 5), True, None, "mixed_float16"),  # a GPU decides, whatever the host CPU has
-    ((6, 1), False, None, "float32"),  # no tensor cores
-    ((0, 0), False, None, "float32"),  # a GPU that reports no capability
-    (None, True, FASTER_BF16, "mixed_bfloat16"),
-    (None, True, SLOWER_BF16, "float32"),
-    (None, True, EVEN, "float32"),
-    (None, True, BARELY_FASTER, "float32"),  # within the margin: not worth the precision
-    (None, False, FASTER_BF16, "float32"),  # without the instructions bf16 is emulated
-    (None, False, None, "float32"),
-], ids=["ampere", "volta", "gpu-over-cpu", "pascal", "unknown-gpu", "cpu-bf16-faster", "cpu-bf16-slower",
-        "cpu-bf16-even", "cpu-bf16-within-margin", "cpu-no-bf16-flags", "plain-cpu"])
+@pytest.mark.parametrize(
+    "gpu, cpu_bf16, seconds, policy",
+    [
+        ((8, 0), False, None, "mixed_float16"),
+        ((7, 0), False, None, "mixed_float16"),
+        ((7, 5), True, None, "mixed_float16"),  # a GPU decides, whatever the host CPU has
+        ((6, 1), False, None, "float32"),  # no tensor cores
+        ((0, 0), False, None, "float32"),  # a GPU that reports no capability
+        (None, True, FASTER_BF16, "mixed_bfloat16"),
+        (None, True, SLOWER_BF16, "float32"),
+        (None, True, EVEN, "float32"),
+        (None, True, BARELY_FASTER, "float32"),  # within the margin: not worth the precision
+        (None, False, FASTER_BF16, "float32"),  # without the instructions bf16 is emulated
+        (None, False, None, "float32"),
+    ],
+    ids=[
+        "ampere",
+        "volta",
+        "gpu-over-cpu",
+        "pascal",
+        "unknown-gpu",
+        "cpu-bf16-faster",
+        "cpu-bf16-slower",
+        "cpu-bf16-even",
+        "cpu-bf16-within-margin",
+        "cpu-no-bf16-flags",
+        "plain-cpu",
+    ],
+)
 def test_auto_policy(gpu, cpu_bf16, seconds, policy):
     assert precision.auto_policy(gpu, cpu_bf16, seconds) == policy
 
@@ -65,8 +80,9 @@ def test_auto_policy_on_a_bf16_cpu_needs_the_timing():
         precision.auto_policy(None, True, None)
 
 
-@pytest.mark.parametrize("name, policy", [("none", "float32"), ("mixed_bfloat16", "mixed_bfloat16"),
-                                          ("mixed_float16", "mixed_float16")])
+@pytest.mark.parametrize(
+    "name, policy", [("none", "float32"), ("mixed_bfloat16", "mixed_bfloat16"), ("mixed_float16", "mixed_float16")]
+)
 def test_named_policies_pass_through_untimed(name, policy, timings):
     assert precision.training_policy(name, TINY, TRAIN, tf.distribute.get_strategy()) == policy
     assert timings == []

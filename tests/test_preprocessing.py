@@ -126,15 +126,20 @@ def test_preprocessing_fn_eager_batch_and_single_element():
 def test_preprocessing_fn_accepts_sparse_bytes_and_scalar_ints():
     # The shape-less schema variant: bytes as SparseTensor [B, 1], ints as [B].
     raw = _raw_batch([make() for _, make in ODD_IMAGES[:2]])
-    raw = {key: tf.sparse.from_dense(value) if value.dtype == tf.string else tf.squeeze(value, 1)
-           for key, value in raw.items()}
+    raw = {
+        key: tf.sparse.from_dense(value) if value.dtype == tf.string else tf.squeeze(value, 1)
+        for key, value in raw.items()
+    }
     _check_transformed(preprocessing.preprocessing_fn(raw, {"image_size": SIZE}), 2)
 
 
 def test_preprocessing_fn_in_tf_data_has_static_shapes():
     images = [make() for _, make in ODD_IMAGES]
-    dataset = tf.data.Dataset.from_tensor_slices(_raw_batch(images)).batch(4).map(
-        functools.partial(preprocessing.preprocessing_fn, custom_config={"image_size": SIZE}))
+    dataset = (
+        tf.data.Dataset.from_tensor_slices(_raw_batch(images))
+        .batch(4)
+        .map(functools.partial(preprocessing.preprocessing_fn, custom_config={"image_size": SIZE}))
+    )
     spec = dataset.element_spec
     assert spec[features.IMAGE_KEY].shape.as_list() == [None]
     assert spec[features.MASK_KEY].shape.as_list() == [None]
@@ -160,15 +165,13 @@ def test_preprocessing_fn_through_tft_beam_with_curated_schema(tmp_path):
     examples = [raw_example(image=make(), label=i, species=i % 2) for i, (_, make) in enumerate(ODD_IMAGES)]
     # Upscaled and downscaled trimaps from one PNG each: NEAREST must keep exactly {1,2,3} -> {0,1,2}.
     examples += [raw_example(mask=png(trimap(8, 8))), raw_example(mask=png(trimap(200, 120)))]
-    record = tfxio.TFExampleBeamRecord(physical_format="inmem", telemetry_descriptors=["test"],
-                                       schema=schema)
+    record = tfxio.TFExampleBeamRecord(physical_format="inmem", telemetry_descriptors=["test"], schema=schema)
     with beam.Pipeline() as pipeline, tft_beam.Context(temp_dir=str(tmp_path)):
         raw = pipeline | beam.Create(examples, reshuffle=False) | record.BeamSource()
-        (transformed, metadata), _ = (
-            (raw, record.TensorAdapterConfig())
-            | tft_beam.AnalyzeAndTransformDataset(
-                functools.partial(preprocessing.preprocessing_fn, custom_config={"image_size": SIZE}),
-                output_record_batches=False))
+        (transformed, metadata), _ = (raw, record.TensorAdapterConfig()) | tft_beam.AnalyzeAndTransformDataset(
+            functools.partial(preprocessing.preprocessing_fn, custom_config={"image_size": SIZE}),
+            output_record_batches=False,
+        )
         _ = transformed | beam.combiners.ToList() | beam.Map(_check_tft_rows, len(examples))
 
     # One fixed-length value per example reaches the transformed schema, so the Trainer parses dense features.

@@ -6,12 +6,40 @@ import pathlib
 from typing import Dict, List
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
-PACKAGES = ("config", "dataset", "transform", "trainer", "metrics", "engine", "components", "pipeline", "report",
-            "kubeflow", "cli", "bench")
+PACKAGES = (
+    "config",
+    "dataset",
+    "transform",
+    "trainer",
+    "metrics",
+    "engine",
+    "components",
+    "pipeline",
+    "report",
+    "kubeflow",
+    "cli",
+    "bench",
+)
 ALLOWED = REPO / "components" / "internals.py"
-LIBRARIES = {"tfx", "tensorflow", "tensorflow_datasets", "tensorflow_transform", "tensorflow_model_analysis",
-             "tensorflow_data_validation", "tensorflow_metadata", "tfx_bsl", "ml_metadata", "apache_beam", "tf_keras",
-             "keras", "kfp", "kubernetes", "google", "absl", "tensorboard"}
+LIBRARIES = {
+    "tfx",
+    "tensorflow",
+    "tensorflow_datasets",
+    "tensorflow_transform",
+    "tensorflow_model_analysis",
+    "tensorflow_data_validation",
+    "tensorflow_metadata",
+    "tfx_bsl",
+    "ml_metadata",
+    "apache_beam",
+    "tf_keras",
+    "keras",
+    "kfp",
+    "kubernetes",
+    "google",
+    "absl",
+    "tensorboard",
+}
 
 
 def _private(name: str) -> bool:
@@ -49,14 +77,28 @@ def private_reach_ins(source: str) -> List[str]:
         if isinstance(node, ast.ClassDef) and any(_root(base) in library_names for base in node.bases):
             # A private method or attribute of the library class it extends: `self._X` not defined here.
             own = {n.name for n in ast.walk(node) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
-            own |= {t.attr for n in ast.walk(node) if isinstance(n, (ast.Assign, ast.AnnAssign))
-                    for t in (n.targets if isinstance(n, ast.Assign) else [n.target])
-                    if isinstance(t, ast.Attribute) and _root(t) == "self"}
-            own |= {t.id for n in node.body if isinstance(n, (ast.Assign, ast.AnnAssign))
-                    for t in (n.targets if isinstance(n, ast.Assign) else [n.target]) if isinstance(t, ast.Name)}
+            own |= {
+                t.attr
+                for n in ast.walk(node)
+                if isinstance(n, (ast.Assign, ast.AnnAssign))
+                for t in (n.targets if isinstance(n, ast.Assign) else [n.target])
+                if isinstance(t, ast.Attribute) and _root(t) == "self"
+            }
+            own |= {
+                t.id
+                for n in node.body
+                if isinstance(n, (ast.Assign, ast.AnnAssign))
+                for t in (n.targets if isinstance(n, ast.Assign) else [n.target])
+                if isinstance(t, ast.Name)
+            }
             for n in ast.walk(node):
-                if (isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name) and n.value.id == "self"
-                        and _private(n.attr) and n.attr not in own):
+                if (
+                    isinstance(n, ast.Attribute)
+                    and isinstance(n.value, ast.Name)
+                    and n.value.id == "self"
+                    and _private(n.attr)
+                    and n.attr not in own
+                ):
                     found.append(f"line {n.lineno}: self.{n.attr} (of {node.name}'s library base)")
     return found
 
@@ -73,7 +115,7 @@ def test_only_internals_reaches_into_private_code():
 
 
 def test_the_check_sees_each_kind_of_reach_in():
-    source = '''
+    source = """
 import tensorflow_datasets as tfds
 from tfx.orchestration.portable.mlmd import store_ext
 from tfx.components.pusher import executor
@@ -86,8 +128,14 @@ class Pusher(executor.Executor):
         self._log.append(1)  # its own attribute
         self._MarkPushed(None, pushed_destination="x")
         return tfds.core._registered(executor._PUSHED_KEY)
-'''
+"""
     found = private_reach_ins(source)
-    assert sorted(line.split(":", 1)[1].strip() for line in found) == sorted([
-        "from tfx.orchestration.portable.mlmd import ...", "from tfx.utils import _private_helper",
-        "tfds..._registered", "executor..._PUSHED_KEY", "self._MarkPushed (of Pusher's library base)"]), found
+    assert sorted(line.split(":", 1)[1].strip() for line in found) == sorted(
+        [
+            "from tfx.orchestration.portable.mlmd import ...",
+            "from tfx.utils import _private_helper",
+            "tfds..._registered",
+            "executor..._PUSHED_KEY",
+            "self._MarkPushed (of Pusher's library base)",
+        ]
+    ), found

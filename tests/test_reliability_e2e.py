@@ -32,8 +32,9 @@ TIMEOUT = 1500  # seconds per run; a shared 2-core machine can be several times 
 
 
 def petseg(output: pathlib.Path, raw: pathlib.Path, *args: str) -> subprocess.Popen:
-    return petseg_process.start(output, "--profile", "tiny", "--set", f"train.epochs={EPOCHS}",
-                                "--oxford-raw-dir", str(raw), *args)
+    return petseg_process.start(
+        output, "--profile", "tiny", "--set", f"train.epochs={EPOCHS}", "--oxford-raw-dir", str(raw), *args
+    )
 
 
 def console(proc: subprocess.Popen) -> str:
@@ -90,9 +91,14 @@ def runs(raw, all_broken_test_split, tmp_path_factory):
     resumed = petseg(output, root)
     resumed_console = finish(resumed)
     assert resumed.returncode == 0, resumed_console[-5000:]
-    return {"output": output, "killed": killed_console, "resumed": resumed_console,
-            "summary": json.loads((output / "summary.json").read_text()),
-            "strict": (finish(strict), strict.returncode), "empty": (finish(empty), empty.returncode)}
+    return {
+        "output": output,
+        "killed": killed_console,
+        "resumed": resumed_console,
+        "summary": json.loads((output / "summary.json").read_text()),
+        "strict": (finish(strict), strict.returncode),
+        "empty": (finish(empty), empty.returncode),
+    }
 
 
 def test_broken_pairs_are_skipped_counted_and_logged_by_file(runs, raw):
@@ -115,7 +121,9 @@ def test_odd_but_valid_images_are_kept_and_decode(runs, raw):
     with RunArtifacts(config.metadata_path) as run:
         examples = run.get(names.EXAMPLE_GEN_ID, "examples")
     assert json.loads(examples.get_string_custom_property("repaired")) == {
-        "image_tiff_to_jpeg": 1, "trimap_to_8bit_png": 1}
+        "image_tiff_to_jpeg": 1,
+        "trimap_to_8bit_png": 1,
+    }
     stored = {}
     for record in tf.data.TFRecordDataset(glob.glob(examples.uri + "/Split-train/*")):
         feature = tf.train.Example.FromString(record.numpy()).features.feature
@@ -131,15 +139,21 @@ def test_strict_run_fails_naming_the_file(runs, raw):
     root, cases = raw
     text, code = runs["strict"]
     assert code == 1, text[-3000:]
-    assert re.search(rf"petseg: TfdsExampleGen failed: broken sample \(strict=True\): "
-                     rf"{re.escape(str(root))}/images/{cases['truncated']}\.jpg: unreadable_image", text), text[-3000:]
+    assert re.search(
+        rf"petseg: TfdsExampleGen failed: broken sample \(strict=True\): "
+        rf"{re.escape(str(root))}/images/{cases['truncated']}\.jpg: unreadable_image",
+        text,
+    ), text[-3000:]
 
 
 def test_split_left_empty_fails_saying_why(runs):
     text, code = runs["empty"]
     assert code == 1, text[-3000:]
-    assert re.search(r"TfdsExampleGen failed: split 'test' is empty: none of the 2 lines .*test\.txt names a usable "
-                     r"sample \(skipped so far: \{'unreadable_trimap': 2\}\)", text), text[-3000:]
+    assert re.search(
+        r"TfdsExampleGen failed: split 'test' is empty: none of the 2 lines .*test\.txt names a usable "
+        r"sample \(skipped so far: \{'unreadable_trimap': 2\}\)",
+        text,
+    ), text[-3000:]
 
 
 def test_killed_trainer_resumes_from_cache_and_its_last_epoch(runs):

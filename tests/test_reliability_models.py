@@ -28,14 +28,20 @@ def test_no_class_pixels_are_misses_and_void_the_means():
     truth = rng.integers(0, NUM_CLASSES, (4, 16, 16))
     prediction = np.where(rng.random(truth.shape) < 0.1, sm.INVALID_CLASS, truth)
     combiner = sm._ConfusionMatrixCombiner(tfma.metrics.MetricKey("m"), NUM_CLASSES, "mask")
-    matrix = combiner.add_input(combiner.create_accumulator(), tfma.metrics.StandardMetricInputs(
-        labels=truth, predictions={"mask": prediction.astype(np.uint8)}))
+    matrix = combiner.add_input(
+        combiner.create_accumulator(),
+        tfma.metrics.StandardMetricInputs(labels=truth, predictions={"mask": prediction.astype(np.uint8)}),
+    )
     scores = sm.scores_from_confusion_matrix(matrix)
     assert scores[sm.INVALID_PIXEL_COUNT] == np.sum(prediction == sm.INVALID_CLASS) > 0
     assert_scores_equal(scores, reference_scores(truth, prediction))
     with pytest.raises(ValueError, match=r"prediction class ids must be in \[0, 3\) or 255 \(no class\), got \[7\]"):
-        combiner.add_input(combiner.create_accumulator(), tfma.metrics.StandardMetricInputs(
-            labels=truth[:1, :1, :1], predictions={"mask": np.array([[[7]]], np.uint8)}))
+        combiner.add_input(
+            combiner.create_accumulator(),
+            tfma.metrics.StandardMetricInputs(
+                labels=truth[:1, :1, :1], predictions={"mask": np.array([[[7]]], np.uint8)}
+            ),
+        )
 
 
 def _export_nan_model(source: str, path: str) -> None:
@@ -56,8 +62,11 @@ def _export_nan_model(source: str, path: str) -> None:
     def transform_features(examples):
         return module.base.signatures["transform_features"](examples=examples)
 
-    tf.saved_model.save(module, path, signatures={signatures.EXAMPLES_SIGNATURE: serve_examples,
-                                                  signatures.TRANSFORM_SIGNATURE: transform_features})
+    tf.saved_model.save(
+        module,
+        path,
+        signatures={signatures.EXAMPLES_SIGNATURE: serve_examples, signatures.TRANSFORM_SIGNATURE: transform_features},
+    )
 
 
 def test_nan_model_is_never_blessed_even_with_a_zero_bound(tmp_path):
@@ -103,5 +112,6 @@ def test_transform_fails_on_a_bad_record_saying_what_is_wrong(tmp_path, case):
     preprocessing_fn = functools.partial(preprocessing.preprocessing_fn, custom_config={"image_size": 32})
     with pytest.raises(Exception, match=message):
         with beam.Pipeline() as p, tft_beam.Context(temp_dir=str(tmp_path / "tft")):
-            _ = ((p | source.BeamSource(), source.TensorAdapterConfig())
-                 | tft_beam.AnalyzeAndTransformDataset(preprocessing_fn, output_record_batches=True))
+            _ = (p | source.BeamSource(), source.TensorAdapterConfig()) | tft_beam.AnalyzeAndTransformDataset(
+                preprocessing_fn, output_record_batches=True
+            )

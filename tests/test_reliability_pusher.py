@@ -19,8 +19,13 @@ from tfx.utils import proto_utils
 from components import pusher
 
 EXECUTORS = {"tfx": tfx_executor.Executor, "atomic": pusher.Executor}
-MODEL_FILES = ("saved_model.pb", "fingerprint.pb", "variables/variables.index",
-               "variables/variables.data-00000-of-00001", "assets/vocab.txt")
+MODEL_FILES = (
+    "saved_model.pb",
+    "fingerprint.pb",
+    "variables/variables.index",
+    "variables/variables.data-00000-of-00001",
+    "assets/vocab.txt",
+)
 
 
 def _fake_model(root: pathlib.Path) -> pathlib.Path:
@@ -42,8 +47,11 @@ def push(kind: str, tmp: pathlib.Path, base: pathlib.Path, blessed: bool = True)
     pushed = standard_artifacts.PushedModel()
     pushed.uri = str(tmp / f"pushed_{kind}_{len(list(tmp.iterdir()))}")
     destination = pusher_pb2.PushDestination(filesystem=pusher_pb2.PushDestination.Filesystem(base_directory=str(base)))
-    EXECUTORS[kind]().Do({"model": [model], "model_blessing": [blessing]}, {"pushed_model": [pushed]},
-                         {"push_destination": proto_utils.proto_to_json(destination)})
+    EXECUTORS[kind]().Do(
+        {"model": [model], "model_blessing": [blessing]},
+        {"pushed_model": [pushed]},
+        {"push_destination": proto_utils.proto_to_json(destination)},
+    )
     return pushed
 
 
@@ -69,9 +77,13 @@ def _killed_push(kind: str, tmp: pathlib.Path, base: pathlib.Path, die_at_write:
                     if count[0] == die_at_write:
                         os.kill(os.getpid(), signal.SIGKILL)
                     return real(*args, **kwargs)
+
                 return write
 
-            with mock.patch.object(fileio, "copy", then_die(fileio.copy)), mock.patch.object(os, "link", then_die(os.link)):
+            with (
+                mock.patch.object(fileio, "copy", then_die(fileio.copy)),
+                mock.patch.object(os, "link", then_die(os.link)),
+            ):
                 push(kind, tmp, base)
         finally:
             os._exit(3)  # reached only if the kill did not happen
@@ -82,8 +94,11 @@ def _killed_push(kind: str, tmp: pathlib.Path, base: pathlib.Path, die_at_write:
 def test_blessed_push_is_complete_with_tfx_artifact_properties(tmp_path):
     stock = push("tfx", tmp_path, tmp_path / "stock_serving")
     atomic = push("atomic", tmp_path, tmp_path / "serving")
-    assert set(atomic.mlmd_artifact.custom_properties) == set(stock.mlmd_artifact.custom_properties) == {
-        "pushed", "pushed_destination", "pushed_version"}
+    assert (
+        set(atomic.mlmd_artifact.custom_properties)
+        == set(stock.mlmd_artifact.custom_properties)
+        == {"pushed", "pushed_destination", "pushed_version"}
+    )
     version = atomic.get_string_custom_property("pushed_version")
     assert atomic.get_int_custom_property("pushed") == 1
     assert atomic.get_string_custom_property("pushed_destination") == str(tmp_path / "serving" / version)
@@ -144,14 +159,21 @@ def test_component_is_a_drop_in_for_the_tfx_pusher():
 def _staging_owner(base: pathlib.Path, host: str = "") -> subprocess.Popen:
     """A process (on another host when `host` is given: its own UTS namespace) that begins a push into
     `base` and holds it until its stdin closes; returns once the staging folder exists."""
-    code = ("import sys; from components import pusher; "
-            f"print(pusher.begin_staging({str(base)!r}, '1700000000'), flush=True); sys.stdin.read()")
+    code = (
+        "import sys; from components import pusher; "
+        f"print(pusher.begin_staging({str(base)!r}, '1700000000'), flush=True); sys.stdin.read()"
+    )
     command = [sys.executable, "-c", code]
     if host:
         command = ["unshare", "--uts", "sh", "-c", f'hostname {host} && exec "$0" "$@"', *command]
     base.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                            cwd=pathlib.Path(__file__).resolve().parents[1])
+    proc = subprocess.Popen(
+        command,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=pathlib.Path(__file__).resolve().parents[1],
+    )
     assert pathlib.Path(proc.stdout.readline().strip()).is_dir()
     return proc
 

@@ -9,11 +9,33 @@ import subprocess
 REPO = pathlib.Path(__file__).resolve().parent.parent
 HEADING = "## What happens when ..."
 # The cases the table must cover, as they appear in its first column.
-REQUIRED_CASES = ["truncated JPEG", "no image", "PNG named", "grayscale", "RGBA", "CMYK", "another size",
-                  "outside {1, 2, 3}", "trimap or an image is missing", "split ends up empty", "malformed",
-                  "`--strict`", "TFRecord", "killed during the Trainer", "killed during the Pusher", "corrupt",
-                  "locked", "worse", "NaN", "undecodable", "empty input", "pixel limit", "credentials",
-                  "user-supplied path", "Kubeflow image"]
+REQUIRED_CASES = [
+    "truncated JPEG",
+    "no image",
+    "PNG named",
+    "grayscale",
+    "RGBA",
+    "CMYK",
+    "another size",
+    "outside {1, 2, 3}",
+    "trimap or an image is missing",
+    "split ends up empty",
+    "malformed",
+    "`--strict`",
+    "TFRecord",
+    "killed during the Trainer",
+    "killed during the Pusher",
+    "corrupt",
+    "locked",
+    "worse",
+    "NaN",
+    "undecodable",
+    "empty input",
+    "pixel limit",
+    "credentials",
+    "user-supplied path",
+    "Kubeflow image",
+]
 
 
 def table_rows() -> list:
@@ -30,8 +52,11 @@ def table_rows() -> list:
 
 
 def defined_tests(path: pathlib.Path) -> set:
-    return {node.name for node in ast.parse(path.read_text()).body
-            if isinstance(node, ast.FunctionDef) and node.name.startswith("test_")}
+    return {
+        node.name
+        for node in ast.parse(path.read_text()).body
+        if isinstance(node, ast.FunctionDef) and node.name.startswith("test_")
+    }
 
 
 def test_every_row_names_tests_that_exist():
@@ -65,19 +90,26 @@ def test_every_test_file_the_readme_names_exists():
 
 
 def _prerequisites(path: str):
-    return subprocess.run(["make", "-s", "prerequisites"], cwd=REPO, capture_output=True, text=True,
-                          env=dict(os.environ, PATH=path), timeout=60)
+    return subprocess.run(
+        ["make", "-s", "prerequisites"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PATH=path),
+        timeout=60,
+    )
 
 
 def test_make_test_names_what_it_cannot_install_one_line_each(tmp_path):
     fake = tmp_path / "bin"
     fake.mkdir()
-    (fake / "java").write_text('#!/bin/sh\necho \'openjdk version "21.0.2" 2024-01-16\' >&2\n')
+    (fake / "java").write_text("#!/bin/sh\necho 'openjdk version \"21.0.2\" 2024-01-16' >&2\n")
     (fake / "java").chmod(0o755)
     # No Go on this PATH, and a Java that is not 17.
     done = _prerequisites(f"{fake}:/usr/bin:/bin")
     assert done.returncode != 0
     assert done.stdout.splitlines() == [
         "make test needs Go >= 1.24 (https://go.dev/dl), found: no go",
-        'make test needs Java 17 (apt-get install openjdk-17-jdk-headless), found: openjdk version "21.0.2" 2024-01-16']
+        'make test needs Java 17 (apt-get install openjdk-17-jdk-headless), found: openjdk version "21.0.2" 2024-01-16',
+    ]
     assert _prerequisites(os.environ["PATH"]).returncode == 0  # this machine has them all

@@ -18,15 +18,26 @@ SHELL_CALLS = {("os", "system"), ("os", "popen"), ("subprocess", "getoutput"), (
 
 def repo_files() -> list:
     """Tracked and untracked-but-not-ignored files: configs, code and any compiled pipeline spec."""
-    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
-                            capture_output=True, text=True, check=True).stdout.split()
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     return [REPO / name for name in listed if (REPO / name).is_file()]
 
 
 def test_scanner_finds_credential_shapes():
     # Built at run time so this file holds no credential-shaped literal itself.
-    samples = ["AKIA" + "ABCDEFGHIJKLMNOP", "-----BEGIN RSA " + "PRIVATE KEY-----", "gh" + "p_" + "a" * 36,
-               "pass" + "word: hunter2hunter2", "https://user:" + "s3cret@host/x", '"private' + '_key": "abcdefghij']
+    samples = [
+        "AKIA" + "ABCDEFGHIJKLMNOP",
+        "-----BEGIN RSA " + "PRIVATE KEY-----",
+        "gh" + "p_" + "a" * 36,
+        "pass" + "word: hunter2hunter2",
+        "https://user:" + "s3cret@host/x",
+        '"private' + '_key": "abcdefghij',
+    ]
     assert [len(find_credentials(s)) for s in samples] == [1] * len(samples)
     assert find_credentials("password = os.environ['X']\nsecret: null\napi_key: ${API_KEY}\ntoken counts: 12") == []
 
@@ -43,8 +54,21 @@ def test_compiled_kubeflow_spec_holds_no_credentials(tmp_path):
 
     package = tmp_path / "pipeline.yaml"
     # A launcher-storable root: the kfp target refuses a local path.
-    assert cli.main(["kubeflow", "compile", "--output-file", str(package), "--profile", "tiny",
-                     "--pipeline-root", "gs://petseg-bucket/pipeline_root"]) == 0
+    assert (
+        cli.main(
+            [
+                "kubeflow",
+                "compile",
+                "--output-file",
+                str(package),
+                "--profile",
+                "tiny",
+                "--pipeline-root",
+                "gs://petseg-bucket/pipeline_root",
+            ]
+        )
+        == 0
+    )
     text = package.read_text()
     assert names.EXAMPLE_GEN_ID in text and find_credentials(text) == []
 
@@ -55,10 +79,16 @@ def _shell_calls(tree: ast.AST) -> list:
         if not isinstance(node, ast.Call):
             continue
         func = node.func
-        if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) and (func.value.id, func.attr) in SHELL_CALLS:
+        if (
+            isinstance(func, ast.Attribute)
+            and isinstance(func.value, ast.Name)
+            and (func.value.id, func.attr) in SHELL_CALLS
+        ):
             bad.append(f"line {node.lineno}: {func.value.id}.{func.attr}")
         for keyword in node.keywords:
-            if keyword.arg == "shell" and not (isinstance(keyword.value, ast.Constant) and keyword.value.value is False):
+            if keyword.arg == "shell" and not (
+                isinstance(keyword.value, ast.Constant) and keyword.value.value is False
+            ):
                 bad.append(f"line {node.lineno}: shell={ast.unparse(keyword.value)}")
     return bad
 
@@ -70,7 +100,9 @@ def test_no_command_goes_through_a_shell():
     found = {str(p.relative_to(REPO)): _shell_calls(ast.parse(p.read_text(), str(p))) for p in sources}
     assert {name: calls for name, calls in found.items() if calls} == {}
     assert _shell_calls(ast.parse("import os, subprocess\nos.system(cmd)\nsubprocess.run(cmd, shell=True)")) == [
-        "line 2: os.system", "line 3: shell=True"]
+        "line 2: os.system",
+        "line 3: shell=True",
+    ]
 
 
 def test_kubeflow_image_runs_as_non_root():

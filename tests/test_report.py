@@ -11,9 +11,20 @@ from report.artifacts import RunArtifacts
 from report.example_records import tfrecords
 from report.training_history import training_history
 
-NODES = {names.EXAMPLE_GEN_ID, names.SCHEMA_GEN_ID, names.STATISTICS_GEN_ID, names.EXAMPLE_VALIDATOR_ID,
-         names.VALIDATION_GATE_ID, names.TRANSFORM_ID, names.LATEST_BLESSED_MODEL_ID, names.DRIFT_VALIDATOR_ID,
-         names.DRIFT_GATE_ID, names.TRAINER_ID, names.EVALUATOR_ID, names.PUSHER_ID}
+NODES = {
+    names.EXAMPLE_GEN_ID,
+    names.SCHEMA_GEN_ID,
+    names.STATISTICS_GEN_ID,
+    names.EXAMPLE_VALIDATOR_ID,
+    names.VALIDATION_GATE_ID,
+    names.TRANSFORM_ID,
+    names.LATEST_BLESSED_MODEL_ID,
+    names.DRIFT_VALIDATOR_ID,
+    names.DRIFT_GATE_ID,
+    names.TRAINER_ID,
+    names.EVALUATOR_ID,
+    names.PUSHER_ID,
+}
 
 
 def test_run_artifacts_of_a_real_run(tiny_run):
@@ -75,6 +86,9 @@ def test_training_history_from_tensorboard_logs_of_a_resumed_training(tmp_path):
     _log(tmp_path / "validation", "epoch_loss", [(0, 1.0), (1, 0.95)])
     _log(tmp_path / "validation", "evaluation_loss_vs_iterations", [(0, 1.0)])
     history = training_history(str(tmp_path))
-    assert history == {"loss": pytest.approx([0.9, 0.6, 0.5, 0.4]), "val_loss": pytest.approx([1.0, 0.95]),
-                       "epoch": [0, 1, 2, 3]}
+    assert history == {
+        "loss": pytest.approx([0.9, 0.6, 0.5, 0.4]),
+        "val_loss": pytest.approx([1.0, 0.95]),
+        "epoch": [0, 1, 2, 3],
+    }
     assert training_history(None) == {} and training_history(str(tmp_path / "none")) == {}

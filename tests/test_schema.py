@@ -67,8 +67,7 @@ def statistics_for(schema, examples):
 def anomalies_for(schema, examples):
     """What ExampleValidator reports for `examples`: feature name -> short description."""
     stats = statistics_for(schema, examples)
-    return {name: info.short_description
-            for name, info in tfdv.validate_statistics(stats, schema).anomaly_info.items()}
+    return {name: info.short_description for name, info in tfdv.validate_statistics(stats, schema).anomaly_info.items()}
 
 
 def test_tfds_records_of_both_splits_have_no_anomalies(schema, tfds_records):
@@ -102,17 +101,29 @@ def test_statistics_of_the_image_bytes_are_byte_sizes_not_categories(schema, tfd
     assert without[features.RAW_IMAGE_KEY] == "string_stats"
 
 
-@pytest.mark.parametrize("change,feature", [
-    (dict(species=[2]), features.SPECIES_KEY),
-    (dict(label=[37]), features.LABEL_KEY),
-    (dict(drop=(features.RAW_MASK_KEY,)), features.RAW_MASK_KEY),
-    (dict(head_bbox=[0.1, 0.2]), features.HEAD_BBOX_KEY),
-    (dict(head_bbox=[0.1, 0.2, 1.5, 0.6]), features.HEAD_BBOX_KEY),
-    (dict(image=[b"a", b"b"]), features.RAW_IMAGE_KEY),
-    (dict(drop=(features.IMAGE_HEIGHT_KEY,)), features.IMAGE_HEIGHT_KEY),
-    (dict(image_brightness=[300.0]), features.IMAGE_BRIGHTNESS_KEY),
-], ids=["species_2", "label_37", "missing_mask", "short_bbox", "bbox_out_of_range", "two_images",
-        "missing_height", "brightness_out_of_range"])
+@pytest.mark.parametrize(
+    "change,feature",
+    [
+        (dict(species=[2]), features.SPECIES_KEY),
+        (dict(label=[37]), features.LABEL_KEY),
+        (dict(drop=(features.RAW_MASK_KEY,)), features.RAW_MASK_KEY),
+        (dict(head_bbox=[0.1, 0.2]), features.HEAD_BBOX_KEY),
+        (dict(head_bbox=[0.1, 0.2, 1.5, 0.6]), features.HEAD_BBOX_KEY),
+        (dict(image=[b"a", b"b"]), features.RAW_IMAGE_KEY),
+        (dict(drop=(features.IMAGE_HEIGHT_KEY,)), features.IMAGE_HEIGHT_KEY),
+        (dict(image_brightness=[300.0]), features.IMAGE_BRIGHTNESS_KEY),
+    ],
+    ids=[
+        "species_2",
+        "label_37",
+        "missing_mask",
+        "short_bbox",
+        "bbox_out_of_range",
+        "two_images",
+        "missing_height",
+        "brightness_out_of_range",
+    ],
+)
 def test_a_broken_record_raises_an_anomaly_on_its_feature(schema, tfds_records, change, feature):
     records = good(tfds_records)
     found = anomalies_for(schema, records[1:] + [broken(records[0], **change)])
@@ -137,23 +148,29 @@ def run_example_validator(tmp_path, schema_file, examples_by_split):
     example_validator.Executor().Do(
         {standard_component_specs.STATISTICS_KEY: [stats], standard_component_specs.SCHEMA_KEY: [schema]},
         {standard_component_specs.ANOMALIES_KEY: [anomalies]},
-        {standard_component_specs.EXCLUDE_SPLITS_KEY: "[]"})
+        {standard_component_specs.EXCLUDE_SPLITS_KEY: "[]"},
+    )
     return anomalies
 
 
 def test_gate_passes_the_tfds_splits(tmp_path, tfds_records):
-    anomalies = run_example_validator(tmp_path, SCHEMA_PATH,
-                                      {"train": tfds_records["train"], "eval": tfds_records["test"]})
+    anomalies = run_example_validator(
+        tmp_path, SCHEMA_PATH, {"train": tfds_records["train"], "eval": tfds_records["test"]}
+    )
     assert set(validation_gate.load_anomalies(anomalies)) == {"train", "eval"}
     validation_gate.ValidationGate.test_call(anomalies=anomalies)
 
 
 def test_gate_stops_the_run_naming_split_feature_and_reason(tmp_path, tfds_records):
     train, test = tfds_records["train"], tfds_records["test"]
-    anomalies = run_example_validator(tmp_path, SCHEMA_PATH, {
-        "train": train[1:] + [broken(train[0], species=[2])],
-        "eval": test[1:] + [broken(test[0], drop=(features.RAW_MASK_KEY,))],
-    })
+    anomalies = run_example_validator(
+        tmp_path,
+        SCHEMA_PATH,
+        {
+            "train": train[1:] + [broken(train[0], species=[2])],
+            "eval": test[1:] + [broken(test[0], drop=(features.RAW_MASK_KEY,))],
+        },
+    )
     with pytest.raises(validation_gate.AnomaliesFoundError) as error:
         validation_gate.ValidationGate.test_call(anomalies=anomalies)
     lines = str(error.value).splitlines()
@@ -184,4 +201,5 @@ def test_gate_refuses_a_missing_file(tmp_path):
     os.makedirs(tmp_path / "Split-eval")
     (tmp_path / "Split-eval" / validation_gate.ANOMALIES_FILE).write_bytes(b"")
     assert "feature 'label': Out-of-range values" in validation_gate.describe_anomalies(
-        validation_gate.load_anomalies(anomalies))
+        validation_gate.load_anomalies(anomalies)
+    )

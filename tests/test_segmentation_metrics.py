@@ -21,31 +21,40 @@ def eval_config() -> tfma.EvalConfig:
     return tfma.EvalConfig(
         model_specs=[tfma.ModelSpec(label_key="truth", prediction_key="pred")],
         slicing_specs=[tfma.SlicingSpec(), tfma.SlicingSpec(feature_keys=["species"])],
-        metrics_specs=[tfma.MetricsSpec(metrics=[
-            tfma.MetricConfig(class_name=metric.__name__, module=sm.__name__)
-            for metric in sm.METRICS])])
+        metrics_specs=[
+            tfma.MetricsSpec(
+                metrics=[tfma.MetricConfig(class_name=metric.__name__, module=sm.__name__) for metric in sm.METRICS]
+            )
+        ],
+    )
 
 
 def run_tfma(truth: np.ndarray, prediction: np.ndarray, species: np.ndarray, out_dir) -> dict:
     """Runs TFMA's default extractors and evaluators; returns {slice key: {name: value}}."""
     # Batches of two examples exercise TFMA's unbatching as in a real run.
-    extracts = [{"features": {"truth": truth[i:i + 2], "pred": prediction[i:i + 2],
-                              "species": species[i:i + 2, None]}}
-                for i in range(0, len(truth), 2)]
+    extracts = [
+        {"features": {"truth": truth[i : i + 2], "pred": prediction[i : i + 2], "species": species[i : i + 2, None]}}
+        for i in range(0, len(truth), 2)
+    ]
     config = eval_config()
     # Beam runs the check on a pickled copy of it, so results travel through a file.
     out_file = str(out_dir / "metrics.pkl")
 
     def collect(results):
         with open(out_file, "wb") as f:
-            pickle.dump({slice_key: {key.name: value for key, value in metrics.items()}
-                         for slice_key, metrics in results}, f)
+            pickle.dump(
+                {slice_key: {key.name: value for key, value in metrics.items()} for slice_key, metrics in results}, f
+            )
 
     with beam.Pipeline() as pipeline:
-        result = (pipeline
-                  | beam.Create(extracts)
-                  | tfma.ExtractAndEvaluate(extractors=tfma.default_extractors(eval_config=config),
-                                            evaluators=tfma.default_evaluators(eval_config=config)))
+        result = (
+            pipeline
+            | beam.Create(extracts)
+            | tfma.ExtractAndEvaluate(
+                extractors=tfma.default_extractors(eval_config=config),
+                evaluators=tfma.default_evaluators(eval_config=config),
+            )
+        )
         beam_util.assert_that(result["metrics"], collect)
     with open(out_file, "rb") as f:
         return pickle.load(f)
@@ -107,13 +116,18 @@ def test_dict_prediction_uses_metric_prediction_key_and_rejects_bad_masks():
     combiner = matrix_computation.combiner
     truth = np.array([[0, 1], [2, 2]])
     element = tfma.metrics.StandardMetricInputs(
-        labels=truth, predictions={"mask": truth.astype(np.uint8), "probabilities": np.zeros((2, 2, 3))})
+        labels=truth, predictions={"mask": truth.astype(np.uint8), "probabilities": np.zeros((2, 2, 3))}
+    )
     matrix = combiner.add_input(combiner.create_accumulator(), element)
     np.testing.assert_array_equal(matrix, np.diag([1, 1, 2, 0])[:3])  # last column: no-class pixels
 
     with pytest.raises(ValueError, match="does not match"):
-        combiner.add_input(combiner.create_accumulator(), tfma.metrics.StandardMetricInputs(
-            labels=truth, predictions={"mask": np.zeros((2, 3))}))
+        combiner.add_input(
+            combiner.create_accumulator(),
+            tfma.metrics.StandardMetricInputs(labels=truth, predictions={"mask": np.zeros((2, 3))}),
+        )
     with pytest.raises(ValueError, match="class ids"):
-        combiner.add_input(combiner.create_accumulator(), tfma.metrics.StandardMetricInputs(
-            labels=truth + 1, predictions={"mask": truth}))
+        combiner.add_input(
+            combiner.create_accumulator(),
+            tfma.metrics.StandardMetricInputs(labels=truth + 1, predictions={"mask": truth}),
+        )

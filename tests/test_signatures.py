@@ -64,8 +64,12 @@ def _assert_same(left, right) -> None:
 
 
 def test_saved_model_cli_lists_the_signatures(trained):
-    shown = subprocess.run([SAVED_MODEL_CLI, "show", "--dir", trained.serving_model_dir, "--all"],
-                           capture_output=True, text=True, check=True).stdout
+    shown = subprocess.run(
+        [SAVED_MODEL_CLI, "show", "--dir", trained.serving_model_dir, "--all"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     for name in (signatures.SERVING_SIGNATURE, signatures.EXAMPLES_SIGNATURE, signatures.TRANSFORM_SIGNATURE):
         assert f"signature_def['{name}']" in shown
     serving = shown.split(f"signature_def['{signatures.SERVING_SIGNATURE}']")[1].split("signature_def[")[0]
@@ -76,8 +80,7 @@ def test_saved_model_cli_lists_the_signatures(trained):
 
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
 def test_serving_default_on_an_image_of_any_size(served, fmt):
-    _check_prediction(served.signatures[signatures.SERVING_SIGNATURE](
-        image_bytes=tf.constant([_encode(PHOTO, fmt)])))
+    _check_prediction(served.signatures[signatures.SERVING_SIGNATURE](image_bytes=tf.constant([_encode(PHOTO, fmt)])))
 
 
 def test_serving_default_batches_mixed_formats_and_sizes(served):
@@ -96,10 +99,14 @@ def _feature(example: tf.train.Example, key: str):
 
 def test_serving_resizes_exactly_like_transform(served, trained, transform_run):
     raw = trainer_fixtures.split_records(trainer_fixtures.raw_examples(transform_run), "eval")[:3]
-    materialized = np.stack([
-        np.frombuffer(_feature(tf.train.Example.FromString(r), features.IMAGE_KEY).bytes_list.value[0],
-                      np.uint8).reshape(SIZE, SIZE, 3)
-        for r in trainer_fixtures.split_records(trainer_fixtures.transformed_examples(transform_run), "eval")])
+    materialized = np.stack(
+        [
+            np.frombuffer(
+                _feature(tf.train.Example.FromString(r), features.IMAGE_KEY).bytes_list.value[0], np.uint8
+            ).reshape(SIZE, SIZE, 3)
+            for r in trainer_fixtures.split_records(trainer_fixtures.transformed_examples(transform_run), "eval")
+        ]
+    )
 
     # The exported Transform layer reproduces what the Beam Transform run wrote (its order is not the input's).
     transformed = served.signatures[signatures.TRANSFORM_SIGNATURE](examples=tf.constant(raw))[features.IMAGE_KEY]
@@ -137,15 +144,19 @@ def test_examples_without_the_per_image_numbers_are_served_as_before(served, tra
         np.testing.assert_array_equal(with_numbers[key].numpy(), without[key].numpy())
 
 
-@pytest.mark.parametrize("payload, message", [
-    (b"", "image_bytes is empty"),
-    (b"not an image at all", "Unknown image file format"),
-    (_encode(PHOTO, "JPEG")[:300], "Invalid JPEG data"),
-    (_encode(PHOTO, "JPEG"), f"image too large: more than {trainer_fixtures.SMALL_MAX_PIXELS} pixels"),
-    (_encode(PHOTO, "PNG"), "image too large"),
-    (_encode(PHOTO, "GIF"), "image too large"),
-    (BOMB_HEADER, "image too large"),
-], ids=["empty", "unknown", "truncated-jpeg", "large-jpeg", "large-png", "large-gif", "png-bomb-header"])
+@pytest.mark.parametrize(
+    "payload, message",
+    [
+        (b"", "image_bytes is empty"),
+        (b"not an image at all", "Unknown image file format"),
+        (_encode(PHOTO, "JPEG")[:300], "Invalid JPEG data"),
+        (_encode(PHOTO, "JPEG"), f"image too large: more than {trainer_fixtures.SMALL_MAX_PIXELS} pixels"),
+        (_encode(PHOTO, "PNG"), "image too large"),
+        (_encode(PHOTO, "GIF"), "image too large"),
+        (BOMB_HEADER, "image too large"),
+    ],
+    ids=["empty", "unknown", "truncated-jpeg", "large-jpeg", "large-png", "large-gif", "png-bomb-header"],
+)
 def test_bad_requests_fail_cleanly_and_serving_goes_on(limited_serving, payload, message):
     serve = limited_serving
     with pytest.raises(tf.errors.InvalidArgumentError, match=message):
@@ -155,11 +166,13 @@ def test_bad_requests_fail_cleanly_and_serving_goes_on(limited_serving, payload,
 
 
 @pytest.mark.parametrize("policy, compute_dtype", [("mixed_bfloat16", "bfloat16"), ("mixed_float16", "float16")])
-def test_a_mixed_precision_export_takes_and_returns_what_a_float32_one_does(transform_run, tmp_path, policy,
-                                                                              compute_dtype):
+def test_a_mixed_precision_export_takes_and_returns_what_a_float32_one_does(
+    transform_run, tmp_path, policy, compute_dtype
+):
     config = trainer_fixtures.tiny_config(**{"model.mixed_precision": policy})
     graph = tft.TFTransformOutput(
-        trainer_fixtures.output(transform_run, standard_artifacts.TransformGraph, names.TRANSFORM_ID).uri)
+        trainer_fixtures.output(transform_run, standard_artifacts.TransformGraph, names.TRANSFORM_ID).uri
+    )
     # As run_fn builds and exports it: the policy is the layers', the global one stays float32.
     try:
         model = model_lib.build_model(config.model, precision.policy_name(config.model.mixed_precision))
@@ -177,7 +190,8 @@ def test_a_mixed_precision_export_takes_and_returns_what_a_float32_one_does(tran
     for name, request in requests.items():
         signature = loaded.signatures[name]
         assert {key: spec.dtype for key, spec in signature.structured_input_signature[1].items()} == {
-            key: tf.string for key in request}
+            key: tf.string for key in request
+        }
         outputs = signature(**request)
         assert (outputs["mask"].dtype, outputs["probabilities"].dtype) == (tf.uint8, tf.float32), name
         _check_prediction(outputs, count=2)

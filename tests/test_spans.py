@@ -54,8 +54,9 @@ def test_span_window_needs_a_span_pattern_given_by_any_means():
     with pytest.raises(ConfigError, match="data.span_window: must be >= 1"):
         load_config("tiny", None, ["data.span_window=0"])
     # The flag sets the pattern after --set: the settings are checked once both apply.
-    args = build_parser().parse_args(["run", "--profile", "tiny", "--oxford-raw-dir", "/d/span-{SPAN}",
-                                      "--set", "data.span_window=3"])
+    args = build_parser().parse_args(
+        ["run", "--profile", "tiny", "--oxford-raw-dir", "/d/span-{SPAN}", "--set", "data.span_window=3"]
+    )
     assert config_from_args(args).data.span_window == 3
 
 
@@ -63,10 +64,12 @@ def test_span_setting_needs_a_span_pattern():
     with pytest.raises(ConfigError, match="data.span"):
         load_config("tiny", None, ["data.span=2"])
     with pytest.raises(ConfigError, match="data.span"):
-        load_config("tiny", None, ["data.dataset=oxford_iiit_pet", "data.oxford_raw_dir=/d/span-{SPAN}",
-                                   "data.span=-1"])
-    config = load_config("tiny", None, ["data.dataset=oxford_iiit_pet", "data.oxford_raw_dir=/d/span-{SPAN}",
-                                        "data.span=2"])
+        load_config(
+            "tiny", None, ["data.dataset=oxford_iiit_pet", "data.oxford_raw_dir=/d/span-{SPAN}", "data.span=-1"]
+        )
+    config = load_config(
+        "tiny", None, ["data.dataset=oxford_iiit_pet", "data.oxford_raw_dir=/d/span-{SPAN}", "data.span=2"]
+    )
     assert config.data.span == 2
 
 
@@ -74,8 +77,17 @@ def test_span_setting_needs_a_span_pattern():
 
 
 def petseg_run(output, raw_pattern):
-    return petseg.run(output, "--profile", "tiny", "--oxford-raw-dir", raw_pattern,
-                      "--set", "train.warm_start=true", "--set", "eval.report_images=0")
+    return petseg.run(
+        output,
+        "--profile",
+        "tiny",
+        "--oxford-raw-dir",
+        raw_pattern,
+        "--set",
+        "train.warm_start=true",
+        "--set",
+        "eval.report_images=0",
+    )
 
 
 @pytest.fixture(scope="module")

@@ -20,8 +20,7 @@ FORCED_BF16 = ["--precision", "auto", "--cpu-bf16", "yes", "--bf16-min-speedup",
 
 
 def _env(**extra):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="",
-               PYTHONPATH=str(REPO))
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="", PYTHONPATH=str(REPO))
     env.pop("TF_CONFIG", None)
     env.update(extra)
     return env
@@ -30,8 +29,14 @@ def _env(**extra):
 def _start(out, *args, env=None, network=None):
     # Each run is its own process: logical devices and cluster membership can be set once per process.
     argv = [sys.executable, str(WORKER), "--out", str(out), *map(str, args)]
-    return subprocess.Popen(network.command(argv) if network else argv, cwd=REPO, env=env or _env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        network.command(argv) if network else argv,
+        cwd=REPO,
+        env=env or _env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def _finish(proc, expect_rc=0):
@@ -67,8 +72,9 @@ def runs(tmp_path_factory):
     started = {
         "single": _start(root / "single", "--cpu-replicas", 1, "--then-split-cpu"),
         "mirrored": _start(root / "mirrored", "--cpu-replicas", 2),
-        "resume": _start(root / "resume", "--epochs", 3, "--backup-dir", root / "resume" / "backup",
-                         "--kill-after-epoch", 0),
+        "resume": _start(
+            root / "resume", "--epochs", 3, "--backup-dir", root / "resume" / "backup", "--kill-after-epoch", 0
+        ),
         # The bf16 branch of "auto" on any CPU: the flags forced, the real step timed, bfloat16 chosen.
         "mirrored_bf16": _start(root / "mirrored_bf16", "--cpu-replicas", 2, *FORCED_BF16),
     }
@@ -100,8 +106,10 @@ def test_mirrored_on_two_logical_cpus_matches_one_device(runs, record_property):
     a, b = _weights(single / "weights-0.npz"), _weights(mirrored / "weights-0.npz")
     diff = _max_abs_diff(a, b)
     record_property("max_abs_weight_diff", diff)
-    print(f"mirrored vs single: max |w diff| = {diff:.3g}; step s: single {_result(single)['step_seconds']:.4f}, "
-          f"mirrored {_result(mirrored)['step_seconds']:.4f}")
+    print(
+        f"mirrored vs single: max |w diff| = {diff:.3g}; step s: single {_result(single)['step_seconds']:.4f}, "
+        f"mirrored {_result(mirrored)['step_seconds']:.4f}"
+    )
     for x, y in zip(a, b):
         np.testing.assert_allclose(y, x, rtol=1e-4, atol=1e-5)
 

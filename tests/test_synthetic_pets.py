@@ -55,8 +55,10 @@ def test_drawing_in_processes_writes_the_same_bytes(tmp_path):
 
 
 def test_like_oxford_is_deterministic_per_seed(tmp_path):
-    first, again, other = (synthetic.write_archive(tmp_path / name, 40, 20, seed=seed, like_oxford=True)
-                           for name, seed in (("first", 1), ("again", 1), ("other", 2)))
+    first, again, other = (
+        synthetic.write_archive(tmp_path / name, 40, 20, seed=seed, like_oxford=True)
+        for name, seed in (("first", 1), ("again", 1), ("other", 2))
+    )
     assert _digest(again) == _digest(first)
     assert _digest(other) != _digest(first)
 
@@ -104,8 +106,14 @@ def test_like_oxford_sizes_spread_like_the_real_photos(like_oxford):
 
 def test_like_oxford_stores_the_real_odd_files(like_oxford):
     names = {row[0] for row in _rows(like_oxford, "trainval.txt") + _rows(like_oxford, "test.txt")}
-    expected = {"rgba_png": ("PNG", "RGBA"), "png": ("PNG", "RGB"), "gif": ("GIF", "P"),
-                "grayscale_jpeg": ("JPEG", "L"), "cmyk_jpeg": ("JPEG", "CMYK"), "corrupt_jpeg": ("JPEG", "RGB")}
+    expected = {
+        "rgba_png": ("PNG", "RGBA"),
+        "png": ("PNG", "RGB"),
+        "gif": ("GIF", "P"),
+        "grayscale_jpeg": ("JPEG", "L"),
+        "cmyk_jpeg": ("JPEG", "CMYK"),
+        "corrupt_jpeg": ("JPEG", "RGB"),
+    }
     present = {name: kind for name, kind in synthetic.ODD_IMAGES.items() if name in names}
     assert {"rgba_png", "gif", "grayscale_jpeg", "cmyk_jpeg"} <= set(present.values())
     for name in names:
@@ -113,8 +121,11 @@ def test_like_oxford_stores_the_real_odd_files(like_oxford):
             assert (img.format, img.mode) == expected.get(present.get(name), ("JPEG", "RGB")), name
     # Re-encoded by the builder itself, exactly as the real files of these names are.
     reencoded = internals.tfds_reencoded_names()
-    assert all(name in reencoded for name, kind in synthetic.ODD_IMAGES.items()
-               if kind in ("rgba_png", "png", "gif", "corrupt_jpeg"))
+    assert all(
+        name in reencoded
+        for name, kind in synthetic.ODD_IMAGES.items()
+        if kind in ("rgba_png", "png", "gif", "corrupt_jpeg")
+    )
     # Trainval samples the real set has no head-box XML for have none here either.
     train = {row[0] for row in _rows(like_oxford, "trainval.txt")}
     xmls = {p.stem for p in (like_oxford / "annotations" / "xmls").iterdir()}
@@ -147,7 +158,10 @@ def test_archive_layout_like_the_real_one(archive):
         breed, _, number = name.rpartition("_")
         assert number.isdigit() and oxford.breed(breed) in synthetic.QUICK_BREEDS
         assert (int(class_id), int(species), int(breed_id)) == (
-            oxford.breed(breed).class_id, oxford.breed(breed).species_id, oxford.breed(breed).breed_id)
+            oxford.breed(breed).class_id,
+            oxford.breed(breed).species_id,
+            oxford.breed(breed).breed_id,
+        )
         with Image.open(archive / "images" / f"{name}.jpg") as img:
             assert img.format == "JPEG" and img.mode == "RGB"
             size = img.size
@@ -174,7 +188,7 @@ def test_border_band_surrounds_the_pet(archive):
     # Every pet pixel touching a non-pet pixel touches the border class, never background directly.
     padded = np.pad(tri, 1, constant_values=2)
     for dy, dx in ((0, 1), (1, 0), (0, -1), (-1, 0)):
-        neighbour = padded[1 + dy:1 + dy + tri.shape[0], 1 + dx:1 + dx + tri.shape[1]]
+        neighbour = padded[1 + dy : 1 + dy + tri.shape[0], 1 + dx : 1 + dx + tri.shape[1]]
         assert not np.any(pet & (neighbour == 2))
 
 
@@ -224,8 +238,11 @@ def test_random_breeds_vary_with_the_seed_where_round_robin_never_does():
         train, test = synthetic.sample_names(120, 30, seed=seed, style=style)
         return collections.Counter(class_id for _, class_id, _, _ in train + test)
 
-    assert mix(1, synthetic.SpanStyle()) == mix(2, synthetic.SpanStyle()) == {
-        b.class_id: 25 for b in synthetic.QUICK_BREEDS}
+    assert (
+        mix(1, synthetic.SpanStyle())
+        == mix(2, synthetic.SpanStyle())
+        == {b.class_id: 25 for b in synthetic.QUICK_BREEDS}
+    )
     random = synthetic.SpanStyle(random_breeds=True)
     assert mix(1, random) == mix(1, random) != mix(2, random)
     assert set(mix(1, random)) == {b.class_id for b in synthetic.QUICK_BREEDS}
@@ -235,16 +252,23 @@ def test_random_breeds_vary_with_the_seed_where_round_robin_never_does():
         train, test = synthetic.sample_names(120, 30, seed=seed, style=random)
         shares.append(np.mean([species == oxford.CAT for _, _, species, _ in train + test]))
     assert 0.45 < np.mean(shares) < 0.55 and np.std(shares) > 0.02, (np.mean(shares), np.std(shares))
-    train, test = synthetic.sample_names(40, 10, seed=3, style=synthetic.SpanStyle(random_breeds=True,
-                                                                                     species=oxford.DOG))
+    train, test = synthetic.sample_names(
+        40, 10, seed=3, style=synthetic.SpanStyle(random_breeds=True, species=oxford.DOG)
+    )
     assert {species for _, _, species, _ in train + test} == {oxford.DOG}
 
 
 def test_a_brighter_camera_and_larger_photos_draw_the_same_pets(tmp_path):
     style = synthetic.SpanStyle(random_breeds=True)
     usual = synthetic.write_archive(tmp_path / "usual", 3, 1, seed=4, style=style)
-    changed = synthetic.write_archive(tmp_path / "changed", 3, 1, seed=4, processes=1, style=synthetic.SpanStyle(
-        random_breeds=True, brightness=40.0, scale=1.5))
+    changed = synthetic.write_archive(
+        tmp_path / "changed",
+        3,
+        1,
+        seed=4,
+        processes=1,
+        style=synthetic.SpanStyle(random_breeds=True, brightness=40.0, scale=1.5),
+    )
     assert _rows(usual, "trainval.txt") == _rows(changed, "trainval.txt")  # the same pets, names and ids
     for path in sorted((usual / "images").iterdir()):
         before, after = Image.open(path), Image.open(changed / "images" / path.name)

@@ -56,7 +56,7 @@ def test_synthetic_built_by_the_real_builder(synthetic):
             assert ex["label"].int64_list.value[0] == breed.class_id - 1
             assert ex["species"].int64_list.value[0] == breed.species_id - 1
             bbox = list(ex["head_bbox"].float_list.value)
-            assert (any(bbox) if split == "train" else not any(bbox)), "head boxes come from trainval XMLs only"
+            assert any(bbox) if split == "train" else not any(bbox), "head boxes come from trainval XMLs only"
 
 
 def test_second_prepare_reuses_and_reports_the_same(synthetic):
@@ -92,22 +92,30 @@ def test_like_oxford_odd_files_survive_staging_and_the_real_builder(tmp_path):
     rows = {}
     for list_name in oxford.LIST_FILES.values():
         lines = (raw / "annotations" / list_name).read_text().splitlines()
-        kept = [line for number, line in enumerate(lines)
-                if number < oxford.NUM_BREEDS or line.split()[0] in synthetic_archive.ODD_IMAGES]
+        kept = [
+            line
+            for number, line in enumerate(lines)
+            if number < oxford.NUM_BREEDS or line.split()[0] in synthetic_archive.ODD_IMAGES
+        ]
         (raw / "annotations" / list_name).write_text("\n".join(kept) + "\n")
         rows[list_name] = [line.split()[0] for line in kept]
     prepared = tfds_prepare.prepare(tmp_path / "tfds", "raw-dir", raw_dir=raw)
     assert prepared.skipped == {}
     assert prepared.num_examples == {"train": len(rows["trainval.txt"]), "test": len(rows["test.txt"])}
-    odd = {name: synthetic_archive.ODD_IMAGES[name] for names in rows.values() for name in names
-           if name in synthetic_archive.ODD_IMAGES}
+    odd = {
+        name: synthetic_archive.ODD_IMAGES[name]
+        for names in rows.values()
+        for name in names
+        if name in synthetic_archive.ODD_IMAGES
+    }
     assert {"rgba_png", "gif", "grayscale_jpeg", "cmyk_jpeg"} <= set(odd.values())
     # Staging turns GIFs into JPEGs (TF cannot re-encode them), and hands the builder RGB for the RGBA
     # files it re-encodes itself.
     reencoded = internals.tfds_reencoded_names()
     assert prepared.repaired == {
         "image_gif_to_jpeg": sum(kind == "gif" for kind in odd.values()),
-        "image_mode_to_rgb": sum(kind == "rgba_png" and name in reencoded for name, kind in odd.items())}
+        "image_mode_to_rgb": sum(kind == "rgba_png" and name in reencoded for name, kind in odd.items()),
+    }
     stored = {}
     for split in ("train", "test"):
         for ex in _read(prepared.files[split]):
@@ -116,14 +124,19 @@ def test_like_oxford_odd_files_survive_staging_and_the_real_builder(tmp_path):
             assert image.shape == mask.shape[:2] + (3,) and image.shape[0] >= 100 and image.shape[1] >= 100
             breed = oxford.breed(name.rpartition("_")[0])
             assert (ex["label"].int64_list.value[0], ex["species"].int64_list.value[0]) == (
-                breed.class_id - 1, breed.species_id - 1)
+                breed.class_id - 1,
+                breed.species_id - 1,
+            )
             stored[name] = ex
     assert len({name.rpartition("_")[0] for name in stored}) == oxford.NUM_BREEDS
     for name, kind in odd.items():
         with Image.open(io.BytesIO(stored[name]["image"].bytes_list.value[0])) as img:
             # What the builder keeps: re-encoded names become RGB JPEG; others keep their file's bytes.
-            want = ("JPEG", "RGB") if name in reencoded else {"grayscale_jpeg": ("JPEG", "L"),
-                                                             "cmyk_jpeg": ("JPEG", "CMYK")}[kind]
+            want = (
+                ("JPEG", "RGB")
+                if name in reencoded
+                else {"grayscale_jpeg": ("JPEG", "L"), "cmyk_jpeg": ("JPEG", "CMYK")}[kind]
+            )
             assert (img.format, img.mode) == want, name
     missing = synthetic_archive.MISSING_XMLS & set(rows["trainval.txt"])
     assert missing and all(not any(stored[n]["head_bbox"].float_list.value) for n in missing)
@@ -139,9 +152,15 @@ def test_broken_samples_skipped_and_counted_by_reason(damaged, tmp_path):
     raw, cases = damaged
     prepared = tfds_prepare.prepare(tmp_path / "tfds", "raw-dir", raw_dir=raw)
     assert prepared.source == "raw-dir"
-    assert prepared.skipped == {"unreadable_image": 2, "missing_image": 1, "missing_trimap": 1,
-                                "trimap_size_mismatch": 1, "bad_trimap_values": 1,
-                                "malformed_line": 1, "duplicate_name": 1}
+    assert prepared.skipped == {
+        "unreadable_image": 2,
+        "missing_image": 1,
+        "missing_trimap": 1,
+        "trimap_size_mismatch": 1,
+        "bad_trimap_values": 1,
+        "malformed_line": 1,
+        "duplicate_name": 1,
+    }
     assert prepared.repaired == {"image_tiff_to_jpeg": 1, "trimap_to_8bit_png": 1}
     assert prepared.num_examples == {"train": 16 - len(BROKEN), "test": 4}
     stored = {ex["file_name"].bytes_list.value[0].decode()[:-4]: ex for ex in _read(prepared.files["train"])}
@@ -195,8 +214,15 @@ def test_download_from_an_unreachable_host_fails_at_once_saying_what_to_do(tmp_p
     with pytest.raises(tfds_prepare.DownloadUnreachableError) as error:
         tfds_prepare.prepare(tmp_path / "tfds", "download", download_urls=urls)
     message = str(error.value)
-    for needed in ("--oxford-raw-dir", "data.oxford_raw_dir", urls["images"], urls["annotations"],
-                   "tar -xf images.tar.gz", "tar -xf annotations.tar.gz", "images/ and annotations/"):
+    for needed in (
+        "--oxford-raw-dir",
+        "data.oxford_raw_dir",
+        urls["images"],
+        urls["annotations"],
+        "tar -xf images.tar.gz",
+        "tar -xf annotations.tar.gz",
+        "images/ and annotations/",
+    ):
         assert needed in message, needed
     assert not (tmp_path / "tfds" / "downloads").exists(), "failed before any download started"
 
@@ -224,7 +250,8 @@ def test_downloaded_archives_are_staged_like_extracted_ones(tmp_path):
         with tarfile.open(served / f"{part}.tar.gz", "w:gz") as tar:
             tar.add(raw / part, arcname=part)
     server = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(tmp_path / "served")))
+        ("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(tmp_path / "served"))
+    )
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

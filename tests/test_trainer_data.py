@@ -61,15 +61,18 @@ def test_a_split_is_cached_only_within_the_budget(transform_run, tmp_path):
     assert not data.fits_cache(fn_args.eval_files, 0)
     # Compressed records: their decoded size is unknown, so they stream whatever the budget.
     (tmp_path / "part-0.gz").write_bytes(b"\x1f\x8b")
-    assert not data.fits_cache([str(tmp_path / "*")], 10 ** 12)
+    assert not data.fits_cache([str(tmp_path / "*")], 10**12)
 
 
 def test_transform_drops_the_sink_folder_of_an_attempt_that_never_committed(transform_run, tmp_path):
     """A Flink failover during Transform leaves the first attempt's sink folder beside the shards."""
-    component = trainer_fixtures.transform_component(types.Channel(type=standard_artifacts.Examples),
-                                                     types.Channel(type=standard_artifacts.Schema))
-    inputs = {"examples": [trainer_fixtures.raw_examples(transform_run)],
-              "schema": [trainer_fixtures.output(transform_run, standard_artifacts.Schema, names.SCHEMA_GEN_ID)]}
+    component = trainer_fixtures.transform_component(
+        types.Channel(type=standard_artifacts.Examples), types.Channel(type=standard_artifacts.Schema)
+    )
+    inputs = {
+        "examples": [trainer_fixtures.raw_examples(transform_run)],
+        "schema": [trainer_fixtures.output(transform_run, standard_artifacts.Schema, names.SCHEMA_GEN_ID)],
+    }
     split = tmp_path / "transformed_examples" / "Split-eval"
     leftover = split / "beam-temp-transformed_examples-0123456789abcdef"
     leftover.mkdir(parents=True)

@@ -46,8 +46,12 @@ def _weights(model_dir: str) -> dict:
 def _keras_layer_traces(model_dir: str) -> list:
     """Functions in the export that Keras traced per layer (`*_layer_call_fn`, `*_layer_call_and_return_*`)."""
     saved = saved_model_pb2.SavedModel.FromString(pathlib.Path(model_dir, "saved_model.pb").read_bytes())
-    return [f.signature.name for graph in saved.meta_graphs for f in graph.graph_def.library.function
-            if "layer_call" in f.signature.name]
+    return [
+        f.signature.name
+        for graph in saved.meta_graphs
+        for f in graph.graph_def.library.function
+        if "layer_call" in f.signature.name
+    ]
 
 
 def test_run_fn_trains_logs_and_exports(trained):
@@ -90,9 +94,26 @@ def test_killed_training_resumes_at_the_next_epoch(transform_run):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
     env.pop("TF_CONFIG", None)
     worker = subprocess.run(
-        [sys.executable, trainer_fixtures.__file__, "--metadata", transform_run, "--execution-id", "11",
-         "--overrides", json.dumps(overrides), "--exit-after-epoch", str(KILL_AFTER), "--exit-code", "17"],
-        cwd=trainer_fixtures.REPO, env=env, capture_output=True, text=True, timeout=900)
+        [
+            sys.executable,
+            trainer_fixtures.__file__,
+            "--metadata",
+            transform_run,
+            "--execution-id",
+            "11",
+            "--overrides",
+            json.dumps(overrides),
+            "--exit-after-epoch",
+            str(KILL_AFTER),
+            "--exit-code",
+            "17",
+        ],
+        cwd=trainer_fixtures.REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert worker.returncode == 17, worker.stdout[-3000:] + worker.stderr[-3000:]
     assert not tf.io.gfile.exists(killed.serving_model_dir)
     assert tf.io.gfile.listdir(run.backup_dir(killed))
@@ -163,8 +184,9 @@ class _ValidationBatches(tf.keras.callbacks.Callback):
 def test_validation_sees_the_first_n_eval_examples_every_epoch_and_drives_the_lr_schedule(transform_run):
     n, batch = 5, 2
     # A learning rate too small to move val_loss by ReduceLROnPlateau's min_delta: a plateau by construction.
-    config = trainer_fixtures.tiny_config(**{"train.validation_images": n, "train.batch_size": batch,
-                                             "train.epochs": 3, "train.lr_patience": 1})
+    config = trainer_fixtures.tiny_config(
+        **{"train.validation_images": n, "train.batch_size": batch, "train.epochs": 3, "train.lr_patience": 1}
+    )
     config.train.learning_rate = 1e-11  # `--set` reads 1e-11 as text (YAML 1.1 floats need a dot)
     args = trainer_fixtures.fn_args(transform_run, 41, config)
     counted = _ValidationBatches()
@@ -182,10 +204,12 @@ def test_validation_sees_the_first_n_eval_examples_every_epoch_and_drives_the_lr
     size = config.model.image_size
     records = trainer_fixtures.split_records(trainer_fixtures.transformed_examples(transform_run), "eval")[:n]
     parsed = [tf.train.Example.FromString(r).features.feature for r in records]
-    images = np.stack([np.frombuffer(f[features.IMAGE_KEY].bytes_list.value[0], np.uint8).reshape(size, size, 3)
-                       for f in parsed])
-    masks = np.stack([np.frombuffer(f[features.MASK_KEY].bytes_list.value[0], np.uint8).reshape(size, size)
-                      for f in parsed])
+    images = np.stack(
+        [np.frombuffer(f[features.IMAGE_KEY].bytes_list.value[0], np.uint8).reshape(size, size, 3) for f in parsed]
+    )
+    masks = np.stack(
+        [np.frombuffer(f[features.MASK_KEY].bytes_list.value[0], np.uint8).reshape(size, size) for f in parsed]
+    )
     logits = tf.keras.models.load_model(args.serving_model_dir, compile=False)(images)
     loss = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)(masks, logits)
     np.testing.assert_allclose(history["val_loss"][-1], float(loss), rtol=1e-5)
@@ -211,35 +235,57 @@ def test_warm_start_skips_a_base_model_of_another_architecture(trained, caplog):
         np.testing.assert_array_equal(new, old)
 
 
-@pytest.mark.parametrize("model, logs, folder", [
-    # TFX's local layout: one folder per output, one per execution under it.
-    ("gs://b/root/Trainer/model/7/Format-Serving", "gs://b/root/Trainer/model_run/7", "gs://b/root/Trainer"),
-    # Kubeflow's: the task's folder holds its outputs; a TFJob's replicas write them to staging beside them.
-    ("gs://b/root/run-1/Trainer/model/Format-Serving", "gs://b/root/run-1/Trainer/model_run", "gs://b/root/run-1/Trainer"),
-    ("gs://b/t/tfjob-staging/model/Format-Serving", "gs://b/t/tfjob-staging/model_run", "gs://b/t/tfjob-staging"),
-    ("/pets/root/Trainer/model/9/Format-Serving", "/pets/root/Trainer/model_run/9", "/pets/root/Trainer"),
-])
+@pytest.mark.parametrize(
+    "model, logs, folder",
+    [
+        # TFX's local layout: one folder per output, one per execution under it.
+        ("gs://b/root/Trainer/model/7/Format-Serving", "gs://b/root/Trainer/model_run/7", "gs://b/root/Trainer"),
+        # Kubeflow's: the task's folder holds its outputs; a TFJob's replicas write them to staging beside them.
+        (
+            "gs://b/root/run-1/Trainer/model/Format-Serving",
+            "gs://b/root/run-1/Trainer/model_run",
+            "gs://b/root/run-1/Trainer",
+        ),
+        ("gs://b/t/tfjob-staging/model/Format-Serving", "gs://b/t/tfjob-staging/model_run", "gs://b/t/tfjob-staging"),
+        ("/pets/root/Trainer/model/9/Format-Serving", "/pets/root/Trainer/model_run/9", "/pets/root/Trainer"),
+    ],
+)
 def test_the_backup_sits_in_the_folder_the_trainers_outputs_share(model, logs, folder):
     fn_args = types.SimpleNamespace(
-        train_files=["gs://b/root/Transform/x/Split-train/*"], eval_files=["gs://b/root/Transform/x/Split-eval/*"],
-        transform_output="gs://b/root/Transform/graph/3", base_model=None, custom_config={"model": {}},
-        serving_model_dir=model, model_run_dir=logs)
+        train_files=["gs://b/root/Transform/x/Split-train/*"],
+        eval_files=["gs://b/root/Transform/x/Split-eval/*"],
+        transform_output="gs://b/root/Transform/graph/3",
+        base_model=None,
+        custom_config={"model": {}},
+        serving_model_dir=model,
+        model_run_dir=logs,
+    )
     assert run.backup_dir(fn_args).rsplit("/", 2)[:2] == [folder, "backup"]
 
 
 def test_outputs_that_share_no_folder_are_refused():
-    fn_args = types.SimpleNamespace(train_files=[], eval_files=[], transform_output="", base_model=None,
-                                    custom_config={}, serving_model_dir="gs://a/model", model_run_dir="gs://b/logs")
+    fn_args = types.SimpleNamespace(
+        train_files=[],
+        eval_files=[],
+        transform_output="",
+        base_model=None,
+        custom_config={},
+        serving_model_dir="gs://a/model",
+        model_run_dir="gs://b/logs",
+    )
     with pytest.raises(ValueError, match="share no folder"):
         run.backup_dir(fn_args)
 
 
-@pytest.mark.parametrize("tf_config, chief", [
-    (None, True),
-    ({"cluster": {"chief": ["c:2222"], "worker": ["w:2222"]}, "task": {"type": "chief", "index": 0}}, True),
-    ({"cluster": {"chief": ["c:2222"], "worker": ["w:2222"]}, "task": {"type": "worker", "index": 0}}, False),
-    ({"cluster": {"worker": ["w0:2222", "w1:2222"]}, "task": {"type": "worker", "index": 0}}, True),
-])
+@pytest.mark.parametrize(
+    "tf_config, chief",
+    [
+        (None, True),
+        ({"cluster": {"chief": ["c:2222"], "worker": ["w:2222"]}, "task": {"type": "chief", "index": 0}}, True),
+        ({"cluster": {"chief": ["c:2222"], "worker": ["w:2222"]}, "task": {"type": "worker", "index": 0}}, False),
+        ({"cluster": {"worker": ["w0:2222", "w1:2222"]}, "task": {"type": "worker", "index": 0}}, True),
+    ],
+)
 def test_exactly_one_replica_is_the_chief(monkeypatch, tf_config, chief):
     if tf_config is None:
         monkeypatch.delenv("TF_CONFIG", raising=False)

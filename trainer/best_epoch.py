@@ -65,8 +65,13 @@ class BestEpoch(tf.keras.callbacks.Callback):
 
     def _store(self) -> None:
         buffer = io.BytesIO()
-        np.savez(buffer, epoch=self.epoch, value=self.value, count=len(self._weights),
-                 **{f"w{i}": w for i, w in enumerate(self._weights)})
+        np.savez(
+            buffer,
+            epoch=self.epoch,
+            value=self.value,
+            count=len(self._weights),
+            **{f"w{i}": w for i, w in enumerate(self._weights)},
+        )
         # Written aside, then renamed over the last one: a kill mid-write leaves the previous best whole.
         partial = self.path + ".partial"
         tf.io.gfile.makedirs(posixpath.dirname(self.path))  # before Keras' first backup makes it

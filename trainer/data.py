@@ -17,8 +17,10 @@ _READ_BATCH = 64
 def flip_pair(image: tf.Tensor, mask: tf.Tensor, seed: Optional[int] = None) -> Tuple[tf.Tensor, tf.Tensor]:
     """Random horizontal flip applied identically to one image [H, W, 3] and its mask [H, W]."""
     flip = tf.random.uniform([], seed=seed) < 0.5
-    return (tf.cond(flip, lambda: tf.image.flip_left_right(image), lambda: image),
-            tf.cond(flip, lambda: tf.reverse(mask, axis=[1]), lambda: mask))
+    return (
+        tf.cond(flip, lambda: tf.image.flip_left_right(image), lambda: image),
+        tf.cond(flip, lambda: tf.reverse(mask, axis=[1]), lambda: mask),
+    )
 
 
 def split_files(file_patterns: List[str]) -> List[str]:
@@ -41,10 +43,20 @@ def decoded_bytes(examples: int, image_size: int) -> int:
     return examples * image_size * image_size * 4
 
 
-def input_fn(file_pattern: List[str], data_accessor, tf_transform_output: tft.TFTransformOutput,
-             global_batch_size: int, image_size: int, *, training: bool, shuffle_buffer: int = 512,
-             repeat: bool = False, cache: bool = True, seed: Optional[int] = None,
-             limit: Optional[int] = None) -> tf.data.Dataset:
+def input_fn(
+    file_pattern: List[str],
+    data_accessor,
+    tf_transform_output: tft.TFTransformOutput,
+    global_batch_size: int,
+    image_size: int,
+    *,
+    training: bool,
+    shuffle_buffer: int = 512,
+    repeat: bool = False,
+    cache: bool = True,
+    seed: Optional[int] = None,
+    limit: Optional[int] = None,
+) -> tf.data.Dataset:
     """(image uint8 [B, S, S, 3], mask uint8 [B, S, S]) batches of the global batch size.
 
     Training batches are shuffled every epoch and randomly flipped; evaluation batches are neither,
@@ -60,17 +72,20 @@ def input_fn(file_pattern: List[str], data_accessor, tf_transform_output: tft.TF
         tf_transform_output.transformed_metadata.schema,
     )
     # Whole read batches at once: decode_raw is one vectorised op per batch, not one per example.
-    dataset = dataset.map(lambda f: (preprocessing.image_from_raw(f[features.IMAGE_KEY], image_size),
-                                     preprocessing.mask_from_raw(f[features.MASK_KEY], image_size)),
-                          num_parallel_calls=tf.data.AUTOTUNE).unbatch()
+    dataset = dataset.map(
+        lambda f: (
+            preprocessing.image_from_raw(f[features.IMAGE_KEY], image_size),
+            preprocessing.mask_from_raw(f[features.MASK_KEY], image_size),
+        ),
+        num_parallel_calls=tf.data.AUTOTUNE,
+    ).unbatch()
     if limit is not None:
         dataset = dataset.take(limit)
     if cache:
         dataset = dataset.cache()
     if training:
         dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-        dataset = dataset.map(lambda image, mask: flip_pair(image, mask, seed),
-                              num_parallel_calls=tf.data.AUTOTUNE)
+        dataset = dataset.map(lambda image, mask: flip_pair(image, mask, seed), num_parallel_calls=tf.data.AUTOTUNE)
     if repeat:
         dataset = dataset.repeat()
     # The last partial batch is kept so every example is seen each epoch; Keras distributes it fine.

@@ -15,8 +15,7 @@ log = logging.getLogger(__name__)
 
 
 IMAGENET_WEIGHTS_FILE = "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"
-IMAGENET_WEIGHTS_URL = ("https://storage.googleapis.com/tensorflow/keras-applications/vgg16/"
-                        + IMAGENET_WEIGHTS_FILE)
+IMAGENET_WEIGHTS_URL = "https://storage.googleapis.com/tensorflow/keras-applications/vgg16/" + IMAGENET_WEIGHTS_FILE
 IMAGENET_WEIGHTS_MD5 = "6d6bbae143d832006294945121d1f1fc"
 
 # (block, convs, channels) of tf.keras.applications.VGG16; layer names must match it so weights load by name.
@@ -26,8 +25,9 @@ RELU_INIT = "he_normal"
 ENCODER_CONV_NAMES = tuple(f"block{b}_conv{i}" for b, n, _ in VGG16_BLOCKS for i in range(1, n + 1))
 
 
-def build_model(model_config: ModelConfig, policy: str, dropout: Optional[float] = None,
-                load_weights: bool = True) -> tf.keras.Model:
+def build_model(
+    model_config: ModelConfig, policy: str, dropout: Optional[float] = None, load_weights: bool = True
+) -> tf.keras.Model:
     """FCN-8s on VGG16: input `image` uint8 [B, S, S, 3] -> float32 logits [B, S, S, NUM_CLASSES].
 
     S must be a multiple of 32. Layers compute in the Keras `policy` ("float32", "mixed_float16",
@@ -56,16 +56,31 @@ def build_model(model_config: ModelConfig, policy: str, dropout: Optional[float]
     for block, convs, channels in VGG16_BLOCKS:
         width = max(1, round(channels * model_config.width_multiplier))
         for i in range(1, convs + 1):
-            x = tf.keras.layers.Conv2D(width, 3, padding="same", activation="relu", kernel_initializer=RELU_INIT,
-                                       name=f"block{block}_conv{i}", dtype=policy)(x)
+            x = tf.keras.layers.Conv2D(
+                width,
+                3,
+                padding="same",
+                activation="relu",
+                kernel_initializer=RELU_INIT,
+                name=f"block{block}_conv{i}",
+                dtype=policy,
+            )(x)
         x = pools[block] = tf.keras.layers.MaxPooling2D(2, strides=2, name=f"block{block}_pool", dtype=policy)(x)
 
-    x = tf.keras.layers.Conv2D(model_config.head_width, 7, padding="same", activation="relu",
-                               kernel_initializer=RELU_INIT, name="fc6", dtype=policy)(pools[5])
+    x = tf.keras.layers.Conv2D(
+        model_config.head_width,
+        7,
+        padding="same",
+        activation="relu",
+        kernel_initializer=RELU_INIT,
+        name="fc6",
+        dtype=policy,
+    )(pools[5])
     if dropout:
         x = tf.keras.layers.Dropout(dropout, name="drop6", dtype=policy)(x)
-    x = tf.keras.layers.Conv2D(model_config.head_width, 1, activation="relu", kernel_initializer=RELU_INIT,
-                               name="fc7", dtype=policy)(x)
+    x = tf.keras.layers.Conv2D(
+        model_config.head_width, 1, activation="relu", kernel_initializer=RELU_INIT, name="fc7", dtype=policy
+    )(x)
     if dropout:
         x = tf.keras.layers.Dropout(dropout, name="drop7", dtype=policy)(x)
     # Score layers are linear: they produce logits, and a ReLU here would clip every negative class score.
@@ -85,8 +100,7 @@ def build_model(model_config: ModelConfig, policy: str, dropout: Optional[float]
             model.get_layer(name).trainable = not frozen
         if load_weights:
             _load_encoder_weights(model, _weights_path(model_config.encoder_weights))
-            log.info("Encoder weights from %s, %s", model_config.encoder_weights,
-                     "frozen" if frozen else "fine-tuned")
+            log.info("Encoder weights from %s, %s", model_config.encoder_weights, "frozen" if frozen else "fine-tuned")
     return model
 
 
@@ -99,8 +113,10 @@ def compile_model(model: tf.keras.Model, train_config: TrainConfig) -> tf.keras.
     model.compile(
         optimizer=optimizer,
         loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=[tf.keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
-                 tf.keras.metrics.MeanIoU(NUM_CLASSES, name="mean_iou", sparse_y_pred=False)],
+        metrics=[
+            tf.keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
+            tf.keras.metrics.MeanIoU(NUM_CLASSES, name="mean_iou", sparse_y_pred=False),
+        ],
         jit_compile=train_config.jit_compile,
     )
     _run_steps_unconverted(model)
@@ -150,15 +166,23 @@ def _score(x, name: str, policy: str):
 def _upsample(x, factor: int, name: str, policy: str):
     # 'same' padding with stride == factor makes the output exactly factor x the input for any size,
     # unlike the seed's valid padding + Cropping2D.
-    return tf.keras.layers.Conv2DTranspose(NUM_CLASSES, 2 * factor, strides=factor, padding="same",
-                                           use_bias=False, kernel_initializer=BilinearUpsampling(),
-                                           name=name, dtype=policy)(x)
+    return tf.keras.layers.Conv2DTranspose(
+        NUM_CLASSES,
+        2 * factor,
+        strides=factor,
+        padding="same",
+        use_bias=False,
+        kernel_initializer=BilinearUpsampling(),
+        name=name,
+        dtype=policy,
+    )(x)
 
 
 def _weights_path(encoder_weights: str) -> str:
     if encoder_weights == "imagenet":
-        return tf.keras.utils.get_file(IMAGENET_WEIGHTS_FILE, IMAGENET_WEIGHTS_URL, cache_subdir="models",
-                                       file_hash=IMAGENET_WEIGHTS_MD5)
+        return tf.keras.utils.get_file(
+            IMAGENET_WEIGHTS_FILE, IMAGENET_WEIGHTS_URL, cache_subdir="models", file_hash=IMAGENET_WEIGHTS_MD5
+        )
     return encoder_weights
 
 

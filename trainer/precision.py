@@ -28,13 +28,16 @@ BF16_MIN_SPEEDUP = 1.1
 def policy_name(mixed_precision: str) -> str:
     """The Keras policy for a `model.mixed_precision` value other than "auto" ("none" is float32)."""
     if mixed_precision == "auto":
-        raise ValueError("model.mixed_precision 'auto' depends on the machine that trains: decide it there with "
-                         "trainer.precision.training_policy()")
+        raise ValueError(
+            "model.mixed_precision 'auto' depends on the machine that trains: decide it there with "
+            "trainer.precision.training_policy()"
+        )
     return "float32" if mixed_precision == "none" else mixed_precision
 
 
-def training_policy(mixed_precision: str, model_config: ModelConfig, train_config: TrainConfig,
-                    strategy: tf.distribute.Strategy) -> str:
+def training_policy(
+    mixed_precision: str, model_config: ModelConfig, train_config: TrainConfig, strategy: tf.distribute.Strategy
+) -> str:
     """The Keras policy every replica trains in.
 
     "auto" is decided on the chief, where training runs (not where the pipeline was compiled), by
@@ -59,8 +62,9 @@ def decide_auto(model_config: ModelConfig, train_config: TrainConfig) -> str:
     return auto_policy(capability, cpu_bf16, seconds)
 
 
-def auto_policy(gpu_capability: Optional[Tuple[int, int]], cpu_bf16: bool,
-                step_seconds: Optional[Dict[str, float]]) -> str:
+def auto_policy(
+    gpu_capability: Optional[Tuple[int, int]], cpu_bf16: bool, step_seconds: Optional[Dict[str, float]]
+) -> str:
     """The policy "auto" stands for, given the machine.
 
     `gpu_capability` is the first GPU's compute capability (None without a GPU), `cpu_bf16` whether
@@ -89,8 +93,11 @@ def model_step_seconds(model_config: ModelConfig, train_config: TrainConfig, rep
     """
     with concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="precision-probe") as pool:
         seconds = pool.submit(_time_steps, model_config, train_config, repeats).result()
-    log.info("Training step of the configured model on this CPU: float32 %.0f ms, bfloat16 %.0f ms",
-             1e3 * seconds["float32"], 1e3 * seconds["bfloat16"])
+    log.info(
+        "Training step of the configured model on this CPU: float32 %.0f ms, bfloat16 %.0f ms",
+        1e3 * seconds["float32"],
+        1e3 * seconds["bfloat16"],
+    )
     return seconds
 
 

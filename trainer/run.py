@@ -30,11 +30,21 @@ def backup_dir(fn_args) -> str:
     two outputs (the model and its logs) share, whatever the orchestrator's layout below it: a local
     run's `<pipeline_root>/Trainer/`, a Kubeflow task's own folder. It is removed once training finishes.
     """
-    key = json.dumps({"train": sorted(fn_args.train_files), "eval": sorted(fn_args.eval_files),
-                      "transform": fn_args.transform_output, "base": fn_args.base_model or "",
-                      "config": fn_args.custom_config}, sort_keys=True)
-    return posixpath.join(_shared_folder(fn_args.serving_model_dir, fn_args.model_run_dir), "backup",
-                          hashlib.sha256(key.encode()).hexdigest()[:16])
+    key = json.dumps(
+        {
+            "train": sorted(fn_args.train_files),
+            "eval": sorted(fn_args.eval_files),
+            "transform": fn_args.transform_output,
+            "base": fn_args.base_model or "",
+            "config": fn_args.custom_config,
+        },
+        sort_keys=True,
+    )
+    return posixpath.join(
+        _shared_folder(fn_args.serving_model_dir, fn_args.model_run_dir),
+        "backup",
+        hashlib.sha256(key.encode()).hexdigest()[:16],
+    )
 
 
 def _shared_folder(*uris: str) -> str:
@@ -66,12 +76,20 @@ def _lr_schedule(train_config: TrainConfig) -> list:
     """Halve the learning rate when validation loss stalls: the last epochs then refine, not bounce."""
     if not train_config.lr_patience:
         return []
-    return [tf.keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=train_config.lr_patience,
-                                                 min_lr=train_config.learning_rate / 64, verbose=1)]
+    return [
+        tf.keras.callbacks.ReduceLROnPlateau(
+            monitor="val_loss",
+            factor=0.5,
+            patience=train_config.lr_patience,
+            min_lr=train_config.learning_rate / 64,
+            verbose=1,
+        )
+    ]
 
 
-def export_model(model: tf.keras.Model, export_dir: str, tf_transform_output: tft.TFTransformOutput,
-                 model_config: ModelConfig) -> None:
+def export_model(
+    model: tf.keras.Model, export_dir: str, tf_transform_output: tft.TFTransformOutput, model_config: ModelConfig
+) -> None:
     """Saves the servable model: weights, the three signatures and the Keras config, no optimizer state.
 
     Everything that loads the export (TF Serving, the Evaluator, warm start, the Pusher's copies) needs
@@ -80,9 +98,15 @@ def export_model(model: tf.keras.Model, export_dir: str, tf_transform_output: tf
     in about a third of the time: consumers call the signatures, and warm start rebuilds the Keras
     model from its layers' configs.
     """
-    model.save(export_dir, save_format="tf", include_optimizer=False, save_traces=False,
-               signatures=signatures.make_signatures(model, tf_transform_output, model_config.image_size,
-                                                     model_config.serving_max_pixels))
+    model.save(
+        export_dir,
+        save_format="tf",
+        include_optimizer=False,
+        save_traces=False,
+        signatures=signatures.make_signatures(
+            model, tf_transform_output, model_config.image_size, model_config.serving_max_pixels
+        ),
+    )
 
 
 def run_fn(fn_args, extra_callbacks: Sequence[tf.keras.callbacks.Callback] = ()) -> None:
@@ -102,16 +126,31 @@ def run_fn(fn_args, extra_callbacks: Sequence[tf.keras.callbacks.Callback] = ())
     global_batch = train_config.batch_size * strategy.num_replicas_in_sync
     repeat = train_config.steps_per_epoch is not None
     size = model_config.image_size
-    train_ds = data.input_fn(fn_args.train_files, fn_args.data_accessor, tf_transform_output, global_batch, size,
-                             training=True, shuffle_buffer=train_config.shuffle_buffer, repeat=repeat,
-                             cache=data.fits_cache(fn_args.train_files, train_config.cache_max_bytes))
+    train_ds = data.input_fn(
+        fn_args.train_files,
+        fn_args.data_accessor,
+        tf_transform_output,
+        global_batch,
+        size,
+        training=True,
+        shuffle_buffer=train_config.shuffle_buffer,
+        repeat=repeat,
+        cache=data.fits_cache(fn_args.train_files, train_config.cache_max_bytes),
+    )
     # Keras validates on a fixed subset, so each epoch's validation costs a bounded share of the epoch
     # whatever the eval split's size; the Evaluator scores the whole split once. The subset's decoded
     # size is known exactly, compressed records or not.
     validation_images = train_config.validation_images
-    eval_ds = data.input_fn(fn_args.eval_files, fn_args.data_accessor, tf_transform_output, global_batch, size,
-                            training=False, limit=validation_images,
-                            cache=data.decoded_bytes(validation_images, size) <= train_config.cache_max_bytes)
+    eval_ds = data.input_fn(
+        fn_args.eval_files,
+        fn_args.data_accessor,
+        tf_transform_output,
+        global_batch,
+        size,
+        training=False,
+        limit=validation_images,
+        cache=data.decoded_bytes(validation_images, size) <= train_config.cache_max_bytes,
+    )
 
     with strategy.scope():
         model = model_lib.build_model(model_config, policy)
@@ -119,8 +158,12 @@ def run_fn(fn_args, extra_callbacks: Sequence[tf.keras.callbacks.Callback] = ())
         if fn_args.base_model and tf.saved_model.contains_saved_model(fn_args.base_model):
             _warm_start(model, fn_args.base_model)
         model_lib.compile_model(model, train_config)
-    log.info("Training %s parameters, global batch %d over %d replica(s)",
-             f"{model.count_params():,}", global_batch, strategy.num_replicas_in_sync)
+    log.info(
+        "Training %s parameters, global batch %d over %d replica(s)",
+        f"{model.count_params():,}",
+        global_batch,
+        strategy.num_replicas_in_sync,
+    )
 
     chief = strategy_lib.is_chief()
     backup = backup_dir(fn_args)
@@ -155,8 +198,10 @@ def run_fn(fn_args, extra_callbacks: Sequence[tf.keras.callbacks.Callback] = ())
         _wait_for_every_replica(strategy)
         # TFX fails a replica whose serving_model_dir is missing after run_fn; the chief's is there now.
         if not tf.saved_model.contains_saved_model(fn_args.serving_model_dir):
-            raise RuntimeError(f"The chief's export {fn_args.serving_model_dir} is missing after every replica "
-                               "finished: replicas must share the Trainer's output storage (e.g. gs://)")
+            raise RuntimeError(
+                f"The chief's export {fn_args.serving_model_dir} is missing after every replica "
+                "finished: replicas must share the Trainer's output storage (e.g. gs://)"
+            )
     # Keras deletes its checkpoint files when fit completes but leaves their folder behind; in a cluster
     # the other replicas' temporary files in it are gone only once they have all finished (above).
     if chief and tf.io.gfile.isdir(backup) and not tf.io.gfile.listdir(backup):
@@ -170,8 +215,12 @@ def _restore_best(best: best_epoch.BestEpoch, history: tf.keras.callbacks.Histor
         log.info("No epoch validated: exporting the weights as they are")
         return
     last = history.history.get(best_epoch.MONITOR, [None])[-1]
-    log.info("Exporting epoch %d's weights: the best validation mean IoU, %.4f%s", epoch + 1, best.value,
-             "" if last is None or history.epoch[-1] == epoch else f" (the last epoch's: {last:.4f})")
+    log.info(
+        "Exporting epoch %d's weights: the best validation mean IoU, %.4f%s",
+        epoch + 1,
+        best.value,
+        "" if last is None or history.epoch[-1] == epoch else f" (the last epoch's: {last:.4f})",
+    )
 
 
 def _wait_for_every_replica(strategy: tf.distribute.Strategy) -> None:

@@ -24,8 +24,11 @@ def choose_strategy(train_config: TrainConfig) -> tf.distribute.Strategy:
     workers = _tf_config_workers()
     if workers > 1:
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
-        log.info("Strategy: MultiWorkerMirroredStrategy, %d workers, %d replicas in sync",
-                 workers, strategy.num_replicas_in_sync)
+        log.info(
+            "Strategy: MultiWorkerMirroredStrategy, %d workers, %d replicas in sync",
+            workers,
+            strategy.num_replicas_in_sync,
+        )
         return strategy
     gpus = tf.config.list_physical_devices("GPU")
     if gpus:
@@ -80,5 +83,6 @@ def _split_cpu(replicas: int) -> list:
                 f"Cannot split the CPU into {replicas} logical devices: TensorFlow already initialized its "
                 "devices in this process (some TF op, model or dataset was created first). Call "
                 "trainer.strategy.choose_strategy() before any other TensorFlow work, or set "
-                "train.cpu_replicas=1.") from exc
+                "train.cpu_replicas=1."
+            ) from exc
     return [f"/cpu:{i}" for i in range(replicas)]

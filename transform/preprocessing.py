@@ -30,8 +30,12 @@ def decode_image(image_bytes: tf.Tensor, image_size: int) -> tf.Tensor:
     """
     image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
     # decode_image yields uint8 (16-bit PNGs are reduced to 8 bits).
-    image = tf.image.resize(tf.cast(image, tf.float32), [image_size, image_size],
-                            method=tf.image.ResizeMethod.BILINEAR, antialias=IMAGE_ANTIALIAS)
+    image = tf.image.resize(
+        tf.cast(image, tf.float32),
+        [image_size, image_size],
+        method=tf.image.ResizeMethod.BILINEAR,
+        antialias=IMAGE_ANTIALIAS,
+    )
     # The antialiasing kernel's negative lobes can overshoot [0, 255] slightly: saturate, then round.
     image = tf.cast(tf.round(tf.clip_by_value(image, 0.0, 255.0)), tf.uint8)
     return tf.ensure_shape(image, [image_size, image_size, 3])
@@ -49,17 +53,20 @@ def decode_mask(png_bytes: tf.Tensor, image_size: int) -> tf.Tensor:
     expected = "expected only 1 pet, 2 background, 3 border"
     checks = [
         tf.debugging.assert_greater_equal(
-            tf.reduce_min(mask), tf.constant(TRIMAP_MIN, tf.uint8),
-            message=f"trimap has values below {TRIMAP_MIN}; {expected}"),
+            tf.reduce_min(mask),
+            tf.constant(TRIMAP_MIN, tf.uint8),
+            message=f"trimap has values below {TRIMAP_MIN}; {expected}",
+        ),
         tf.debugging.assert_less_equal(
-            tf.reduce_max(mask), tf.constant(TRIMAP_MAX, tf.uint8),
-            message=f"trimap has values above {TRIMAP_MAX}; {expected}"),
+            tf.reduce_max(mask),
+            tf.constant(TRIMAP_MAX, tf.uint8),
+            message=f"trimap has values above {TRIMAP_MAX}; {expected}",
+        ),
     ]
     # Explicit dependency: inside tf.map_fn's loop body asserts are not otherwise guaranteed to run.
     with tf.control_dependencies(checks):
         mask = tf.identity(mask)
-    mask = tf.image.resize(mask, [image_size, image_size],
-                           method=tf.image.ResizeMethod.NEAREST_NEIGHBOR)
+    mask = tf.image.resize(mask, [image_size, image_size], method=tf.image.ResizeMethod.NEAREST_NEIGHBOR)
     mask = tf.squeeze(mask, axis=-1) - TRIMAP_MIN
     return tf.ensure_shape(mask, [image_size, image_size])
 
@@ -100,8 +107,9 @@ def to_vector(tensor: AnyTensor, default_value: Any) -> tf.Tensor:
     if isinstance(tensor, tf.RaggedTensor):
         tensor = tensor.to_sparse()
     if isinstance(tensor, tf.SparseTensor):
-        tensor = tf.sparse.to_dense(tf.sparse.reset_shape(tensor, [tensor.dense_shape[0], 1]),
-                                    default_value=default_value)
+        tensor = tf.sparse.to_dense(
+            tf.sparse.reset_shape(tensor, [tensor.dense_shape[0], 1]), default_value=default_value
+        )
     if tensor.shape.rank == 2:
         if tensor.shape[1] not in (1, None):
             raise ValueError(f"expected one value per example, got shape {tensor.shape}")
@@ -111,8 +119,9 @@ def to_vector(tensor: AnyTensor, default_value: Any) -> tf.Tensor:
     return tensor
 
 
-def preprocessing_fn(inputs: Mapping[str, AnyTensor],
-                     custom_config: Optional[Dict[str, Any]] = None) -> Dict[str, tf.Tensor]:
+def preprocessing_fn(
+    inputs: Mapping[str, AnyTensor], custom_config: Optional[Dict[str, Any]] = None
+) -> Dict[str, tf.Tensor]:
     """TFX Transform entry point: raw Oxford-pet features -> model features.
 
     `custom_config` must hold `{"image_size": int}` (TFX passes `Transform(custom_config=...)`).
@@ -126,10 +135,16 @@ def preprocessing_fn(inputs: Mapping[str, AnyTensor],
     # only the mask) gets the other's loop pruned from its graph.
     string = tf.TensorSpec([], tf.string)
     return {
-        features.IMAGE_KEY: tf.map_fn(lambda b: to_raw(decode_image(b, image_size)),
-                                      to_vector(inputs[features.RAW_IMAGE_KEY], b""), fn_output_signature=string),
-        features.MASK_KEY: tf.map_fn(lambda b: to_raw(decode_mask(b, image_size)),
-                                     to_vector(inputs[features.RAW_MASK_KEY], b""), fn_output_signature=string),
+        features.IMAGE_KEY: tf.map_fn(
+            lambda b: to_raw(decode_image(b, image_size)),
+            to_vector(inputs[features.RAW_IMAGE_KEY], b""),
+            fn_output_signature=string,
+        ),
+        features.MASK_KEY: tf.map_fn(
+            lambda b: to_raw(decode_mask(b, image_size)),
+            to_vector(inputs[features.RAW_MASK_KEY], b""),
+            fn_output_signature=string,
+        ),
         # -1 only reaches the output for a sparse feature missing a value, and is then visible.
         **{key: tf.cast(to_vector(inputs[key], -1), tf.int64) for key in features.SLICE_KEYS},
     }
@@ -140,5 +155,6 @@ def _image_size(custom_config: Optional[Mapping[str, Any]]) -> int:
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
         raise ValueError(
             f"preprocessing_fn needs custom_config={{'image_size': <positive int>}}, got {custom_config!r}; "
-            "pass Transform(custom_config={'image_size': config.model.image_size})")
+            "pass Transform(custom_config={'image_size': config.model.image_size})"
+        )
     return size

@@ -13,10 +13,12 @@ CREDENTIAL_PATTERNS = {
     "Slack token": r"\bxox[abprs]-[0-9A-Za-z\-]{10,}",
     "URL with password": r"[a-z][a-z0-9+.\-]*://[^/\s:@]+:[^/\s:@]{3,}@",
     "secret setting": r"(?i)\b(password|passwd|secret|api[_-]?key|access[_-]?key|auth[_-]?token)\b[\"']?\s*[:=]\s*[\"']?"
-                      r"(?!\s|None\b|null\b|\$|\{|<|os\.environ)[^\s\"',)]{8,}",
+    r"(?!\s|None\b|null\b|\$|\{|<|os\.environ)[^\s\"',)]{8,}",
 }
 
 
 def find_credentials(text: str) -> list:
     """(kind, match) for every credential-like string in `text`."""
-    return [(kind, m.group(0)[:40]) for kind, pattern in CREDENTIAL_PATTERNS.items() for m in re.finditer(pattern, text)]
+    return [
+        (kind, m.group(0)[:40]) for kind, pattern in CREDENTIAL_PATTERNS.items() for m in re.finditer(pattern, text)
+    ]

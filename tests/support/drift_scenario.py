@@ -17,8 +17,13 @@ RANDOM = synthetic.SpanStyle(random_breeds=True)
 DOGS = dataclasses.replace(RANDOM, species=archive.DOG)
 # span -> (seed, style): 1 and 2 are alike; 3 holds dogs only; 4 and 5 are dogs only (like 3, the model
 # then served) from a brighter camera and with larger photos.
-SPANS = {1: (11, RANDOM), 2: (12, RANDOM), 3: (13, DOGS),
-         4: (14, dataclasses.replace(DOGS, brightness=40.0)), 5: (15, dataclasses.replace(DOGS, scale=1.5))}
+SPANS = {
+    1: (11, RANDOM),
+    2: (12, RANDOM),
+    3: (13, DOGS),
+    4: (14, dataclasses.replace(DOGS, brightness=40.0)),
+    5: (15, dataclasses.replace(DOGS, scale=1.5)),
+}
 
 
 @dataclasses.dataclass
@@ -45,10 +50,20 @@ class Scenario:
 
 def petseg_run(output: pathlib.Path, pattern: str, name: str, *args: str) -> Run:
     """`petseg run --profile tiny` on the spans with warm start; a failing run is returned, not raised."""
-    argv = ["--profile", "tiny", "--oxford-raw-dir", pattern, "--set", "train.warm_start=true",
-            "--set", "eval.report_images=1", *args]
-    proc = subprocess.run(petseg.command(output, *argv), capture_output=True, text=True, timeout=petseg.TIMEOUT,
-                          cwd=petseg.REPO)
+    argv = [
+        "--profile",
+        "tiny",
+        "--oxford-raw-dir",
+        pattern,
+        "--set",
+        "train.warm_start=true",
+        "--set",
+        "eval.report_images=1",
+        *args,
+    ]
+    proc = subprocess.run(
+        petseg.command(output, *argv), capture_output=True, text=True, timeout=petseg.TIMEOUT, cwd=petseg.REPO
+    )
     dashboard = output.parent / "dashboards" / f"{name}.html"
     dashboard.parent.mkdir(exist_ok=True)
     shutil.copy(output / "report" / "index.html", dashboard)

@@ -27,8 +27,9 @@ def raw_examples():
         image = (np.eye(3)[truth] * 150 + rng.integers(0, 120, (SIZE, SIZE, 3))).astype(np.uint8)
         features = {
             "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[png(image)])),
-            "segmentation_mask": tf.train.Feature(bytes_list=tf.train.BytesList(
-                value=[png((truth + 1).astype(np.uint8)[..., None])])),
+            "segmentation_mask": tf.train.Feature(
+                bytes_list=tf.train.BytesList(value=[png((truth + 1).astype(np.uint8)[..., None])])
+            ),
             "species": tf.train.Feature(int64_list=tf.train.Int64List(value=[species])),
             "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
         }
@@ -43,10 +44,12 @@ def export_model(path: str, class_channels) -> None:
     conv = tf.keras.layers.Conv2D(NUM_CLASSES, 1, use_bias=False)
     model = tf.keras.Sequential([tf.keras.Input((SIZE, SIZE, 3)), conv])
     conv.set_weights([np.eye(3)[:, class_channels][None, None] * 10.0])
-    spec = {"image": tf.io.FixedLenFeature([], tf.string),
-            "segmentation_mask": tf.io.FixedLenFeature([], tf.string),
-            "species": tf.io.FixedLenFeature([], tf.int64),
-            "label": tf.io.FixedLenFeature([], tf.int64)}
+    spec = {
+        "image": tf.io.FixedLenFeature([], tf.string),
+        "segmentation_mask": tf.io.FixedLenFeature([], tf.string),
+        "species": tf.io.FixedLenFeature([], tf.int64),
+        "label": tf.io.FixedLenFeature([], tf.int64),
+    }
 
     def decode_image(image_bytes):
         image = tf.io.decode_png(image_bytes, channels=3)
@@ -54,18 +57,24 @@ def export_model(path: str, class_channels) -> None:
 
     def outputs(images):
         probabilities = tf.nn.softmax(model(images), axis=-1)
-        return {"mask": tf.cast(tf.argmax(probabilities, axis=-1), tf.uint8),
-                "probabilities": probabilities}
+        return {"mask": tf.cast(tf.argmax(probabilities, axis=-1), tf.uint8), "probabilities": probabilities}
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
     def transform_features(examples):
         parsed = tf.io.parse_example(examples, spec)
-        masks = tf.map_fn(lambda m: tf.io.decode_png(m, channels=1)[..., 0], parsed["segmentation_mask"],
-                          fn_output_signature=tf.TensorSpec([None, None], tf.uint8))
-        return {"image": tf.map_fn(decode_image, parsed["image"],
-                                   fn_output_signature=tf.TensorSpec([SIZE, SIZE, 3], tf.float32)),
-                "mask": tf.reshape(tf.cast(masks, tf.int64) - 1, [-1, SIZE, SIZE]),
-                "species": parsed["species"], "label": parsed["label"]}
+        masks = tf.map_fn(
+            lambda m: tf.io.decode_png(m, channels=1)[..., 0],
+            parsed["segmentation_mask"],
+            fn_output_signature=tf.TensorSpec([None, None], tf.uint8),
+        )
+        return {
+            "image": tf.map_fn(
+                decode_image, parsed["image"], fn_output_signature=tf.TensorSpec([SIZE, SIZE, 3], tf.float32)
+            ),
+            "mask": tf.reshape(tf.cast(masks, tf.int64) - 1, [-1, SIZE, SIZE]),
+            "species": parsed["species"],
+            "label": parsed["label"],
+        }
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
     def serve_examples(examples):
@@ -73,25 +82,31 @@ def export_model(path: str, class_channels) -> None:
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
     def serve_images(image_bytes):
-        return outputs(tf.map_fn(decode_image, image_bytes,
-                                 fn_output_signature=tf.TensorSpec([SIZE, SIZE, 3], tf.float32)))
+        return outputs(
+            tf.map_fn(decode_image, image_bytes, fn_output_signature=tf.TensorSpec([SIZE, SIZE, 3], tf.float32))
+        )
 
-    tf.saved_model.save(model, path, signatures={
-        "serving_default": serve_images, "serving_examples": serve_examples,
-        "transform_features": transform_features})
+    tf.saved_model.save(
+        model,
+        path,
+        signatures={
+            "serving_default": serve_images,
+            "serving_examples": serve_examples,
+            "transform_features": transform_features,
+        },
+    )
 
 
 def run_tfma(root, data, candidate: str, eval_config: EvalConfig, baseline: str = None) -> str:
     config = evaluation.build_eval_config(eval_config)
     # What TFX's Evaluator executor does before running TFMA.
-    config = tfma.utils.update_eval_config_with_defaults(config, has_baseline=baseline is not None,
-                                                          rubber_stamp=True)
+    config = tfma.utils.update_eval_config_with_defaults(config, has_baseline=baseline is not None, rubber_stamp=True)
     paths = {spec.name: (baseline if spec.is_baseline else candidate) for spec in config.model_specs}
-    shared = [tfma.default_eval_shared_model(path, model_name=name, eval_config=config)
-              for name, path in paths.items()]
+    shared = [tfma.default_eval_shared_model(path, model_name=name, eval_config=config) for name, path in paths.items()]
     output = str(root / f"out_{len(list(root.iterdir()))}")
-    tfma.run_model_analysis(eval_shared_model=shared if baseline else shared[0], eval_config=config,
-                            data_location=data, output_path=output)
+    tfma.run_model_analysis(
+        eval_shared_model=shared if baseline else shared[0], eval_config=config, data_location=data, output_path=output
+    )
     return output
 
 
@@ -99,8 +114,7 @@ def reference_scores(truth: np.ndarray, prediction: np.ndarray) -> dict:
     """Per-class IoU/Dice from set counts, written without the module's matrix algebra."""
     truth, prediction = truth.ravel(), prediction.ravel()
     invalid = int(np.sum(prediction == 255))  # "no class": counts as a miss, never as a hit
-    scores = {"pixel_accuracy": np.mean(truth == prediction), "pixel_count": truth.size,
-              "invalid_pixel_count": invalid}
+    scores = {"pixel_accuracy": np.mean(truth == prediction), "pixel_count": truth.size, "invalid_pixel_count": invalid}
     ious, dices = [], []
     for class_id, name in enumerate(CLASS_NAMES):
         in_truth, in_pred = truth == class_id, prediction == class_id

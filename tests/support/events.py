@@ -51,7 +51,7 @@ class _Watcher:
         offset = 0
         while offset < len(data):
             wd, mask, _, size = _EVENT.unpack_from(data, offset)
-            name = data[offset + _EVENT.size:offset + _EVENT.size + size].rstrip(b"\0")
+            name = data[offset + _EVENT.size : offset + _EVENT.size + size].rstrip(b"\0")
             offset += _EVENT.size + size
             if mask & IN_Q_OVERFLOW:
                 for top in list(self.folders.values()):
@@ -63,8 +63,9 @@ class _Watcher:
         os.close(self.fd)
 
 
-def wait_for_path(root: pathlib.Path, pattern: str, process: Optional[subprocess.Popen] = None,
-                  timeout: float = 1800) -> pathlib.Path:
+def wait_for_path(
+    root: pathlib.Path, pattern: str, process: Optional[subprocess.Popen] = None, timeout: float = 1800
+) -> pathlib.Path:
     """The first path matching the glob `root/pattern`, woken by each file or folder created under `root`.
 
     `root` must exist. Raises ProcessEnded when `process` ends before the path appears, TimeoutError
@@ -79,8 +80,9 @@ def wait_for_path(root: pathlib.Path, pattern: str, process: Optional[subprocess
             if found:
                 return pathlib.Path(found[0])
             if process is not None and process.poll() is not None:
-                raise ProcessEnded(f"process {process.pid} ended (exit {process.returncode}) "
-                                   f"before {root / pattern} appeared")
+                raise ProcessEnded(
+                    f"process {process.pid} ended (exit {process.returncode}) before {root / pattern} appeared"
+                )
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise TimeoutError(f"{root / pattern} did not appear in {timeout:.0f} s")

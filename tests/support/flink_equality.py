@@ -52,25 +52,42 @@ def compare_with_direct(output: pathlib.Path, work: str, overrides: Iterable[str
     examples, schema = run.get(names.EXAMPLE_GEN_ID, "examples"), run.get(names.SCHEMA_GEN_ID, "schema")
 
     direct_transform = os.path.join(work, "transform")
-    stages.run_executor(by_id[names.TRANSFORM_ID], {"examples": [examples], "schema": [schema]}, direct_transform, beam_args)
+    stages.run_executor(
+        by_id[names.TRANSFORM_ID], {"examples": [examples], "schema": [schema]}, direct_transform, beam_args
+    )
     flink_splits = _split_files(run.get(names.TRANSFORM_ID, "transformed_examples").uri)
     direct_splits = _split_files(os.path.join(direct_transform, "transformed_examples"))
     flink_rows = {s: _canonical(f) for s, f in flink_splits.items()}
     direct_rows = {s: _canonical(f) for s, f in direct_splits.items()}
 
     direct_eval = os.path.join(work, "evaluator")
-    stages.run_executor(by_id[names.EVALUATOR_ID], {"examples": [examples], "model": [run.get(names.TRAINER_ID, "model")]},
-                        direct_eval, beam_args)
+    stages.run_executor(
+        by_id[names.EVALUATOR_ID],
+        {"examples": [examples], "model": [run.get(names.TRAINER_ID, "model")]},
+        direct_eval,
+        beam_args,
+    )
     flink_metrics = _flatten(metrics.load_metrics(run.get(names.EVALUATOR_ID, "evaluation").uri))
     direct_metrics = _flatten(metrics.load_metrics(os.path.join(direct_eval, "evaluation")))
-    diffs = [abs(flink_metrics[k] - direct_metrics[k]) for k in flink_metrics
-             if not (math.isnan(flink_metrics[k]) and math.isnan(direct_metrics.get(k, math.nan)))]
+    diffs = [
+        abs(flink_metrics[k] - direct_metrics[k])
+        for k in flink_metrics
+        if not (math.isnan(flink_metrics[k]) and math.isnan(direct_metrics.get(k, math.nan)))
+    ]
     return {
         "transformed_examples": {
-            "flink": sum(len(r) for r in flink_rows.values()), "direct": sum(len(r) for r in direct_rows.values()),
-            "splits": sorted(flink_rows), "identical": flink_rows == direct_rows},
-        "metrics": {"keys": len(flink_metrics), "same_keys": set(flink_metrics) == set(direct_metrics),
-                    "max_abs_diff": max(diffs) if diffs and set(flink_metrics) == set(direct_metrics) else math.inf,
-                    "mean_iou": {"flink": flink_metrics.get("overall.mean_iou"),
-                                 "direct": direct_metrics.get("overall.mean_iou")}},
+            "flink": sum(len(r) for r in flink_rows.values()),
+            "direct": sum(len(r) for r in direct_rows.values()),
+            "splits": sorted(flink_rows),
+            "identical": flink_rows == direct_rows,
+        },
+        "metrics": {
+            "keys": len(flink_metrics),
+            "same_keys": set(flink_metrics) == set(direct_metrics),
+            "max_abs_diff": max(diffs) if diffs and set(flink_metrics) == set(direct_metrics) else math.inf,
+            "mean_iou": {
+                "flink": flink_metrics.get("overall.mean_iou"),
+                "direct": direct_metrics.get("overall.mean_iou"),
+            },
+        },
     }

@@ -13,8 +13,8 @@ from transform import features
 def trimap(height: int = 40, width: int = 56) -> np.ndarray:
     """uint8 [H, W] trimap with sharp edges: background 2, a border band 3 around a pet block 1."""
     mask = np.full((height, width), 2, np.uint8)
-    mask[height // 4:3 * height // 4, width // 4:3 * width // 4] = 3
-    mask[height // 4 + 2:3 * height // 4 - 2, width // 4 + 2:3 * width // 4 - 2] = 1
+    mask[height // 4 : 3 * height // 4, width // 4 : 3 * width // 4] = 3
+    mask[height // 4 + 2 : 3 * height // 4 - 2, width // 4 + 2 : 3 * width // 4 - 2] = 1
     return mask
 
 
@@ -44,9 +44,15 @@ def encode(image, fmt: str, **kw) -> bytes:
     return buffer.getvalue()
 
 
-def raw_example(image: bytes = None, mask: bytes = None, label: int = 5, species: int = 1,
-                file_name: bytes = b"Abyssinian_1.jpg", head_bbox=(0.1, 0.2, 0.5, 0.6),
-                drop=()) -> bytes:
+def raw_example(
+    image: bytes = None,
+    mask: bytes = None,
+    label: int = 5,
+    species: int = 1,
+    file_name: bytes = b"Abyssinian_1.jpg",
+    head_bbox=(0.1, 0.2, 0.5, 0.6),
+    drop=(),
+) -> bytes:
     """A serialized tf.Example laid out as the TFDS oxford_iiit_pet 4.0.0 builder writes it."""
     values = {
         features.RAW_IMAGE_KEY: bytes_feature(jpeg(random_rgb()) if image is None else image),

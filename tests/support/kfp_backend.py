@@ -36,6 +36,8 @@ def _built() -> pathlib.Path:
     if not BINARY.is_file():
         done = subprocess.run(["make", "-s", "kfpcheck"], cwd=ROOT, capture_output=True, text=True, timeout=1800)
         if done.returncode != 0 or not BINARY.is_file():
-            raise RuntimeError(f"`make kfpcheck` could not build {BINARY} (it needs Go >= 1.24):\n"
-                               f"{(done.stdout + done.stderr)[-3000:]}")
+            raise RuntimeError(
+                f"`make kfpcheck` could not build {BINARY} (it needs Go >= 1.24):\n"
+                f"{(done.stdout + done.stderr)[-3000:]}"
+            )
     return BINARY

@@ -56,9 +56,11 @@ class TaskResult:
 def task_order(spec: Dict[str, Any]) -> List[str]:
     """Tasks in dependency order (dependentTasks plus artifact producers), ties by name."""
     tasks = spec["root"]["dag"]["tasks"]
-    needs = {name: set(task.get("dependentTasks", [])) | {
-        a["taskOutputArtifact"]["producerTask"] for a in task.get("inputs", {}).get("artifacts", {}).values()}
-        for name, task in tasks.items()}
+    needs = {
+        name: set(task.get("dependentTasks", []))
+        | {a["taskOutputArtifact"]["producerTask"] for a in task.get("inputs", {}).get("artifacts", {}).values()}
+        for name, task in tasks.items()
+    }
     order: List[str] = []
     while needs:
         ready = sorted(name for name, deps in needs.items() if deps <= set(order))
@@ -78,7 +80,7 @@ class ObjectStore:
     def path(self, uri: str) -> pathlib.Path:
         for scheme, folder in _SCHEMES.items():
             if uri.startswith(scheme):
-                return self.root / folder / uri[len(scheme):]
+                return self.root / folder / uri[len(scheme) :]
         raise ValueError(f"{uri}: not an object store URI")
 
 
@@ -86,7 +88,7 @@ def _local(pod: pathlib.Path, uri: str) -> pathlib.Path:
     """The launcher's LocalPathForURI, under a pod root."""
     for scheme, folder in _SCHEMES.items():
         if uri.startswith(scheme):
-            return pod / folder / uri[len(scheme):]
+            return pod / folder / uri[len(scheme) :]
     raise ValueError(f"{uri}: unsupported storage scheme")
 
 
@@ -119,9 +121,17 @@ class Metadata:
 class Run:
     """One run of a compiled spec. `shape` is "kfp" (open-source launcher) or "vertex"."""
 
-    def __init__(self, spec: Dict[str, Any], workdir: pathlib.Path, run_id: str, shape: str = "kfp",
-                 pipeline_root: str = DEFAULT_ROOT, metadata: Optional[Metadata] = None,
-                 entrypoint: Optional[str] = None, python: str = sys.executable):
+    def __init__(
+        self,
+        spec: Dict[str, Any],
+        workdir: pathlib.Path,
+        run_id: str,
+        shape: str = "kfp",
+        pipeline_root: str = DEFAULT_ROOT,
+        metadata: Optional[Metadata] = None,
+        entrypoint: Optional[str] = None,
+        python: str = sys.executable,
+    ):
         if shape not in ("kfp", "vertex"):
             raise ValueError(f"shape must be kfp or vertex, got {shape!r}")
         self.spec, self.workdir, self.run_id, self.shape, self.python = spec, workdir, run_id, shape, python
@@ -134,8 +144,9 @@ class Run:
         self.results: List[TaskResult] = []
         self.pipeline_name = spec["pipelineInfo"]["name"]
 
-    def run(self, stop_after: Optional[str] = None,
-            cached: Optional[Dict[str, Dict[str, List[Dict[str, Any]]]]] = None) -> List[TaskResult]:
+    def run(
+        self, stop_after: Optional[str] = None, cached: Optional[Dict[str, Dict[str, List[Dict[str, Any]]]]] = None
+    ) -> List[TaskResult]:
         """Runs every task in order (up to `stop_after`); tasks in `cached` (task -> outputs of an
         earlier run) hand on those outputs without running, as the backend's cache hits do."""
         for name in task_order(self.spec):
@@ -153,9 +164,12 @@ class Run:
         component = self.spec["components"][task["componentRef"]["name"]]
         container = self.spec["deploymentSpec"]["executors"][component["executorLabel"]]["container"]
         started = time.monotonic()
-        inputs = {key: self.outputs[ref["taskOutputArtifact"]["producerTask"]].get(
-                      ref["taskOutputArtifact"]["outputArtifactKey"], [])
-                  for key, ref in task.get("inputs", {}).get("artifacts", {}).items()}
+        inputs = {
+            key: self.outputs[ref["taskOutputArtifact"]["producerTask"]].get(
+                ref["taskOutputArtifact"]["outputArtifactKey"], []
+            )
+            for key, ref in task.get("inputs", {}).get("artifacts", {}).items()
+        }
         outputs = self._execute(name, task, component, container, inputs)
         self.outputs[name] = outputs
         result = TaskResult(name, "container", round(time.monotonic() - started, 1), outputs)
@@ -187,16 +201,20 @@ class Run:
             output_file.unlink()  # each task starts without one
         executor_input = {
             "inputs": {
-                "parameterValues": {key: _constant(name, key, ref)
-                                    for key, ref in task.get("inputs", {}).get("parameters", {}).items()},
-                "artifacts": {key: {"artifacts": [self._input_artifact(a, input_types[key]["artifactType"])
-                                                  for a in found]}
-                              for key, found in inputs.items() if found},
+                "parameterValues": {
+                    key: _constant(name, key, ref) for key, ref in task.get("inputs", {}).get("parameters", {}).items()
+                },
+                "artifacts": {
+                    key: {"artifacts": [self._input_artifact(a, input_types[key]["artifactType"]) for a in found]}
+                    for key, found in inputs.items()
+                    if found
+                },
             },
             "outputs": {
-                "artifacts": {key: {"artifacts": [{"uri": self._output_uri(name, salt, key),
-                                                   "type": definition["artifactType"]}]}
-                              for key, definition in output_types.items()},
+                "artifacts": {
+                    key: {"artifacts": [{"uri": self._output_uri(name, salt, key), "type": definition["artifactType"]}]}
+                    for key, definition in output_types.items()
+                },
                 "outputFile": str(output_file),
             },
         }
@@ -206,8 +224,10 @@ class Run:
         if self.entrypoint:
             command[-1] = self.entrypoint
         ours = command[-1] == ENTRYPOINT
-        command += [json.dumps(executor_input) if arg == EXECUTOR_INPUT_PLACEHOLDER else arg
-                    for arg in container.get("args", [])]
+        command += [
+            json.dumps(executor_input) if arg == EXECUTOR_INPUT_PLACEHOLDER else arg
+            for arg in container.get("args", [])
+        ]
         if self.shape == "kfp" and ours:
             command.append(f"--kfp_local_root={pod}")
         log = task_dir / "task.log"

@@ -139,20 +139,29 @@ class Pod:
             volume = volumes[mount.name]
             sources = volume.projected.sources if volume.projected else None
             if not sources or not mount.mount_path.startswith(("/var/run/", "/run/")):
-                raise ValueError(f"volume {mount.name} at {mount.mount_path}: this node mounts only the API-access "
-                                 "volume ServiceAccount admission adds")
+                raise ValueError(
+                    f"volume {mount.name} at {mount.mount_path}: this node mounts only the API-access "
+                    "volume ServiceAccount admission adds"
+                )
             folder = self.folder / "volumes" / mount.name
             folder.mkdir(parents=True, exist_ok=True)
             core = client.CoreV1Api(self.node.api)
             for source in sources:
                 if source.service_account_token:
-                    request = client.AuthenticationV1TokenRequest(spec=client.V1TokenRequestSpec(
-                        audiences=[source.service_account_token.audience] if source.service_account_token.audience
-                        else [], expiration_seconds=source.service_account_token.expiration_seconds,
-                        bound_object_ref=client.V1BoundObjectReference(kind="Pod", api_version="v1", name=self.name,
-                                                                       uid=self.uid)))
+                    request = client.AuthenticationV1TokenRequest(
+                        spec=client.V1TokenRequestSpec(
+                            audiences=[source.service_account_token.audience]
+                            if source.service_account_token.audience
+                            else [],
+                            expiration_seconds=source.service_account_token.expiration_seconds,
+                            bound_object_ref=client.V1BoundObjectReference(
+                                kind="Pod", api_version="v1", name=self.name, uid=self.uid
+                            ),
+                        )
+                    )
                     token = core.create_namespaced_service_account_token(
-                        spec.service_account_name, self.namespace, request).status.token
+                        spec.service_account_name, self.namespace, request
+                    ).status.token
                     (folder / source.service_account_token.path).write_text(token)
                 elif source.config_map:
                     data = core.read_namespaced_config_map(source.config_map.name, self.namespace).data or {}
@@ -171,17 +180,44 @@ class Pod:
         steps = [f"hostname {shlex.quote(self.name)}", "mount -t tmpfs tmpfs /run"]
         for folder, path in mounts:
             steps += [f"mkdir -p {shlex.quote(path)}", f"mount --bind {shlex.quote(str(folder))} {shlex.quote(path)}"]
-        steps += [f"mount --bind {self.node.network.hosts} /etc/hosts", "ip link set lo up", "echo ready", "read go",
-                  f"ip addr add {self.ip}/{POD_NETWORK_PREFIX} dev eth0", "ip link set eth0 up", "echo up", "exec cat"]
+        steps += [
+            f"mount --bind {self.node.network.hosts} /etc/hosts",
+            "ip link set lo up",
+            "echo ready",
+            "read go",
+            f"ip addr add {self.ip}/{POD_NETWORK_PREFIX} dev eth0",
+            "ip link set eth0 up",
+            "echo up",
+            "exec cat",
+        ]
         self.sandbox = subprocess.Popen(
-            self.node.namespaces.command(["unshare", "--net", "--mount", "--uts", "--propagation", "private",
-                                          "sh", "-c", " && ".join(steps)]),
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            self.node.namespaces.command(
+                ["unshare", "--net", "--mount", "--uts", "--propagation", "private", "sh", "-c", " && ".join(steps)]
+            ),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         self._expect("ready")
         veth = f"veth{self.ip.rsplit('.', 1)[1]}"
-        subprocess.run(self.node.namespaces.command(["sh", "-c", " && ".join([
-            f"ip link add {veth} type veth peer name eth0 netns {self.sandbox.pid}",
-            f"ip link set {veth} master br0", f"ip link set {veth} up"])]), check=True, capture_output=True)
+        subprocess.run(
+            self.node.namespaces.command(
+                [
+                    "sh",
+                    "-c",
+                    " && ".join(
+                        [
+                            f"ip link add {veth} type veth peer name eth0 netns {self.sandbox.pid}",
+                            f"ip link set {veth} master br0",
+                            f"ip link set {veth} up",
+                        ]
+                    ),
+                ]
+            ),
+            check=True,
+            capture_output=True,
+        )
         self.sandbox.stdin.write("go\n")
         self.sandbox.stdin.flush()
         self._expect("up")
@@ -200,13 +236,19 @@ class Pod:
     def _field(self, path: str) -> str:
         """A downward-API field of the pod."""
         pod = self.pod
-        values = {"metadata.name": self.name, "metadata.namespace": self.namespace, "metadata.uid": self.uid,
-                  "spec.nodeName": NODE_NAME, "spec.serviceAccountName": pod.spec.service_account_name or "",
-                  "status.hostIP": BRIDGE_IP, "status.podIP": self.ip}
+        values = {
+            "metadata.name": self.name,
+            "metadata.namespace": self.namespace,
+            "metadata.uid": self.uid,
+            "spec.nodeName": NODE_NAME,
+            "spec.serviceAccountName": pod.spec.service_account_name or "",
+            "status.hostIP": BRIDGE_IP,
+            "status.podIP": self.ip,
+        }
         if path.startswith("metadata.labels['"):
-            return (pod.metadata.labels or {}).get(path[len("metadata.labels['"):-2], "")
+            return (pod.metadata.labels or {}).get(path[len("metadata.labels['") : -2], "")
         if path.startswith("metadata.annotations['"):
-            return (pod.metadata.annotations or {}).get(path[len("metadata.annotations['"):-2], "")
+            return (pod.metadata.annotations or {}).get(path[len("metadata.annotations['") : -2], "")
         if path not in values:
             raise ValueError(f"downward API field {path}: not supported by this node")
         return values[path]
@@ -214,9 +256,16 @@ class Pod:
     def _env(self, container) -> Dict[str, str]:
         env = {key: os.environ[key] for key in HOST_ENV if key in os.environ}
         env.update(IMAGE_ENV)
-        env.update({"HOSTNAME": self.name, "HOME": str(self.folder / "home"), "TMPDIR": str(self.folder / "tmp"),
-                    "KUBERNETES_SERVICE_HOST": BRIDGE_IP, "KUBERNETES_SERVICE_PORT": str(kube_cluster.API_PORT),
-                    "KUBERNETES_SERVICE_PORT_HTTPS": str(kube_cluster.API_PORT)})
+        env.update(
+            {
+                "HOSTNAME": self.name,
+                "HOME": str(self.folder / "home"),
+                "TMPDIR": str(self.folder / "tmp"),
+                "KUBERNETES_SERVICE_HOST": BRIDGE_IP,
+                "KUBERNETES_SERVICE_PORT": str(kube_cluster.API_PORT),
+                "KUBERNETES_SERVICE_PORT_HTTPS": str(kube_cluster.API_PORT),
+            }
+        )
         for variable in container.env or []:
             if variable.value_from is None:
                 env[variable.name] = variable.value or ""
@@ -235,8 +284,17 @@ class Pod:
         env = self._env(container)
         for folder in ("home", "tmp"):
             (self.folder / folder).mkdir(exist_ok=True)
-        argv = ["nsenter", f"--target={self.sandbox.pid}", "--user", "--net", "--mount", "--uts",
-                "--preserve-credentials", f"--wd={REPO}", *command]
+        argv = [
+            "nsenter",
+            f"--target={self.sandbox.pid}",
+            "--user",
+            "--net",
+            "--mount",
+            "--uts",
+            "--preserve-credentials",
+            f"--wd={REPO}",
+            *command,
+        ]
         with self.lock:
             if self.deleting.is_set():
                 raise RuntimeError("deleted before its container started")
@@ -269,15 +327,28 @@ class Pod:
         run = self.runs[-1]
 
         def terminated(r: Container) -> Dict[str, Any]:
-            return {"terminated": {"exitCode": r.exit_code, "reason": "Completed" if r.exit_code == 0 else "Error",
-                                   "startedAt": r.started, "finishedAt": r.finished,
-                                   "containerID": f"petseg://{r.proc.pid}"}}
+            return {
+                "terminated": {
+                    "exitCode": r.exit_code,
+                    "reason": "Completed" if r.exit_code == 0 else "Error",
+                    "startedAt": r.started,
+                    "finishedAt": r.finished,
+                    "containerID": f"petseg://{r.proc.pid}",
+                }
+            }
 
         running = not terminal
-        status = {"name": container.name, "image": container.image, "imageID": "", "restartCount": run.restart,
-                  "containerID": f"petseg://{run.proc.pid}", "ready": running, "started": running,
-                  "state": {"running": {"startedAt": run.started}} if running else terminated(run),
-                  "lastState": terminated(self.runs[-2]) if len(self.runs) > 1 else {}}
+        status = {
+            "name": container.name,
+            "image": container.image,
+            "imageID": "",
+            "restartCount": run.restart,
+            "containerID": f"petseg://{run.proc.pid}",
+            "ready": running,
+            "started": running,
+            "state": {"running": {"startedAt": run.started}} if running else terminated(run),
+            "lastState": terminated(self.runs[-2]) if len(self.runs) > 1 else {},
+        }
         return status
 
     def _report(self, terminal: bool = False) -> None:
@@ -286,25 +357,50 @@ class Pod:
         if terminal:
             phase = "Succeeded" if run.exit_code == 0 else "Failed"
         ready = "False" if terminal else "True"
-        conditions = [{"type": kind, "status": "True" if kind in ("Initialized", "PodScheduled") else ready,
-                       "lastTransitionTime": run.started} for kind in ("Initialized", "Ready", "ContainersReady",
-                                                                         "PodScheduled")]
-        self.node.patch_status(self, {
-            "phase": phase, "hostIP": BRIDGE_IP, "podIP": self.ip, "podIPs": [{"ip": self.ip}],
-            "startTime": self.started, "conditions": conditions,
-            "containerStatuses": [self._container_status(terminal)]})
+        conditions = [
+            {
+                "type": kind,
+                "status": "True" if kind in ("Initialized", "PodScheduled") else ready,
+                "lastTransitionTime": run.started,
+            }
+            for kind in ("Initialized", "Ready", "ContainersReady", "PodScheduled")
+        ]
+        self.node.patch_status(
+            self,
+            {
+                "phase": phase,
+                "hostIP": BRIDGE_IP,
+                "podIP": self.ip,
+                "podIPs": [{"ip": self.ip}],
+                "startTime": self.started,
+                "conditions": conditions,
+                "containerStatuses": [self._container_status(terminal)],
+            },
+        )
 
     def _report_error(self, exc: Exception) -> None:
         container = self.pod.spec.containers[0]
         message = f"{type(exc).__name__}: {exc}"
         self.node.errors.append(f"{self.namespace}/{self.name}: {message}")
         with contextlib.suppress(Exception):
-            self.node.patch_status(self, {"phase": "Failed", "reason": "NodeCannotRun", "message": message,
-                                          "containerStatuses": [{
-                                              "name": container.name, "image": container.image, "imageID": "",
-                                              "restartCount": 0, "ready": False,
-                                              "state": {"waiting": {"reason": "CreateContainerError",
-                                                                    "message": message}}}]})
+            self.node.patch_status(
+                self,
+                {
+                    "phase": "Failed",
+                    "reason": "NodeCannotRun",
+                    "message": message,
+                    "containerStatuses": [
+                        {
+                            "name": container.name,
+                            "image": container.image,
+                            "imageID": "",
+                            "restartCount": 0,
+                            "ready": False,
+                            "state": {"waiting": {"reason": "CreateContainerError", "message": message}},
+                        }
+                    ],
+                },
+            )
 
     def current(self, previous: bool = False) -> Optional[Container]:
         with self.lock:
@@ -352,8 +448,12 @@ class PodNetwork:
             lines.append((ip, name))
             for (service_namespace, service_name), service in self.services.items():
                 selector = service.spec.selector or {}
-                if (service_namespace == namespace and service.spec.cluster_ip == "None" and selector
-                        and selector.items() <= (pod.metadata.labels or {}).items()):
+                if (
+                    service_namespace == namespace
+                    and service.spec.cluster_ip == "None"
+                    and selector
+                    and selector.items() <= (pod.metadata.labels or {}).items()
+                ):
                     lines.append((ip, f"{service_name}.{namespace}.svc {service_name}.{namespace}.svc.cluster.local"))
         fresh = [line for line in lines if line not in self.written]
         if fresh:
@@ -404,7 +504,7 @@ class _KubeletHandler(BaseHTTPRequestHandler):
         with open(run.log, "rb") as stream:
             data = stream.read()
             if "tailLines" in query:
-                data = b"".join(data.splitlines(keepends=True)[-int(query["tailLines"]):])
+                data = b"".join(data.splitlines(keepends=True)[-int(query["tailLines"]) :])
             if data and not self._chunk(data):
                 return
             while query.get("follow") == "true":  # until this run of the container ends
@@ -460,21 +560,41 @@ class Node:
         self.server = _KubeletServer(self, self.cluster.kubelet_socket, context)
         self._thread(self.server.serve_forever, "kubelet-server")
         capacity = {"cpu": "64", "memory": "256Gi", "pods": "110", "nvidia.com/gpu": "8"}
-        client.CoreV1Api(self.api).create_node(client.V1Node(
-            metadata=client.V1ObjectMeta(name=NODE_NAME, labels={"kubernetes.io/hostname": NODE_NAME,
-                                                                 "kubernetes.io/os": "linux"}),
-            status=client.V1NodeStatus(
-                capacity=capacity, allocatable=capacity,
-                addresses=[client.V1NodeAddress(type="InternalIP", address=BRIDGE_IP),
-                           client.V1NodeAddress(type="Hostname", address=NODE_NAME)],
-                daemon_endpoints=client.V1NodeDaemonEndpoints(
-                    kubelet_endpoint=client.V1DaemonEndpoint(port=KUBELET_PORT)),
-                conditions=[client.V1NodeCondition(type="Ready", status="True", reason="KubeletReady",
-                                                   message="petseg test node")],
-                node_info=client.V1NodeSystemInfo(
-                    architecture="amd64", boot_id="", container_runtime_version="petseg://local-processes",
-                    kernel_version=os.uname().release, kube_proxy_version="", kubelet_version="v1.29.15",
-                    machine_id="", operating_system="linux", os_image="petseg test node", system_uuid=""))))
+        client.CoreV1Api(self.api).create_node(
+            client.V1Node(
+                metadata=client.V1ObjectMeta(
+                    name=NODE_NAME, labels={"kubernetes.io/hostname": NODE_NAME, "kubernetes.io/os": "linux"}
+                ),
+                status=client.V1NodeStatus(
+                    capacity=capacity,
+                    allocatable=capacity,
+                    addresses=[
+                        client.V1NodeAddress(type="InternalIP", address=BRIDGE_IP),
+                        client.V1NodeAddress(type="Hostname", address=NODE_NAME),
+                    ],
+                    daemon_endpoints=client.V1NodeDaemonEndpoints(
+                        kubelet_endpoint=client.V1DaemonEndpoint(port=KUBELET_PORT)
+                    ),
+                    conditions=[
+                        client.V1NodeCondition(
+                            type="Ready", status="True", reason="KubeletReady", message="petseg test node"
+                        )
+                    ],
+                    node_info=client.V1NodeSystemInfo(
+                        architecture="amd64",
+                        boot_id="",
+                        container_runtime_version="petseg://local-processes",
+                        kernel_version=os.uname().release,
+                        kube_proxy_version="",
+                        kubelet_version="v1.29.15",
+                        machine_id="",
+                        operating_system="linux",
+                        os_image="petseg test node",
+                        system_uuid="",
+                    ),
+                ),
+            )
+        )
         self._thread(self._watch_services, "node-services")
         self._thread(self._watch_pods, "node-pods")
         self._thread(self._bind_pending, "binder")
@@ -492,6 +612,7 @@ class Node:
             except Exception as exc:  # the API server stopping ends every watch
                 if not self.stopping.is_set():
                     self.errors.append(f"{threading.current_thread().name}: {type(exc).__name__}: {exc}")
+
         return run
 
     def _events(self, list_fn, **kwargs):
@@ -504,8 +625,9 @@ class Node:
             for item in listing.items:
                 yield "ADDED", item
             try:
-                for event in watch.Watch().stream(list_fn, resource_version=listing.metadata.resource_version,
-                                                  **kwargs):
+                for event in watch.Watch().stream(
+                    list_fn, resource_version=listing.metadata.resource_version, **kwargs
+                ):
                     yield event["type"], event["object"]
             except ApiException as exc:
                 if exc.status != 410:
@@ -518,10 +640,11 @@ class Node:
         for kind, pod in self._events(core.list_pod_for_all_namespaces, field_selector="spec.nodeName="):
             if kind == "DELETED" or pod.spec.node_name or pod.metadata.deletion_timestamp:
                 continue
-            body = client.V1Binding(metadata=client.V1ObjectMeta(name=pod.metadata.name, uid=pod.metadata.uid),
-                                    target=client.V1ObjectReference(kind="Node", name=NODE_NAME))
-            core.create_namespaced_pod_binding(pod.metadata.name, pod.metadata.namespace, body,
-                                               _preload_content=False)
+            body = client.V1Binding(
+                metadata=client.V1ObjectMeta(name=pod.metadata.name, uid=pod.metadata.uid),
+                target=client.V1ObjectReference(kind="Node", name=NODE_NAME),
+            )
+            core.create_namespaced_pod_binding(pod.metadata.name, pod.metadata.namespace, body, _preload_content=False)
 
     def _watch_services(self) -> None:
         from kubernetes import client
@@ -537,8 +660,12 @@ class Node:
         for kind, pod in self._events(core.list_pod_for_all_namespaces, field_selector=f"spec.nodeName={NODE_NAME}"):
             with self.lock:
                 known = self.pods.get(pod.metadata.uid)
-                if known is None and kind != "DELETED" and not pod.metadata.deletion_timestamp \
-                        and pod.status.phase in (None, "Pending"):
+                if (
+                    known is None
+                    and kind != "DELETED"
+                    and not pod.metadata.deletion_timestamp
+                    and pod.status.phase in (None, "Pending")
+                ):
                     known = self.pods[pod.metadata.uid] = Pod(self, pod)
                     known.thread.start()
             if known is None:
@@ -558,8 +685,11 @@ class Node:
 
         try:
             client.CoreV1Api(self.api).delete_namespaced_pod(
-                pod.name, pod.namespace, grace_period_seconds=0,
-                body=client.V1DeleteOptions(grace_period_seconds=0, preconditions=client.V1Preconditions(uid=pod.uid)))
+                pod.name,
+                pod.namespace,
+                grace_period_seconds=0,
+                body=client.V1DeleteOptions(grace_period_seconds=0, preconditions=client.V1Preconditions(uid=pod.uid)),
+            )
         except ApiException as exc:
             if exc.status not in (404, 409):
                 raise
@@ -570,8 +700,13 @@ class Node:
         if self.stopping.is_set():  # the test is over: nobody reads it, and the API server may be gone
             return
         try:  # a JSON merge patch: lists and states are replaced whole, as the kubelet's two-way patch does
-            kube_cluster.call(self.api, "PATCH", f"/api/v1/namespaces/{pod.namespace}/pods/{pod.name}/status",
-                              {"status": status}, "application/merge-patch+json")
+            kube_cluster.call(
+                self.api,
+                "PATCH",
+                f"/api/v1/namespaces/{pod.namespace}/pods/{pod.name}/status",
+                {"status": status},
+                "application/merge-patch+json",
+            )
         except ApiException as exc:
             if exc.status != 404:  # already deleted outright
                 raise
@@ -605,4 +740,5 @@ class Node:
     def pids(self) -> List[int]:
         with self.lock:
             return [r.proc.pid for p in self.pods.values() for r in p.runs] + [
-                p.sandbox.pid for p in self.pods.values() if p.sandbox is not None]
+                p.sandbox.pid for p in self.pods.values() if p.sandbox is not None
+            ]

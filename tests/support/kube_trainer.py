@@ -66,8 +66,9 @@ def _install_kfp_side(control_plane: kube_cluster.Cluster) -> None:
     from kubernetes import client
 
     core = client.CoreV1Api(control_plane.client())
-    core.create_namespaced_service_account(NAMESPACE, client.V1ServiceAccount(
-        metadata=client.V1ObjectMeta(name=SERVICE_ACCOUNT)))
+    core.create_namespaced_service_account(
+        NAMESPACE, client.V1ServiceAccount(metadata=client.V1ObjectMeta(name=SERVICE_ACCOUNT))
+    )
     control_plane.apply(rbac_objects(), namespace=NAMESPACE)
 
 
@@ -83,32 +84,62 @@ def compiled_trainer() -> Dict[str, Any]:
     folder = pathlib.Path(tempfile.mkdtemp(prefix="petseg-kube-compile-"))
     try:
         path = folder / "pipeline.yaml"
-        assert cli.main(["kubeflow", "compile", "--output-file", str(path), "--profile", "tiny", "--image", IMAGE,
-                         "--pipeline-root", "gs://petseg-test/root", "--set", "train.workers=2"]) == 0
+        assert (
+            cli.main(
+                [
+                    "kubeflow",
+                    "compile",
+                    "--output-file",
+                    str(path),
+                    "--profile",
+                    "tiny",
+                    "--image",
+                    IMAGE,
+                    "--pipeline-root",
+                    "gs://petseg-test/root",
+                    "--set",
+                    "train.workers=2",
+                ]
+            )
+            == 0
+        )
         spec = yaml.safe_load(path.read_text())
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     task = spec["root"]["dag"]["tasks"]["Trainer"]
     component = spec["components"][task["componentRef"]["name"]]
-    return {"container": spec["deploymentSpec"]["executors"][component["executorLabel"]]["container"],
-            "parameters": {k: v["runtimeValue"]["constant"] for k, v in task["inputs"]["parameters"].items()},
-            "inputs": component["inputDefinitions"]["artifacts"],
-            "outputs": component["outputDefinitions"]["artifacts"]}
+    return {
+        "container": spec["deploymentSpec"]["executors"][component["executorLabel"]]["container"],
+        "parameters": {k: v["runtimeValue"]["constant"] for k, v in task["inputs"]["parameters"].items()},
+        "inputs": component["inputDefinitions"]["artifacts"],
+        "outputs": component["outputDefinitions"]["artifacts"],
+    }
 
 
 def _runtime_artifact(artifact, artifact_type: Dict[str, Any]) -> Dict[str, Any]:
     metadata = {}
     if artifact.PROPERTIES and "split_names" in artifact.PROPERTIES:
         metadata["split_names"] = artifact.split_names
-    return {"name": f"projects/p/locations/l/metadataStores/default/artifacts/{artifact.id}", "uri": artifact.uri,
-            "type": artifact_type, "metadata": metadata}
+    return {
+        "name": f"projects/p/locations/l/metadataStores/default/artifacts/{artifact.id}",
+        "uri": artifact.uri,
+        "type": artifact_type,
+        "metadata": metadata,
+    }
 
 
 class Task:
     """One Trainer task: its ExecutorInput over a bucket folder of its own, and its pod."""
 
-    def __init__(self, kube: Kube, name: str, transform_run: str, bucket: pathlib.Path, epochs: int = 3,
-                 parameters: Optional[Dict[str, str]] = None):
+    def __init__(
+        self,
+        kube: Kube,
+        name: str,
+        transform_run: str,
+        bucket: pathlib.Path,
+        epochs: int = 3,
+        parameters: Optional[Dict[str, str]] = None,
+    ):
         from tfx.types import standard_artifacts
 
         from config import names
@@ -124,20 +155,28 @@ class Task:
         root = bucket / "petseg" / name / "Trainer"
         artifacts = {
             "examples": trainer_fixtures.transformed_examples(transform_run),
-            "transform_graph": trainer_fixtures.output(transform_run, standard_artifacts.TransformGraph,
-                                                       names.TRANSFORM_ID),
+            "transform_graph": trainer_fixtures.output(
+                transform_run, standard_artifacts.TransformGraph, names.TRANSFORM_ID
+            ),
             "schema": trainer_fixtures.output(transform_run, standard_artifacts.Schema, names.SCHEMA_GEN_ID),
         }
         self.executor_input = {
             "inputs": {
                 "parameterValues": {**trainer["parameters"], **parameters},
-                "artifacts": {key: {"artifacts": [_runtime_artifact(a, trainer["inputs"][key]["artifactType"])]}
-                              for key, a in artifacts.items()},
+                "artifacts": {
+                    key: {"artifacts": [_runtime_artifact(a, trainer["inputs"][key]["artifactType"])]}
+                    for key, a in artifacts.items()
+                },
             },
             "outputs": {
-                "artifacts": {key: {"artifacts": [{"name": f"{name}-{key}", "uri": str(root / key),
-                                                   "type": definition["artifactType"]}]}
-                              for key, definition in trainer["outputs"].items()},
+                "artifacts": {
+                    key: {
+                        "artifacts": [
+                            {"name": f"{name}-{key}", "uri": str(root / key), "type": definition["artifactType"]}
+                        ]
+                    }
+                    for key, definition in trainer["outputs"].items()
+                },
                 "outputFile": str(root / "executor_output.json"),
             },
         }
@@ -148,24 +187,46 @@ class Task:
         """The TFJob's name, which the task derives from its output URIs."""
         from kubeflow import staging
 
-        return staging.job_name([a["uri"] for artifact_list in self.executor_input["outputs"]["artifacts"].values()
-                                 for a in artifact_list["artifacts"]])
+        return staging.job_name(
+            [
+                a["uri"]
+                for artifact_list in self.executor_input["outputs"]["artifacts"].values()
+                for a in artifact_list["artifacts"]
+            ]
+        )
 
     def uri(self, key: str) -> pathlib.Path:
         return pathlib.Path(self.executor_input["outputs"]["artifacts"][key]["artifacts"][0]["uri"])
 
     def args(self) -> List[str]:
-        return [json.dumps(self.executor_input) if arg == EXECUTOR_INPUT_PLACEHOLDER else arg
-                for arg in self.container["args"]]
+        return [
+            json.dumps(self.executor_input) if arg == EXECUTOR_INPUT_PLACEHOLDER else arg
+            for arg in self.container["args"]
+        ]
 
     def pod(self, pod_name: str) -> Dict[str, Any]:
         """The pod KFP's driver creates for the task (single-user: namespace kubeflow, pipeline-runner)."""
-        return {"apiVersion": "v1", "kind": "Pod",
-                "metadata": {"name": pod_name, "namespace": NAMESPACE,
-                             "labels": {"pipelines.kubeflow.org/v2_component": "true"}},
-                "spec": {"serviceAccountName": SERVICE_ACCOUNT, "restartPolicy": "Never",
-                         "containers": [{"name": "main", "image": self.container["image"],
-                                         "command": list(self.container["command"]), "args": self.args()}]}}
+        return {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": pod_name,
+                "namespace": NAMESPACE,
+                "labels": {"pipelines.kubeflow.org/v2_component": "true"},
+            },
+            "spec": {
+                "serviceAccountName": SERVICE_ACCOUNT,
+                "restartPolicy": "Never",
+                "containers": [
+                    {
+                        "name": "main",
+                        "image": self.container["image"],
+                        "command": list(self.container["command"]),
+                        "args": self.args(),
+                    }
+                ],
+            },
+        }
 
     def start(self, pod_name: str) -> None:
         from kubernetes import client
@@ -292,8 +353,13 @@ def admit(kube: Kube, job: Dict[str, Any], namespace: str = NAMESPACE) -> Dict[s
     and defaults, the operator's admission webhook; returns the object as it would be stored."""
     from kubeflow import tfjob
 
-    return kube_cluster.call(kube.client(), "POST", f"/apis/{tfjob.API_VERSION}/namespaces/{namespace}/{tfjob.PLURAL}",
-                             job, query=[("dryRun", "All"), ("fieldValidation", "Strict")])
+    return kube_cluster.call(
+        kube.client(),
+        "POST",
+        f"/apis/{tfjob.API_VERSION}/namespaces/{namespace}/{tfjob.PLURAL}",
+        job,
+        query=[("dryRun", "All"), ("fieldValidation", "Strict")],
+    )
 
 
 def pod_log(kube: Kube, name: str, previous: bool = False) -> str:
@@ -314,8 +380,9 @@ def follow_log(kube: Kube, events: Events, name: str, until: Callable[[str], boo
     events.wait_for(lambda: events.started(name) or (task and events.phase(task) in ("Succeeded", "Failed")))
     if not events.started(name):
         raise AssertionError(f"{task} ended before {name} started:\n{pod_log(kube, task)[-4000:]}")
-    response = client.CoreV1Api(kube.client()).read_namespaced_pod_log(name, NAMESPACE, follow=True,
-                                                                       _preload_content=False)
+    response = client.CoreV1Api(kube.client()).read_namespaced_pod_log(
+        name, NAMESPACE, follow=True, _preload_content=False
+    )
     from kubeflow import tfjob_client
 
     try:

@@ -25,8 +25,14 @@ def run(output: pathlib.Path, *args: str, env: Optional[Dict[str, str]] = None) 
 
     The console is kept in OUTPUT/run.stdout and OUTPUT/run.stderr for tests that read what a user sees.
     """
-    proc = subprocess.run(command(output, *args), capture_output=True, text=True, timeout=TIMEOUT, cwd=REPO,
-                          env={**os.environ, **(env or {})})
+    proc = subprocess.run(
+        command(output, *args),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     (output / "run.stdout").write_text(proc.stdout)
     (output / "run.stderr").write_text(proc.stderr)
@@ -48,7 +54,8 @@ def start(output: pathlib.Path, *args: str) -> subprocess.Popen:
     output.mkdir(parents=True, exist_ok=True)
     path = output.parent / f"{output.name}.{len(list(output.parent.glob(output.name + '.*')))}.console"
     with open(path, "wb") as out:  # the child keeps its own descriptor
-        proc = subprocess.Popen(command(output, *args), stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            command(output, *args), stdout=out, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True
+        )
     proc.console_path = path
     return proc

@@ -74,8 +74,7 @@ def _deterministic_weights(model):
     # Initial weights from numpy, so every process starts identically whatever device creates the variables.
     rng = np.random.default_rng(1)
     scale = lambda shape: np.sqrt(3.0 / max(1, np.prod(shape[:-1])))  # unit-variance activations
-    model.set_weights([(rng.uniform(-1, 1, w.shape) * scale(w.shape)).astype(np.float32)
-                       for w in model.get_weights()])
+    model.set_weights([(rng.uniform(-1, 1, w.shape) * scale(w.shape)).astype(np.float32) for w in model.get_weights()])
 
 
 def main():
@@ -85,13 +84,23 @@ def main():
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--backup-dir")
     parser.add_argument("--kill-after-epoch", type=int)
-    parser.add_argument("--then-split-cpu", action="store_true",
-                        help="after training, ask choose_strategy for 2 CPU replicas; record its error")
+    parser.add_argument(
+        "--then-split-cpu",
+        action="store_true",
+        help="after training, ask choose_strategy for 2 CPU replicas; record its error",
+    )
     parser.add_argument("--precision", default="none", help="model.mixed_precision, decided inside the scope")
-    parser.add_argument("--cpu-bf16", choices=("detect", "yes", "no"), default="detect",
-                        help="what this process takes the CPU to have: forces either branch of 'auto' on any CPU")
-    parser.add_argument("--bf16-min-speedup", type=float,
-                        help="0 makes the timed step pick bfloat16, a large value float32, whatever this CPU measures")
+    parser.add_argument(
+        "--cpu-bf16",
+        choices=("detect", "yes", "no"),
+        default="detect",
+        help="what this process takes the CPU to have: forces either branch of 'auto' on any CPU",
+    )
+    parser.add_argument(
+        "--bf16-min-speedup",
+        type=float,
+        help="0 makes the timed step pick bfloat16, a large value float32, whatever this CPU measures",
+    )
     args = parser.parse_args()
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -123,16 +132,20 @@ def main():
     history = model.fit(_dataset(), epochs=args.epochs, verbose=0, callbacks=callbacks)
 
     np.savez(out / f"weights-{task}.npz", *model.get_weights())
-    (out / f"result-{task}.json").write_text(json.dumps({
-        "strategy": type(strategy).__name__,
-        "replicas": strategy.num_replicas_in_sync,
-        "loss": history.history["loss"],
-        "policy": policy,
-        "compute_dtype": model.get_layer("block1_conv1").compute_dtype,
-        "timed_steps": timed,
-        # The first step includes tracing; the rest is the steady-state step time.
-        "step_seconds": float(np.median(timer.durations[1:])) if len(timer.durations) > 1 else None,
-    }))
+    (out / f"result-{task}.json").write_text(
+        json.dumps(
+            {
+                "strategy": type(strategy).__name__,
+                "replicas": strategy.num_replicas_in_sync,
+                "loss": history.history["loss"],
+                "policy": policy,
+                "compute_dtype": model.get_layer("block1_conv1").compute_dtype,
+                "timed_steps": timed,
+                # The first step includes tracing; the rest is the steady-state step time.
+                "step_seconds": float(np.median(timer.durations[1:])) if len(timer.durations) > 1 else None,
+            }
+        )
+    )
 
     if args.then_split_cpu:
         # Devices are initialized by now, so splitting the CPU must fail with an actionable message.

@@ -22,7 +22,11 @@ class PrivateNetwork:
         # The holder keeps the namespace alive until its stdin closes; it says "up" once loopback is up.
         self._holder = subprocess.Popen(
             ["unshare", "--user", "--map-root-user", "--net", "sh", "-c", "ip link set lo up && echo up && exec cat"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         line = self._holder.stdout.readline()
         if line.strip() != "up":
             self._holder.kill()

@@ -54,8 +54,12 @@ def tiny_config(**overrides: Any):
 
 def transform_component(examples: types.Channel, schema: types.Channel) -> Transform:
     """The project's Transform as the tiny profile configures it."""
-    return Transform(examples=examples, schema=schema, preprocessing_fn=PREPROCESSING_FN,
-                     custom_config={"image_size": tiny_config().model.image_size})
+    return Transform(
+        examples=examples,
+        schema=schema,
+        preprocessing_fn=PREPROCESSING_FN,
+        custom_config={"image_size": tiny_config().model.image_size},
+    )
 
 
 @functools.lru_cache(maxsize=None)
@@ -64,16 +68,24 @@ def transformed_data(root: str) -> str:
 
     Cached per root: the test modules share one session folder, so the Beam pipeline runs once.
     """
-    example_gen = TfdsExampleGen(data_dir=os.path.join(root, "tfds"), source="synthetic",
-                                 synthetic_train_images=TRAIN_IMAGES, synthetic_test_images=EVAL_IMAGES,
-                                 synthetic_seed=3)
+    example_gen = TfdsExampleGen(
+        data_dir=os.path.join(root, "tfds"),
+        source="synthetic",
+        synthetic_train_images=TRAIN_IMAGES,
+        synthetic_test_images=EVAL_IMAGES,
+        synthetic_seed=3,
+    )
     schema_gen = ImportSchemaGen(schema_file=SCHEMA_FILE)
     transform = transform_component(example_gen.outputs["examples"], schema_gen.outputs["schema"])
     metadata_path = os.path.join(root, "mlmd.sqlite")
-    LocalDagRunner().run(pipeline.Pipeline(
-        pipeline_name="trainer_test", pipeline_root=os.path.join(root, "pipeline_root"),
-        components=[example_gen, schema_gen, transform],
-        metadata_connection_config=metadata.sqlite_metadata_connection_config(metadata_path)))
+    LocalDagRunner().run(
+        pipeline.Pipeline(
+            pipeline_name="trainer_test",
+            pipeline_root=os.path.join(root, "pipeline_root"),
+            components=[example_gen, schema_gen, transform],
+            metadata_connection_config=metadata.sqlite_metadata_connection_config(metadata_path),
+        )
+    )
     return metadata_path
 
 
@@ -118,16 +130,18 @@ def executor_args(metadata_path: str, execution_id: int, config, base_model: Opt
         "run_fn": RUN_FN,
         "train_args": proto_utils.proto_to_json(trainer_pb2.TrainArgs(num_steps=config.train.steps_per_epoch or 0)),
         "eval_args": proto_utils.proto_to_json(trainer_pb2.EvalArgs(num_steps=0)),
-        "custom_config": json_utils.dumps({"model": dataclasses.asdict(config.model),
-                                           "train": dataclasses.asdict(config.train)}),
+        "custom_config": json_utils.dumps(
+            {"model": dataclasses.asdict(config.model), "train": dataclasses.asdict(config.train)}
+        ),
     }
     return input_dict, output_dict, exec_properties
 
 
 def fn_args(metadata_path: str, execution_id: int, config, base_model: Optional[str] = None):
     """FnArgs from the real Trainer executor for `executor_args(...)`."""
-    return trainer_executor.GenericExecutor()._GetFnArgs(*executor_args(metadata_path, execution_id, config,
-                                                                       base_model))
+    return trainer_executor.GenericExecutor()._GetFnArgs(
+        *executor_args(metadata_path, execution_id, config, base_model)
+    )
 
 
 def split_records(examples_artifact, split: str):
@@ -155,9 +169,12 @@ def _trained(metadata_path: str):
 @functools.lru_cache(maxsize=None)
 def _limited(metadata_path: str):
     base = pathlib.Path(_trained(metadata_path).serving_model_dir).parent
-    fn_args_ = fn_args(metadata_path, LIMITED_ID, tiny_config(**{"train.epochs": 0,
-                                                                  "model.serving_max_pixels": SMALL_MAX_PIXELS}),
-                       base_model=str(base))
+    fn_args_ = fn_args(
+        metadata_path,
+        LIMITED_ID,
+        tiny_config(**{"train.epochs": 0, "model.serving_max_pixels": SMALL_MAX_PIXELS}),
+        base_model=str(base),
+    )
     run.run_fn(fn_args_)
     return fn_args_
 
@@ -235,8 +252,11 @@ def _main() -> None:
     args = parser.parse_args()
     config = tiny_config(**json.loads(args.overrides))
     if not args.executor:
-        callbacks = ([AfterEpoch(args.exit_after_epoch, functools.partial(_exit_abruptly, args.exit_code))]
-                     if args.exit_after_epoch else [])
+        callbacks = (
+            [AfterEpoch(args.exit_after_epoch, functools.partial(_exit_abruptly, args.exit_code))]
+            if args.exit_after_epoch
+            else []
+        )
         run.run_fn(fn_args(args.metadata, args.execution_id, config), extra_callbacks=callbacks)
         return
     # The replica's log, as a pod's would show it: ours and TFX's (absl) INFO lines, timestamped.

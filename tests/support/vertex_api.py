@@ -44,14 +44,20 @@ class JobService:
         self._server = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=4))
         handlers = {
             "CreateCustomJob": grpc.unary_unary_rpc_method_handler(
-                self._create, request_deserializer=job_service.CreateCustomJobRequest.deserialize,
-                response_serializer=CustomJob.serialize),
+                self._create,
+                request_deserializer=job_service.CreateCustomJobRequest.deserialize,
+                response_serializer=CustomJob.serialize,
+            ),
             "GetCustomJob": grpc.unary_unary_rpc_method_handler(
-                self._get, request_deserializer=job_service.GetCustomJobRequest.deserialize,
-                response_serializer=CustomJob.serialize),
+                self._get,
+                request_deserializer=job_service.GetCustomJobRequest.deserialize,
+                response_serializer=CustomJob.serialize,
+            ),
             "CancelCustomJob": grpc.unary_unary_rpc_method_handler(
-                self._cancel, request_deserializer=job_service.CancelCustomJobRequest.deserialize,
-                response_serializer=empty_pb2.Empty.SerializeToString),
+                self._cancel,
+                request_deserializer=job_service.CancelCustomJobRequest.deserialize,
+                response_serializer=empty_pb2.Empty.SerializeToString,
+            ),
         }
         self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
         self.port = self._server.add_insecure_port("127.0.0.1:0")
