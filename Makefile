@@ -11,13 +11,14 @@ BENCH_ARGS ?=
 # uv from PATH, else the Python package `make setup` installs with pip (run as `python3 -m uv`).
 UV := $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 
-.PHONY: help setup prerequisites browser etcd kfpcheck kubecluster run test test-flink bench clean
+.PHONY: help setup prerequisites lint browser etcd kfpcheck kubecluster run test test-flink bench clean
 
 help:
 	@echo "make run [ARGS='--profile quick ...']  install, then run the whole pipeline (petseg run)"
 	@echo "make test [TEST_ARGS='-k ...']         install, then run the tests"
 	@echo "make test-flink                        install, then run only the Flink cluster tests (also in make test)"
 	@echo "make bench [BENCH_ARGS='--profile ...']  install, then time each stage against its limit (bench/results.json)"
+	@echo "make lint                              ruff (lint, format) and import-linter's layers (also in make test)"
 	@echo "make setup                             install only (.venv from uv.lock)"
 
 setup: $(STAMP)
@@ -80,7 +81,13 @@ $(KUBE_BIN)/.built:
 	  && go build -mod=readonly -trimpath -buildvcs=false -ldflags="$$ld" -o $(CURDIR)/$(KUBE_BIN)/ tool
 	@touch $@
 
-test: prerequisites setup browser kfpcheck kubecluster
+# ruff's lint and format (pyproject.toml [tool.ruff]) and import-linter's layers ([tool.importlinter]).
+lint: setup
+	$(VENV)/bin/ruff check --quiet .
+	$(VENV)/bin/ruff format --check --quiet .
+	$(VENV)/bin/lint-imports --no-cache >/dev/null || $(VENV)/bin/lint-imports --no-cache
+
+test: prerequisites setup lint browser kfpcheck kubecluster
 	$(VENV)/bin/python -m pytest $(TEST_ARGS)
 
 # Only the Flink cluster tests (part of `make test` too): they start and stop their own local cluster,

@@ -1,4 +1,5 @@
-"""`python -m bench.run --scale`: the data stages at growing image counts, each executor in its own process, and the full model's step."""
+"""`python -m bench.run --scale`: the data stages at growing image counts, each executor in its own process, and the
+full model's step."""
 
 from __future__ import annotations
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
@@ -137,7 +136,10 @@ def trainer_figures(
         model.fit(in_memory(batches), epochs=1, steps_per_epoch=2, verbose=0)
         # The same number of images at every size, so each point costs about the same time.
         sweep[str(size)] = round(
-            images_per_second(model, lambda: in_memory(batches), size, max(2, steps * batch // size), repeats=2), 1
+            images_per_second(
+                model, lambda batches=batches: in_memory(batches), size, max(2, steps * batch // size), repeats=2
+            ),
+            1,
         )
     precisions = precision_figures(config, held, batch, max(2, steps))
     result = {

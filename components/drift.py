@@ -1,4 +1,5 @@
-"""Drift of the newest span from the served model's training data: TFX's DistributionValidator, and the gate after it."""
+"""Drift of the newest span from the served model's training data: TFX's DistributionValidator, and the gate after
+it."""
 
 import json
 import logging

@@ -56,6 +56,6 @@ def inference_batch_size(eval_config_json: Optional[str]) -> Optional[int]:
 
 
 class Evaluator(evaluator_component.Evaluator):
-    """Drop-in for `tfx.components.Evaluator`: baseline may be LatestBlessedModel's empty output; fixed model batches."""
+    """Drop-in for `tfx.components.Evaluator`: the baseline may be LatestBlessedModel's empty output; fixed batches."""
 
     EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(Executor)

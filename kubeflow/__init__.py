@@ -1,4 +1,5 @@
-"""Kubeflow Pipelines V2 runner, image and scheduling: our portion of the `kubeflow` namespace the Kubeflow SDKs share."""
+"""Kubeflow Pipelines V2 runner, image and scheduling: our portion of the `kubeflow` namespace the Kubeflow SDKs
+share."""
 
 import config  # noqa: F401  sets the Keras switch before anything imports TensorFlow
 

@@ -88,7 +88,7 @@ def build(
     image: str,
     workers: int,
     args: Sequence[str],
-    resources: Resources = Resources(),
+    resources: Optional[Resources] = None,
     service_account: Optional[str] = None,
     annotations: Optional[Dict[str, str]] = None,
 ) -> Dict[str, Any]:
@@ -107,7 +107,7 @@ def build(
     check_name(name, workers)
     from kubernetes import client
 
-    limits = resources.checked().kubernetes_limits()
+    limits = (resources or Resources()).checked().kubernetes_limits()
 
     def replica(count: int) -> models.KubeflowOrgV1ReplicaSpec:
         container = client.V1Container(

@@ -1,4 +1,5 @@
-"""The Trainer task's Kubernetes calls: create its TFJob strictly, follow it by watches, stream its chief's log, delete it.
+"""The Trainer task's Kubernetes calls: create its TFJob strictly, follow it by watches, stream its chief's log,
+delete it.
 
 Ours rather than kubeflow-training's TrainingClient: the SDK turns every API error into
 RuntimeError("Failed to ...") (the task needs the server's 403 and 409), sends no fieldValidation, and

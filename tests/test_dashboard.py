@@ -1,4 +1,5 @@
-"""The HTML dashboard of a real tiny run, opened in headless Chromium: slices, verdict, charts, no network, no errors."""
+"""The HTML dashboard of a real tiny run, opened in headless Chromium: slices, verdict, charts, no network, no
+errors."""
 
 import html
 import json

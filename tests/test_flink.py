@@ -36,7 +36,10 @@ TCP_LISTEN = "0A"
 REST_GET = (
     "import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=60).read().decode())"
 )
-STATUS = "import json, sys; from engine import flink; print(json.dumps(flink.status(flink.ClusterSpec(state_dir=sys.argv[1]))))"
+STATUS = (
+    "import json, sys; from engine import flink; "
+    "print(json.dumps(flink.status(flink.ClusterSpec(state_dir=sys.argv[1]))))"
+)
 
 
 @pytest.fixture(scope="module")

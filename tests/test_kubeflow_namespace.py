@@ -1,4 +1,5 @@
-"""Our top-level packages shadow no installed distribution's; `kubeflow` is shared with the Kubeflow SDKs, pkgutil-style."""
+"""Our top-level packages shadow no installed distribution's; `kubeflow` is shared with the Kubeflow SDKs, pkgutil-
+style."""
 
 import importlib.metadata
 import json

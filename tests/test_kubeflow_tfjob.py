@@ -1,4 +1,5 @@
-"""The TFJob manifest (kubeflow/tfjob.py, `petseg kubeflow tfjob-manifest`), and what the real API server and the Training Operator's webhook make of it."""
+"""The TFJob manifest (kubeflow/tfjob.py, `petseg kubeflow tfjob-manifest`), and what the real API server and the
+Training Operator's webhook make of it."""
 
 import copy
 
@@ -105,14 +106,14 @@ def test_the_api_server_and_the_operators_webhook_admit_it(cluster):
         ),
         (
             lambda j: j["spec"]["tfReplicaSpecs"].update(Master=copy.deepcopy(j["spec"]["tfReplicaSpecs"]["Chief"])),
-            'admission webhook "validator.tfjob.training-operator.kubeflow.org" denied the request: spec.tfReplicaSpecs: '
-            "Forbidden: must not have more than 1 Chief or Master role",
+            'admission webhook "validator.tfjob.training-operator.kubeflow.org" denied the request: '
+            "spec.tfReplicaSpecs: Forbidden: must not have more than 1 Chief or Master role",
         ),
         (
             lambda j: j["spec"]["tfReplicaSpecs"]["Worker"]["template"]["spec"]["containers"][0].update(name="main"),
             'admission webhook "validator.tfjob.training-operator.kubeflow.org" denied the request: '
-            "spec.tfReplicaSpecs[Worker].template.spec.containers: Required value: must have at least one container with "
-            "name tensorflow",
+            "spec.tfReplicaSpecs[Worker].template.spec.containers: Required value: must have at least one container "
+            "with name tensorflow",
         ),
         (
             lambda j: j["spec"]["tfReplicaSpecs"]["Chief"]["template"]["spec"]["containers"][0].pop("image"),

@@ -1,4 +1,5 @@
-"""`petseg kubeflow compile --target kfp` with train.workers > 1: the Trainer task submits a TFJob the real API server admits; KFP's backend still accepts the spec."""
+"""`petseg kubeflow compile --target kfp` with train.workers > 1: the Trainer task submits a TFJob the real API
+server admits; KFP's backend still accepts the spec."""
 
 import json
 

@@ -1,4 +1,5 @@
-"""`petseg kubeflow compile --target vertex` with train.workers > 1: the Trainer task starts a CustomJob through TFX's extension."""
+"""`petseg kubeflow compile --target vertex` with train.workers > 1: the Trainer task starts a CustomJob through
+TFX's extension."""
 
 import json
 import os

@@ -1,4 +1,5 @@
-"""The curated raw schema on records the real TFDS builder writes: they pass, broken ones stop the run at the ValidationGate."""
+"""The curated raw schema on records the real TFDS builder writes: they pass, broken ones stop the run at the
+ValidationGate."""
 
 import json
 import os

@@ -111,7 +111,10 @@ def test_serving_resizes_exactly_like_transform(served, trained, transform_run):
     # The exported Transform layer reproduces what the Beam Transform run wrote (its order is not the input's).
     transformed = served.signatures[signatures.TRANSFORM_SIGNATURE](examples=tf.constant(raw))[features.IMAGE_KEY]
     assert transformed.dtype == tf.uint8
-    distance = lambda image: np.abs(materialized.astype(np.int16) - image).max(axis=(1, 2, 3))
+
+    def distance(image):
+        return np.abs(materialized.astype(np.int16) - image).max(axis=(1, 2, 3))
+
     twins = [int(np.argmin(distance(image))) for image in transformed.numpy()]
     np.testing.assert_array_equal(transformed.numpy(), materialized[twins])
 

@@ -1,4 +1,5 @@
-"""Retraining on new data: `{SPAN}` patterns; run 2 reads span 2, warm-starts from and is compared with run 1's pushed model."""
+"""Retraining on new data: `{SPAN}` patterns; run 2 reads span 2, warm-starts from and is compared with run 1's
+pushed model."""
 
 import pytest
 from config import names

@@ -1,4 +1,5 @@
-"""Synthetic pets: deterministic, in the real archive layout, like the real set on demand, not solvable by colour alone."""
+"""Synthetic pets: deterministic, in the real archive layout, like the real set on demand, not solvable by colour
+alone."""
 
 import collections
 import hashlib

@@ -1,4 +1,5 @@
-"""Weeks of retraining on synthetic spans, each a real `petseg run` into one output folder: the drift gate's scenario."""
+"""Weeks of retraining on synthetic spans, each a real `petseg run` into one output folder: the drift gate's
+scenario."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ SPANS = {
 
 @dataclasses.dataclass
 class Run:
-    """One `petseg run`: its arguments, exit code, console (stdout and stderr), summary.json and dashboard afterwards."""
+    """One `petseg run`: its arguments, exit code, console (stdout and stderr), summary.json and dashboard."""
 
     args: List[str]
     returncode: int

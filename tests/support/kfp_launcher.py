@@ -1,4 +1,5 @@
-"""Runs a compiled PipelineSpec task by task as open-source KFP's driver and launcher (or Vertex) would, without a cluster."""
+"""Runs a compiled PipelineSpec task by task as open-source KFP's driver and launcher (or Vertex) would, without a
+cluster."""
 
 # What the open-source backend does per container task (backend/src/v2/driver and
 # component/launcher_v2.go of the KFP release kubeflow/kfpcheck pins), and what this reproduces:

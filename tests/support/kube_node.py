@@ -1,4 +1,5 @@
-"""The loopback cluster's one node: a kubelet's part, played by the test, and a one-node binder in the scheduler's place.
+"""The loopback cluster's one node: a kubelet's part, played by the test, and a one-node binder in the scheduler's
+place.
 
 The node registers its Node object and authenticates as `system:node:<name>`, so the API server's Node
 authorizer and NodeRestriction admission hold it to what a kubelet may do. For each pod bound to it, it:

@@ -73,7 +73,10 @@ def _dataset():
 def _deterministic_weights(model):
     # Initial weights from numpy, so every process starts identically whatever device creates the variables.
     rng = np.random.default_rng(1)
-    scale = lambda shape: np.sqrt(3.0 / max(1, np.prod(shape[:-1])))  # unit-variance activations
+
+    def scale(shape):  # unit-variance activations
+        return np.sqrt(3.0 / max(1, np.prod(shape[:-1])))
+
     model.set_weights([(rng.uniform(-1, 1, w.shape) * scale(w.shape)).astype(np.float32) for w in model.get_weights()])
 
 

@@ -31,7 +31,7 @@ from tfx.proto import trainer_pb2  # noqa: E402
 from tfx.types import artifact_utils, standard_artifacts  # noqa: E402
 from tfx.utils import json_utils, proto_utils  # noqa: E402
 
-from config import names
+from config import names  # noqa: E402
 from components.example_gen import TfdsExampleGen  # noqa: E402
 from components.transform import Transform  # noqa: E402
 from config.profiles import load_config  # noqa: E402
