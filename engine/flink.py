@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import json
 import os
@@ -17,6 +16,8 @@ import time
 import urllib.error
 import urllib.request
 from typing import Dict, List, Optional
+
+from inotify_simple import INotify, flags
 
 import config
 from engine import install
@@ -365,11 +366,6 @@ def _missing(spec: ClusterSpec, everything: bool) -> Optional[str]:
     return None
 
 
-# libc's inotify through ctypes: the standard library watches no files.
-_libc = ctypes.CDLL(None, use_errno=True)
-_IN_MODIFY, _IN_CREATE, _IN_MOVED_TO = 0x002, 0x100, 0x080
-
-
 class _Wakeups:
     """The moments the cluster's readiness can change: a process writes to a file in `logs` (inotify;
     what it writes is not read) or a process ends (pidfd). Each of them logs after it starts listening
@@ -377,13 +373,12 @@ class _Wakeups:
 
     def __init__(self, logs: pathlib.Path):
         self._pidfds: Dict[int, int] = {}
-        self._inotify = _libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
-        if self._inotify < 0:
-            raise OSError(ctypes.get_errno(), "inotify_init1")
-        if _libc.inotify_add_watch(self._inotify, os.fsencode(logs), _IN_MODIFY | _IN_CREATE | _IN_MOVED_TO) < 0:
-            error = ctypes.get_errno()
-            os.close(self._inotify)
-            raise OSError(error, f"inotify_add_watch {logs}")
+        self._inotify = INotify(nonblocking=True)
+        try:
+            self._inotify.add_watch(logs, flags.MODIFY | flags.CREATE | flags.MOVED_TO)
+        except OSError:
+            self._inotify.close()
+            raise
 
     def watch(self, pid: int) -> None:
         if pid not in self._pidfds:
@@ -397,10 +392,7 @@ class _Wakeups:
         if timeout <= 0:
             return False
         readable, _, _ = select.select([self._inotify, *self._pidfds.values()], [], [], timeout)
-        try:
-            while os.read(self._inotify, 64 * 1024):  # every write so far: one question answers them all
-                pass
-        except BlockingIOError:
+        while self._inotify.read(timeout=0):  # every write so far: one question answers them all
             pass
         return bool(readable)
 
@@ -408,7 +400,8 @@ class _Wakeups:
         return self
 
     def __exit__(self, *exc) -> None:
-        for fd in [self._inotify, *self._pidfds.values()]:
+        self._inotify.close()
+        for fd in self._pidfds.values():
             os.close(fd)
 
 

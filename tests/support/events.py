@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import glob
 import os
 import pathlib
 import select
-import struct
 import subprocess
 import time
 from typing import Dict, Optional
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-# <sys/inotify.h>
-IN_CLOSE_WRITE, IN_MOVED_TO, IN_CREATE = 0x008, 0x080, 0x100
-IN_Q_OVERFLOW, IN_ISDIR, IN_NONBLOCK, IN_CLOEXEC = 0x4000, 0x40000000, 0o4000, 0o2000000
-_MASK = IN_CREATE | IN_MOVED_TO | IN_CLOSE_WRITE
-_EVENT = struct.Struct("iIII")  # wd, mask, cookie, len; then len bytes of name
+from inotify_simple import INotify, flags
+
+_MASK = flags.CREATE | flags.MOVED_TO | flags.CLOSE_WRITE
 
 
 class ProcessEnded(AssertionError):
@@ -29,38 +23,30 @@ class _Watcher:
     """inotify watches on a folder and every folder created under it."""
 
     def __init__(self, root: pathlib.Path):
-        self.fd = _libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
-        if self.fd < 0:
-            raise OSError(ctypes.get_errno(), "inotify_init1")
+        self.inotify = INotify(nonblocking=True)
+        self.fd = self.inotify.fileno()
         self.folders: Dict[int, str] = {}
         self.add_tree(str(root))
 
     def add_tree(self, top: str) -> None:
         # Watch first, then list: whatever appears in between shows up in the listing or as an event.
         for folder, _, _ in os.walk(top):
-            wd = _libc.inotify_add_watch(self.fd, os.fsencode(folder), _MASK)
-            if wd >= 0:  # a folder removed meanwhile is simply not watched
-                self.folders[wd] = folder
+            try:
+                self.folders[self.inotify.add_watch(folder, _MASK)] = folder
+            except OSError:  # a folder removed meanwhile is simply not watched
+                pass
 
     def read(self) -> None:
         """Reads pending events; watches the folders they created."""
-        try:
-            data = os.read(self.fd, 64 * 1024)
-        except BlockingIOError:
-            return
-        offset = 0
-        while offset < len(data):
-            wd, mask, _, size = _EVENT.unpack_from(data, offset)
-            name = data[offset + _EVENT.size : offset + _EVENT.size + size].rstrip(b"\0")
-            offset += _EVENT.size + size
-            if mask & IN_Q_OVERFLOW:
+        for event in self.inotify.read(timeout=0):
+            if event.mask & flags.Q_OVERFLOW:
                 for top in list(self.folders.values()):
                     self.add_tree(top)
-            elif mask & IN_ISDIR and wd in self.folders:
-                self.add_tree(os.path.join(self.folders[wd], os.fsdecode(name)))
+            elif event.mask & flags.ISDIR and event.wd in self.folders:
+                self.add_tree(os.path.join(self.folders[event.wd], event.name))
 
     def close(self) -> None:
-        os.close(self.fd)
+        self.inotify.close()
 
 
 def wait_for_path(
