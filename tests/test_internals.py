@@ -157,6 +157,7 @@ def test_local_dag_runner_logs_the_lines_progress_reads(tmp_path):
     """Two runs of a one-node pipeline, the second from cache, as LocalDagRunner logs them."""
     import logging
 
+    from absl import logging as absl_logging
     from tfx.v1.components import ImportSchemaGen
     from tfx.orchestration import metadata, pipeline
     from tfx.orchestration.local.local_dag_runner import LocalDagRunner
@@ -174,9 +175,12 @@ def test_local_dag_runner_logs_the_lines_progress_reads(tmp_path):
     schema = pathlib.Path(__file__).resolve().parent.parent / "transform" / "schema.pbtxt"
     records = Records()
     root = logging.getLogger()
-    saved_level = root.level
+    # TFX logs through absl, whose logger drops INFO unless the verbosity flag allows it; another
+    # test (or TF's SavedModel export) may have left it at WARNING.
+    saved_level, saved_verbosity = root.level, absl_logging.get_verbosity()
     root.addHandler(records)
     root.setLevel(logging.INFO)
+    absl_logging.set_verbosity(absl_logging.INFO)
     try:
         for _ in range(2):
             LocalDagRunner().run(
@@ -191,6 +195,7 @@ def test_local_dag_runner_logs_the_lines_progress_reads(tmp_path):
     finally:
         root.removeHandler(records)
         root.setLevel(saved_level)
+        absl_logging.set_verbosity(saved_verbosity)
     kinds = [kind for kind, _ in records.events]
     assert kinds == ["running", "finished", "running", "cached", "finished"], records.events
     assert records.events[0][1] == "ImportSchemaGen" and isinstance(records.events[3][1], int)
