@@ -151,19 +151,21 @@ class _EpochWeights(tf.keras.callbacks.Callback):
         self.weights.append({w.name: w.numpy() for w in self.model.weights})
 
 
-def test_the_export_holds_the_best_validated_epoch_not_the_last(transform_run, caplog):
+def test_the_export_holds_the_best_validated_epoch_not_the_last(transform_run, capsys):
     config = trainer_fixtures.tiny_config(**{"train.epochs": 3, "train.lr_patience": 0})
     args = trainer_fixtures.fn_args(transform_run, 51, config)
     seen = _EpochWeights(spoiled=2)
-    with caplog.at_level(logging.INFO, logger=run.__name__):
-        run.run_fn(args, extra_callbacks=[seen])
+    run.run_fn(args, extra_callbacks=[seen])
     best = int(np.argmax(seen.mean_iou))
     assert best < 2, seen.mean_iou
     exported = _weights(args.serving_model_dir)
     assert exported.keys() == seen.weights[best].keys()
     for name, value in exported.items():
         np.testing.assert_array_equal(value, seen.weights[best][name], err_msg=name)
-    assert f"Exporting epoch {best + 1}'s weights" in caplog.text
+    # Printed beside fit's epoch lines, the last epoch's value with it.
+    printed = capsys.readouterr().out
+    assert f"Exporting epoch {best + 1}'s weights: the best validation mean IoU, {seen.mean_iou[best]:.4f}" in printed
+    assert f"(the last epoch's: {seen.mean_iou[-1]:.4f})" in printed
     assert not tf.io.gfile.exists(run.backup_dir(args))
 
 

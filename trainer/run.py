@@ -209,18 +209,18 @@ def run_fn(fn_args, extra_callbacks: Sequence[tf.keras.callbacks.Callback] = ())
 
 
 def _restore_best(best: best_epoch.BestEpoch, history: tf.keras.callbacks.History) -> None:
-    """The model takes the weights of its best validated epoch, the one it is exported with."""
+    """The model takes the weights of its best validated epoch, the one it is exported with.
+
+    Printed, as Keras's own EarlyStopping prints its restore, beside fit's epoch lines, where users read
+    the epochs' numbers.
+    """
     epoch = best.restore()
     if epoch is None:
-        log.info("No epoch validated: exporting the weights as they are")
+        print("No epoch validated: exporting the weights as they are", flush=True)
         return
     last = history.history.get(best_epoch.MONITOR, [None])[-1]
-    log.info(
-        "Exporting epoch %d's weights: the best validation mean IoU, %.4f%s",
-        epoch + 1,
-        best.value,
-        "" if last is None or history.epoch[-1] == epoch else f" (the last epoch's: {last:.4f})",
-    )
+    tail = "" if last is None or history.epoch[-1] == epoch else f" (the last epoch's: {last:.4f})"
+    print(f"Exporting epoch {epoch + 1}'s weights: the best validation mean IoU, {best.value:.4f}{tail}", flush=True)
 
 
 def _wait_for_every_replica(strategy: tf.distribute.Strategy) -> None:
