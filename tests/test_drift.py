@@ -20,6 +20,7 @@ from config import names
 from config.settings import DriftConfig
 from kubeflow import runner
 from support import kfp_launcher
+from support.petseg import compile_argv
 
 pytestmark = pytest.mark.slow  # synthetic spans of up to 600 images, each built by TFDS and StatisticsGen
 
@@ -186,25 +187,7 @@ def test_the_defaults_catch_half_the_images_missing(spans, tmp_path):
 
 def test_the_compiled_validator_task_reaches_the_executor_with_its_config_as_a_proto(spans, tmp_path):
     package = tmp_path / "pipeline.yaml"
-    assert (
-        cli.main(
-            [
-                "kubeflow",
-                "compile",
-                "--output-file",
-                str(package),
-                "--profile",
-                "tiny",
-                "--image",
-                "local",
-                "--serving-dir",
-                str(tmp_path / "serving"),
-                "--app-dir",
-                str(REPO),
-            ]
-        )
-        == 0
-    )
+    assert cli.main(compile_argv(package, image="local", serving_dir=str(tmp_path / "serving"), app_dir=str(REPO))) == 0
     spec = runner.load_spec(str(package))
     parameters = spec["root"]["dag"]["tasks"][names.DRIFT_VALIDATOR_ID]["inputs"]["parameters"]
     assert isinstance(parameters[CONFIG_KEY]["runtimeValue"]["constant"], str)  # JSON, as the compiler writes it

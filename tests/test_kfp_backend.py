@@ -9,6 +9,7 @@ import yaml
 
 from config import names
 from support import kfp_backend
+from support.petseg import compile_argv
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 IMAGE = "example.com/petseg:test"
@@ -91,26 +92,17 @@ def test_backend_compiler_accepts_the_petseg_pipeline(tmp_path):
             sys.executable,
             "-m",
             "cli.main",
-            "kubeflow",
-            "compile",
-            "--profile",
-            "tiny",
-            "--output-file",
-            str(spec),
-            "--image",
-            IMAGE,
-            "--gpus",
-            "2",
-            "--cpu",
-            "4",
-            "--memory",
-            "16",
-            "--serving-dir",
-            "gs://bucket/serving",
-            "--oxford-raw-dir",
-            "gs://bucket/pets/span-{SPAN}",
-            "--set",
-            "data.span_window=3",
+            *compile_argv(
+                spec,
+                "--set",
+                "data.span_window=3",
+                image=IMAGE,
+                gpus=2,
+                cpu=4,
+                memory=16,
+                serving_dir="gs://bucket/serving",
+                oxford_raw_dir="gs://bucket/pets/span-{SPAN}",
+            ),
         ],
         cwd=ROOT,
         capture_output=True,

@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from cli import main as cli
+from support.petseg import compile_argv
 
 ROOT = "gs://petseg-bucket/pipeline_root"
 RUN_ROOT = "gs://petseg-bucket/another_root"
@@ -71,23 +72,7 @@ def api():
 @pytest.fixture(scope="module")
 def package(tmp_path_factory):
     path = tmp_path_factory.mktemp("kfp") / "pipeline.yaml"
-    assert (
-        cli.main(
-            [
-                "kubeflow",
-                "compile",
-                "--output-file",
-                str(path),
-                "--profile",
-                "tiny",
-                "--image",
-                "registry.example.com/petseg:1",
-                "--pipeline-root",
-                ROOT,
-            ]
-        )
-        == 0
-    )
+    assert cli.main(compile_argv(path, image="registry.example.com/petseg:1", pipeline_root=ROOT)) == 0
     return path
 
 
@@ -196,21 +181,7 @@ def test_schedule_posts_a_recurring_run_with_cron_and_one_run_at_a_time(api, pac
 def test_a_spec_compiled_without_a_root_runs_under_the_clusters_default(api, tmp_path):
     server, host = api
     package = tmp_path / "p.yaml"
-    assert (
-        cli.main(
-            [
-                "kubeflow",
-                "compile",
-                "--output-file",
-                str(package),
-                "--profile",
-                "tiny",
-                "--serving-dir",
-                "gs://models/petseg",
-            ]
-        )
-        == 0
-    )
+    assert cli.main(compile_argv(package, serving_dir="gs://models/petseg")) == 0
     assert cli.main(["kubeflow", "submit", "--host", host, "--package", str(package)]) == 0
     [run] = posts(server, "/apis/v2beta1/runs")
     assert not run["body"]["runtime_config"].get("pipeline_root")

@@ -17,6 +17,7 @@ from config import names
 from kubeflow import entrypoint, runner
 from cli import main as cli
 from support.beam_options import parse as parse_beam_args
+from support.petseg import compile_argv
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 IMAGE = "registry.example.com/team/petseg:1.2.3"
@@ -45,30 +46,19 @@ RUN_EXECUTOR = ["python", "-m", "kubeflow.entrypoint"]
 
 
 def compile_args(output, *extra):
-    return [
-        "kubeflow",
-        "compile",
-        "--output-file",
-        str(output),
-        "--profile",
-        "tiny",
-        "--image",
-        IMAGE,
-        "--pipeline-root",
-        ROOT,
-        "--gpus",
-        "2",
-        "--cpu",
-        "4",
-        "--memory",
-        "16",
-        "--oxford-raw-dir",
-        "/mnt/pets/span-{SPAN}",
+    return compile_argv(
+        output,
         "--set",
         "train.warm_start=true",
         *[f"--beam-arg={a}" for a in BEAM_ARGS],
         *extra,
-    ]
+        image=IMAGE,
+        pipeline_root=ROOT,
+        gpus=2,
+        cpu=4,
+        memory=16,
+        oxford_raw_dir="/mnt/pets/span-{SPAN}",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -236,21 +226,7 @@ def test_no_credentials_or_local_paths_in_the_spec(compiled):
 
 
 def test_without_a_root_the_clusters_default_applies(tmp_path):
-    assert (
-        cli.main(
-            [
-                "kubeflow",
-                "compile",
-                "--output-file",
-                str(tmp_path / "p.yaml"),
-                "--profile",
-                "tiny",
-                "--serving-dir",
-                "gs://models/petseg",
-            ]
-        )
-        == 0
-    )
+    assert cli.main(compile_argv(tmp_path / "p.yaml", serving_dir="gs://models/petseg")) == 0
     spec = yaml.safe_load((tmp_path / "p.yaml").read_text())
     assert "defaultPipelineRoot" not in spec
     assert json.loads(constant(spec, "Pusher", "push_destination")) == {
@@ -282,7 +258,7 @@ def test_without_a_root_the_clusters_default_applies(tmp_path):
 )
 def test_settings_the_target_cannot_use_are_clear_errors(tmp_path, extra, message):
     with pytest.raises(SystemExit, match=re.escape(message)):
-        cli.main(["kubeflow", "compile", "--output-file", str(tmp_path / "p.yaml"), "--profile", "tiny", *extra])
+        cli.main(compile_argv(tmp_path / "p.yaml", *extra))
 
 
 def test_vertex_gets_its_own_gpu_name(compiled):
@@ -297,20 +273,7 @@ def test_a_flag_error_comes_before_tfx_is_imported(tmp_path):
         "import sys\nfrom cli import main\ntry:\n    main.main(sys.argv[1:])\nexcept SystemExit as exc:\n"
         "    print(exc)\nprint(sorted({'tensorflow', 'tfx'} & set(sys.modules)))"
     )
-    args = [
-        "kubeflow",
-        "compile",
-        "--output-file",
-        str(tmp_path / "p.json"),
-        "--profile",
-        "tiny",
-        "--target",
-        "vertex",
-        "--pipeline-root",
-        ROOT,
-        "--set",
-        "train.workers=2",
-    ]
+    args = compile_argv(tmp_path / "p.json", "--set", "train.workers=2", target="vertex", pipeline_root=ROOT)
     done = subprocess.run([sys.executable, "-c", code, *args], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.stdout.splitlines() == [
         "petseg: --project: required for --target vertex with train.workers=2 (the Google Cloud project the "
@@ -340,31 +303,9 @@ def test_bad_target_and_file_names_are_clear_errors(tmp_path, capsys):
         cli.main(["kubeflow", "compile", "--output-file", str(tmp_path / "p.yaml"), "--target", "argo"])
     assert "invalid choice: 'argo'" in capsys.readouterr().err
     with pytest.raises(SystemExit, match=r"\.yaml"):
-        cli.main(
-            [
-                "kubeflow",
-                "compile",
-                "--output-file",
-                str(tmp_path / "p.txt"),
-                "--profile",
-                "tiny",
-                "--pipeline-root",
-                ROOT,
-            ]
-        )
+        cli.main(compile_argv(tmp_path / "p.txt", pipeline_root=ROOT))
     with pytest.raises(SystemExit, match="a PipelineJob .json is for --target vertex"):
-        cli.main(
-            [
-                "kubeflow",
-                "compile",
-                "--output-file",
-                str(tmp_path / "p.json"),
-                "--profile",
-                "tiny",
-                "--pipeline-root",
-                ROOT,
-            ]
-        )
+        cli.main(compile_argv(tmp_path / "p.json", pipeline_root=ROOT))
 
 
 # ---------------------------------------------------------------- the image
@@ -425,17 +366,8 @@ def test_flink_settings_reach_every_beam_task_of_the_compiled_spec(tmp_path):
     out = tmp_path / "flink.yaml"
     assert (
         cli.main(
-            [
-                "kubeflow",
-                "compile",
-                "--output-file",
-                str(out),
-                "--profile",
-                "tiny",
-                "--image",
-                IMAGE,
-                "--pipeline-root",
-                ROOT,
+            compile_argv(
+                out,
                 "--set",
                 "beam.runner=flink",
                 "--set",
@@ -446,7 +378,9 @@ def test_flink_settings_reach_every_beam_task_of_the_compiled_spec(tmp_path):
                 f"beam.sdk_image={IMAGE}",
                 "--beam-arg=--max_parallelism=16",
                 "--beam-arg=--parallelism=6",
-            ]
+                image=IMAGE,
+                pipeline_root=ROOT,
+            )
         )
         == 0
     )

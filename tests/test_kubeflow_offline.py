@@ -10,6 +10,7 @@ from config import names
 from kubeflow import runner
 from cli import main as cli
 from support import kfp_launcher
+from support.petseg import compile_argv
 
 pytestmark = pytest.mark.slow  # whole pipeline runs
 
@@ -24,27 +25,18 @@ def compile_spec(tmp: pathlib.Path, name: str, *extra: str):
     # The local checkout plays the image: the project is at --app-dir, this venv is its python.
     assert (
         cli.main(
-            [
-                "kubeflow",
-                "compile",
-                "--output-file",
-                str(package),
-                "--profile",
-                "tiny",
-                "--image",
-                "local",
-                "--data-dir",
-                str(tmp / "tfds"),
-                "--serving-dir",
-                str(tmp / "serving"),
-                "--app-dir",
-                str(REPO),
+            compile_argv(
+                package,
                 "--set",
                 "train.warm_start=true",
                 "--set",
                 "train.epochs=1",
                 *extra,
-            ]
+                image="local",
+                data_dir=str(tmp / "tfds"),
+                serving_dir=str(tmp / "serving"),
+                app_dir=str(REPO),
+            )
         )
         == 0
     )

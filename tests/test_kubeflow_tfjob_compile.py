@@ -11,31 +11,14 @@ from kubeflow.resources import Resources
 from cli import main as cli
 from support import kfp_backend
 from support.kube_trainer import admit
+from support.petseg import compile_argv
 
 IMAGE = "registry.example.com/petseg:1"
 ROOT = "gs://petseg-bucket/pipeline_root"
 
 
 def compile_args(output, *extra):
-    return [
-        "kubeflow",
-        "compile",
-        "--output-file",
-        str(output),
-        "--profile",
-        "tiny",
-        "--image",
-        IMAGE,
-        "--gpus",
-        "1",
-        "--cpu",
-        "4",
-        "--memory",
-        "16",
-        "--set",
-        "train.workers=3",
-        *extra,
-    ]
+    return compile_argv(output, "--set", "train.workers=3", *extra, image=IMAGE, gpus=1, cpu=4, memory=16)
 
 
 @pytest.fixture(scope="module")

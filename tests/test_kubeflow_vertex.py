@@ -15,6 +15,7 @@ from kfp.pipeline_spec import pipeline_spec_pb2
 from cli import main as cli
 from kubeflow import runner
 from support import kfp_backend, vertex_api
+from support.petseg import compile_argv
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 IMAGE = "europe-docker.pkg.dev/demo-project/petseg/petseg:1.2.3"
@@ -31,29 +32,18 @@ TIMEOUT = 600
 
 
 def compile_args(output, *extra):
-    return [
-        "kubeflow",
-        "compile",
-        "--output-file",
-        str(output),
-        "--profile",
-        "tiny",
-        "--image",
-        IMAGE,
-        "--pipeline-root",
-        ROOT,
-        "--gpus",
-        "1",
-        "--gpu-type",
-        "NVIDIA_TESLA_T4",
-        "--cpu",
-        "8",
-        "--memory",
-        "30",
+    return compile_argv(
+        output,
         "--set",
         "train.workers=3",
         *extra,
-    ]
+        image=IMAGE,
+        pipeline_root=ROOT,
+        gpus=1,
+        gpu_type="NVIDIA_TESLA_T4",
+        cpu=8,
+        memory=30,
+    )
 
 
 def vertex_args(output, *extra):
@@ -173,25 +163,16 @@ def test_machine_type_defaults_and_choices(tmp_path):
         path = tmp_path / "p.json"
         assert (
             cli.main(
-                [
-                    "kubeflow",
-                    "compile",
-                    "--output-file",
-                    str(path),
-                    "--profile",
-                    "tiny",
-                    "--target",
-                    "vertex",
-                    "--pipeline-root",
-                    ROOT,
-                    "--project",
-                    PROJECT,
-                    "--region",
-                    REGION,
+                compile_argv(
+                    path,
                     "--set",
                     "train.workers=2",
                     *extra,
-                ]
+                    target="vertex",
+                    pipeline_root=ROOT,
+                    project=PROJECT,
+                    region=REGION,
+                )
             )
             == 0
         )

@@ -9,6 +9,7 @@ import pytest
 
 from config import names
 from support.credentials import find_credentials
+from support.petseg import compile_argv
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 TEXT_SUFFIXES = {".py", ".yaml", ".yml", ".json", ".toml", ".cfg", ".ini", ".txt", ".pbtxt", ".md", ".sh", ".env", ""}
@@ -54,21 +55,7 @@ def test_compiled_kubeflow_spec_holds_no_credentials(tmp_path):
 
     package = tmp_path / "pipeline.yaml"
     # A launcher-storable root: the kfp target refuses a local path.
-    assert (
-        cli.main(
-            [
-                "kubeflow",
-                "compile",
-                "--output-file",
-                str(package),
-                "--profile",
-                "tiny",
-                "--pipeline-root",
-                "gs://petseg-bucket/pipeline_root",
-            ]
-        )
-        == 0
-    )
+    assert cli.main(compile_argv(package, pipeline_root="gs://petseg-bucket/pipeline_root")) == 0
     text = package.read_text()
     assert names.EXAMPLE_GEN_ID in text and find_credentials(text) == []
 

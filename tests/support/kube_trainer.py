@@ -24,6 +24,7 @@ import yaml
 
 from support import kube_cluster, kube_node
 from support.kube_cluster import REPO
+from support.petseg import compile_argv
 
 NAMESPACE = "kubeflow"
 SERVICE_ACCOUNT = "pipeline-runner"
@@ -85,22 +86,7 @@ def compiled_trainer() -> Dict[str, Any]:
     try:
         path = folder / "pipeline.yaml"
         assert (
-            cli.main(
-                [
-                    "kubeflow",
-                    "compile",
-                    "--output-file",
-                    str(path),
-                    "--profile",
-                    "tiny",
-                    "--image",
-                    IMAGE,
-                    "--pipeline-root",
-                    "gs://petseg-test/root",
-                    "--set",
-                    "train.workers=2",
-                ]
-            )
+            cli.main(compile_argv(path, "--set", "train.workers=2", image=IMAGE, pipeline_root="gs://petseg-test/root"))
             == 0
         )
         spec = yaml.safe_load(path.read_text())

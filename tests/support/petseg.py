@@ -59,3 +59,12 @@ def start(output: pathlib.Path, *args: str) -> subprocess.Popen:
         )
     proc.console_path = path
     return proc
+
+
+def compile_argv(output: pathlib.Path, *args: str, **flags: str) -> list:
+    """`kubeflow compile --output-file OUTPUT --profile tiny`, each keyword as its flag (`pipeline_root=` is
+    `--pipeline-root`), then ARGS."""
+    argv = ["kubeflow", "compile", "--output-file", str(output), "--profile", "tiny"]
+    for name, value in flags.items():
+        argv += [f"--{name.replace('_', '-')}", str(value)]
+    return [*argv, *args]
