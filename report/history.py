@@ -7,7 +7,7 @@ import datetime
 import json
 import os
 import pathlib
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from ml_metadata.proto import metadata_store_pb2
 from tfx.components.evaluator import constants as evaluator_constants
@@ -15,6 +15,7 @@ from tfx.dsl.compiler import constants
 from tfx.types import Artifact
 
 from components import drift
+from components.example_gen import WINDOW_SPLIT_PREFIX
 from components.pusher import PUSHED_TO_FILE
 from config import names
 from report import metrics
@@ -25,6 +26,8 @@ _FINISHED = (Execution.COMPLETE, Execution.CACHED)
 _FAILED = (Execution.FAILED, Execution.CANCELED)
 # What a run's row says about how it ended.
 COMPLETED, STOPPED_BY_DRIFT, RUNNING = "completed", "stopped by drift", "incomplete"
+# A span window's older train splits, as TfdsExampleGen's output folders name them.
+_WINDOW_SPLIT = f"Split-{WINDOW_SPLIT_PREFIX}"
 
 
 def _custom(artifact: Optional[Artifact], name: str) -> Any:
@@ -72,19 +75,15 @@ def _row(
     window = json.loads(_custom(examples, "spans") or "[]")
     spans = [entry["span"] for entry in window] or ([_custom(examples, "span")] if examples else [])
     anomalies = output(names.DRIFT_VALIDATOR_ID, "anomalies")
-    verdict = _drift_verdict(anomalies.uri) if anomalies else None
+    verdict = _drift_verdict(anomalies) if anomalies else None
     evaluation = output(names.EVALUATOR_ID, "evaluation")
-    candidate = baseline = None
-    if evaluation is not None:
-        candidate = metrics.load_metrics(evaluation.uri)[metrics.OVERALL].get("mean_iou")
-        found = metrics.load_baseline_metrics(evaluation.uri)
-        baseline = found[metrics.OVERALL].get("mean_iou") if found else None
+    candidate, baseline = _mean_ious(evaluation.uri if evaluation is not None else None)
     pushed = output(names.PUSHER_ID, "pushed_model")
     failed = sorted((e.id, node) for node, e in latest.items() if e.last_known_state in _FAILED)
     if failed:
         status = STOPPED_BY_DRIFT if failed[0][1] == names.DRIFT_GATE_ID else f"failed at {failed[0][1]}"
     else:
-        status = COMPLETED if output(names.PUSHER_ID, "pushed_model") is not None else RUNNING
+        status = COMPLETED if pushed is not None else RUNNING
     return {
         "run": run_id,
         "started": datetime.datetime.fromtimestamp(started / 1000, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
@@ -99,9 +98,22 @@ def _row(
     }
 
 
-def _drift_verdict(anomalies_uri: str) -> Optional[str]:
-    path = pathlib.Path(anomalies_uri) / drift.REPORT_FILE
-    return json.loads(path.read_text())["verdict"] if path.exists() else None
+def _drift_verdict(anomalies: Artifact) -> Optional[str]:
+    try:
+        return drift.load_report(anomalies)["verdict"]
+    except FileNotFoundError:
+        return None
+
+
+def _mean_ious(evaluation_uri: Optional[str]) -> Tuple[Optional[float], Optional[float]]:
+    """The candidate's and the baseline's overall mean IoU in an Evaluator output; (None, None) without one."""
+    if evaluation_uri is None:
+        return None, None
+    baseline = metrics.load_baseline_metrics(evaluation_uri)
+    return (
+        metrics.load_metrics(evaluation_uri)[metrics.OVERALL].get("mean_iou"),
+        baseline[metrics.OVERALL].get("mean_iou") if baseline else None,
+    )
 
 
 def folder_history(runs_dir: str) -> List[Dict[str, Any]]:
@@ -145,19 +157,15 @@ def _folder_row(run: str, run_id: str) -> Optional[Dict[str, Any]]:
     # The newest span is the one drift was measured on; a window's older spans are its train_span_<N> splits.
     older = (
         sorted(
-            int(os.path.basename(p.rstrip("/"))[len("Split-train_span_") :])
-            for p in tf.io.gfile.glob(f"{examples}/Split-train_span_*")
+            int(os.path.basename(p.rstrip("/"))[len(_WINDOW_SPLIT) :])
+            for p in tf.io.gfile.glob(f"{examples}/{_WINDOW_SPLIT}*")
         )
         if examples
         else []
     )
     spans = older + ([report["span"]] if "span" in report else [])
     evaluation = _output(run, names.EVALUATOR_ID, "evaluation")
-    candidate = baseline = None
-    if evaluation is not None:
-        candidate = metrics.load_metrics(evaluation)[metrics.OVERALL].get("mean_iou")
-        found = metrics.load_baseline_metrics(evaluation)
-        baseline = found[metrics.OVERALL].get("mean_iou") if found else None
+    candidate, baseline = _mean_ious(evaluation)
     blessing = _output(run, names.EVALUATOR_ID, "blessing")
     pushed_to = _output(run, names.PUSHER_ID, "pushed_model", PUSHED_TO_FILE)
     first_records = sorted(tf.io.gfile.glob(f"{examples}/Split-train/*"))[:1] if examples else []
